@@ -1,0 +1,14 @@
+//! mxgate: an SMTP receiver for inbound MX hosts that decides every message
+//! inside the session and says 250 only once the message is durably spooled.
+//!
+//! The crate is layered as `../shared/DESIGN.md` describes: [`proto`] is the
+//! sans-IO SMTP engine, [`recipients`] the recipient table it consults,
+//! [`spool`] the durable queue, [`runtime`] the event loops that move bytes,
+//! and [`config`] the merged configuration. Nothing here is specific to the
+//! `mxgate` binary: every test drives these modules directly or over TCP.
+
+pub mod config;
+pub mod proto;
+pub mod recipients;
+pub mod runtime;
+pub mod spool;

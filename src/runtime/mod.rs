@@ -1,0 +1,1 @@
+//! SKELETON: runtime (epoll via mio).
