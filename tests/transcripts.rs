@@ -256,7 +256,6 @@ fn oversize_data_is_read_to_the_end_then_552() {
     );
     assert_eq!(run.messages.len(), 1);
     assert_eq!(run.messages[0].outcome, Outcome::Discarded);
-    assert!(run.messages[0].body.len() <= MAX);
     let small = session(
         b"MAIL FROM:<>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n0123456789\r\n.\r\nNOOP\r\n",
     );
@@ -285,13 +284,13 @@ fn oversize_bdat_is_552_at_last() {
 fn bdat_chunks() {
     let run = check(
         &session(
-            b"MAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.com>\r\nBDAT 5\r\nline\nBDAT 7\r\n\r\n.two\r\nbdat 3 LAST\r\nendQUIT\r\n",
+            b"MAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.com>\r\nBDAT 5\r\nline\nBDAT 8\r\n\r\n.two\r\nbdat 3 LAST\r\nendQUIT\r\n",
         ),
         &after_ehlo(&[
             "250 2.1.0",
             "250 2.1.5",
             "250 2.0.0 Ok: 5 octets received",
-            "250 2.0.0 Ok: 7 octets received",
+            "250 2.0.0 Ok: 8 octets received",
             "550 5.5.2 ",
             "221 2.0.0",
         ]),
@@ -410,7 +409,7 @@ fn ten_mib_line_keeps_memory_bounded() {
     }
     driver.read(b"\r\nNOOP\r\n");
     assert_replies(&driver.run, &[GREET, "500 5.5.2 ", "250 2.0.0 Ok"]);
-    assert!(driver.run.max_tail <= 1024);
+    assert!(driver.run.max_tail <= common::MAX_TAIL);
 }
 
 #[test]
@@ -460,4 +459,75 @@ fn pipelined_transactions_stay_in_order() {
     );
     let bodies: Vec<&[u8]> = run.messages.iter().map(|m| &m.body[..]).collect();
     assert_eq!(bodies, [&b"one\r\n"[..], b"two"]);
+}
+
+#[test]
+fn idle_timeout_is_421_and_close() {
+    use mxgate::proto::{Event, Session};
+    use std::time::{Duration, Instant};
+    let t0 = Instant::now();
+    let table = common::table();
+    let mut session = Session::new(common::config(MAX), t0);
+    let mut out = Vec::new();
+    session.greet(&mut out);
+    assert_eq!(session.deadline(), t0 + Duration::from_secs(300));
+    let t1 = t0 + Duration::from_secs(10);
+    let mut input: &[u8] = b"EHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n";
+    let (n, event) = session.feed(input, t1, &table, &mut out);
+    assert_eq!((n, event), (input.len(), Event::Envelope));
+    input = &input[n..];
+    assert_eq!(
+        session.feed(input, t1, &table, &mut out),
+        (0, Event::NeedInput)
+    );
+    assert_eq!(
+        session.deadline(),
+        t1 + Duration::from_secs(180),
+        "DATA uses the data timeout"
+    );
+    session.time_out(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    let last = text.lines().last().unwrap();
+    assert!(
+        last.starts_with("421 4.4.2 mx.test") && last.contains("timeout"),
+        "{last}"
+    );
+    assert_eq!(
+        session.feed(b"QUIT\r\n", t1, &table, &mut out),
+        (0, Event::Close)
+    );
+}
+
+#[test]
+fn shutdown_closes_idle_sessions_at_once() {
+    let mut driver = common::Driver::new(MAX, true);
+    driver.read(EHLO);
+    assert!(driver.session.shut_down(&mut driver.run.replies));
+    driver.read(b"NOOP\r\n");
+    let mut expected = after_ehlo(&["421 4.3.2 mx.test"]);
+    assert_replies(&driver.run, &expected);
+    assert!(driver.run.closed);
+    // Inside a transaction: it finishes, then the 421.
+    let mut driver = common::Driver::new(MAX, true);
+    driver.read(&session(b"MAIL FROM:<>\r\n"));
+    assert!(!driver.session.shut_down(&mut driver.run.replies));
+    driver.read(b"RCPT TO:<alice@example.com>\r\nDATA\r\nhi\r\n.\r\n");
+    expected.pop();
+    expected.extend([
+        "250 2.1.0",
+        "250 2.1.5",
+        "354 ",
+        "250 2.0.0 Ok: queued as QID42",
+        "421 4.3.2 ",
+    ]);
+    assert_replies(&driver.run, &expected);
+    assert!(driver.run.closed);
+    assert_eq!(driver.run.messages.len(), 1);
+}
+
+#[test]
+fn over_capacity_reply() {
+    let mut out = Vec::new();
+    mxgate::proto::reply::write_over_capacity(common::HOST, &mut out);
+    assert_eq!(out, b"421 4.3.2 mx.test Error: too many connections\r\n");
 }

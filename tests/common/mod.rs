@@ -15,6 +15,8 @@ use mxgate::recipients::{Table, TableOptions};
 
 pub const HOST: &str = "mx.test";
 pub const QUEUE_ID: &str = "QID42";
+/// The most unconsumed input a driver may ever have to keep.
+pub const MAX_TAIL: usize = 1024;
 
 /// The recipient table every transcript runs against.
 pub fn table() -> Table {
@@ -76,6 +78,7 @@ pub struct Driver {
     pub session: Session,
     pub table: Table,
     pub spool_ok: bool,
+    max_message_size: usize,
     pending: Vec<u8>,
     current: Option<Message>,
     pub run: Run,
@@ -90,6 +93,7 @@ impl Driver {
             session,
             table: table(),
             spool_ok,
+            max_message_size,
             pending: Vec::new(),
             current: None,
             run: Run {
@@ -148,6 +152,12 @@ impl Driver {
             self.pending.drain(..n);
             if let Some(outcome) = finished {
                 let mut message = self.current.take().expect("end after Envelope");
+                if outcome == Outcome::Discarded {
+                    // What was collected is dropped, as a runtime would; it
+                    // depends on the read sizes, but must stay in bounds.
+                    assert!(message.body.len() <= self.max_message_size);
+                    message.body.clear();
+                }
                 message.outcome = outcome.clone();
                 self.run.messages.push(message);
                 if outcome == Outcome::Ready {
@@ -179,6 +189,11 @@ pub fn run_cut(input: &[u8], cuts: &[usize], max_message_size: usize, spool_ok: 
         driver.read(&input[start..cut]);
         start = cut;
     }
+    assert!(
+        driver.run.max_tail <= MAX_TAIL,
+        "tail grew to {}",
+        driver.run.max_tail
+    );
     driver.run
 }
 
