@@ -19,6 +19,7 @@ use slab::Slab;
 use super::conn::{Conn, Cx, Drive, Outcome, READ_CHUNK};
 use super::server::Shared;
 use super::timer::{Entry, TimerWheel};
+use crate::proto::reply;
 use crate::proto::{Session, SessionConfig};
 use crate::recipients::SharedTable;
 use crate::spool::SpoolLink;
@@ -27,8 +28,6 @@ use crate::spool::SpoolLink;
 pub const WAKER: Token = Token(usize::MAX);
 /// Connections accepted from one listener per wake-up.
 const ACCEPT_BATCH: usize = 256;
-/// Sent to a client over the session cap (DESIGN.md: 421 4.3.2 at connect).
-const OVER_CAPACITY: &[u8] = b"421 4.3.2 Too many connections, try again later\r\n";
 
 fn listener_token(index: usize) -> Token {
     Token(usize::MAX - 1 - index)
@@ -219,8 +218,10 @@ impl Worker {
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
         if !self.shared.try_open() {
-            // Best effort: a full send buffer on a brand-new socket is unlikely.
-            let _ = io::Write::write(&mut stream, OVER_CAPACITY);
+            // Best effort: a brand-new socket's send buffer is empty.
+            reply::write_over_capacity(&self.session_config.hostname, &mut self.out);
+            let _ = io::Write::write(&mut stream, &self.out);
+            self.out.clear();
             tracing::info!(client = %peer.ip(), outcome = "over-capacity", "session end");
             return;
         }
