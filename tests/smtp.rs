@@ -202,9 +202,7 @@ fn bdat_chunks_are_spooled_dot_stuffed() {
 fn smuggle(server: &TestServer, fake: &[u8]) -> String {
     let mut c = server.client();
     c.hello();
-    c.cmd("MAIL FROM:<attacker@remote.example>", 250);
-    c.cmd("RCPT TO:<alice@example.com>", 250);
-    c.cmd("DATA", 354);
+    c.open_data("alice@example.com");
     let mut data = b"Subject: innocent\r\n\r\nhello".to_vec();
     data.extend_from_slice(fake);
     data.extend_from_slice(
@@ -260,9 +258,7 @@ fn oversize_message_is_read_to_the_end_then_refused() {
     let server = TestServer::start(&["--max-message-size", "2000"]);
     let mut c = server.client();
     c.hello();
-    c.cmd("MAIL FROM:<s@remote.example>", 250);
-    c.cmd("RCPT TO:<alice@example.com>", 250);
-    c.cmd("DATA", 354);
+    c.open_data("alice@example.com");
     let line = "x".repeat(98) + "\r\n";
     c.send(line.repeat(100).as_bytes());
     c.send(b".\r\n");
@@ -278,9 +274,7 @@ fn large_message_arrives_whole() {
     let server = TestServer::start(&[]);
     let mut c = server.client();
     c.hello();
-    c.cmd("MAIL FROM:<s@remote.example>", 250);
-    c.cmd("RCPT TO:<alice@example.com>", 250);
-    c.cmd("DATA", 354);
+    c.open_data("alice@example.com");
     let mut body = Vec::new();
     for n in 0..40_000 {
         body.extend_from_slice(format!("line {n:08} {}\r\n", "y".repeat(60)).as_bytes());
@@ -356,9 +350,7 @@ fn shutdown_sends_421_to_idle_sessions_and_finishes_transactions() {
     idle.hello();
     let mut busy = server.client();
     busy.hello();
-    busy.cmd("MAIL FROM:<s@remote.example>", 250);
-    busy.cmd("RCPT TO:<alice@example.com>", 250);
-    busy.cmd("DATA", 354);
+    busy.open_data("alice@example.com");
     busy.send(b"Subject: in flight\r\n\r\npart one\r\n");
     let handle = server.handle.as_ref().unwrap();
     handle.shutdown();

@@ -196,6 +196,14 @@ impl Client {
         self.cmd("EHLO client.example", 250);
     }
 
+    /// MAIL from a remote sender, RCPT to `rcpt` (which must be accepted),
+    /// DATA: ready for the body.
+    pub fn open_data(&mut self, rcpt: &str) {
+        self.cmd("MAIL FROM:<s@remote.example>", 250);
+        self.cmd(&format!("RCPT TO:<{rcpt}>"), 250);
+        self.cmd("DATA", 354);
+    }
+
     /// True if the server closes the connection without sending anything
     /// more (a reset after close counts as closed).
     pub fn closed(&mut self) -> bool {
@@ -229,7 +237,7 @@ pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 /// The real `mxgate` binary, started on its own temp dir.
 pub struct BinServer {
     pub child: Child,
-    pub dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
     pub addr: SocketAddr,
     stderr: Option<std::thread::JoinHandle<String>>,
 }
@@ -259,10 +267,22 @@ impl BinServer {
             .expect("mxgate logged its address");
         BinServer {
             child,
-            dir,
+            dir: Some(dir),
             addr,
             stderr: Some(collector),
         }
+    }
+
+    /// The server's directory (table.txt, spool/).
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().expect("dir until drop").path()
+    }
+
+    /// Waits for the process to exit and hands back its directory, e.g. to
+    /// start a new server on the same spool.
+    pub fn into_dir(mut self) -> tempfile::TempDir {
+        self.wait();
+        self.dir.take().expect("dir until drop")
     }
 
     pub fn client(&self) -> Client {
@@ -280,7 +300,7 @@ impl BinServer {
 
     /// Waits (bounded) for the process to exit; returns its status code and
     /// everything it logged.
-    pub fn wait(mut self) -> (Option<i32>, String) {
+    pub fn wait(&mut self) -> (Option<i32>, String) {
         let start = Instant::now();
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
