@@ -27,6 +27,12 @@ use crate::spool::{SpoolConfig, SpoolMode};
 /// Fewest recipients per transaction a server may limit to (RFC 5321 §4.5.3.1.8).
 pub const MIN_RECIPIENTS: usize = 100;
 
+/// Spool writer threads by default. fsync latency, not CPU, bounds the
+/// spool, so more threads than cores pay: 1,024-octet messages from 200
+/// concurrent `smtp-source` sessions on the 2-core dev VM reached 363
+/// messages/s with 1 thread, 571 with 4, 890-970 with 8, 820 with 16.
+const DEFAULT_SPOOL_THREADS: usize = 8;
+
 /// Descriptors kept back from `--max-sessions`' default for listeners, the
 /// spool's files, the poll instances and the log.
 const RESERVED_FDS: u64 = 128;
@@ -75,7 +81,7 @@ pub struct Layer {
     /// `durable`, or `discard` to accept and drop (benchmarks only) [default: durable].
     #[arg(long, value_name = "MODE")]
     pub spool_mode: Option<SpoolModeName>,
-    /// Spool writer threads [default: 1].
+    /// Spool writer threads; fsyncs run in parallel [default: 8].
     #[arg(long, value_name = "N")]
     pub spool_threads: Option<usize>,
     /// Worker threads [default: online cores].
@@ -277,7 +283,10 @@ impl Config {
             listen,
             spool: layer.spool.unwrap_or_else(|| PathBuf::from("./spool")),
             spool_mode: layer.spool_mode.unwrap_or(SpoolModeName::Durable).into(),
-            spool_threads: at_least_one("spool-threads", layer.spool_threads.unwrap_or(1))?,
+            spool_threads: at_least_one(
+                "spool-threads",
+                layer.spool_threads.unwrap_or(DEFAULT_SPOOL_THREADS),
+            )?,
             workers: at_least_one("workers", layer.workers.unwrap_or_else(online_cores))?,
             cores: layer.cores.unwrap_or_default(),
             backend: layer.backend.unwrap_or(Backend::Epoll),

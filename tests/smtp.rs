@@ -368,3 +368,49 @@ fn shutdown_sends_421_to_idle_sessions_and_finishes_transactions() {
     assert_eq!(server.spooled().len(), 1);
     server.stop();
 }
+
+#[test]
+fn spool_failure_is_451_and_the_session_goes_on() {
+    let server = TestServer::start(&[]);
+    let new = server.spool_dir().join("new");
+    std::fs::remove_dir_all(&new).unwrap();
+    std::fs::write(&new, b"not a directory").unwrap();
+    let mut c = server.client();
+    c.hello();
+    c.open_data("alice@example.com");
+    c.send(b"Subject: doomed\r\n\r\nx\r\n.\r\n");
+    let failed = c.expect(451);
+    assert!(failed.starts_with("451 4.3.0"), "{failed}");
+    c.cmd("NOOP", 250);
+    c.cmd("QUIT", 221);
+    assert!(support::files_in(&server.spool_dir().join("tmp")).is_empty());
+    server.stop();
+}
+
+/// A client that pipelines far more than it reads: the server stops reading
+/// while its replies back up, loses nothing, and answers every command in
+/// order once the client reads.
+#[test]
+fn replies_back_up_without_loss_when_the_client_does_not_read() {
+    const COMMANDS: usize = 200_000;
+    let server = TestServer::start(&[]);
+    let mut c = server.client();
+    c.hello();
+    let mut writer = c.stream().try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        use std::io::Write;
+        let batch = "NOOP\r\n".repeat(1000);
+        for _ in 0..COMMANDS / 1000 {
+            writer.write_all(batch.as_bytes()).unwrap();
+        }
+        writer.write_all(b"QUIT\r\n").unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..COMMANDS {
+        c.expect(250);
+    }
+    c.expect(221);
+    assert!(c.closed());
+    sender.join().unwrap();
+    server.stop();
+}

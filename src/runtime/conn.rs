@@ -345,3 +345,19 @@ fn write_some(stream: &mut TcpStream, buf: &[u8]) -> io::Result<usize> {
     }
     Ok(sent)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle session costs this struct (plus its slab slot) and nothing
+    /// else: the buffers are empty `Vec`s. Target: ≤ 1 KiB per idle session.
+    #[test]
+    fn an_idle_connection_is_a_small_struct() {
+        assert!(
+            std::mem::size_of::<Conn>() <= 512,
+            "{}",
+            std::mem::size_of::<Conn>()
+        );
+    }
+}

@@ -62,6 +62,8 @@ pub struct Worker {
     accept_more: bool,
     /// Out of descriptors: accept again only after a close or this instant.
     accept_blocked_until: Option<Instant>,
+    /// The last accept ran out of descriptors (logged once per episode).
+    accept_paused: bool,
     /// Set once shutdown began: when open sessions get cut off.
     drain_deadline: Option<Instant>,
 }
@@ -95,6 +97,7 @@ impl Worker {
             next_generation: 0,
             accept_more: true,
             accept_blocked_until: None,
+            accept_paused: false,
             drain_deadline: None,
         })
     }
@@ -103,7 +106,8 @@ impl Worker {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = if self.ready.is_empty() && !self.accept_more {
+            let accept_now = self.accept_more && self.accept_blocked_until.is_none();
+            let timeout = if self.ready.is_empty() && !accept_now {
                 self.wheel.until_next_tick(Instant::now())
             } else {
                 Duration::ZERO
@@ -201,10 +205,18 @@ impl Worker {
     fn accept_from(&mut self, index: usize, now: Instant) {
         for _ in 0..ACCEPT_BATCH {
             match self.listeners[index].accept() {
-                Ok((stream, peer)) => self.admit(stream, peer, now),
+                Ok((stream, peer)) => {
+                    if std::mem::take(&mut self.accept_paused) {
+                        tracing::info!("file descriptors available again; accepting");
+                    }
+                    self.admit(stream, peer, now);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if is_out_of_descriptors(&e) => {
-                    tracing::warn!(error = %e, "out of file descriptors; accepting paused");
+                    if !self.accept_paused {
+                        tracing::warn!(error = %e, "out of file descriptors; accepting paused");
+                    }
+                    self.accept_paused = true;
                     self.accept_blocked_until = Some(now + Duration::from_secs(1));
                     self.accept_more = true;
                     return;

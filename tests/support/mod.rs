@@ -72,21 +72,24 @@ impl TestServer {
     }
 }
 
-/// The flags every test server gets, then `extra` (which may override).
+/// The flags every test server gets, except those `extra` sets itself,
+/// then `extra`.
 pub fn base_args(dir: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        "mxgate".into(),
-        "--recipients".into(),
-        dir.join("table.txt").display().to_string(),
-        "--spool".into(),
-        dir.join("spool").display().to_string(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--workers".into(),
-        "2".into(),
-        "--hostname".into(),
-        HOST.into(),
+    let table = dir.join("table.txt").display().to_string();
+    let spool = dir.join("spool").display().to_string();
+    let defaults = [
+        ("--recipients", table.as_str()),
+        ("--spool", spool.as_str()),
+        ("--listen", "127.0.0.1:0"),
+        ("--workers", "2"),
+        ("--hostname", HOST),
     ];
+    let mut args = vec!["mxgate".to_string()];
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag.to_string(), value.to_string()]);
+        }
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
@@ -246,11 +249,27 @@ impl BinServer {
     /// Starts the binary with the test table and waits until it listens.
     /// The port is taken from its "mxgate ready" log line.
     pub fn start(dir: tempfile::TempDir, extra: &[&str]) -> BinServer {
+        BinServer::start_limited(dir, extra, None)
+    }
+
+    /// [`BinServer::start`] with the open-file limit (soft and hard) set to
+    /// `nofile` first, through the shell's `ulimit`.
+    pub fn start_limited(dir: tempfile::TempDir, extra: &[&str], nofile: Option<u32>) -> BinServer {
         if !dir.path().join("table.txt").exists() {
             std::fs::write(dir.path().join("table.txt"), TABLE).expect("write table");
         }
-        let args = base_args(dir.path(), extra);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mxgate"))
+        let mut args = base_args(dir.path(), extra);
+        args[0] = env!("CARGO_BIN_EXE_mxgate").to_string();
+        let mut command = match nofile {
+            None => Command::new(&args[0]),
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("ulimit -n {limit} && exec \"$@\""), "sh"]);
+                sh.arg(&args[0]);
+                sh
+            }
+        };
+        let mut child = command
             .args(&args[1..])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -262,9 +281,11 @@ impl BinServer {
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         let collector = std::thread::spawn(move || collect_log(stderr, tx));
-        let addr = rx
-            .recv_timeout(READ_TIMEOUT)
-            .expect("mxgate logged its address");
+        let Ok(addr) = rx.recv_timeout(READ_TIMEOUT) else {
+            let _ = child.kill();
+            let log = collector.join().unwrap_or_default();
+            panic!("mxgate did not start: {log}");
+        };
         BinServer {
             child,
             dir: Some(dir),
