@@ -531,3 +531,26 @@ fn over_capacity_reply() {
     mxgate::proto::reply::write_over_capacity(common::HOST, &mut out);
     assert_eq!(out, b"421 4.3.2 mx.test Error: too many connections\r\n");
 }
+
+#[test]
+fn rset_between_bdat_chunks_discards_the_message() {
+    let run = check(
+        &session(b"MAIL FROM:<>\r\nRCPT TO:<bob@example.com>\r\nBDAT 2\r\nhiRSET\r\nBDAT 1 LAST\r\nxNOOP\r\n"),
+        &after_ehlo(&["250 2.1.0", "250 2.1.5", "250 2.0.0 Ok: 2", "250 2.0.0 Ok", "503 5.5.1 ", "250 2.0.0 Ok"]),
+    );
+    assert_eq!(run.messages.len(), 1);
+    assert_eq!(run.messages[0].outcome, Outcome::Discarded);
+}
+
+#[test]
+fn non_ascii_addresses_need_smtputf8() {
+    let run = check(
+        &session(
+            "MAIL FROM:<jörg@b.example>\r\nMAIL FROM:<>\r\nRCPT TO:<jörg@catchall.example>\r\nRSET\r\n\
+             MAIL FROM:<jörg@b.example> SMTPUTF8\r\nRCPT TO:<jörg@catchall.example>\r\n"
+                .as_bytes(),
+        ),
+        &after_ehlo(&["553 5.6.7 ", "250 2.1.0", "553 5.6.7 ", "250 2.0.0 Ok", "250 2.1.0", "250 2.1.5"]),
+    );
+    assert!(!run.closed);
+}

@@ -112,9 +112,11 @@ fn no_args(args: &[u8], command: Command<'static>) -> Result<Command<'static>, E
     }
 }
 
+/// The HELO/EHLO argument; it ends up in the Received line, so control
+/// octets (a bare CR above all) are refused.
 fn hello(args: &[u8]) -> Result<&[u8], Error> {
     let name = skip_spaces(args);
-    if name.is_empty() {
+    if name.is_empty() || name.iter().any(|b| b.is_ascii_control()) {
         Err(Error::Syntax(Reply::HeloSyntax))
     } else {
         Ok(name)
