@@ -8,6 +8,7 @@ mod common;
 use common::{assert_replies, run_every_split, Outcome, Run};
 
 const MAX: usize = 10_000;
+const TEN_MIB: usize = 10 << 20;
 
 fn check(input: &[u8], expected: &[&str]) -> Run {
     let run = run_every_split(input, MAX, true);
@@ -398,15 +399,7 @@ fn long_lines_are_500_and_the_session_goes_on() {
 #[test]
 fn ten_mib_line_keeps_memory_bounded() {
     let mut driver = common::Driver::new(MAX, true);
-    let piece = vec![b'A'; 64 * 1024];
-    for _ in 0..160 {
-        driver.read(&piece);
-        assert!(
-            driver.run.max_tail <= 1024,
-            "tail grew to {}",
-            driver.run.max_tail
-        );
-    }
+    driver.flood(TEN_MIB, common::MAX_TAIL);
     driver.read(b"\r\nNOOP\r\n");
     assert_replies(&driver.run, &[GREET, "500 5.5.2 ", "250 2.0.0 Ok"]);
     assert!(driver.run.max_tail <= common::MAX_TAIL);
@@ -553,4 +546,33 @@ fn non_ascii_addresses_need_smtputf8() {
         &after_ehlo(&["553 5.6.7 ", "250 2.1.0", "553 5.6.7 ", "250 2.0.0 Ok", "250 2.1.0", "250 2.1.5"]),
     );
     assert!(!run.closed);
+}
+
+/// Ten MiB without a line end inside DATA and inside a BDAT chunk: the
+/// driver never keeps more than a few octets, and the oversize message is
+/// refused after its end.
+#[test]
+fn ten_mib_bodies_keep_memory_bounded() {
+    for (start, end) in [
+        (&b"DATA\r\n"[..], &b"\r\n.\r\nNOOP\r\n"[..]),
+        (b"BDAT 10485760 LAST\r\n", b"NOOP\r\n"),
+    ] {
+        let mut driver = common::Driver::new(MAX, true);
+        driver.read(&session(b"MAIL FROM:<>\r\nRCPT TO:<alice@example.com>\r\n"));
+        driver.read(start);
+        driver.flood(TEN_MIB, 4);
+        driver.read(end);
+        let mut expected = after_ehlo(&[
+            "250 2.1.0",
+            "250 2.1.5",
+            "354 ",
+            "552 5.3.4 ",
+            "250 2.0.0 Ok",
+        ]);
+        if start.starts_with(b"BDAT") {
+            expected.retain(|line| !line.starts_with("354"));
+        }
+        assert_replies(&driver.run, &expected);
+        assert_eq!(driver.run.messages[0].outcome, Outcome::Discarded);
+    }
 }

@@ -167,6 +167,20 @@ impl Driver {
         }
     }
 
+    /// Sends `octets` octets of `A` (no line end) in 64 KiB reads, checking
+    /// that the driver never has to keep more than `max_tail` of them.
+    pub fn flood(&mut self, octets: usize, max_tail: usize) {
+        let piece = vec![b'A'; 64 * 1024];
+        for _ in 0..octets / piece.len() {
+            self.read(&piece);
+            assert!(
+                self.run.max_tail <= max_tail,
+                "tail grew to {}",
+                self.run.max_tail
+            );
+        }
+    }
+
     fn spool(&mut self) {
         let (n, event) =
             self.session
