@@ -576,3 +576,55 @@ fn ten_mib_bodies_keep_memory_bounded() {
         assert_eq!(driver.run.messages[0].outcome, Outcome::Discarded);
     }
 }
+
+/// Reference for a DATA body: with a virtual CRLF before it, the first
+/// `\r\n.\r\n` ends it; returns the body and whether it holds a bare CR/LF.
+fn reference_body(text: &[u8]) -> Option<(&[u8], bool)> {
+    let virtual_start = [b"\r\n", text].concat();
+    let end = (0..virtual_start.len()).find(|&i| virtual_start[i..].starts_with(b"\r\n.\r\n"))?;
+    let body = &text[..end];
+    let bare = (0..body.len()).any(|i| match body[i] {
+        b'\r' => body.get(i + 1) != Some(&b'\n'),
+        b'\n' => i == 0 || body[i - 1] != b'\r',
+        _ => false,
+    });
+    Some((body, bare))
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+    /// Random bodies dense in dots, CRs and LFs, through the whole session
+    /// at random read boundaries: the message ends where the reference says,
+    /// with the same octets and the same bare CR/LF verdict.
+    #[test]
+    fn session_bodies_match_the_reference(
+        text in proptest::collection::vec(proptest::sample::select(&b"a.\r\n\x00"[..]), 0..64),
+        cuts in proptest::collection::vec(0usize..160, 0..6),
+    ) {
+        let head = session(b"MAIL FROM:<>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n");
+        let input = [&head[..], &text, b"\r\n.\r\n"].concat();
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(input.len())).collect();
+        cuts.sort_unstable();
+        let whole = common::run_cut(&input, &[], MAX, true);
+        let split = common::run_cut(&input, &cuts, MAX, true);
+        common::assert_same(&whole, &split, "random split");
+        let with_end = [&text[..], b"\r\n.\r\n"].concat();
+        let (body, bare) = reference_body(&with_end).expect("an end is always there");
+        let message = &whole.messages[0];
+        if bare {
+            proptest::prop_assert_eq!(&message.outcome, &Outcome::Discarded);
+        } else {
+            proptest::prop_assert_eq!(&message.outcome, &Outcome::Ready);
+            proptest::prop_assert_eq!(&message.body[..], body);
+        }
+    }
+}
+
+/// An idle session must stay small: the runtime budgets ≤ 1 KiB per idle
+/// connection, buffers included.
+#[test]
+fn a_session_is_a_small_struct() {
+    let size = std::mem::size_of::<mxgate::proto::Session>();
+    assert!(size <= 192, "Session is {size} octets");
+}
