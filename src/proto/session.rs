@@ -10,8 +10,10 @@
 //!
 //! Invariants: replies are appended to `out` in command order (a message's
 //! queued/451 reply holds back everything after it: `feed` returns `Paused`
-//! until `spool_done`); the unconsumed tail a driver must keep is at most
-//! [`scan::MAX_LINE`] octets in every state; nothing is allocated per byte.
+//! until `spool_done`); the unconsumed tail a driver must keep after
+//! `NeedInput` is under [`scan::MAX_LINE`] octets in every state, whatever
+//! the client sends (input that arrives while `Paused` is the driver's to
+//! hold or stop reading); nothing is allocated per byte.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
