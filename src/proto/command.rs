@@ -174,9 +174,10 @@ fn bdat(args: &[u8]) -> Result<Command<'_>, Error> {
     }
 }
 
-/// `args` after `word` (case-insensitive), with spaces after it skipped
+/// `args` after `word` (case-insensitive), with spaces around it skipped
 /// (`MAIL FROM: <x>` is common enough to tolerate).
 fn keyword<'a>(args: &'a [u8], word: &[u8]) -> Option<&'a [u8]> {
+    let args = skip_spaces(args);
     let head = args.get(..word.len())?;
     head.eq_ignore_ascii_case(word)
         .then(|| skip_spaces(&args[word.len()..]))

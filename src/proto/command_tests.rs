@@ -109,6 +109,13 @@ fn mail_and_rcpt() {
             }),
         ),
         (
+            b"MAIL  FROM:<>",
+            Ok(Command::Mail {
+                path: Path::Null,
+                params: plain,
+            }),
+        ),
+        (
             b"MAIL FROM:<> SIZE=1000 BODY=8BITMIME SMTPUTF8",
             Ok(Command::Mail {
                 path: Path::Null,
