@@ -15,8 +15,15 @@ use super::SpoolError;
 pub struct SpoolDir {
     tmp: PathBuf,
     new: PathBuf,
-    /// Kept open for `syncfs(2)` on the spool's file system.
-    tmp_handle: File,
+}
+
+/// An open handle on the spool's file system, for `syncfs(2)`. Each spool
+/// thread holds its own: the kernel reports a write-back error once per open
+/// file (Linux 5.8 and later), so a shared handle would let one thread's
+/// sync swallow the error another thread's batch needs to see.
+pub struct FileSystem {
+    handle: File,
+    path: PathBuf,
 }
 
 impl SpoolDir {
@@ -34,12 +41,7 @@ impl SpoolDir {
             tracing::warn!(stale, dir = %tmp.display(), "removed partial spool files left by a crash");
         }
         probe(&tmp)?;
-        let tmp_handle = File::open(&tmp).map_err(io_error(&tmp))?;
-        Ok(SpoolDir {
-            tmp,
-            new,
-            tmp_handle,
-        })
+        Ok(SpoolDir { tmp, new })
     }
 
     /// Where the message is written and synced.
@@ -58,11 +60,20 @@ impl SpoolDir {
         sync_dir(&self.new).map_err(io_error(&self.new))
     }
 
-    /// Flushes everything written on the spool's file system (`syncfs(2)`).
-    pub fn sync_file_system(&self) -> Result<(), SpoolError> {
-        rustix::fs::syncfs(&self.tmp_handle)
+    /// A fresh handle for [`FileSystem::sync`].
+    pub fn file_system(&self) -> Result<FileSystem, SpoolError> {
+        let handle = File::open(&self.tmp).map_err(io_error(&self.tmp))?;
+        let path = self.tmp.clone();
+        Ok(FileSystem { handle, path })
+    }
+}
+
+impl FileSystem {
+    /// Flushes everything written on the file system (`syncfs(2)`).
+    pub fn sync(&self) -> Result<(), SpoolError> {
+        rustix::fs::syncfs(&self.handle)
             .map_err(io::Error::from)
-            .map_err(io_error(&self.tmp))
+            .map_err(io_error(&self.path))
     }
 }
 

@@ -68,10 +68,16 @@ pub struct SpoolConfig {
 /// How a commit round makes its files durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncStrategy {
-    /// `fdatasync(2)` each file, back to back (the default: measured faster).
+    /// `fdatasync(2)` each file, back to back: one device flush per file.
     PerFile,
-    /// One `syncfs(2)` for the batch: also flushes whatever else is dirty on
-    /// the spool's file system.
+    /// Start write-back of every file first (`posix_fadvise(DONTNEED)`),
+    /// then `fdatasync(2)` each: the first sync's journal commit carries the
+    /// whole batch's block allocations, so the rest mostly just wait.
+    Writeback,
+    /// One `syncfs(2)` for the batch (the default: measured fastest, see
+    /// `benches/spool.rs`). It also flushes whatever else is dirty on the
+    /// spool's file system, so give the spool its own file system on a busy
+    /// host; write-back errors reach it only on Linux 5.8 and later.
     FileSystem,
 }
 
@@ -87,7 +93,7 @@ pub struct SpoolTuning {
 impl Default for SpoolTuning {
     fn default() -> Self {
         SpoolTuning {
-            sync: SyncStrategy::PerFile,
+            sync: SyncStrategy::FileSystem,
             max_batch: 256,
         }
     }
@@ -196,7 +202,7 @@ impl Spool {
             return Ok(());
         };
         for n in 0..self.wanted_threads {
-            let writer = Writer::new(Arc::clone(shared), self.jobs.clone());
+            let writer = Writer::new(Arc::clone(shared), self.jobs.clone())?;
             let thread = std::thread::Builder::new()
                 .name(format!("mxgate-spool-{n}"))
                 .spawn(move || writer.run())
