@@ -232,8 +232,9 @@ impl Spool {
     }
 
     /// Refuses new messages, commits and reports every message already
-    /// submitted, and joins the threads. Blocks for at most one commit round
-    /// per thread plus the queued backlog.
+    /// submitted, and joins the threads. Blocks until the queued backlog is
+    /// committed: call it (or drop the spool) from the main thread once the
+    /// workers are done, never from an event loop.
     pub fn shutdown(mut self) {
         self.close();
     }

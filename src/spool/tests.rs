@@ -328,3 +328,11 @@ fn producers_on_many_threads() {
     });
     assert_eq!(names(&root.path().join("new")).len(), 100);
 }
+
+#[test]
+fn handles_can_be_shared_and_moved_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Spool>();
+    send_sync::<SpoolLink>();
+    send_sync::<Completion>();
+}

@@ -1,7 +1,7 @@
 //! The spool threads and their group commit. Each thread takes every job
-//! waiting in the shared channel (up to a batch limit), then commits the
-//! batch in rounds that each touch the whole batch: write every file under
-//! `tmp/`, sync them all, rename them into `new/`, sync `new/` once, and only
+//! waiting in the shared channel (up to a batch limit) and commits the batch
+//! as one round: write every file under `tmp/`, make them all durable (per
+//! [`SyncStrategy`]), rename them into `new/`, sync `new/` once, and only
 //! then deliver each outcome and wake each worker once. A failure at any
 //! step fails only the messages it touches: their files are removed and
 //! their completions are errors. Owns no file format (`bsmtp`) and no
