@@ -57,11 +57,15 @@ fn main() {
 }
 
 fn cases() -> Vec<Case> {
-    let mut cases = vec![Case {
-        sync: SyncStrategy::PerFile,
-        threads: 1,
-        in_flight: 1,
-    }];
+    // One message in flight: the bare latency of a commit round.
+    let mut cases: Vec<Case> = [SyncStrategy::PerFile, SyncStrategy::FileSystem]
+        .into_iter()
+        .map(|sync| Case {
+            sync,
+            threads: 1,
+            in_flight: 1,
+        })
+        .collect();
     for sync in [
         SyncStrategy::PerFile,
         SyncStrategy::Writeback,

@@ -77,7 +77,9 @@ pub enum SyncStrategy {
     /// One `syncfs(2)` for the batch (the default: measured fastest, see
     /// `benches/spool.rs`). It also flushes whatever else is dirty on the
     /// spool's file system, so give the spool its own file system on a busy
-    /// host; write-back errors reach it only on Linux 5.8 and later.
+    /// host. Write-back errors reach it only on Linux 5.8 and later, and an
+    /// error anywhere on the file system fails the batch (erring on the
+    /// side of 451).
     FileSystem,
 }
 
