@@ -191,6 +191,31 @@ mod tests {
         assert_eq!(render(&m), expected("MAIL FROM:<>", "x\r\n"));
     }
 
+    /// Byte by byte: a `.` at the start of a line gets another.
+    fn naive_stuff(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut line_start = true;
+        for &byte in body {
+            if line_start && byte == b'.' {
+                out.push(b'.');
+            }
+            out.push(byte);
+            line_start = byte == b'\n';
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn stuffing_matches_the_naive_reference(
+            body in proptest::collection::vec(proptest::sample::select(b".\r\na".to_vec()), 0..64)
+        ) {
+            let mut out = Vec::new();
+            Bsmtp::default().write_stuffed(&mut out, &body).unwrap();
+            proptest::prop_assert_eq!(out, naive_stuff(&body));
+        }
+    }
+
     #[test]
     fn ipv6_peer_in_received_line() {
         let mut m = message(BodyKind::Data, b"");
