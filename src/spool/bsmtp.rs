@@ -164,6 +164,12 @@ mod tests {
     }
 
     #[test]
+    fn a_data_body_without_final_crlf_still_makes_a_valid_file() {
+        let got = render(&message(BodyKind::Data, b"x\r\n.."));
+        assert_eq!(got, expected(FROM, "x\r\n..\r\n"));
+    }
+
+    #[test]
     fn bdat_body_with_final_crlf_is_left_alone() {
         let got = render(&message(BodyKind::Bdat, b"a\r\nb\r\n"));
         assert_eq!(got, expected(FROM, "a\r\nb\r\n"));
