@@ -414,3 +414,44 @@ fn replies_back_up_without_loss_when_the_client_does_not_read() {
     sender.join().unwrap();
     server.stop();
 }
+
+/// A small read buffer forces every path that holds input back: messages
+/// that end mid-read, pipelined commands behind a message at the spool,
+/// partial lines at read boundaries.
+#[test]
+fn tiny_read_buffer_delivers_many_pipelined_messages_intact() {
+    const MESSAGES: usize = 20;
+    let server = TestServer::start(&["--read-buffer", "4096"]);
+    let mut c = server.client();
+    c.hello();
+    let body = |n: usize| {
+        format!(
+            "Subject: {n}\r\n\r\n{}",
+            format!("msg {n} {}\r\n", "q".repeat(70)).repeat(40)
+        )
+    };
+    let mut batch = Vec::new();
+    for n in 0..MESSAGES {
+        let text = body(n);
+        batch.extend_from_slice(
+            format!("MAIL FROM:<s@remote.example>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n{text}.\r\n")
+                .as_bytes(),
+        );
+    }
+    batch.extend_from_slice(b"QUIT\r\n");
+    c.send(&batch);
+    for n in 0..MESSAGES {
+        for code in [250, 250, 354] {
+            c.expect(code);
+        }
+        let id = queue_id(&c.expect(250));
+        let file =
+            std::fs::read(server.spool_dir().join("new").join(format!("{id}.bsmtp"))).unwrap();
+        assert!(
+            file.ends_with(format!("\r\n{}.\r\n", body(n)).as_bytes()),
+            "message {n}"
+        );
+    }
+    c.expect(221);
+    server.stop();
+}

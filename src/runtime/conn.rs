@@ -22,9 +22,6 @@ const READ_BUDGET: usize = 256 << 10;
 /// Unsent reply octets beyond which the connection stops reading (the
 /// client is not reading its replies).
 const OUT_CAP: usize = 64 << 10;
-/// Largest single read; the scratch buffer is twice this so held-back input
-/// and a fresh read fit together.
-pub const READ_CHUNK: usize = 64 << 10;
 
 /// Why a session ended, for the log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,9 +165,11 @@ impl Conn {
     /// One read (if the socket is open and there is room) and one feed of
     /// everything held back plus what was read.
     fn read_and_feed(&mut self, scratch: &mut [u8], cx: &mut Cx) -> Step {
+        // The scratch buffer is two reads long: held-back input (at most one
+        // read's worth plus a line) and a fresh read fit together.
         let held = self.pending.len();
         scratch[..held].copy_from_slice(&self.pending);
-        let room_end = scratch.len().min(held + READ_CHUNK);
+        let room_end = scratch.len().min(held + scratch.len() / 2);
         let mut blocked = false;
         let mut read = 0;
         if !self.eof && room_end > held {

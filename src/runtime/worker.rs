@@ -16,7 +16,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use super::conn::{Conn, Cx, Drive, Outcome, READ_CHUNK};
+use super::conn::{Conn, Cx, Drive, Outcome};
 use super::server::Shared;
 use super::timer::{Entry, TimerWheel};
 use crate::proto::reply;
@@ -49,7 +49,8 @@ pub struct Worker {
     wheel: TimerWheel,
     /// Connections with input possibly left in the socket.
     ready: Vec<usize>,
-    /// Read buffer shared by all connections of this worker.
+    /// Read buffer shared by all connections of this worker: room for one
+    /// read (`read-buffer` octets) behind held-back input.
     scratch: Box<[u8]>,
     /// Replies of the connection being driven.
     out: Vec<u8>,
@@ -88,7 +89,7 @@ impl Worker {
             conns: Slab::new(),
             wheel: TimerWheel::new(Instant::now()),
             ready: Vec::new(),
-            scratch: vec![0; read_buffer.max(READ_CHUNK) * 2].into_boxed_slice(),
+            scratch: vec![0; read_buffer * 2].into_boxed_slice(),
             out: Vec::with_capacity(4096),
             link,
             table,
