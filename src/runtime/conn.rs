@@ -38,6 +38,8 @@ pub enum Outcome {
     Shutdown,
     /// The drain timeout ran out during shutdown.
     Aborted,
+    /// A bug: driving the session panicked.
+    Failed,
 }
 
 impl Outcome {
@@ -49,6 +51,7 @@ impl Outcome {
             Outcome::TimedOut => "timed-out",
             Outcome::Shutdown => "shutdown",
             Outcome::Aborted => "aborted",
+            Outcome::Failed => "internal-error",
         }
     }
 }

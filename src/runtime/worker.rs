@@ -9,6 +9,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -170,7 +171,16 @@ impl Worker {
             out: &mut self.out,
             ticket: ticket(key, conn.generation),
         };
-        match conn.drive(&mut self.scratch, &mut cx) {
+        let scratch = &mut self.scratch;
+        // A bug that panics in one session must not take the worker's
+        // thousands of other sessions with it.
+        let verdict = panic::catch_unwind(AssertUnwindSafe(|| conn.drive(scratch, &mut cx)));
+        let verdict = verdict.unwrap_or_else(|_| {
+            tracing::error!(client = %conn.peer, "session panicked; connection dropped");
+            cx.out.clear();
+            Drive::Close(Outcome::Failed)
+        });
+        match verdict {
             Drive::Wait => {}
             Drive::Again if conn.in_ready => {}
             Drive::Again => {
