@@ -74,6 +74,9 @@ pub enum SyncStrategy {
     /// then `fdatasync(2)` each: the first sync's journal commit carries the
     /// whole batch's block allocations, so the rest mostly just wait.
     Writeback,
+    /// `fdatasync(2)` each file from up to eight short-lived threads at
+    /// once, so concurrent syncs share journal commits and device flushes.
+    Parallel,
     /// One `syncfs(2)` for the batch (the default: measured fastest, see
     /// `benches/spool.rs`). It also flushes whatever else is dirty on the
     /// spool's file system, so give the spool its own file system on a busy
