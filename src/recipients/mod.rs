@@ -15,6 +15,7 @@
 pub mod address;
 mod buckets;
 mod file;
+mod filter;
 mod hash;
 mod index;
 mod varint;
@@ -160,7 +161,7 @@ impl Table {
             seed: random_seed(),
             domains: KeyIndex::with_capacity(0),
             catch_all: Vec::new(),
-            locals: Buckets::with_room(0),
+            locals: Buckets::with_room(0, 0),
             entries: 0,
         }
     }
@@ -221,7 +222,7 @@ impl Table {
             .iter()
             .map(|&(_, _, local)| record_len(local))
             .sum();
-        self.locals = Buckets::with_room(bytes);
+        self.locals = Buckets::with_room(mailboxes.len(), bytes);
         let seed = self.seed;
         let rehash = |r: Record| Table::local_hash(seed, r.value, r.key);
         for batch in mailboxes.chunks(LOAD_BATCH) {
