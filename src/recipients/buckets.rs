@@ -140,6 +140,15 @@ impl Buckets {
         black_box((self.buckets[first].0[0], self.buckets[second].0[0]))
     }
 
+    /// Touches the buckets of `hash` if the filter says the key may be
+    /// there: a lookup about to follow overlaps its cache misses with
+    /// whatever runs in between.
+    pub fn prefetch(&self, hash: u64) {
+        if self.filter.may_contain(hash) {
+            self.touch(hash);
+        }
+    }
+
     /// Stores `local` in `domain` (at most `MAX_DOMAIN_ID`); the caller has
     /// checked it is absent.
     /// `rehash` recomputes an overflow record's hash if that index grows.

@@ -177,7 +177,7 @@ impl Table {
         if let Some(base) = base {
             // Request the base's buckets before waiting on the exact ones.
             self.locals
-                .touch(Table::local_hash(self.seed, domain, base));
+                .prefetch(Table::local_hash(self.seed, domain, base));
         }
         self.has_local(exact_hash, domain, local)
             || base.is_some_and(|base| {
