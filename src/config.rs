@@ -35,7 +35,12 @@ const DEFAULT_SPOOL_THREADS: usize = 1;
 
 /// Descriptors kept back from `--max-sessions`' default for listeners, the
 /// spool's files, the poll instances and the log.
-const RESERVED_FDS: u64 = 128;
+pub const RESERVED_FDS: u64 = 128;
+
+/// Connections accepted from one listener per wake-up by default: enough to
+/// drain a burst in few wake-ups, few enough that open sessions still get
+/// their turn within one loop.
+const DEFAULT_ACCEPT_BATCH: usize = 256;
 
 /// The I/O backend that drives the sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
@@ -123,6 +128,16 @@ pub struct Layer {
     /// Listen backlog per listener [default: 4096].
     #[arg(long, value_name = "N")]
     pub listen_backlog: Option<u32>,
+    /// SO_RCVBUF of every session, set on the listener and inherited; 0
+    /// leaves the kernel's autotuning (tcp_rmem) [default: 0].
+    #[arg(long, value_name = "BYTES")]
+    pub socket_receive_buffer: Option<usize>,
+    /// SO_SNDBUF of every session, like socket-receive-buffer [default: 0].
+    #[arg(long, value_name = "BYTES")]
+    pub socket_send_buffer: Option<usize>,
+    /// Connections accepted from one listener per wake-up [default: 256].
+    #[arg(long, value_name = "N")]
+    pub accept_batch: Option<usize>,
     /// Per-worker read buffer, in octets [default: 65536].
     #[arg(long, value_name = "BYTES")]
     pub read_buffer: Option<usize>,
@@ -155,6 +170,9 @@ impl Layer {
             fold_local_case,
             drain_timeout,
             listen_backlog,
+            socket_receive_buffer,
+            socket_send_buffer,
+            accept_batch,
             read_buffer,
         )
     }
@@ -199,7 +217,8 @@ pub struct Cli {
     /// TOML config file; flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Tuning profile: a TOML file, or NAME for tuning/profiles/NAME.toml.
+    /// Tuning profile: a TOML file, or NAME for NAME.toml in tuning/profiles/
+    /// (of the working directory, /etc/mxgate/profiles/, or the source tree).
     #[arg(long, value_name = "NAME|FILE")]
     pub profile: Option<String>,
     #[command(flatten)]
@@ -214,19 +233,9 @@ impl Cli {
             merged = merged.over(Layer::from_file(path)?);
         }
         if let Some(profile) = &self.profile {
-            merged = merged.over(Layer::from_file(&profile_path(profile))?);
+            merged = merged.over(Layer::from_file(&crate::tuning::locate_profile(profile)?)?);
         }
         Config::from_layer(merged)
-    }
-}
-
-/// Where `--profile` looks: a value with a `/` or ending in `.toml` is a
-/// path, anything else a profile name under `tuning/profiles/`.
-pub fn profile_path(profile: &str) -> PathBuf {
-    if profile.contains('/') || profile.ends_with(".toml") {
-        PathBuf::from(profile)
-    } else {
-        Path::new("tuning/profiles").join(format!("{profile}.toml"))
     }
 }
 
@@ -265,6 +274,11 @@ pub struct Config {
     pub fold_local_case: bool,
     pub drain_timeout: Duration,
     pub listen_backlog: u32,
+    /// SO_RCVBUF for sessions; 0: kernel autotuning.
+    pub socket_receive_buffer: usize,
+    /// SO_SNDBUF for sessions; 0: kernel autotuning.
+    pub socket_send_buffer: usize,
+    pub accept_batch: usize,
     pub read_buffer: usize,
 }
 
@@ -300,6 +314,9 @@ impl Config {
             fold_local_case: layer.fold_local_case.unwrap_or(true),
             drain_timeout: seconds("drain-timeout", layer.drain_timeout.unwrap_or(30))?,
             listen_backlog: layer.listen_backlog.unwrap_or(4096),
+            socket_receive_buffer: layer.socket_receive_buffer.unwrap_or(0),
+            socket_send_buffer: layer.socket_send_buffer.unwrap_or(0),
+            accept_batch: layer.accept_batch.unwrap_or(DEFAULT_ACCEPT_BATCH),
             read_buffer: layer.read_buffer.unwrap_or(64 << 10),
         };
         config.validate()
@@ -323,6 +340,9 @@ impl Config {
         }
         at_least_one("max-message-size", self.max_message_size)?;
         at_least_one("max-sessions", self.max_sessions)?;
+        at_least_one("accept-batch", self.accept_batch)?;
+        socket_buffer("socket-receive-buffer", self.socket_receive_buffer)?;
+        socket_buffer("socket-send-buffer", self.socket_send_buffer)?;
         Ok(self)
     }
 
@@ -399,6 +419,17 @@ fn delimiter(text: &str) -> Result<Option<u8>, ConfigError> {
             "subaddress-delimiter: {text:?} must be one printable ASCII character other than @, or empty"
         ))),
     }
+}
+
+/// 0 (kernel autotuning) or a real buffer: a typo like `16` for `16384`
+/// would cripple every session.
+fn socket_buffer(name: &str, bytes: usize) -> Result<(), ConfigError> {
+    if bytes != 0 && bytes < 4096 {
+        return Err(invalid(format!(
+            "{name}: {bytes} is too small; 0 (kernel autotuning) or at least 4096 octets"
+        )));
+    }
+    Ok(())
 }
 
 fn seconds(name: &str, secs: u64) -> Result<Duration, ConfigError> {
@@ -509,15 +540,6 @@ mod tests {
         let cfg = from_args(args(&["--profile", p, "--config", c])).unwrap();
         assert_eq!(cfg.workers, 2);
         assert_eq!(cfg.listen_backlog, 64);
-    }
-
-    #[test]
-    fn profile_names_resolve_under_tuning() {
-        assert_eq!(
-            profile_path("dense"),
-            PathBuf::from("tuning/profiles/dense.toml")
-        );
-        assert_eq!(profile_path("./x.toml"), PathBuf::from("./x.toml"));
     }
 
     #[test]

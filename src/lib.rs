@@ -4,7 +4,8 @@
 //! The crate is layered as `../shared/DESIGN.md` describes: [`proto`] is the
 //! sans-IO SMTP engine, [`recipients`] the recipient table it consults,
 //! [`spool`] the durable queue, [`runtime`] the event loops that move bytes,
-//! and [`config`] the merged configuration. Nothing here is specific to the
+//! [`config`] the merged configuration and [`tuning`] the profiles' lookup
+//! and the start-up host check. Nothing here is specific to the
 //! `mxgate` binary: every test drives these modules directly or over TCP.
 
 pub mod config;
@@ -12,3 +13,4 @@ pub mod proto;
 pub mod recipients;
 pub mod runtime;
 pub mod spool;
+pub mod tuning;

@@ -58,6 +58,9 @@ fn run() -> Result<(), Fatal> {
         tracing::warn!(error = %err, "could not raise the open-file limit");
     }
     let config = parse_command_line()?;
+    for shortfall in mxgate::tuning::check_host(&config) {
+        tracing::warn!("{shortfall}");
+    }
     let table = Arc::new(SharedTable::new(config.load_table()?));
     if config.spool_mode == SpoolMode::Discard {
         tracing::warn!("SPOOL MODE DISCARD: every accepted message is DROPPED (benchmarks only)");

@@ -7,13 +7,15 @@ use std::net::SocketAddr;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::tuning::ListenOptions;
+
 /// Binds `workers` listeners on each address. Port 0 is resolved by the
 /// first bind and reused by the others. Returns, per worker, its listeners,
 /// and the bound addresses in `addrs` order.
 pub fn bind_all(
     addrs: &[SocketAddr],
     workers: usize,
-    backlog: u32,
+    options: &ListenOptions,
 ) -> io::Result<(Vec<Vec<mio::net::TcpListener>>, Vec<SocketAddr>)> {
     let mut per_worker: Vec<Vec<mio::net::TcpListener>> =
         (0..workers).map(|_| Vec::new()).collect();
@@ -22,7 +24,7 @@ pub fn bind_all(
         ensure_free(addr)?;
         let mut actual = addr;
         for listeners in per_worker.iter_mut() {
-            let listener = bind_one(actual, backlog)?;
+            let listener = bind_one(actual, options)?;
             actual = listener.local_addr()?;
             listeners.push(listener);
         }
@@ -47,7 +49,7 @@ fn ensure_free(addr: SocketAddr) -> io::Result<()> {
     probe.bind(&addr.into()).map_err(|e| annotate(e, addr))
 }
 
-fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<mio::net::TcpListener> {
+fn bind_one(addr: SocketAddr, options: &ListenOptions) -> io::Result<mio::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -56,7 +58,8 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<mio::net::TcpListener>
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into()).map_err(|e| annotate(e, addr))?;
-    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    options.apply(&socket)?;
+    socket.listen(i32::try_from(options.backlog).unwrap_or(i32::MAX))?;
     Ok(mio::net::TcpListener::from_std(socket.into()))
 }
 
@@ -71,7 +74,7 @@ mod tests {
     #[test]
     fn port_zero_is_shared_by_all_workers() {
         let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let (per_worker, bound) = bind_all(&[addr], 3, 16).unwrap();
+        let (per_worker, bound) = bind_all(&[addr], 3, &ListenOptions::backlog(16)).unwrap();
         assert_eq!(per_worker.len(), 3);
         assert_ne!(bound[0].port(), 0);
         for listeners in &per_worker {
@@ -82,8 +85,8 @@ mod tests {
     #[test]
     fn a_port_in_use_is_refused_by_name() {
         let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let (_held, bound) = bind_all(&[addr], 1, 16).unwrap();
-        let err = bind_all(&bound, 2, 16).expect_err("port in use");
+        let (_held, bound) = bind_all(&[addr], 1, &ListenOptions::backlog(16)).unwrap();
+        let err = bind_all(&bound, 2, &ListenOptions::backlog(16)).expect_err("port in use");
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
         assert!(err.to_string().contains(&bound[0].to_string()), "{err}");
     }

@@ -16,6 +16,7 @@ use super::worker::{Worker, WAKER};
 use crate::config::Config;
 use crate::recipients::{SharedTable, Table};
 use crate::spool::Spool;
+use crate::tuning::ListenOptions;
 
 /// State all workers share: the session count and the stop flag. Touched
 /// once per connection, never per byte.
@@ -24,6 +25,8 @@ pub struct Shared {
     max_sessions: usize,
     stop: AtomicBool,
     pub drain_timeout: Duration,
+    /// Connections accepted from one listener per wake-up.
+    pub accept_batch: usize,
 }
 
 impl Shared {
@@ -57,12 +60,14 @@ impl Server {
         table: Arc<SharedTable>,
         spool: Spool,
     ) -> io::Result<ServerHandle> {
-        let (listeners, addrs) = bind_all(&config.listen, config.workers, config.listen_backlog)?;
+        let (listeners, addrs) =
+            bind_all(&config.listen, config.workers, &ListenOptions::of(config))?;
         let shared = Arc::new(Shared {
             open: AtomicUsize::new(0),
             max_sessions: config.max_sessions,
             stop: AtomicBool::new(false),
             drain_timeout: config.drain_timeout,
+            accept_batch: config.accept_batch,
         });
         let session_config = config.session_config();
         let mut workers = Vec::with_capacity(listeners.len());

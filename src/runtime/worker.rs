@@ -28,8 +28,6 @@ use crate::spool::SpoolLink;
 
 /// Token of the waker (spool completions, shutdown).
 pub const WAKER: Token = Token(usize::MAX);
-/// Connections accepted from one listener per wake-up.
-const ACCEPT_BATCH: usize = 256;
 
 fn listener_token(index: usize) -> Token {
     Token(usize::MAX - 1 - index)
@@ -217,9 +215,9 @@ impl Worker {
         }
     }
 
-    /// Accepts up to a batch from one listener.
+    /// Accepts up to `accept-batch` connections from one listener.
     fn accept_from(&mut self, index: usize, now: Instant) {
-        for _ in 0..ACCEPT_BATCH {
+        for _ in 0..self.shared.accept_batch {
             match self.listeners[index].accept() {
                 Ok((stream, peer)) => {
                     if std::mem::take(&mut self.accept_paused) {

@@ -1,0 +1,23 @@
+//! Tuning: finding `--profile` files, the socket options profiles set, and
+//! the start-up comparison of the host with the resolved configuration.
+//!
+//! Owns profile lookup ([`locate_profile`]), the listener socket options
+//! ([`ListenOptions`]), reading the host's limits ([`HostReading`]) and the
+//! pure check that turns a reading and a [`crate::config::Config`] into
+//! [`Shortfall`]s. It changes nothing on the host: every shortfall names the
+//! fix for the operator to apply (`tuning/sysctl.conf`, `tuning/limits.conf`).
+
+mod check;
+mod host;
+mod profile;
+mod socket;
+
+pub use check::{check, Shortfall};
+pub use host::HostReading;
+pub use profile::{locate_profile, locate_profile_in, profile_dirs};
+pub use socket::ListenOptions;
+
+/// Reads this host and checks it against `config`.
+pub fn check_host(config: &crate::config::Config) -> Vec<Shortfall> {
+    check(&HostReading::read(), config)
+}
