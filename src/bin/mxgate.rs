@@ -58,12 +58,12 @@ fn run() -> Result<(), Fatal> {
         tracing::warn!(error = %err, "could not raise the open-file limit");
     }
     let config = parse_command_line()?;
-    for shortfall in mxgate::tuning::check_host(&config) {
-        tracing::warn!("{shortfall}");
-    }
     let table = Arc::new(SharedTable::new(config.load_table()?));
     if config.spool_mode == SpoolMode::Discard {
         tracing::warn!("SPOOL MODE DISCARD: every accepted message is DROPPED (benchmarks only)");
+    }
+    for shortfall in mxgate::tuning::check_host(&config) {
+        tracing::warn!("{shortfall}");
     }
     let spool = Spool::open(config.spool_config()).map_err(|err| Fatal {
         message: err.to_string(),

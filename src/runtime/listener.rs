@@ -9,22 +9,24 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::tuning::ListenOptions;
 
-/// Binds `workers` listeners on each address. Port 0 is resolved by the
-/// first bind and reused by the others. Returns, per worker, its listeners,
-/// and the bound addresses in `addrs` order.
+/// Binds `workers` listeners on each address with `options` (or just a
+/// backlog). Port 0 is resolved by the first bind and reused by the others.
+/// Returns, per worker, its listeners, and the bound addresses in `addrs`
+/// order.
 pub fn bind_all(
     addrs: &[SocketAddr],
     workers: usize,
-    options: &ListenOptions,
+    options: impl Into<ListenOptions>,
 ) -> io::Result<(Vec<Vec<mio::net::TcpListener>>, Vec<SocketAddr>)> {
     let mut per_worker: Vec<Vec<mio::net::TcpListener>> =
         (0..workers).map(|_| Vec::new()).collect();
+    let options = options.into();
     let mut bound = Vec::with_capacity(addrs.len());
     for &addr in addrs {
         ensure_free(addr)?;
         let mut actual = addr;
         for listeners in per_worker.iter_mut() {
-            let listener = bind_one(actual, options)?;
+            let listener = bind_one(actual, &options)?;
             actual = listener.local_addr()?;
             listeners.push(listener);
         }
@@ -74,7 +76,7 @@ mod tests {
     #[test]
     fn port_zero_is_shared_by_all_workers() {
         let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let (per_worker, bound) = bind_all(&[addr], 3, &ListenOptions::backlog(16)).unwrap();
+        let (per_worker, bound) = bind_all(&[addr], 3, 16).unwrap();
         assert_eq!(per_worker.len(), 3);
         assert_ne!(bound[0].port(), 0);
         for listeners in &per_worker {
@@ -85,8 +87,8 @@ mod tests {
     #[test]
     fn a_port_in_use_is_refused_by_name() {
         let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let (_held, bound) = bind_all(&[addr], 1, &ListenOptions::backlog(16)).unwrap();
-        let err = bind_all(&bound, 2, &ListenOptions::backlog(16)).expect_err("port in use");
+        let (_held, bound) = bind_all(&[addr], 1, 16).unwrap();
+        let err = bind_all(&bound, 2, 16).expect_err("port in use");
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
         assert!(err.to_string().contains(&bound[0].to_string()), "{err}");
     }

@@ -61,7 +61,7 @@ impl Server {
         spool: Spool,
     ) -> io::Result<ServerHandle> {
         let (listeners, addrs) =
-            bind_all(&config.listen, config.workers, &ListenOptions::of(config))?;
+            bind_all(&config.listen, config.workers, ListenOptions::of(config))?;
         let shared = Arc::new(Shared {
             open: AtomicUsize::new(0),
             max_sessions: config.max_sessions,

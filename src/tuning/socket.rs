@@ -20,21 +20,23 @@ pub struct ListenOptions {
     pub send_buffer: usize,
 }
 
+/// Just a backlog; the kernel autotunes the buffers.
+impl From<u32> for ListenOptions {
+    fn from(backlog: u32) -> ListenOptions {
+        ListenOptions {
+            backlog,
+            receive_buffer: 0,
+            send_buffer: 0,
+        }
+    }
+}
+
 impl ListenOptions {
     pub fn of(config: &Config) -> ListenOptions {
         ListenOptions {
             backlog: config.listen_backlog,
             receive_buffer: config.socket_receive_buffer,
             send_buffer: config.socket_send_buffer,
-        }
-    }
-
-    /// Just a backlog; the kernel's buffer autotuning.
-    pub fn backlog(backlog: u32) -> ListenOptions {
-        ListenOptions {
-            backlog,
-            receive_buffer: 0,
-            send_buffer: 0,
         }
     }
 
@@ -85,7 +87,7 @@ mod tests {
 
     #[test]
     fn zero_leaves_the_kernel_default() {
-        let socket = accepted(ListenOptions::backlog(16));
+        let socket = accepted(ListenOptions::from(16));
         assert_ne!(socket.recv_buffer_size().unwrap(), 32 << 10);
     }
 }
