@@ -305,11 +305,11 @@ impl Conn {
         }
     }
 
-    /// Last words: flush what we can and signal end of output. Replies the
-    /// socket cannot take now are dropped; the peer is going away.
+    /// Last words: flush what we can before the socket is dropped (closing
+    /// it sends the FIN). Replies the socket cannot take now are lost; the
+    /// session is over.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         let _ = self.flush(out);
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
         out.clear();
     }
 

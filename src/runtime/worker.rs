@@ -251,7 +251,6 @@ impl Worker {
             tracing::info!(client = %peer.ip(), outcome = "over-capacity", "session end");
             return;
         }
-        let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let interest = Interest::READABLE | Interest::WRITABLE;
@@ -284,8 +283,9 @@ impl Worker {
 
     fn close(&mut self, key: usize, outcome: Outcome) {
         let mut conn = self.conns.remove(key);
+        // Dropping the socket closes it, which also takes it off the epoll
+        // set: no deregister call needed.
         conn.finish(&mut self.out);
-        let _ = self.poll.registry().deregister(&mut conn.stream);
         conn.log_end(outcome);
         self.shared.close_one();
         if self.accept_blocked_until.take().is_some() {
