@@ -178,6 +178,7 @@ fn a_stock_host_falls_short_of_the_dense_profile() {
             "net.ipv4.ip_local_reserved_ports",
             "workers",
             "cores",
+            "cores",
         ]
     );
     assert_eq!(
@@ -185,7 +186,16 @@ fn a_stock_host_falls_short_of_the_dense_profile() {
         "net.core.somaxconn is 4096, below listen-backlog 65535: sysctl -w net.core.somaxconn=65535 (see tuning/sysctl.conf)"
     );
     assert!(found[0].line.contains("nofile to 200128"), "{}", found[0]);
-    assert!(found[7].line.contains("cores lists 5"), "{}", found[7]);
+    assert!(
+        found[7].line.starts_with("workers 3 but cores lists 2"),
+        "{}",
+        found[7]
+    );
+    assert!(
+        found[8].line.starts_with("cores lists 5, which"),
+        "{}",
+        found[8]
+    );
 }
 
 /// Makes one reading of a good host bad.
@@ -218,6 +228,20 @@ fn each_check_fires_alone() {
     let mut host = good_host();
     host.tcp_max_syn_backlog = Some(128);
     assert_eq!(check(&host, &config), vec![]);
+    // Four workers on a list of two cores share them.
+    let two = Config {
+        cores: vec![2, 3],
+        ..config.clone()
+    };
+    let found = check(&good_host(), &two);
+    assert_eq!(settings(&found), ["cores"]);
+    assert!(
+        found[0]
+            .line
+            .starts_with("workers 4 but cores lists 2 (2,3)"),
+        "{}",
+        found[0]
+    );
     // Unknown values (no /proc/sys) are skipped, not guessed.
     let host = HostReading {
         nofile: u64::MAX,

@@ -34,6 +34,7 @@ pub fn check(host: &HostReading, config: &Config) -> Vec<Shortfall> {
     backlog(host, config, &mut found);
     socket_buffers(host, config, &mut found);
     listen_ports(host, config, &mut found);
+    workers(host, config, &mut found);
     cores(host, config, &mut found);
     found
 }
@@ -139,14 +140,10 @@ fn listen_ports(host: &HostReading, config: &Config, found: &mut Vec<Shortfall>)
     }
 }
 
-/// Workers beyond the allowed cores share them; a listed core outside the
-/// affinity mask leaves its worker unpinned.
-fn cores(host: &HostReading, config: &Config, found: &mut Vec<Shortfall>) {
+/// Workers beyond the cores this process may run on share them.
+fn workers(host: &HostReading, config: &Config, found: &mut Vec<Shortfall>) {
     let allowed = &host.allowed_cores;
-    if allowed.is_empty() {
-        return;
-    }
-    if config.workers > allowed.len() {
+    if !allowed.is_empty() && config.workers > allowed.len() {
         found.push(shortfall(
             "workers",
             format!(
@@ -158,11 +155,30 @@ fn cores(host: &HostReading, config: &Config, found: &mut Vec<Shortfall>) {
             ),
         ));
     }
-    let outside: Vec<usize> = config
-        .cores
+}
+
+/// A `cores` list shorter than the workers makes them share cores; a listed
+/// core outside the affinity mask leaves its worker unpinned.
+fn cores(host: &HostReading, config: &Config, found: &mut Vec<Shortfall>) {
+    let listed = &config.cores;
+    if !listed.is_empty() && config.workers > listed.len() {
+        found.push(shortfall(
+            "cores",
+            format!(
+                "workers {} but cores lists {} ({}), so workers share cores: list {} cores or set workers = {}",
+                config.workers,
+                listed.len(),
+                list(listed),
+                config.workers,
+                listed.len()
+            ),
+        ));
+    }
+    let allowed = &host.allowed_cores;
+    let outside: Vec<usize> = listed
         .iter()
         .copied()
-        .filter(|core| !allowed.contains(core))
+        .filter(|core| !allowed.is_empty() && !allowed.contains(core))
         .collect();
     if !outside.is_empty() {
         found.push(shortfall(
