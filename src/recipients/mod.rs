@@ -48,7 +48,10 @@ pub struct SharedTable {}
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("line {line}: {reason}")]
     Syntax { line: usize, reason: String },
 }
