@@ -10,11 +10,7 @@ pub enum Path<'a> {
     Postmaster,
     /// `local@domain`, source route dropped; `address` is the whole
     /// `local@domain` as given.
-    Mailbox {
-        address: &'a [u8],
-        local: &'a [u8],
-        domain: &'a [u8],
-    },
+    Mailbox { address: &'a [u8], local: &'a [u8], domain: &'a [u8] },
 }
 
 /// Why a path was refused; each maps to a 501 5.1.x reply.

@@ -48,10 +48,7 @@ pub struct SharedTable {}
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("line {line}: {reason}")]
     Syntax { line: usize, reason: String },
 }
