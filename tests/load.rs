@@ -326,3 +326,13 @@ fn open_loop_charges_a_stall_to_every_session_queued_behind_it() {
     assert!(late >= 25, "{late} sessions ≥ 25 ms");
     assert!(report.phase(Phase::Session).p99 >= 25_000);
 }
+
+#[test]
+fn duration_stops_starting_sessions() {
+    let srv = server(Serve::Concurrent);
+    let report = run(config(srv.addr, "--sessions 2 --duration 0.3"));
+    let c = report.counts;
+    assert!(c.sessions_completed >= 2, "{c:?}");
+    assert_eq!(c.sessions_completed, c.sessions_started);
+    assert_eq!(srv.seen.sessions.load(SeqCst), c.sessions_started);
+}

@@ -20,6 +20,7 @@ pub mod report;
 pub mod stats;
 pub mod worker;
 
+use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -253,13 +254,16 @@ fn run_threads(shared: &Shared) -> Result<Stats, LoadError> {
 }
 
 /// The binary's body: run, print, write histogram files. Returns the exit
-/// status (0 ok, 1 the run failed).
+/// status: 0 ok, 2 a bad option (as clap does), 1 the run failed.
 pub fn main(config: &Config) -> i32 {
     match run_and_print(config) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("mxgate-load: {e}");
-            1
+            match e {
+                LoadError::Invalid(_) => 2,
+                _ => 1,
+            }
         }
     }
 }
@@ -269,10 +273,13 @@ fn run_and_print(config: &Config) -> Result<(), LoadError> {
     if let Some(dir) = &config.hgrm_dir {
         hgrm::write_dir(dir, &report.stats)?;
     }
-    if config.json {
-        println!("{}", report.json());
+    let text = if config.json {
+        report.json() + "\n"
     } else {
-        print!("{}", report.table());
-    }
-    Ok(())
+        report.table()
+    };
+    // A closed pipe is an error to report, not a panic (as print! would).
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    Ok(out.flush()?)
 }
