@@ -77,6 +77,11 @@ pub struct Config {
     /// Stop starting sessions after this many seconds (sessions in flight finish).
     #[arg(long)]
     pub duration: Option<f64>,
+    /// Closed loop: most sessions awaiting their greeting at once, so ramping
+    /// up thousands of sessions does not overflow the server's listen queue.
+    /// (At least one per thread.)
+    #[arg(long, default_value_t = 1024)]
+    pub connect_window: usize,
     /// Open loop: most sessions open at once in each thread.
     #[arg(long, default_value_t = MAX_OPEN)]
     pub max_open: usize,
@@ -149,6 +154,7 @@ impl Config {
         bad(positive(self.timeout), "--timeout must be > 0")?;
         bad(self.threads != Some(0), "--threads must be ≥ 1")?;
         bad(self.max_open > 0, "--max-open must be ≥ 1")?;
+        bad(self.connect_window > 0, "--connect-window must be ≥ 1")?;
         bad(
             self.sessions > 0 || self.rate.is_some(),
             "--sessions must be ≥ 1",
@@ -183,7 +189,14 @@ impl Config {
                     (None, None) => self.sessions,
                 };
                 let concurrency = self.sessions.min(total) as usize;
-                (Mode::Closed { concurrency }, total)
+                let window = self.connect_window;
+                (
+                    Mode::Closed {
+                        concurrency,
+                        window,
+                    },
+                    total,
+                )
             }
             Some(rate) => {
                 let total = match (self.sessions_total, self.duration) {
@@ -204,7 +217,7 @@ impl Config {
         let cores = thread::available_parallelism().map_or(1, |n| n.get());
         let wanted = self.threads.unwrap_or(cores).max(1);
         match mode {
-            Mode::Closed { concurrency } => wanted.min(concurrency.max(1)),
+            Mode::Closed { concurrency, .. } => wanted.min(concurrency.max(1)),
             Mode::Open { .. } => wanted,
         }
     }
