@@ -228,18 +228,19 @@ pub fn run(config: &Config) -> Result<Report, LoadError> {
     config.check()?;
     net::raise_nofile()?;
     let (mode, total) = config.schedule();
-    let threads = config.threads(mode);
     let epoch = Instant::now();
-    let shared = Shared::new(
-        Arc::new(config.plan()),
-        config.target,
+    let shared = Shared {
+        plan: Arc::new(config.plan()),
+        target: config.target,
+        sources: Default::default(),
         mode,
-        threads,
+        threads: config.threads(mode),
         total,
-        config.duration.map(|d| epoch + Duration::from_secs_f64(d)),
-        Duration::from_secs_f64(config.timeout),
+        deadline: config.duration.map(|d| epoch + Duration::from_secs_f64(d)),
+        timeout: Duration::from_secs_f64(config.timeout),
         epoch,
-    );
+        claimed: Default::default(),
+    };
     let cpu_before = net::cpu_time()?;
     let stats = run_threads(&shared)?;
     let elapsed = epoch.elapsed();

@@ -54,35 +54,11 @@ pub struct Shared {
     pub timeout: Duration,
     /// Time zero of every timestamp.
     pub epoch: Instant,
-    claimed: AtomicU64,
+    /// Closed loop: sessions taken from `total` so far.
+    pub claimed: AtomicU64,
 }
 
 impl Shared {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        plan: Arc<Plan>,
-        target: SocketAddr,
-        mode: Mode,
-        threads: usize,
-        total: u64,
-        deadline: Option<Instant>,
-        timeout: Duration,
-        epoch: Instant,
-    ) -> Shared {
-        Shared {
-            plan,
-            target,
-            sources: Sources::default(),
-            mode,
-            threads,
-            total,
-            deadline,
-            timeout,
-            epoch,
-            claimed: AtomicU64::new(0),
-        }
-    }
-
     fn micros(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.epoch).as_micros() as u64
     }
