@@ -54,7 +54,7 @@ pub struct Config {
     #[arg(long, default_value_t = 1)]
     pub sessions: u64,
     /// Transactions per session.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, visible_alias = "messages-per-session", default_value_t = 1)]
     pub messages: u32,
     /// Message size in octets (before the final dot).
     #[arg(long, default_value_t = 1024)]
@@ -82,7 +82,8 @@ pub struct Config {
     /// (At least one per thread.)
     #[arg(long, default_value_t = 1024)]
     pub connect_window: usize,
-    /// Open loop: most sessions open at once in each thread.
+    /// Open loop: most sessions open at once (late starts are still timed
+    /// from their intended start). At least one per thread.
     #[arg(long, default_value_t = MAX_OPEN)]
     pub max_open: usize,
     /// Event-loop threads (default: online cores).

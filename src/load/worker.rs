@@ -34,7 +34,8 @@ pub enum Mode {
     /// most its share of `window` still awaiting their greeting, so a burst
     /// of connects cannot overflow the server's listen queue.
     Closed { concurrency: usize, window: usize },
-    /// Session i is due at `i / rate` seconds; at most `max_open` per thread.
+    /// Session i is due at `i / rate` seconds; at most `max_open` open at
+    /// once (split over the threads).
     Open { rate: f64, max_open: usize },
 }
 
@@ -142,7 +143,7 @@ impl<'a> Worker<'a> {
         let now = Instant::now();
         let mut until = next_sweep;
         if let Mode::Open { max_open, .. } = self.shared.mode {
-            if !self.exhausted && self.conns.len() < max_open {
+            if !self.exhausted && self.conns.len() < self.share(max_open).max(1) {
                 until = until.min(self.due(self.next_slot));
             }
         }
@@ -190,6 +191,7 @@ impl<'a> Worker<'a> {
     }
 
     fn launch_open(&mut self, now: Instant, max_open: usize) {
+        let max_open = self.share(max_open).max(1);
         while !self.exhausted && self.conns.len() < max_open {
             if self.next_slot >= self.shared.total {
                 self.exhausted = true;
