@@ -10,6 +10,14 @@
 //! sessions start on a fixed schedule and are timed from their intended
 //! start, so a stalled server shows in the percentiles instead of slowing
 //! the load down (coordinated omission, as wrk2 corrects it).
+//!
+//! Timing: each command is timed from when it was handed to the socket to
+//! its reply; with `--pipelining` every command of a group shares the
+//! group's send time, so RCPT includes the MAIL ahead of it. End-of-data
+//! runs from the last body octet written. Unknown recipients
+//! (`--invalid-ratio`) are spread evenly: a session with n recipients has
+//! exactly ⌊n × ratio⌋ of them. Output: a table (or `--json`) and, with
+//! `--hgrm-dir`, one `.hgrm` per phase plus `percentiles.svg`.
 //! Does not interpret what the server does with the mail.
 
 pub mod client;
