@@ -109,13 +109,13 @@ pub struct Config {
     /// Domain of valid recipients (user0@…, user1@…).
     #[arg(long, default_value = "example.com")]
     pub rcpt_domain: String,
-    /// Valid recipients cycle through user0 … user<users-1>.
+    /// Valid recipients cycle through user0 … user(N-1), N = --users.
     #[arg(long, default_value_t = 100)]
     pub users: u32,
     /// Domain of unknown recipients (default: --rcpt-domain).
     #[arg(long)]
     pub invalid_domain: Option<String>,
-    /// Write <phase>.hgrm files and percentiles.svg into this directory.
+    /// Write PHASE.hgrm files and percentiles.svg into this directory.
     #[arg(long)]
     pub hgrm_dir: Option<PathBuf>,
     /// Print one JSON object instead of the table.
