@@ -352,7 +352,10 @@ fn duration_stops_starting_sessions() {
 #[test]
 fn connect_window_limits_sessions_awaiting_their_greeting() {
     let srv = server(Serve::SlowGreeting);
-    let report = run(config(srv.addr, "--sessions 20 --connect-window 1 --threads 1"));
+    let report = run(config(
+        srv.addr,
+        "--sessions 20 --connect-window 1 --threads 1",
+    ));
     assert_eq!(report.counts.sessions_completed, 20);
     assert_eq!(srv.seen.ungreeted_max.load(SeqCst), 1);
 }
