@@ -255,6 +255,10 @@ fn bench_size(c: &mut Bench, label: &str, entries: u64) {
         Lookup::RelayDenied,
     ];
     let queries = queries(entries);
+    // The harness alone (fetching the next key), to show what it adds.
+    bench_lookups(c, &format!("harness_only/{label}"), &queries[0], |k| {
+        k.len()
+    });
     for ((kind, want), keys) in kinds.iter().zip(wants).zip(&queries) {
         assert!(keys.iter().all(|k| table.lookup(k) == want), "{kind}");
         bench_lookups(c, &format!("lookup/{label}/{kind}"), keys, |k| {
