@@ -127,15 +127,47 @@ fn scan_local_part(input: &[u8], pos: usize) -> Result<usize, AddressError> {
     }
 }
 
-/// RFC 5321 `atext`, extended with UTF-8 octets by RFC 6531.
-fn is_atext(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b >= 0x80 || b"!#$%&'*+-/=?^_`{|}~".contains(&b)
+/// Octet classes, one bit each, looked up in [`CLASS`].
+const ATEXT: u8 = 1;
+const LDH: u8 = 2;
+
+/// RFC 5321 `atext` symbols; letters, digits and (RFC 6531) UTF-8 octets
+/// are `atext` too.
+const ATEXT_SYMBOLS: &[u8] = b"!#$%&'*+-/=?^_`{|}~";
+
+/// The class bits of every octet, built at compile time, so a scan costs
+/// one load and one test per octet.
+static CLASS: [u8; 256] = {
+    let mut class = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        // `Let-dig`, extended with UTF-8 octets (RFC 6531 U-labels).
+        if (b as u8).is_ascii_alphanumeric() || b >= 0x80 {
+            class[b] = ATEXT | LDH;
+        }
+        b += 1;
+    }
+    let mut i = 0;
+    while i < ATEXT_SYMBOLS.len() {
+        class[ATEXT_SYMBOLS[i] as usize] |= ATEXT;
+        i += 1;
+    }
+    class[b'-' as usize] |= LDH;
+    class
+};
+
+/// Length of the run of octets of class `class` that starts `bytes`.
+fn run(bytes: &[u8], class: u8) -> usize {
+    bytes
+        .iter()
+        .position(|&b| CLASS[usize::from(b)] & class == 0)
+        .unwrap_or(bytes.len())
 }
 
 /// `Atom *("." Atom)`; returns the index after the last atom.
 fn scan_dot_string(input: &[u8], pos: usize) -> Result<usize, AddressError> {
     scan_dotted(input, pos, |rest| {
-        let atom = rest.iter().take_while(|&&b| is_atext(b)).count();
+        let atom = run(rest, ATEXT);
         (atom > 0).then_some(atom)
     })
 }
@@ -181,18 +213,11 @@ fn scan_domain(input: &[u8], pos: usize) -> Result<usize, AddressError> {
     }
 }
 
-/// Letters, digits and (RFC 6531 U-labels) UTF-8 octets.
-fn is_let_dig(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b >= 0x80
-}
-
 /// `sub-domain *("." sub-domain)`; returns the index after the last label.
+/// Labels are letters, digits, hyphens and (RFC 6531 U-labels) UTF-8 octets.
 fn scan_labels(input: &[u8], pos: usize) -> Result<usize, AddressError> {
     scan_dotted(input, pos, |rest| {
-        let label = rest
-            .iter()
-            .take_while(|&&b| is_let_dig(b) || b == b'-')
-            .count();
+        let label = run(rest, LDH);
         let hyphen_edge = label > 0 && (rest[0] == b'-' || rest[label - 1] == b'-');
         (label > 0 && label <= MAX_LABEL && !hyphen_edge).then_some(label)
     })

@@ -42,6 +42,7 @@ impl Bucket {
 
     /// True if a record of `local` in `domain` is here; `header` is this
     /// bucket's first octet, already read.
+    #[inline]
     fn holds(&self, header: u8, domain: u32, local: &[u8], same: &impl Fn(&[u8]) -> bool) -> bool {
         let records = &self.0[1..1 + usize::from(header & USED)];
         let want = record_header(domain, local);
@@ -106,6 +107,7 @@ impl Buckets {
 
     /// True if `local` in `domain` (hashed to `hash`) is stored; `same`
     /// compares a stored key with `local`.
+    #[inline]
     pub fn contains(
         &self,
         hash: u64,
@@ -135,6 +137,7 @@ impl Buckets {
     /// black_box keeps the reads here, ahead of any scan, so that their
     /// cache misses (and those of other touches issued just after) overlap
     /// instead of following one another.
+    #[inline]
     pub fn touch(&self, hash: u64) -> (u8, u8) {
         let (first, second) = self.homes(hash);
         black_box((self.buckets[first].0[0], self.buckets[second].0[0]))
@@ -178,6 +181,7 @@ impl Buckets {
 
     /// The two candidate buckets: the hash's high and low halves scaled
     /// onto the bucket count.
+    #[inline]
     fn homes(&self, hash: u64) -> (usize, usize) {
         let scale = |half: u64| ((half * self.buckets.len() as u64) >> 32) as usize;
         (scale(hash >> 32), scale(hash & 0xffff_ffff))

@@ -36,6 +36,7 @@ impl Filter {
     }
 
     /// False only if the key with this hash was never inserted.
+    #[inline]
     pub fn may_contain(&self, hash: u64) -> bool {
         let (block, bits) = self.place(hash);
         self.blocks[block] & bits == bits
@@ -43,6 +44,7 @@ impl Filter {
 
     /// The block (from the high 32 bits) and 4 bit positions (from four
     /// 6-bit fields of the low bits).
+    #[inline]
     fn place(&self, hash: u64) -> (usize, u64) {
         let h = derive(hash, SALT);
         let block = ((h >> 32) * self.blocks.len() as u64) >> 32;

@@ -8,6 +8,7 @@ const K1: u64 = 0xe703_7ed1_a0b4_28db;
 const K2: u64 = 0x8ebc_6af0_9c88_c6e3;
 
 /// Multiplies into 128 bits and folds the halves: the wyhash mixing step.
+#[inline]
 fn fold_mul(a: u64, b: u64) -> u64 {
     let product = u128::from(a) * u128::from(b);
     (product as u64) ^ ((product >> 64) as u64)
@@ -15,6 +16,7 @@ fn fold_mul(a: u64, b: u64) -> u64 {
 
 /// Lowercases the ASCII letters among 8 packed octets; other octets
 /// (including UTF-8) are unchanged.
+#[inline]
 fn fold_case(word: u64) -> u64 {
     const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -31,6 +33,7 @@ fn fold_case(word: u64) -> u64 {
 
 /// Word `i` of `bytes`: octets `8i..8i+8` little-endian, zero-padded past
 /// the end. Fixed-size loads only, no variable-length copy.
+#[inline]
 fn word(bytes: &[u8], i: usize) -> u64 {
     let rest = &bytes[i * 8..];
     let load4 = |at: usize| {
@@ -55,11 +58,13 @@ fn word(bytes: &[u8], i: usize) -> u64 {
     }
 }
 
+#[inline]
 fn word_count(bytes: &[u8]) -> usize {
     bytes.len().div_ceil(8)
 }
 
 /// Hashes `bytes` with ASCII case folded, under `seed`.
+#[inline]
 pub(crate) fn hash_folded(seed: u64, bytes: &[u8]) -> u64 {
     let mut h = seed ^ fold_mul(bytes.len() as u64 ^ K2, K0);
     for i in 0..word_count(bytes) {
@@ -70,12 +75,20 @@ pub(crate) fn hash_folded(seed: u64, bytes: &[u8]) -> u64 {
 
 /// True if `lower` (already lowercase) equals `bytes` with ASCII case
 /// folded, compared 8 octets at a time.
+#[inline]
 pub(crate) fn eq_folded(lower: &[u8], bytes: &[u8]) -> bool {
     lower.len() == bytes.len()
         && (0..word_count(bytes)).all(|i| word(lower, i) == fold_case(word(bytes, i)))
 }
 
+/// Mixes two hashes into one (order matters).
+#[inline]
+pub(crate) fn combine(a: u64, b: u64) -> u64 {
+    fold_mul(a ^ K1, b ^ K2)
+}
+
 /// Derives a sub-seed, e.g. one per domain for its local parts.
+#[inline]
 pub(crate) fn derive(seed: u64, n: u32) -> u64 {
     fold_mul(seed ^ u64::from(n), K2)
 }

@@ -56,6 +56,7 @@ impl KeyIndex {
     }
 
     /// The first record with this hash that `matches` accepts.
+    #[inline]
     pub fn find(&self, hash: u64, mut matches: impl FnMut(Record) -> bool) -> Option<Record<'_>> {
         let tag = hash as u32;
         let mut i = home(hash, self.slots.len());

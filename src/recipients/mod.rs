@@ -26,7 +26,7 @@ use arc_swap::ArcSwap;
 
 use address::{unquote, MAX_DOMAIN, MAX_LOCAL_PART};
 use buckets::{record_len, Buckets, MAX_DOMAIN_ID};
-use hash::{derive, eq_folded, hash_folded};
+use hash::{combine, derive, eq_folded, hash_folded};
 use index::{KeyIndex, Record, TooLarge};
 
 /// Answer of a table lookup.
@@ -72,6 +72,8 @@ pub struct Table {
     options: TableOptions,
     /// Per-table random hash seed, so nobody can precompute collisions.
     seed: u64,
+    /// Seed of local part hashes, derived from `seed`.
+    local_seed: u64,
     /// Domain name → domain id.
     domains: KeyIndex,
     /// Catch-all flag by domain id.
@@ -89,10 +91,16 @@ impl Table {
         // First every line is checked and its domain interned; the local
         // parts wait here until their total size fixes the bucket count.
         let mut mailboxes = Vec::with_capacity(memchr::memchr_iter(b'\n', text).count() + 1);
+        // Domain hashes by id, for the local parts' hashes.
+        let mut domain_hashes = Vec::new();
         file::for_each_entry(text, |line, entry| {
+            let domain_hash = hash_folded(table.seed, entry.domain);
             let domain = table
-                .intern_domain(entry.domain)
+                .intern_domain(domain_hash, entry.domain)
                 .map_err(|e| too_large(line, e))?;
+            if domain as usize == domain_hashes.len() {
+                domain_hashes.push(domain_hash);
+            }
             match entry.local {
                 Some(local) => {
                     mailboxes.push((domain, u32::try_from(line).unwrap_or(u32::MAX), local))
@@ -101,7 +109,7 @@ impl Table {
             }
             Ok(())
         })?;
-        table.add_mailboxes(&mailboxes)?;
+        table.add_mailboxes(&mailboxes, &domain_hashes)?;
         table.locals.shrink_to_fit();
         table.domains.shrink_to_fit();
         table.catch_all.shrink_to_fit();
@@ -124,7 +132,8 @@ impl Table {
         let Some(at) = memchr::memrchr(b'@', address) else {
             return Lookup::RelayDenied;
         };
-        let Some(domain) = self.domain_id(&address[at + 1..]) else {
+        let domain_hash = hash_folded(self.seed, &address[at + 1..]);
+        let Some(domain) = self.domain_id(domain_hash, &address[at + 1..]) else {
             return Lookup::RelayDenied;
         };
         let mut unquoted = [0u8; MAX_LOCAL_PART];
@@ -132,7 +141,7 @@ impl Table {
             Some(b'"') => unquote(&address[..at], &mut unquoted),
             _ => Some(&address[..at]),
         };
-        if local.is_some_and(|local| self.has_mailbox(domain, local))
+        if local.is_some_and(|local| self.has_mailbox(domain, domain_hash, local))
             || self.catch_all[domain as usize]
         {
             Lookup::Accept
@@ -156,9 +165,11 @@ impl Table {
     }
 
     fn new(options: TableOptions) -> Table {
+        let seed = random_seed();
         Table {
             options,
-            seed: random_seed(),
+            seed,
+            local_seed: derive(seed, 1),
             domains: KeyIndex::with_capacity(0),
             catch_all: Vec::new(),
             locals: Buckets::with_room(0, 0),
@@ -166,33 +177,36 @@ impl Table {
         }
     }
 
-    /// `local` exactly, or its base before the subaddress delimiter.
-    fn has_mailbox(&self, domain: u32, local: &[u8]) -> bool {
+    /// `local` exactly, or its base before the subaddress delimiter, in
+    /// `domain` (hashed to `domain_hash`).
+    fn has_mailbox(&self, domain: u32, domain_hash: u64, local: &[u8]) -> bool {
         let base = self
             .options
             .delimiter
             .and_then(|d| memchr::memchr(d, local));
         let base = base.filter(|&end| end > 0).map(|end| &local[..end]);
-        let exact_hash = Table::local_hash(self.seed, domain, local);
+        let exact_hash = self.local_hash(domain_hash, local);
         if let Some(base) = base {
             // Request the base's buckets before waiting on the exact ones.
-            self.locals
-                .prefetch(Table::local_hash(self.seed, domain, base));
+            self.locals.prefetch(self.local_hash(domain_hash, base));
         }
         self.has_local(exact_hash, domain, local)
             || base.is_some_and(|base| {
-                self.has_local(Table::local_hash(self.seed, domain, base), domain, base)
+                self.has_local(self.local_hash(domain_hash, base), domain, base)
             })
     }
 
-    fn domain_id(&self, domain: &[u8]) -> Option<u32> {
-        let hash = hash_folded(self.seed, domain);
+    /// The id of `domain`, hashed to `hash` (with `seed`).
+    fn domain_id(&self, hash: u64, domain: &[u8]) -> Option<u32> {
         let found = self.domains.find(hash, |r| eq_folded(r.key, domain));
         found.map(|r| r.value)
     }
 
-    fn local_hash(seed: u64, domain: u32, local: &[u8]) -> u64 {
-        hash_folded(derive(seed, domain), local)
+    /// The hash of `local` in the domain hashed to `domain_hash`. It does
+    /// not depend on the domain's id, so a lookup computes it, and starts
+    /// reading its buckets, while the domain index is still being read.
+    fn local_hash(&self, domain_hash: u64, local: &[u8]) -> u64 {
+        combine(domain_hash, hash_folded(self.local_seed, local))
     }
 
     /// True if `local` (hashed to `hash`) is in `domain`.
@@ -215,20 +229,30 @@ impl Table {
         *flag = true;
     }
 
-    /// Stores the table's addresses (domain id, line, local part);
-    /// duplicates are ignored.
-    fn add_mailboxes(&mut self, mailboxes: &[(u32, u32, &[u8])]) -> Result<(), LoadError> {
+    /// Stores the table's addresses (domain id, line, local part), given
+    /// the domains' hashes by id; duplicates are ignored.
+    fn add_mailboxes(
+        &mut self,
+        mailboxes: &[(u32, u32, &[u8])],
+        domain_hashes: &[u64],
+    ) -> Result<(), LoadError> {
         let bytes = mailboxes
             .iter()
             .map(|&(_, _, local)| record_len(local))
             .sum();
         self.locals = Buckets::with_room(mailboxes.len(), bytes);
-        let seed = self.seed;
-        let rehash = |r: Record| Table::local_hash(seed, r.value, r.key);
+        let local_seed = self.local_seed;
+        let local_hash = |domain: u32, local: &[u8]| {
+            combine(
+                domain_hashes[domain as usize],
+                hash_folded(local_seed, local),
+            )
+        };
+        let rehash = |r: Record| local_hash(r.value, r.key);
         for batch in mailboxes.chunks(LOAD_BATCH) {
             let mut hashes = [0u64; LOAD_BATCH];
             for (hash, &(domain, _, local)) in hashes.iter_mut().zip(batch) {
-                *hash = Table::local_hash(seed, domain, local);
+                *hash = local_hash(domain, local);
                 self.locals.touch(*hash);
             }
             for (&hash, &(domain, line, local)) in hashes.iter().zip(batch) {
@@ -261,9 +285,10 @@ impl Table {
         Ok(())
     }
 
-    /// The id of `domain`, adding it (as a local domain) if new.
-    fn intern_domain(&mut self, domain: &[u8]) -> Result<u32, TooLarge> {
-        if let Some(id) = self.domain_id(domain) {
+    /// The id of `domain` (hashed to `hash`), adding it (as a local
+    /// domain) if new.
+    fn intern_domain(&mut self, hash: u64, domain: &[u8]) -> Result<u32, TooLarge> {
+        if let Some(id) = self.domain_id(hash, domain) {
             return Ok(id);
         }
         let id = u32::try_from(self.catch_all.len()).map_err(|_| TooLarge)?;
@@ -274,8 +299,7 @@ impl Table {
         let rehash = |r: Record| hash_folded(seed, r.key);
         let mut lower = [0u8; MAX_DOMAIN];
         let key = lowercase(domain, &mut lower);
-        self.domains
-            .insert(hash_folded(seed, domain), key, id, rehash)?;
+        self.domains.insert(hash, key, id, rehash)?;
         self.catch_all.push(false);
         Ok(id)
     }

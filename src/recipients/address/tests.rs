@@ -245,3 +245,92 @@ proptest::proptest! {
         proptest::prop_assert_eq!(used, input.len() - rest.len());
     }
 }
+
+/// The octet classes, as the RFCs word them.
+#[test]
+fn class_table_matches_the_grammar() {
+    for b in 0..=255u8 {
+        let let_dig = b.is_ascii_alphanumeric() || b >= 0x80;
+        let atext = let_dig || b"!#$%&'*+-/=?^_`{|}~".contains(&b);
+        assert_eq!(CLASS[usize::from(b)] & ATEXT != 0, atext, "{b:#x}");
+        assert_eq!(
+            CLASS[usize::from(b)] & LDH != 0,
+            let_dig || b == b'-',
+            "{b:#x}"
+        );
+    }
+}
+
+/// A naive reference for `parse_path`'s dot-string and domain scanning:
+/// split at the dots and check each part octet by octet.
+mod reference {
+    use super::super::{Syntax, MAX_LABEL};
+    use super::AddressError;
+
+    fn is_atext(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || b >= 0x80 || b"!#$%&'*+-/=?^_`{|}~".contains(&b)
+    }
+
+    fn is_ldh(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || b >= 0x80 || b == b'-'
+    }
+
+    /// The end of the longest run of `part`-octets and dots at `pos`, then
+    /// checked part by part.
+    fn dotted(
+        input: &[u8],
+        pos: usize,
+        octet: fn(u8) -> bool,
+        part_ok: fn(&[u8]) -> bool,
+    ) -> Result<usize, AddressError> {
+        let len = input[pos.min(input.len())..]
+            .iter()
+            .take_while(|&&b| octet(b) || b == b'.')
+            .count();
+        let text = &input[pos.min(input.len())..][..len];
+        // A trailing dot ends the text but not the syntax: `a.@` is an error.
+        if text.split(|&b| b == b'.').all(part_ok) {
+            Ok(pos + len)
+        } else {
+            Err(Syntax)
+        }
+    }
+
+    pub fn dot_string(input: &[u8], pos: usize) -> Result<usize, AddressError> {
+        dotted(input, pos, is_atext, |atom| !atom.is_empty())
+    }
+
+    pub fn labels(input: &[u8], pos: usize) -> Result<usize, AddressError> {
+        dotted(input, pos, is_ldh, |label| {
+            !label.is_empty()
+                && label.len() <= MAX_LABEL
+                && label[0] != b'-'
+                && label[label.len() - 1] != b'-'
+        })
+    }
+}
+
+proptest::proptest! {
+    /// The class-table scanners agree with the naive reference on inputs
+    /// dense in dots, hyphens, symbols, UTF-8 and octets outside the classes.
+    #[test]
+    fn scanners_match_reference(
+        input in proptest::collection::vec(proptest::sample::select(
+            b"aZ09.-+_!~@<>\"\\[]: ,\x00\x7f\x80\xc3\xff".to_vec()), 0..80),
+        pos in 0usize..4,
+    ) {
+        let pos = pos.min(input.len());
+        proptest::prop_assert_eq!(scan_dot_string(&input, pos), reference::dot_string(&input, pos));
+        proptest::prop_assert_eq!(scan_labels(&input, pos), reference::labels(&input, pos));
+    }
+
+    /// Long labels: the 63-octet limit.
+    #[test]
+    fn label_lengths_match_reference(a in 1usize..70, b in 1usize..70, hyphen in 0usize..140) {
+        let mut input = [vec![b'x'; a], vec![b'.'], vec![b'y'; b], b">".to_vec()].concat();
+        if hyphen < a + b + 1 {
+            input[hyphen] = b'-';
+        }
+        proptest::prop_assert_eq!(scan_labels(&input, 0), reference::labels(&input, 0));
+    }
+}
