@@ -1,6 +1,7 @@
 //! Recipient table benchmarks (issue 2): lookup time for hits, unknown
 //! users and relay-denied domains at 1 M and 10 M entries, heap bytes per
-//! entry (measured by a counting global allocator) and load time.
+//! entry (the table's own count, and RSS growth as the kernel sees it) and
+//! load time.
 //!
 //! Run: `cargo bench --bench table` (or `-- 1M` / `-- 10M` for one size).
 //! Each sample times a batch of lookups of precomputed random keys with one
@@ -13,70 +14,32 @@
 //! std `HashSet` of lowercased addresses. Under `cargo test --benches` the
 //! same code runs once on a 10 k table.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashSet;
 use std::hint::black_box;
 use std::io::Write;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use mxgate::recipients::{Lookup, Table, TableOptions};
 
-/// Counts live heap bytes, forwarding every call to the system allocator.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every method forwards to `System` with the caller's arguments
-// unchanged, so `System`'s guarantees hold; the counter is only bookkeeping.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            LIVE.fetch_add(layout.size(), Relaxed);
-        }
-        ptr
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded unchanged; the caller upholds `alloc_zeroed`'s contract.
-        let ptr = unsafe { System.alloc_zeroed(layout) };
-        if !ptr.is_null() {
-            LIVE.fetch_add(layout.size(), Relaxed);
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged; `ptr` came from this allocator with `layout`.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded unchanged; the caller upholds `realloc`'s contract.
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
-            LIVE.fetch_add(new_size, Relaxed);
-            LIVE.fetch_sub(layout.size(), Relaxed);
-        }
-        new
-    }
+/// Resident anonymous memory of this process (`RssAnon`), in bytes: heap
+/// growth as the kernel sees it, allocator overhead included.
+fn rss_anon() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .expect("RssAnon in /proc/self/status");
+    let kib: usize = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("RssAnon value");
+    kib * 1024
 }
 
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
 fn thread_cpu_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid, writable timespec for the whole call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
@@ -162,13 +125,13 @@ fn queries(entries: u64) -> [Keys; 4] {
 
 /// Prints heap per entry and load time of what `build` makes from `text`.
 fn measure_load<T>(what: &str, entries: u64, text: &[u8], build: impl Fn(&[u8]) -> T) -> T {
-    let before = LIVE.load(Relaxed);
+    let before = rss_anon();
     let start = Instant::now();
     let built = build(text);
     let elapsed = start.elapsed();
-    let heap = LIVE.load(Relaxed) - before;
+    let heap = rss_anon().saturating_sub(before);
     eprintln!(
-        "{what} {entries} entries: loaded in {:.2} s (wall), heap {:.1} bytes/entry",
+        "{what} {entries} entries: loaded in {:.2} s (wall), RSS growth {:.1} bytes/entry",
         elapsed.as_secs_f64(),
         heap as f64 / entries as f64,
     );
