@@ -43,6 +43,10 @@ const RESERVED_FDS: u64 = 128;
 pub enum Backend {
     /// Readiness-based, through mio (epoll).
     Epoll,
+    /// Completion-based, through io_uring (Linux 6.0 or later).
+    Uring,
+    /// io_uring when the kernel offers it, else epoll (one log line says so).
+    Auto,
 }
 
 /// Spool mode as written in flags and files.
@@ -90,7 +94,7 @@ pub struct Layer {
     /// Cores to pin workers to, worker i on the i-th [default: the allowed cores in order].
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub cores: Option<Vec<usize>>,
-    /// I/O backend [default: epoll].
+    /// I/O backend: epoll, uring, or auto (uring if the kernel allows it) [default: auto].
     #[arg(long, value_name = "NAME")]
     pub backend: Option<Backend>,
     /// Name in the greeting, EHLO and Received line [default: the system hostname].
@@ -289,7 +293,7 @@ impl Config {
             )?,
             workers: at_least_one("workers", layer.workers.unwrap_or_else(online_cores))?,
             cores: layer.cores.unwrap_or_default(),
-            backend: layer.backend.unwrap_or(Backend::Epoll),
+            backend: layer.backend.unwrap_or(Backend::Auto),
             hostname: layer.hostname.unwrap_or_else(system_hostname),
             max_message_size: layer.max_message_size.unwrap_or(25 << 20),
             max_recipients: layer.max_recipients.unwrap_or(MIN_RECIPIENTS),

@@ -98,8 +98,23 @@ pub struct SessionLog {
 /// Queue IDs listed in one log line; later ones are only counted.
 const LOGGED_IDS: u32 = 8;
 
-pub struct Conn {
-    pub stream: TcpStream,
+/// What a connection needs from its socket: reads and writes that say
+/// `WouldBlock` when they cannot go on, and a half-close. The epoll backend
+/// uses a mio `TcpStream`; the io_uring backend a socket whose bytes move
+/// through the ring.
+pub trait Socket: Read + Write {
+    /// Signals end of output; errors are ignored (the peer is going away).
+    fn shutdown_write(&mut self);
+}
+
+impl Socket for TcpStream {
+    fn shutdown_write(&mut self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+pub struct Conn<S = TcpStream> {
+    pub stream: S,
     pub session: Session,
     pub peer: IpAddr,
     pub generation: u32,
@@ -123,8 +138,8 @@ pub struct Conn {
     pub log: SessionLog,
 }
 
-impl Conn {
-    pub fn new(stream: TcpStream, session: Session, peer: IpAddr, generation: u32) -> Conn {
+impl<S: Socket> Conn<S> {
+    pub fn new(stream: S, session: Session, peer: IpAddr, generation: u32) -> Conn<S> {
         Conn {
             stream,
             session,
@@ -296,7 +311,7 @@ impl Conn {
     /// socket cannot take now are dropped; the peer is going away.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         let _ = self.flush(out);
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        self.stream.shutdown_write();
         out.clear();
     }
 
@@ -324,7 +339,7 @@ enum Step {
     End(Outcome),
 }
 
-fn read_retrying(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+fn read_retrying(stream: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         match stream.read(buf) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -334,7 +349,7 @@ fn read_retrying(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Writes as much of `buf` as the socket takes; `WouldBlock` is not an error.
-fn write_some(stream: &mut TcpStream, buf: &[u8]) -> io::Result<usize> {
+fn write_some(stream: &mut impl Write, buf: &[u8]) -> io::Result<usize> {
     let mut sent = 0;
     while sent < buf.len() {
         match stream.write(&buf[sent..]) {

@@ -13,9 +13,25 @@ use mio::{Poll, Waker};
 
 use super::listener::bind_all;
 use super::worker::{Worker, WAKER};
-use crate::config::Config;
+use crate::config::{Backend, Config};
+use crate::proto::SessionConfig;
 use crate::recipients::{SharedTable, Table};
 use crate::spool::Spool;
+
+/// Wakes one worker (spool completions, shutdown).
+pub type Wake = Arc<dyn Fn() + Send + Sync>;
+
+/// What a backend needs to start its workers.
+pub struct WorkerSet<'s> {
+    /// Per worker, its listeners.
+    pub listeners: Vec<Vec<mio::net::TcpListener>>,
+    pub spool: &'s Spool,
+    pub table: Arc<SharedTable>,
+    pub session_config: Arc<SessionConfig>,
+    pub shared: Arc<Shared>,
+    pub read_buffer: usize,
+    pub cores: Vec<core_affinity::CoreId>,
+}
 
 /// State all workers share: the session count and the stop flag. Touched
 /// once per connection, never per byte.
@@ -50,13 +66,16 @@ impl Shared {
 pub struct Server;
 
 impl Server {
-    /// Binds every listen address once per worker and starts the workers.
-    /// The server runs until [`ServerHandle::shutdown`].
+    /// Binds every listen address once per worker and starts the workers
+    /// on the configured backend (`auto` resolved here if the caller has
+    /// not). The server runs until [`ServerHandle::shutdown`].
     pub fn start(
         config: &Config,
         table: Arc<SharedTable>,
         spool: Spool,
     ) -> io::Result<ServerHandle> {
+        let backend = super::uring::choose_backend(config.backend)
+            .map_err(|why| io::Error::new(io::ErrorKind::Unsupported, why))?;
         let (listeners, addrs) = bind_all(&config.listen, config.workers, config.listen_backlog)?;
         let shared = Arc::new(Shared {
             open: AtomicUsize::new(0),
@@ -64,49 +83,83 @@ impl Server {
             stop: AtomicBool::new(false),
             drain_timeout: config.drain_timeout,
         });
-        let session_config = config.session_config();
-        let mut workers = Vec::with_capacity(listeners.len());
-        let mut wakers = Vec::with_capacity(listeners.len());
-        for worker_listeners in listeners {
+        let set = WorkerSet {
+            listeners,
+            spool: &spool,
+            table: Arc::clone(&table),
+            session_config: config.session_config(),
+            shared: Arc::clone(&shared),
+            read_buffer: config.read_buffer,
+            cores: pinning_plan(config),
+        };
+        let (threads, wakers, failure) = match backend {
+            Backend::Uring => super::uring::start(set),
+            _ => start_epoll(set),
+        };
+        let handle = ServerHandle {
+            addrs,
+            wakers,
+            threads,
+            shared,
+            table,
+            spool: Some(spool),
+            backend,
+        };
+        match failure {
+            // Dropping the handle stops and joins what did start.
+            Some(err) => Err(err),
+            None => Ok(handle),
+        }
+    }
+}
+
+/// Starts one mio worker per listener set.
+fn start_epoll(set: WorkerSet) -> (Vec<JoinHandle<()>>, Vec<Wake>, Option<io::Error>) {
+    let mut threads = Vec::new();
+    let mut wakers: Vec<Wake> = Vec::new();
+    let mut workers = Vec::with_capacity(set.listeners.len());
+    for worker_listeners in set.listeners {
+        let started = (|| {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-            let notify = Arc::clone(&waker);
-            let link = spool.link(Box::new(move || {
-                let _ = notify.wake();
-            }));
+            let wake: Wake = Arc::new(move || {
+                let _ = waker.wake();
+            });
+            let notify = Arc::clone(&wake);
+            let link = set.spool.link(Box::new(move || notify()));
             let worker = Worker::new(
                 poll,
                 worker_listeners,
                 link,
-                Arc::clone(&table),
-                Arc::clone(&session_config),
-                Arc::clone(&shared),
-                config.read_buffer,
+                Arc::clone(&set.table),
+                Arc::clone(&set.session_config),
+                Arc::clone(&set.shared),
+                set.read_buffer,
             )?;
-            workers.push(worker);
-            wakers.push(waker);
+            Ok::<_, io::Error>((worker, wake))
+        })();
+        match started {
+            Ok((worker, wake)) => {
+                workers.push(worker);
+                wakers.push(wake);
+            }
+            Err(err) => return (threads, wakers, Some(err)),
         }
-        let mut handle = ServerHandle {
-            addrs,
-            wakers,
-            threads: Vec::new(),
-            shared,
-            table,
-            spool: Some(spool),
-        };
-        let cores = pinning_plan(config);
-        for (index, worker) in workers.into_iter().enumerate() {
-            let core = cores.get(index % cores.len().max(1)).copied();
-            let thread = std::thread::Builder::new()
-                .name(format!("mxgate-worker-{index}"))
-                .spawn(move || {
-                    pin(index, core);
-                    worker.run();
-                })?;
-            handle.threads.push(thread);
-        }
-        Ok(handle)
     }
+    for (index, worker) in workers.into_iter().enumerate() {
+        let core = set.cores.get(index % set.cores.len().max(1)).copied();
+        let spawned = std::thread::Builder::new()
+            .name(format!("mxgate-worker-{index}"))
+            .spawn(move || {
+                pin(index, core);
+                worker.run();
+            });
+        match spawned {
+            Ok(thread) => threads.push(thread),
+            Err(err) => return (threads, wakers, Some(err)),
+        }
+    }
+    (threads, wakers, None)
 }
 
 /// The cores workers pin to, worker i on entry i: the configured list, or
@@ -123,7 +176,7 @@ fn pinning_plan(config: &Config) -> Vec<core_affinity::CoreId> {
     }
 }
 
-fn pin(worker: usize, core: Option<core_affinity::CoreId>) {
+pub(super) fn pin(worker: usize, core: Option<core_affinity::CoreId>) {
     match core {
         Some(core) if core_affinity::set_for_current(core) => {
             tracing::debug!(worker, core = core.id, "worker pinned");
@@ -140,11 +193,12 @@ fn pin(worker: usize, core: Option<core_affinity::CoreId>) {
 /// A running server.
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
-    wakers: Vec<Arc<Waker>>,
+    wakers: Vec<Wake>,
     threads: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
     table: Arc<SharedTable>,
     spool: Option<Spool>,
+    backend: Backend,
 }
 
 impl ServerHandle {
@@ -158,6 +212,11 @@ impl ServerHandle {
         &self.addrs
     }
 
+    /// The backend the workers run on (`auto` resolved).
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
     /// Swaps in a new recipient table; sessions see it from their next step.
     pub fn reload(&self, table: Table) {
         self.table.store(table);
@@ -167,8 +226,8 @@ impl ServerHandle {
     /// transactions in flight finish (bounded by the drain timeout).
     pub fn shutdown(&self) {
         self.shared.stop.store(true, Ordering::Release);
-        for waker in &self.wakers {
-            let _ = waker.wake();
+        for wake in &self.wakers {
+            wake();
         }
     }
 

@@ -1,0 +1,254 @@
+//! A connection's socket as the io_uring worker sees it: received octets
+//! waiting for the session, reply octets waiting for the ring, and the one
+//! send the kernel may be working on.
+//!
+//! Implements the runtime's [`Socket`] so the epoll backend's connection
+//! logic drives it unchanged: `read` takes what receives delivered (or says
+//! `WouldBlock`), `write` queues replies (and `read` pauses while too many wait).
+//! The worker moves octets between this struct and the ring. Owns the send
+//! buffer's memory, which the kernel reads while a send is in flight: it is
+//! never touched (nor freed) until that send's completion arrives.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::runtime::conn::Socket;
+
+/// Received octets held for a connection that is not reading (its message
+/// is at the spool, or its client does not read replies) before the worker
+/// stops receiving for it.
+pub const RX_CAP: usize = 256 << 10;
+/// Reply octets queued beyond the one send in flight before `read` says
+/// `WouldBlock`: a client that does not read its replies gets no more
+/// commands answered. `write` itself never refuses, so a closing session's
+/// last replies are never cut short here.
+const TX_CAP: usize = 64 << 10;
+
+/// Where a connection stands with the ring.
+#[derive(Debug, Default)]
+pub struct RingSocket {
+    fd: Option<OwnedFd>,
+    /// Received, not yet read by the session.
+    rx: Vec<u8>,
+    /// Written by the session, not yet handed to the kernel.
+    tx: Vec<u8>,
+    /// Handed to the kernel: `sending[sent..]` is in flight.
+    sending: Vec<u8>,
+    sent: usize,
+    /// A multishot receive is armed.
+    pub recv_armed: bool,
+    /// A send is in flight (its buffer is `sending`).
+    pub send_in_flight: bool,
+    /// The client closed its sending side.
+    pub eof: bool,
+    /// A receive or send failed: the connection is dead.
+    pub failed: bool,
+    /// The session is over; the slot waits for in-flight operations.
+    pub closing: bool,
+}
+
+impl RingSocket {
+    pub fn new(fd: OwnedFd) -> RingSocket {
+        RingSocket {
+            fd: Some(fd),
+            ..RingSocket::default()
+        }
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd())
+    }
+
+    /// Takes the descriptor to close it (once nothing is in flight).
+    pub fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.fd.take()
+    }
+
+    /// Octets a receive delivered.
+    pub fn received(&mut self, bytes: &[u8]) {
+        self.rx.extend_from_slice(bytes);
+    }
+
+    pub fn rx_len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// The session could read more: a receive should be armed.
+    pub fn wants_recv(&self) -> bool {
+        !self.recv_armed && !self.eof && !self.failed && !self.closing && self.rx.len() < RX_CAP
+    }
+
+    /// Starts a send of the queued replies if none is in flight; returns the
+    /// octets the kernel now owns until the send completes.
+    pub fn start_send(&mut self) -> Option<(*const u8, u32)> {
+        if self.send_in_flight || self.failed {
+            return None;
+        }
+        if self.sent == self.sending.len() {
+            if self.tx.is_empty() {
+                return None;
+            }
+            std::mem::swap(&mut self.sending, &mut self.tx);
+            self.tx.clear();
+            self.sent = 0;
+        }
+        self.send_in_flight = true;
+        let rest = &self.sending[self.sent..];
+        Some((rest.as_ptr(), u32::try_from(rest.len()).unwrap_or(u32::MAX)))
+    }
+
+    /// The send in flight completed with `result` (octets sent or -errno).
+    pub fn send_done(&mut self, result: i32) {
+        self.send_in_flight = false;
+        match usize::try_from(result) {
+            Ok(n) => self.sent += n,
+            Err(_) => self.failed = true,
+        }
+        if self.sent >= self.sending.len() {
+            self.sending.clear();
+            self.sent = 0;
+        }
+    }
+
+    /// Every reply handed to this socket has gone to the kernel.
+    pub fn all_sent(&self) -> bool {
+        self.tx.is_empty() && self.sent >= self.sending.len()
+    }
+
+    /// No operation of this connection is in flight.
+    pub fn quiet(&self) -> bool {
+        !self.recv_armed && !self.send_in_flight
+    }
+
+    /// Frees buffers that hold nothing, so an idle connection holds none.
+    pub fn trim(&mut self) {
+        if self.rx.is_empty() {
+            self.rx = Vec::new();
+        }
+        if self.tx.is_empty() {
+            self.tx = Vec::new();
+        }
+        if !self.send_in_flight && self.sending.is_empty() {
+            self.sending = Vec::new();
+        }
+    }
+}
+
+impl Read for RingSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.failed {
+            return Err(io::ErrorKind::ConnectionReset.into());
+        }
+        if self.tx.len() >= TX_CAP {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        if self.rx.is_empty() {
+            return if self.eof {
+                Ok(0)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            };
+        }
+        let n = buf.len().min(self.rx.len());
+        buf[..n].copy_from_slice(&self.rx[..n]);
+        self.rx.drain(..n);
+        Ok(n)
+    }
+}
+
+impl Write for RingSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.failed {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        self.tx.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Socket for RingSocket {
+    /// Nothing to do here: the worker closes the descriptor once the last
+    /// replies are sent, which ends the output.
+    fn shutdown_write(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket() -> RingSocket {
+        RingSocket::default()
+    }
+
+    #[test]
+    fn reads_what_was_received_then_would_block_then_eof() {
+        let mut s = socket();
+        s.received(b"EHLO x\r\n");
+        let mut buf = [0u8; 4];
+        assert_eq!(s.read(&mut buf).unwrap(), 4);
+        assert_eq!(&buf, b"EHLO");
+        assert_eq!(s.read(&mut buf).unwrap(), 4);
+        assert_eq!(&buf, b" x\r\n");
+        let err = s.read(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        s.eof = true;
+        assert_eq!(s.read(&mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn one_send_in_flight_and_partial_sends_resume() {
+        let mut s = socket();
+        s.write_all(b"250 a\r\n").unwrap();
+        let (_, len) = s.start_send().unwrap();
+        assert_eq!(len, 7);
+        s.write_all(b"250 b\r\n").unwrap();
+        assert!(s.start_send().is_none(), "one send at a time");
+        s.send_done(3);
+        let (_, len) = s.start_send().unwrap();
+        assert_eq!(len, 4, "the rest of the first reply goes first");
+        s.send_done(4);
+        let (_, len) = s.start_send().unwrap();
+        assert_eq!(len, 7);
+        s.send_done(7);
+        assert!(s.tx.is_empty() && s.sending.is_empty());
+        assert!(s.start_send().is_none());
+    }
+
+    #[test]
+    fn reads_pause_while_replies_back_up() {
+        let mut s = socket();
+        s.received(b"NOOP\r\n");
+        let big = vec![b'x'; TX_CAP + 10];
+        assert_eq!(s.write(&big).unwrap(), big.len());
+        let err = s.read(&mut [0u8; 16]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        s.start_send().unwrap();
+        assert_eq!(s.read(&mut [0u8; 16]).unwrap(), 6);
+    }
+
+    #[test]
+    fn a_failed_send_fails_reads_and_writes() {
+        let mut s = socket();
+        s.write_all(b"x").unwrap();
+        s.start_send().unwrap();
+        s.send_done(-libc::ECONNRESET);
+        assert!(s.read(&mut [0u8; 4]).is_err());
+        assert!(s.write(b"y").is_err());
+    }
+
+    #[test]
+    fn an_idle_socket_holds_no_buffer() {
+        let mut s = socket();
+        s.received(b"NOOP\r\n");
+        assert_eq!(s.read(&mut [0u8; 16]).unwrap(), 6);
+        s.write_all(b"250 ok\r\n").unwrap();
+        s.start_send().unwrap();
+        s.send_done(8);
+        s.trim();
+        assert_eq!(s.rx.capacity() + s.tx.capacity() + s.sending.capacity(), 0);
+    }
+}
