@@ -4,6 +4,8 @@
 
 mod support;
 
+use mxgate::config::Backend;
+
 use std::process::Command;
 use std::time::Duration;
 
@@ -75,9 +77,8 @@ fn rcpt_until(session: &mut Client, address: &str, code: u16) -> bool {
     })
 }
 
-#[test]
-fn sighup_reloads_the_table_under_open_sessions() {
-    let mut server = BinServer::start(tempfile::tempdir().unwrap(), &[]);
+fn sighup_reloads_the_table_under_open_sessions(backend: Backend) {
+    let mut server = BinServer::start(tempfile::tempdir().unwrap(), backend, &[]);
     let table = server.path().join("table.txt");
     let mut session = server.client();
     session.hello();
@@ -114,9 +115,12 @@ fn sighup_reloads_the_table_under_open_sessions() {
     );
 }
 
-#[test]
-fn sigterm_drains_transactions_in_flight_then_exits_0() {
-    let mut server = BinServer::start(tempfile::tempdir().unwrap(), &["--drain-timeout", "20"]);
+fn sigterm_drains_transactions_in_flight_then_exits_0(backend: Backend) {
+    let mut server = BinServer::start(
+        tempfile::tempdir().unwrap(),
+        backend,
+        &["--drain-timeout", "20"],
+    );
     let spool = server.path().join("spool");
     let mut idle = server.client();
     idle.hello();
@@ -152,9 +156,12 @@ fn sigterm_drains_transactions_in_flight_then_exits_0() {
     );
 }
 
-#[test]
-fn discard_mode_warns_loudly() {
-    let mut server = BinServer::start(tempfile::tempdir().unwrap(), &["--spool-mode", "discard"]);
+fn discard_mode_warns_loudly(backend: Backend) {
+    let mut server = BinServer::start(
+        tempfile::tempdir().unwrap(),
+        backend,
+        &["--spool-mode", "discard"],
+    );
     let mut c = server.client();
     c.hello();
     c.open_data("alice@example.com");
@@ -168,3 +175,9 @@ fn discard_mode_warns_loudly() {
     assert!(log.contains("DISCARD"), "{log}");
     assert!(files_in(&spool.join("new")).is_empty());
 }
+
+support::backend_tests!(
+    sighup_reloads_the_table_under_open_sessions,
+    sigterm_drains_transactions_in_flight_then_exits_0,
+    discard_mode_warns_loudly,
+);
