@@ -570,6 +570,13 @@ mod tests {
     }
 
     #[test]
+    fn backend_defaults_to_auto() {
+        assert_eq!(from_args(args(&[])).unwrap().backend, Backend::Auto);
+        let uring = from_args(args(&["--backend", "uring"])).unwrap();
+        assert_eq!(uring.backend, Backend::Uring);
+    }
+
+    #[test]
     fn listen_repeats_and_delimiter_can_be_disabled() {
         let c = from_args(args(&[
             "--listen",
