@@ -9,12 +9,14 @@
 
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
-use std::time::Instant;
+use std::panic::{self, AssertUnwindSafe};
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
+use super::timer::{Entry, TimerWheel};
 use crate::proto::{Event, Session};
-use crate::recipients::Table;
+use crate::recipients::{SharedTable, Table};
 use crate::spool::{Message, SpoolError, SpoolLink};
 
 /// Octets read from one connection per wake-up before others get a turn.
@@ -105,6 +107,9 @@ const LOGGED_IDS: u32 = 8;
 pub trait Socket: Read + Write {
     /// Signals end of output; errors are ignored (the peer is going away).
     fn shutdown_write(&mut self);
+
+    /// Frees buffers that hold nothing (an idle connection holds none).
+    fn trim(&mut self) {}
 }
 
 impl Socket for TcpStream {
@@ -305,6 +310,40 @@ impl<S: Socket> Conn<S> {
         if self.pending.is_empty() && self.pending.capacity() > 0 {
             self.pending = Vec::new();
         }
+        self.stream.trim();
+    }
+
+    /// Whether a spool completion for `generation` answers the message
+    /// this connection waits for (and not one of an earlier occupant of
+    /// its slot).
+    pub fn awaits_spool(&self, generation: u32) -> bool {
+        self.generation == generation && self.awaiting_spool
+    }
+
+    /// Whether a fired timer entry is this connection's live one.
+    pub fn owns_timer(&self, entry: &Entry) -> bool {
+        self.generation == entry.generation && self.timer_tick == entry.tick
+    }
+
+    /// Handles this connection's live timer firing: returns true when the
+    /// session timed out (its 421 is in `out`) and must close; otherwise
+    /// the timer is set again for the deadline.
+    pub fn timer_fired(
+        &mut self,
+        key: usize,
+        now: Instant,
+        wheel: &mut TimerWheel,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let deadline = self.session.deadline();
+        if deadline <= now && !self.awaiting_spool {
+            self.session.time_out(out);
+            return true;
+        }
+        // Our own spool is never the client's timeout.
+        let at = deadline.max(now + Duration::from_secs(1));
+        self.timer_tick = wheel.schedule(key, self.generation, at);
+        false
     }
 
     /// Last words: flush what we can and signal end of output. Replies the
@@ -328,6 +367,70 @@ impl<S: Socket> Conn<S> {
             "session end"
         );
     }
+}
+
+/// What a worker lends to drive one of its connections.
+pub struct Lent<'w> {
+    pub table: &'w SharedTable,
+    pub link: &'w SpoolLink,
+    pub out: &'w mut Vec<u8>,
+    pub scratch: &'w mut [u8],
+    pub wheel: &'w mut TimerWheel,
+    /// Connections to drive again on the next turn.
+    pub ready: &'w mut Vec<usize>,
+}
+
+/// Drives connection `key` once, the same way on every backend: the
+/// session runs over the input (a panic closes only this connection, not
+/// the worker's thousands of others), the connection is queued for another
+/// turn if its read budget ran out, empty buffers are freed and the timer
+/// follows the deadline. Returns the outcome when the connection must close.
+pub fn drive_once<S: Socket>(
+    conn: &mut Conn<S>,
+    key: usize,
+    now: Instant,
+    lent: Lent,
+) -> Option<Outcome> {
+    let table = lent.table.load();
+    let mut cx = Cx {
+        now,
+        table: &table,
+        link: lent.link,
+        out: lent.out,
+        ticket: ticket(key, conn.generation),
+    };
+    let scratch = lent.scratch;
+    let verdict = panic::catch_unwind(AssertUnwindSafe(|| conn.drive(scratch, &mut cx)));
+    let verdict = verdict.unwrap_or_else(|_| {
+        tracing::error!(client = %conn.peer, "session panicked; connection dropped");
+        cx.out.clear();
+        Drive::Close(Outcome::Failed)
+    });
+    match verdict {
+        Drive::Wait => {}
+        Drive::Again if conn.in_ready => {}
+        Drive::Again => {
+            conn.in_ready = true;
+            lent.ready.push(key);
+        }
+        Drive::Close(outcome) => return Some(outcome),
+    }
+    conn.trim();
+    let deadline = conn.session.deadline();
+    if lent.wheel.tick_of(deadline) < conn.timer_tick {
+        conn.timer_tick = lent.wheel.schedule(key, conn.generation, deadline);
+    }
+    None
+}
+
+/// Names a connection (slot `key`, occupant `generation`) in spool
+/// completions.
+pub fn ticket(key: usize, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | key as u64
+}
+
+pub fn unticket(ticket: u64) -> (usize, u32) {
+    ((ticket & 0xffff_ffff) as usize, (ticket >> 32) as u32)
 }
 
 /// What one read-and-feed step came to.
@@ -369,6 +472,13 @@ mod tests {
 
     /// An idle session costs this struct (plus its slab slot) and nothing
     /// else: the buffers are empty `Vec`s. Target: ≤ 1 KiB per idle session.
+    #[test]
+    fn tickets_round_trip() {
+        for (key, generation) in [(0, 0), (5, 1), (123_456, u32::MAX)] {
+            assert_eq!(unticket(ticket(key, generation)), (key, generation));
+        }
+    }
+
     #[test]
     fn an_idle_connection_is_a_small_struct() {
         assert!(

@@ -9,7 +9,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use super::conn::{Conn, Cx, Drive, Outcome};
+use super::conn::{drive_once, unticket, Conn, Lent, Outcome};
 use super::server::Shared;
 use super::timer::{Entry, TimerWheel};
 use crate::proto::reply;
@@ -32,14 +31,6 @@ const ACCEPT_BATCH: usize = 256;
 
 fn listener_token(index: usize) -> Token {
     Token(usize::MAX - 1 - index)
-}
-
-fn ticket(key: usize, generation: u32) -> u64 {
-    (u64::from(generation) << 32) | key as u64
-}
-
-fn unticket(ticket: u64) -> (usize, u32) {
-    ((ticket & 0xffff_ffff) as usize, (ticket >> 32) as u32)
 }
 
 /// Everything a worker needs, moved onto its thread.
@@ -163,36 +154,16 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let table = self.table.load();
-        let mut cx = Cx {
-            now,
-            table: &table,
+        let lent = Lent {
+            table: &self.table,
             link: &self.link,
             out: &mut self.out,
-            ticket: ticket(key, conn.generation),
+            scratch: &mut self.scratch,
+            wheel: &mut self.wheel,
+            ready: &mut self.ready,
         };
-        let scratch = &mut self.scratch;
-        // A bug that panics in one session must not take the worker's
-        // thousands of other sessions with it.
-        let verdict = panic::catch_unwind(AssertUnwindSafe(|| conn.drive(scratch, &mut cx)));
-        let verdict = verdict.unwrap_or_else(|_| {
-            tracing::error!(client = %conn.peer, "session panicked; connection dropped");
-            cx.out.clear();
-            Drive::Close(Outcome::Failed)
-        });
-        match verdict {
-            Drive::Wait => {}
-            Drive::Again if conn.in_ready => {}
-            Drive::Again => {
-                conn.in_ready = true;
-                self.ready.push(key);
-            }
-            Drive::Close(outcome) => return self.close(key, outcome),
-        }
-        conn.trim();
-        let deadline = conn.session.deadline();
-        if self.wheel.tick_of(deadline) < conn.timer_tick {
-            conn.timer_tick = self.wheel.schedule(key, conn.generation, deadline);
+        if let Some(outcome) = drive_once(conn, key, now, lent) {
+            self.close(key, outcome);
         }
     }
 
@@ -291,7 +262,7 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            if conn.generation != generation || !conn.awaiting_spool {
+            if !conn.awaits_spool(generation) {
                 continue;
             }
             conn.spool_done(done.result, &mut self.out);
@@ -306,17 +277,10 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(entry.key) else {
                 continue;
             };
-            if conn.generation != entry.generation || conn.timer_tick != entry.tick {
-                continue;
-            }
-            let deadline = conn.session.deadline();
-            if deadline <= now && !conn.awaiting_spool {
-                conn.session.time_out(&mut self.out);
+            if conn.owns_timer(&entry)
+                && conn.timer_fired(entry.key, now, &mut self.wheel, &mut self.out)
+            {
                 self.close(entry.key, Outcome::TimedOut);
-            } else {
-                // Our own spool is never the client's timeout.
-                let at = deadline.max(now + Duration::from_secs(1));
-                conn.timer_tick = self.wheel.schedule(entry.key, entry.generation, at);
             }
         }
     }
@@ -367,13 +331,6 @@ fn is_out_of_descriptors(err: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tickets_round_trip() {
-        for (key, generation) in [(0, 0), (5, 1), (123_456, u32::MAX)] {
-            assert_eq!(unticket(ticket(key, generation)), (key, generation));
-        }
-    }
 
     #[test]
     fn listener_tokens_do_not_meet_the_waker() {

@@ -121,7 +121,7 @@ impl RingSocket {
     }
 
     /// Frees buffers that hold nothing, so an idle connection holds none.
-    pub fn trim(&mut self) {
+    fn trim_buffers(&mut self) {
         if self.rx.is_empty() {
             self.rx = Vec::new();
         }
@@ -174,6 +174,10 @@ impl Socket for RingSocket {
     /// Nothing to do here: the worker closes the descriptor once the last
     /// replies are sent, which ends the output.
     fn shutdown_write(&mut self) {}
+
+    fn trim(&mut self) {
+        self.trim_buffers();
+    }
 }
 
 #[cfg(test)]
@@ -248,7 +252,7 @@ mod tests {
         s.write_all(b"250 ok\r\n").unwrap();
         s.start_send().unwrap();
         s.send_done(8);
-        s.trim();
+        s.trim_buffers();
         assert_eq!(s.rx.capacity() + s.tx.capacity() + s.sending.capacity(), 0);
     }
 }

@@ -14,7 +14,6 @@ use std::fs::File;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +26,7 @@ use super::socket::{RingSocket, RX_CAP};
 use crate::proto::reply;
 use crate::proto::{Session, SessionConfig};
 use crate::recipients::SharedTable;
-use crate::runtime::conn::{Conn, Cx, Drive, Outcome};
+use crate::runtime::conn::{drive_once, unticket, Conn, Lent, Outcome};
 use crate::runtime::server::Shared;
 use crate::runtime::timer::{Entry, TimerWheel};
 use crate::spool::SpoolLink;
@@ -57,14 +56,6 @@ fn user_data(kind: u64, index: usize) -> u64 {
 
 fn split_user_data(data: u64) -> (u64, usize) {
     (data >> 56, (data & ((1 << 56) - 1)) as usize)
-}
-
-fn ticket(key: usize, generation: u32) -> u64 {
-    (u64::from(generation) << 32) | key as u64
-}
-
-fn unticket(ticket: u64) -> (usize, u32) {
-    ((ticket & 0xffff_ffff) as usize, (ticket >> 32) as u32)
 }
 
 /// A listening socket and whether its multishot accept is armed.
@@ -392,40 +383,18 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.stream.closing {
-            return self.settle(key);
-        }
-        let table = self.table.load();
-        let mut cx = Cx {
-            now,
-            table: &table,
-            link: &self.link,
-            out: &mut self.out,
-            ticket: ticket(key, conn.generation),
-        };
-        let scratch = &mut self.scratch;
-        // A bug that panics in one session must not take the worker's
-        // thousands of other sessions with it.
-        let verdict = panic::catch_unwind(AssertUnwindSafe(|| conn.drive(scratch, &mut cx)));
-        let verdict = verdict.unwrap_or_else(|_| {
-            tracing::error!(client = %conn.peer, "session panicked; connection dropped");
-            cx.out.clear();
-            Drive::Close(Outcome::Failed)
-        });
-        match verdict {
-            Drive::Wait => {}
-            Drive::Again if conn.in_ready => {}
-            Drive::Again => {
-                conn.in_ready = true;
-                self.ready.push(key);
+        if !conn.stream.closing {
+            let lent = Lent {
+                table: &self.table,
+                link: &self.link,
+                out: &mut self.out,
+                scratch: &mut self.scratch,
+                wheel: &mut self.wheel,
+                ready: &mut self.ready,
+            };
+            if let Some(outcome) = drive_once(conn, key, now, lent) {
+                return self.close(key, outcome, now);
             }
-            Drive::Close(outcome) => return self.close(key, outcome, now),
-        }
-        conn.trim();
-        conn.stream.trim();
-        let deadline = conn.session.deadline();
-        if self.wheel.tick_of(deadline) < conn.timer_tick {
-            conn.timer_tick = self.wheel.schedule(key, conn.generation, deadline);
         }
         self.settle(key);
     }
@@ -532,7 +501,7 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            if conn.generation != generation || !conn.awaiting_spool || conn.stream.closing {
+            if !conn.awaits_spool(generation) || conn.stream.closing {
                 continue;
             }
             conn.spool_done(done.result, &mut self.out);
@@ -547,22 +516,15 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(entry.key) else {
                 continue;
             };
-            if conn.generation != entry.generation || conn.timer_tick != entry.tick {
+            if !conn.owns_timer(&entry) {
                 continue;
             }
             if conn.stream.closing {
+                // Its last replies lingered too long.
                 conn.stream.failed = true;
                 self.stop_sending_if_failed(entry.key);
-                continue;
-            }
-            let deadline = conn.session.deadline();
-            if deadline <= now && !conn.awaiting_spool {
-                conn.session.time_out(&mut self.out);
+            } else if conn.timer_fired(entry.key, now, &mut self.wheel, &mut self.out) {
                 self.close(entry.key, Outcome::TimedOut, now);
-            } else {
-                // Our own spool is never the client's timeout.
-                let at = deadline.max(now + Duration::from_secs(1));
-                conn.timer_tick = self.wheel.schedule(entry.key, entry.generation, at);
             }
         }
     }
@@ -675,13 +637,6 @@ mod tests {
     fn user_data_round_trips() {
         for (kind, index) in [(ACCEPT, 0), (RECV, 5), (SEND, 123_456), (WAKE, 0)] {
             assert_eq!(split_user_data(user_data(kind, index)), (kind, index));
-        }
-    }
-
-    #[test]
-    fn tickets_round_trip() {
-        for (key, generation) in [(0, 0), (5, 1), (123_456, u32::MAX)] {
-            assert_eq!(unticket(ticket(key, generation)), (key, generation));
         }
     }
 }
