@@ -442,7 +442,20 @@ fn tiny_read_buffer_delivers_many_pipelined_messages_intact(backend: Backend) {
     server.stop();
 }
 
+/// Once `join` returns the listening sockets are closed: a restart can bind
+/// the same port at once (an io_uring accept request holds its own
+/// reference to the socket until it completes).
+fn the_port_is_free_once_the_server_has_stopped(backend: Backend) {
+    let server = TestServer::start(backend, &[]);
+    let addr = server.addr;
+    let mut c = server.client();
+    c.hello();
+    server.stop();
+    std::net::TcpListener::bind(addr).expect("port free after stop");
+}
+
 support::backend_tests!(
+    the_port_is_free_once_the_server_has_stopped,
     accepted_message_is_spooled_byte_for_byte,
     unknown_user_gets_550_and_foreign_domain_554,
     fully_pipelined_transaction_in_one_write,

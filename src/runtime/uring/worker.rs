@@ -58,7 +58,9 @@ fn split_user_data(data: u64) -> (u64, usize) {
     (data >> 56, (data & ((1 << 56) - 1)) as usize)
 }
 
-/// A listening socket and whether its multishot accept is armed.
+/// A listening socket and whether its multishot accept is armed. The
+/// accept request holds its own reference to the socket: at shutdown the
+/// socket stops listening only once that request has completed.
 struct Listener {
     socket: mio::net::TcpListener,
     armed: bool,
@@ -275,7 +277,9 @@ impl Worker {
             SEND => self.sent(index, result, now),
             WAKE => {
                 self.wake_armed = false;
-                self.complete_spooled(now);
+                if result != -libc::ECANCELED {
+                    self.complete_spooled(now);
+                }
             }
             _ => {}
         }
@@ -559,8 +563,6 @@ impl Worker {
                 self.cancel(user_data(ACCEPT, index));
             }
         }
-        // The accept requests hold their own reference to the sockets.
-        self.listeners.clear();
         for key in self.open_keys() {
             let conn = &mut self.conns[key];
             if conn.session.shut_down(&mut self.out) {
@@ -583,23 +585,21 @@ impl Worker {
             .collect()
     }
 
-    /// Cancels the wake-up read and waits for it, so no request is left
-    /// pointing at the worker's memory, then unregisters the buffer pool.
+    /// Cancels the wake-up read and waits for it and for the cancelled
+    /// accepts, so no request is left pointing at the worker's memory and
+    /// the listening sockets are closed when `run` returns; then
+    /// unregisters the buffer pool.
     fn finish(mut self) {
         if self.wake_armed {
             self.cancel(user_data(WAKE, 0));
         }
         let give_up = Instant::now() + Duration::from_secs(5);
-        while self.wake_armed && Instant::now() < give_up {
+        while self.requests_in_flight() && Instant::now() < give_up {
             let _ = self.ring.submit_and_wait(1);
-            for cqe in self.ring.completion() {
-                if split_user_data(cqe.user_data()).0 == WAKE {
-                    self.wake_armed = false;
-                }
-            }
+            self.reap(Instant::now());
         }
         let buffers = self.buffers.take();
-        if self.wake_armed || !self.conns.is_empty() {
+        if self.requests_in_flight() || !self.conns.is_empty() {
             // The kernel may still write there: never free it.
             tracing::error!("io_uring requests still in flight at exit; leaking their buffers");
             std::mem::forget(buffers);
@@ -610,6 +610,10 @@ impl Worker {
                 tracing::warn!(error = %err, "unregistering the buffer pool failed");
             }
         }
+    }
+
+    fn requests_in_flight(&self) -> bool {
+        self.wake_armed || self.listeners.iter().any(|l| l.armed)
     }
 }
 
