@@ -130,6 +130,9 @@ pub struct Layer {
     /// Per-worker read buffer, in octets [default: 65536].
     #[arg(long, value_name = "BYTES")]
     pub read_buffer: Option<usize>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Layer {
@@ -160,6 +163,7 @@ impl Layer {
             drain_timeout,
             listen_backlog,
             read_buffer,
+            metrics,
         )
     }
 
@@ -270,6 +274,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub listen_backlog: u32,
     pub read_buffer: usize,
+    /// Where to serve `/metrics`; `None`: off.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Config {
@@ -305,6 +311,7 @@ impl Config {
             drain_timeout: seconds("drain-timeout", layer.drain_timeout.unwrap_or(30))?,
             listen_backlog: layer.listen_backlog.unwrap_or(4096),
             read_buffer: layer.read_buffer.unwrap_or(64 << 10),
+            metrics: layer.metrics,
         };
         config.validate()
     }

@@ -4,10 +4,12 @@
 //! The crate is layered as `../shared/DESIGN.md` describes: [`proto`] is the
 //! sans-IO SMTP engine, [`recipients`] the recipient table it consults,
 //! [`spool`] the durable queue, [`runtime`] the event loops that move bytes,
+//! [`metrics`] the per-worker counters and histograms behind `--metrics`,
 //! and [`config`] the merged configuration. Nothing here is specific to the
 //! `mxgate` binary: every test drives these modules directly or over TCP.
 
 pub mod config;
+pub mod metrics;
 pub mod proto;
 pub mod recipients;
 pub mod runtime;

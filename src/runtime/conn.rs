@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 
 use super::timer::{Entry, TimerWheel};
-use crate::proto::{Event, Session};
+use crate::metrics::Recorder;
+use crate::proto::{Event, Session, Tally};
 use crate::recipients::{SharedTable, Table};
 use crate::spool::{Message, SpoolError, SpoolLink};
 
@@ -78,6 +79,7 @@ pub struct Cx<'w> {
     pub out: &'w mut Vec<u8>,
     /// Identifies this connection in spool completions.
     pub ticket: u64,
+    pub metrics: &'w mut Recorder,
 }
 
 /// What one feed of the session ended with.
@@ -91,6 +93,8 @@ enum Fed {
 #[derive(Debug, Default)]
 pub struct SessionLog {
     pub accepted_rcpts: u32,
+    /// RCPT commands answered with anything but 250.
+    pub rejected_rcpts: u32,
     pub messages: u32,
     pub spool_failures: u32,
     /// Queue IDs of the first few messages, space-separated.
@@ -141,10 +145,17 @@ pub struct Conn<S = TcpStream> {
     /// The message being received.
     body: Vec<u8>,
     pub log: SessionLog,
+    /// For the metrics: when the session started, when its last message's
+    /// data ended (its input arrived), and how long after that it went to
+    /// the spool (nanoseconds, saturating).
+    opened: Instant,
+    end_of_data: Instant,
+    submit_lag_ns: u32,
 }
 
 impl<S: Socket> Conn<S> {
     pub fn new(stream: S, session: Session, peer: IpAddr, generation: u32) -> Conn<S> {
+        let opened = Instant::now();
         Conn {
             stream,
             session,
@@ -159,6 +170,9 @@ impl<S: Socket> Conn<S> {
             out: Vec::new(),
             body: Vec::new(),
             log: SessionLog::default(),
+            opened,
+            end_of_data: opened,
+            submit_lag_ns: 0,
         }
     }
 
@@ -211,8 +225,11 @@ impl<S: Socket> Conn<S> {
             };
         }
         self.pending_unseen = false;
+        cx.metrics.received(read);
         let input = &scratch[..held + read];
-        let (consumed, fed) = self.feed(input, cx);
+        let mut tally = Tally::default();
+        let (consumed, fed) = self.feed(input, cx, &mut tally);
+        self.count_decisions(&tally, cx);
         self.pending.clear();
         self.pending.extend_from_slice(&input[consumed..]);
         match fed {
@@ -227,10 +244,12 @@ impl<S: Socket> Conn<S> {
     }
 
     /// Runs the session over `input` until it needs more, pauses or closes.
-    fn feed(&mut self, input: &[u8], cx: &mut Cx) -> (usize, Fed) {
+    fn feed(&mut self, input: &[u8], cx: &mut Cx, tally: &mut Tally) -> (usize, Fed) {
         let mut pos = 0;
         loop {
-            let (n, event) = self.session.feed(&input[pos..], cx.now, cx.table, cx.out);
+            let (n, event) =
+                self.session
+                    .feed_tallied(&input[pos..], cx.now, cx.table, cx.out, tally);
             pos += n;
             match event {
                 Event::NeedInput => return (pos, Fed::NeedInput),
@@ -247,6 +266,16 @@ impl<S: Socket> Conn<S> {
         }
     }
 
+    /// Takes what the session decided during the feed into the log and the
+    /// metrics; every reply of the feed was written by now.
+    fn count_decisions(&mut self, tally: &Tally, cx: &mut Cx) {
+        if tally.is_empty() {
+            return;
+        }
+        self.log.rejected_rcpts = self.log.rejected_rcpts.wrapping_add(tally.rejected_rcpts());
+        cx.metrics.tally(tally, cx.now.elapsed());
+    }
+
     /// Hands the finished message to the spool; the session stays paused
     /// until [`Conn::spool_done`].
     fn submit(&mut self, cx: &mut Cx) {
@@ -258,15 +287,26 @@ impl<S: Socket> Conn<S> {
             envelope,
             body: std::mem::take(&mut self.body),
         };
+        self.end_of_data = cx.now;
+        let lag = cx.now.elapsed().as_nanos();
+        self.submit_lag_ns = u32::try_from(lag).unwrap_or(u32::MAX);
         cx.link.submit(cx.ticket, message);
         self.awaiting_spool = true;
     }
 
     /// The spool answered for the message this connection submitted: the
     /// session writes the 250 (or 451) and input held back is fed again.
-    pub fn spool_done(&mut self, result: Result<String, SpoolError>, out: &mut Vec<u8>) {
+    pub fn spool_done(
+        &mut self,
+        result: Result<String, SpoolError>,
+        out: &mut Vec<u8>,
+        metrics: &mut Recorder,
+    ) {
         self.awaiting_spool = false;
         self.pending_unseen = true;
+        let end_of_data = self.end_of_data.elapsed();
+        let lag = Duration::from_nanos(u64::from(self.submit_lag_ns));
+        metrics.message(result.is_ok(), end_of_data, end_of_data.saturating_sub(lag));
         match result {
             Ok(id) => {
                 self.session.spool_done(Some(&id), out);
@@ -354,12 +394,15 @@ impl<S: Socket> Conn<S> {
         out.clear();
     }
 
-    /// The one log line of a finished session.
-    pub fn log_end(&self, outcome: Outcome) {
+    /// The one log line of a finished session; also counts it in the
+    /// metrics.
+    pub fn log_end(&self, outcome: Outcome, metrics: &mut Recorder) {
+        metrics.session_closed(outcome.as_str(), self.opened.elapsed());
         tracing::info!(
             client = %self.peer,
             helo = %String::from_utf8_lossy(self.session.helo()),
             accepted_rcpts = self.log.accepted_rcpts,
+            rejected_rcpts = self.log.rejected_rcpts,
             messages = self.log.messages,
             spool_failures = self.log.spool_failures,
             outcome = outcome.as_str(),
@@ -378,6 +421,7 @@ pub struct Lent<'w> {
     pub wheel: &'w mut TimerWheel,
     /// Connections to drive again on the next turn.
     pub ready: &'w mut Vec<usize>,
+    pub metrics: &'w mut Recorder,
 }
 
 /// Drives connection `key` once, the same way on every backend: the
@@ -398,6 +442,7 @@ pub fn drive_once<S: Socket>(
         link: lent.link,
         out: lent.out,
         ticket: ticket(key, conn.generation),
+        metrics: lent.metrics,
     };
     let scratch = lent.scratch;
     let verdict = panic::catch_unwind(AssertUnwindSafe(|| conn.drive(scratch, &mut cx)));

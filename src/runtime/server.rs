@@ -14,6 +14,7 @@ use mio::{Poll, Waker};
 use super::listener::bind_all;
 use super::worker::{Worker, WAKER};
 use crate::config::{Backend, Config};
+use crate::metrics::{self, MetricsServer, Recorder};
 use crate::proto::SessionConfig;
 use crate::recipients::{SharedTable, Table};
 use crate::spool::Spool;
@@ -31,6 +32,8 @@ pub struct WorkerSet<'s> {
     pub shared: Arc<Shared>,
     pub read_buffer: usize,
     pub cores: Vec<core_affinity::CoreId>,
+    /// Per worker, its metrics recorder.
+    pub recorders: Vec<Recorder>,
 }
 
 /// State all workers share: the session count and the stop flag. Touched
@@ -77,6 +80,7 @@ impl Server {
         let backend = super::uring::choose_backend(config.backend)
             .map_err(|why| io::Error::new(io::ErrorKind::Unsupported, why))?;
         let (listeners, addrs) = bind_all(&config.listen, config.workers, config.listen_backlog)?;
+        let (recorders, mut scraper) = metrics::channels(listeners.len());
         let shared = Arc::new(Shared {
             open: AtomicUsize::new(0),
             max_sessions: config.max_sessions,
@@ -91,12 +95,14 @@ impl Server {
             shared: Arc::clone(&shared),
             read_buffer: config.read_buffer,
             cores: pinning_plan(config),
+            recorders,
         };
         let (threads, wakers, failure) = match backend {
             Backend::Uring => super::uring::start(set),
             _ => start_epoll(set),
         };
-        let handle = ServerHandle {
+        scraper.set_wakers(wakers.clone());
+        let mut handle = ServerHandle {
             addrs,
             wakers,
             threads,
@@ -104,12 +110,19 @@ impl Server {
             table,
             spool: Some(spool),
             backend,
+            metrics: None,
         };
-        match failure {
-            // Dropping the handle stops and joins what did start.
-            Some(err) => Err(err),
-            None => Ok(handle),
+        // Dropping the handle stops and joins what did start.
+        if let Some(err) = failure {
+            return Err(err);
         }
+        if let Some(addr) = config.metrics {
+            let server = MetricsServer::start(addr, scraper)
+                .map_err(|err| io::Error::new(err.kind(), format!("metrics {addr}: {err}")))?;
+            tracing::info!(addr = %server.local_addr(), "metrics at http://{}/metrics", server.local_addr());
+            handle.metrics = Some(server);
+        }
+        Ok(handle)
     }
 }
 
@@ -118,7 +131,9 @@ fn start_epoll(set: WorkerSet) -> (Vec<JoinHandle<()>>, Vec<Wake>, Option<io::Er
     let mut threads = Vec::new();
     let mut wakers: Vec<Wake> = Vec::new();
     let mut workers = Vec::with_capacity(set.listeners.len());
+    let mut recorders = set.recorders.into_iter();
     for worker_listeners in set.listeners {
+        let recorder = recorders.next().unwrap_or_else(Recorder::detached);
         let started = (|| {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -135,7 +150,8 @@ fn start_epoll(set: WorkerSet) -> (Vec<JoinHandle<()>>, Vec<Wake>, Option<io::Er
                 Arc::clone(&set.session_config),
                 Arc::clone(&set.shared),
                 set.read_buffer,
-            )?;
+            )?
+            .with_metrics(recorder);
             Ok::<_, io::Error>((worker, wake))
         })();
         match started {
@@ -199,6 +215,7 @@ pub struct ServerHandle {
     table: Arc<SharedTable>,
     spool: Option<Spool>,
     backend: Backend,
+    metrics: Option<MetricsServer>,
 }
 
 impl ServerHandle {
@@ -210,6 +227,11 @@ impl ServerHandle {
     /// Every bound listen address, in configuration order.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// Where `/metrics` is served, if `--metrics` is on (port 0 resolved).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
     }
 
     /// The backend the workers run on (`auto` resolved).
@@ -238,6 +260,9 @@ impl ServerHandle {
     }
 
     fn join_all(&mut self) {
+        if let Some(metrics) = self.metrics.take() {
+            metrics.stop();
+        }
         for thread in self.threads.drain(..) {
             if thread.join().is_err() {
                 tracing::error!("a worker panicked");

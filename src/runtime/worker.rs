@@ -19,6 +19,7 @@ use slab::Slab;
 use super::conn::{drive_once, unticket, Conn, Lent, Outcome};
 use super::server::Shared;
 use super::timer::{Entry, TimerWheel};
+use crate::metrics::Recorder;
 use crate::proto::reply;
 use crate::proto::{Session, SessionConfig};
 use crate::recipients::SharedTable;
@@ -59,6 +60,8 @@ pub struct Worker {
     accept_paused: bool,
     /// Set once shutdown began: when open sessions get cut off.
     drain_deadline: Option<Instant>,
+    /// This worker's own counters and histograms.
+    metrics: Recorder,
 }
 
 impl Worker {
@@ -92,7 +95,14 @@ impl Worker {
             accept_blocked_until: None,
             accept_paused: false,
             drain_deadline: None,
+            metrics: Recorder::detached(),
         })
+    }
+
+    /// Records into `metrics` (scraped through its channel).
+    pub fn with_metrics(mut self, metrics: Recorder) -> Worker {
+        self.metrics = metrics;
+        self
     }
 
     /// The event loop; returns once shutdown has drained every session.
@@ -119,6 +129,7 @@ impl Worker {
             self.run_ready(now);
             self.accept_all(now);
             self.expire_timers(now);
+            self.metrics.answer_scrapes();
             if self.shared.stopping() && self.drain(now) {
                 return;
             }
@@ -161,6 +172,7 @@ impl Worker {
             scratch: &mut self.scratch,
             wheel: &mut self.wheel,
             ready: &mut self.ready,
+            metrics: &mut self.metrics,
         };
         if let Some(outcome) = drive_once(conn, key, now, lent) {
             self.close(key, outcome);
@@ -216,6 +228,7 @@ impl Worker {
             reply::write_over_capacity(&self.session_config.hostname, &mut self.out);
             let _ = io::Write::write(&mut stream, &self.out);
             self.out.clear();
+            self.metrics.over_capacity();
             tracing::info!(client = %peer.ip(), outcome = "over-capacity", "session end");
             return;
         }
@@ -234,6 +247,7 @@ impl Worker {
         }
         let generation = self.next_generation;
         self.next_generation = generation.wrapping_add(1);
+        self.metrics.session_opened();
         let mut session = Session::new(self.session_config.clone(), now);
         session.greet(&mut self.out);
         let mut conn = Conn::new(stream, session, peer.ip(), generation);
@@ -248,7 +262,7 @@ impl Worker {
         let mut conn = self.conns.remove(key);
         conn.finish(&mut self.out);
         let _ = self.poll.registry().deregister(&mut conn.stream);
-        conn.log_end(outcome);
+        conn.log_end(outcome, &mut self.metrics);
         self.shared.close_one();
         if self.accept_blocked_until.take().is_some() {
             self.accept_more = true;
@@ -265,7 +279,7 @@ impl Worker {
             if !conn.awaits_spool(generation) {
                 continue;
             }
-            conn.spool_done(done.result, &mut self.out);
+            conn.spool_done(done.result, &mut self.out, &mut self.metrics);
             self.drive(key, now);
         }
     }

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::config::Backend;
+use crate::metrics::Recorder;
 
 use super::server::{pin, Wake, WorkerSet};
 
@@ -54,6 +55,7 @@ pub(super) fn start(set: WorkerSet<'_>) -> (Vec<JoinHandle<()>>, Vec<Wake>, Opti
     let (report, reports) = mpsc::channel();
     let mut failure = None;
     let cores = set.cores;
+    let mut recorders = set.recorders.into_iter();
     for (index, listeners) in set.listeners.into_iter().enumerate() {
         let wake = match eventfd() {
             Ok(file) => Arc::new(file),
@@ -77,6 +79,7 @@ pub(super) fn start(set: WorkerSet<'_>) -> (Vec<JoinHandle<()>>, Vec<Wake>, Opti
             shared: Arc::clone(&set.shared),
             read_buffer: set.read_buffer,
             wake,
+            metrics: recorders.next().unwrap_or_else(Recorder::detached),
         };
         let core = cores.get(index % cores.len().max(1)).copied();
         let report = report.clone();

@@ -23,6 +23,7 @@ use slab::Slab;
 
 use super::bufring::BufRing;
 use super::socket::{RingSocket, RX_CAP};
+use crate::metrics::Recorder;
 use crate::proto::reply;
 use crate::proto::{Session, SessionConfig};
 use crate::recipients::SharedTable;
@@ -77,6 +78,7 @@ pub struct Parts {
     pub read_buffer: usize,
     /// The eventfd the spool and the server write to wake this worker.
     pub wake: Arc<File>,
+    pub metrics: Recorder,
 }
 
 pub struct Worker {
@@ -105,6 +107,8 @@ pub struct Worker {
     drain_deadline: Option<Instant>,
     /// Completions of the current turn, copied out of the ring.
     cqes: Vec<(u64, i32, u32)>,
+    /// This worker's own counters and histograms.
+    metrics: Recorder,
 }
 
 impl Worker {
@@ -146,6 +150,7 @@ impl Worker {
             accept_paused: false,
             drain_deadline: None,
             cqes: Vec::with_capacity(1024),
+            metrics: parts.metrics,
         })
     }
 
@@ -163,6 +168,7 @@ impl Worker {
             self.reap(now);
             self.run_ready(now);
             self.expire_timers(now);
+            self.metrics.answer_scrapes();
             if self.shared.stopping() && self.drain(now) {
                 break;
             }
@@ -322,11 +328,13 @@ impl Worker {
             let _ = socket2::SockRef::from(&fd)
                 .send_with_flags(&self.out, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
             self.out.clear();
+            self.metrics.over_capacity();
             tracing::info!(client = %peer, outcome = "over-capacity", "session end");
             return;
         }
         let generation = self.next_generation;
         self.next_generation = generation.wrapping_add(1);
+        self.metrics.session_opened();
         let mut session = Session::new(self.session_config.clone(), now);
         session.greet(&mut self.out);
         let conn = Conn::new(RingSocket::new(fd), session, peer, generation);
@@ -395,6 +403,7 @@ impl Worker {
                 scratch: &mut self.scratch,
                 wheel: &mut self.wheel,
                 ready: &mut self.ready,
+                metrics: &mut self.metrics,
             };
             if let Some(outcome) = drive_once(conn, key, now, lent) {
                 return self.close(key, outcome, now);
@@ -458,7 +467,7 @@ impl Worker {
     fn close(&mut self, key: usize, outcome: Outcome, now: Instant) {
         let conn = &mut self.conns[key];
         conn.finish(&mut self.out);
-        conn.log_end(outcome);
+        conn.log_end(outcome, &mut self.metrics);
         conn.timer_tick = self.wheel.schedule(key, conn.generation, now + LINGER);
         let socket = &mut conn.stream;
         socket.closing = true;
@@ -508,7 +517,7 @@ impl Worker {
             if !conn.awaits_spool(generation) || conn.stream.closing {
                 continue;
             }
-            conn.spool_done(done.result, &mut self.out);
+            conn.spool_done(done.result, &mut self.out, &mut self.metrics);
             self.drive(key, now);
         }
     }
