@@ -344,6 +344,8 @@ impl Worker {
         if !cqueue::more(flags) {
             socket.recv_armed = false;
         }
+        // The buffer is ours from this completion on: copy it out and give
+        // it straight back, so an idle connection never holds one.
         if let Some(bid) = cqueue::buffer_select(flags) {
             if let Ok(len) = usize::try_from(result) {
                 socket.received(buffers.get(bid, len));
