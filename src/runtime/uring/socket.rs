@@ -191,10 +191,6 @@ impl Write for RingSocket {
 }
 
 impl Socket for RingSocket {
-    /// Nothing to do here: the worker closes the descriptor once the last
-    /// replies are sent, which ends the output.
-    fn shutdown_write(&mut self) {}
-
     fn trim(&mut self) {
         self.trim_buffers();
     }

@@ -62,7 +62,8 @@ fn split_user_data(data: u64) -> (u64, usize) {
 /// accept request holds its own reference to the socket: at shutdown the
 /// socket stops listening only once that request has completed.
 struct Listener {
-    socket: mio::net::TcpListener,
+    /// `None` once the drain began.
+    socket: Option<mio::net::TcpListener>,
     armed: bool,
 }
 
@@ -120,7 +121,7 @@ impl Worker {
                 // Accepted sockets inherit it: no setsockopt per session.
                 let _ = socket2::SockRef::from(&socket).set_nodelay(true);
                 Listener {
-                    socket,
+                    socket: Some(socket),
                     armed: false,
                 }
             })
@@ -237,8 +238,9 @@ impl Worker {
             self.accept_blocked_until = None;
         }
         for index in 0..self.listeners.len() {
-            if !self.listeners[index].armed {
-                let fd = self.listeners[index].socket.as_raw_fd();
+            let listener = &self.listeners[index];
+            if let (false, Some(socket)) = (listener.armed, &listener.socket) {
+                let fd = socket.as_raw_fd();
                 let entry = opcode::AcceptMulti::new(Fd(fd))
                     .flags(libc::SOCK_CLOEXEC)
                     .build()
@@ -357,6 +359,10 @@ impl Worker {
             r if r == -libc::ENOBUFS || r == -libc::ECANCELED => {}
             r if r < 0 => socket.failed = true,
             _ => {}
+        }
+        if socket.eof || socket.failed {
+            // A short read no longer means "nothing more": read to the end.
+            conn.hang_up_seen();
         }
         self.drive(key, now);
     }
@@ -561,6 +567,8 @@ impl Worker {
         let deadline = now + self.shared.drain_timeout;
         self.drain_deadline = Some(deadline);
         for index in 0..self.listeners.len() {
+            // The socket stops listening once its accept request is gone.
+            self.listeners[index].socket = None;
             if self.listeners[index].armed {
                 self.cancel(user_data(ACCEPT, index));
             }
