@@ -6,6 +6,7 @@
 #     messages/s and server system calls per session;
 #   - sessions refused at RCPT (unknown user): sessions/s;
 #   - idle sessions: server RSS growth / sessions (user-space bytes each).
+# Also the server's CPU time per message or session (robust on a busy host).
 # Discard spool mode, so the figures are the backends' and not the disk's.
 #
 # usage: benches/backends.sh            (env: LOAD=path/to/mxgate-load,
@@ -46,17 +47,24 @@ stop_server() {
     fi
 }
 
+# The server's CPU time so far (user + system, all threads), in ticks.
+cpu_ticks() {
+    awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat"
+}
+
 # Runs a command while perf counts the server's system calls; prints
-# "<rate> <syscalls>" where rate is what the command printed.
+# "<rate> <syscalls> <cpu ticks>" where rate is what the command printed.
 with_syscalls() {
     perf stat -x, -e raw_syscalls:sys_enter -p "$SERVER_PID" -o "$WORK/perf" &
     local perf=$!
     sleep 0.3
-    local rate
+    local rate cpu
+    cpu=$(cpu_ticks)
     rate=$("$@")
+    cpu=$(($(cpu_ticks) - cpu))
     kill -INT "$perf"
     wait "$perf" 2>/dev/null || true
-    echo "$rate $(grep raw_syscalls "$WORK/perf" | cut -d, -f1)"
+    echo "$rate $(grep raw_syscalls "$WORK/perf" | cut -d, -f1) $cpu"
 }
 
 load_rate() { # field, load flags...
@@ -132,17 +140,23 @@ done
 
 python3 - "$WORK/results" "$WORK/idle" <<'EOF'
 import statistics, sys
+import os
+tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
 rows = {}
 for line in open(sys.argv[1]):
-    b, test, rate, calls, units = line.split()
-    rows.setdefault((test, b), []).append((float(rate), float(calls) / float(units)))
-print(f"{'test':14} {'epoll /s':>10} {'uring /s':>10} {'ratio':>6} {'epoll sc/u':>11} {'uring sc/u':>11} {'ratio':>6}")
+    b, test, rate, calls, ticks, units = line.split()
+    n = float(units)
+    rows.setdefault((test, b), []).append((float(rate), float(calls) / n, float(ticks) * tick_us / n))
+med = lambda rs, i: statistics.median(r[i] for r in rs)
+print(f"{'test':13} {'epoll/s':>8} {'uring/s':>8} {'ratio':>5} | {'ep sc/u':>7} {'ur sc/u':>7} {'ratio':>5} | {'ep us/u':>7} {'ur us/u':>7} {'ratio':>5}")
 for test in ["pipelined", "one-per-conn", "smtp-source", "rcpt-reject"]:
     e, u = rows[(test, "epoll")], rows[(test, "uring")]
-    er, ur = statistics.median(r for r, _ in e), statistics.median(r for r, _ in u)
-    ec, uc = statistics.median(c for _, c in e), statistics.median(c for _, c in u)
-    print(f"{test:14} {er:10.0f} {ur:10.0f} {ur / er:6.2f} {ec:11.1f} {uc:11.1f} {uc / ec:6.2f}")
-print("(medians of rounds; sc/u = server system calls per message (pipelined) or per session)")
+    cells = []
+    for i, fmt in [(0, "8.0f"), (1, "7.1f"), (2, "7.1f")]:
+        a, b = med(e, i), med(u, i)
+        cells.append(f"{a:{fmt}} {b:{fmt}} {b / a:5.2f}")
+    print(f"{test:13} " + " | ".join(cells))
+print("(medians of rounds; /u = per message (pipelined) or per session; sc = server system calls; us = server CPU µs)")
 for line in open(sys.argv[2]):
     b, _, per = line.split()
     print(f"idle sessions, {b}: {per} user-space octets each (RSS growth / sessions)")

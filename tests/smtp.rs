@@ -454,6 +454,27 @@ fn the_port_is_free_once_the_server_has_stopped(backend: Backend) {
     std::net::TcpListener::bind(addr).expect("port free after stop");
 }
 
+/// Data and the client's FIN arriving together: the session still ends at
+/// once (not at its timeout), so its slot under --max-sessions frees up.
+fn a_client_that_hangs_up_frees_its_session_at_once(backend: Backend) {
+    let server = TestServer::start(backend, &["--max-sessions", "1"]);
+    for round in 0..20 {
+        let mut greeted = None;
+        wait_until(Duration::from_secs(5), || {
+            let mut c = server.client();
+            let ok = c.reply().code == 220;
+            greeted = ok.then_some(c);
+            ok
+        });
+        let mut c = greeted.unwrap_or_else(|| panic!("round {round}: previous session not freed"));
+        c.send(b"NOOP\r\n");
+        c.stream().shutdown(std::net::Shutdown::Write).unwrap();
+        c.expect(250);
+        assert!(c.closed());
+    }
+    server.stop();
+}
+
 support::backend_tests!(
     the_port_is_free_once_the_server_has_stopped,
     accepted_message_is_spooled_byte_for_byte,
@@ -472,4 +493,5 @@ support::backend_tests!(
     spool_failure_is_451_and_the_session_goes_on,
     replies_back_up_without_loss_when_the_client_does_not_read,
     tiny_read_buffer_delivers_many_pipelined_messages_intact,
+    a_client_that_hangs_up_frees_its_session_at_once,
 );

@@ -105,22 +105,15 @@ pub struct SessionLog {
 const LOGGED_IDS: u32 = 8;
 
 /// What a connection needs from its socket: reads and writes that say
-/// `WouldBlock` when they cannot go on, and a half-close. The epoll backend
-/// uses a mio `TcpStream`; the io_uring backend a socket whose bytes move
-/// through the ring.
+/// `WouldBlock` when they cannot go on. The epoll backend uses a mio
+/// `TcpStream`; the io_uring backend a socket whose octets move through the
+/// ring.
 pub trait Socket: Read + Write {
-    /// Signals end of output; errors are ignored (the peer is going away).
-    fn shutdown_write(&mut self);
-
     /// Frees buffers that hold nothing (an idle connection holds none).
     fn trim(&mut self) {}
 }
 
-impl Socket for TcpStream {
-    fn shutdown_write(&mut self) {
-        let _ = self.shutdown(std::net::Shutdown::Write);
-    }
-}
+impl Socket for TcpStream {}
 
 pub struct Conn<S = TcpStream> {
     pub stream: S,
@@ -133,8 +126,10 @@ pub struct Conn<S = TcpStream> {
     pub in_ready: bool,
     /// A message is at the spool; the session is paused until it answers.
     pub awaiting_spool: bool,
-    /// The client closed its sending side.
+    /// The client closed its sending side (a read returned 0).
     eof: bool,
+    /// epoll reported the peer's hang-up: read until 0, even after a short read.
+    hang_up: bool,
     /// Input the session has not consumed: a partial line, or what arrived
     /// behind a message that went to the spool.
     pending: Vec<u8>,
@@ -165,6 +160,7 @@ impl<S: Socket> Conn<S> {
             in_ready: false,
             awaiting_spool: false,
             eof: false,
+            hang_up: false,
             pending: Vec::new(),
             pending_unseen: false,
             out: Vec::new(),
@@ -174,6 +170,11 @@ impl<S: Socket> Conn<S> {
             end_of_data: opened,
             submit_lag_ns: 0,
         }
+    }
+
+    /// epoll reported that the peer hung up or the socket failed.
+    pub fn hang_up_seen(&mut self) {
+        self.hang_up = true;
     }
 
     /// Sends what is queued, then reads and feeds the session until the
@@ -212,7 +213,12 @@ impl<S: Socket> Conn<S> {
         if !self.eof && room_end > held {
             match read_retrying(&mut self.stream, &mut scratch[held..room_end]) {
                 Ok(0) => self.eof = true,
-                Ok(n) => read = n,
+                Ok(n) => {
+                    read = n;
+                    // A short read emptied the socket: the next arrival is a
+                    // new edge, so skip the read that would say WouldBlock.
+                    blocked = held + n < room_end && !self.hang_up;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => blocked = true,
                 Err(_) => return Step::End(Outcome::Reset),
             }
@@ -386,11 +392,11 @@ impl<S: Socket> Conn<S> {
         false
     }
 
-    /// Last words: flush what we can and signal end of output. Replies the
-    /// socket cannot take now are dropped; the peer is going away.
+    /// Last words: flush what we can before the socket is dropped (closing
+    /// it sends the FIN). Replies the socket cannot take now are lost; the
+    /// session is over.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         let _ = self.flush(out);
-        self.stream.shutdown_write();
         out.clear();
     }
 

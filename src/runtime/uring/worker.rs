@@ -63,7 +63,8 @@ fn split_user_data(data: u64) -> (u64, usize) {
 /// accept request holds its own reference to the socket: at shutdown the
 /// socket stops listening only once that request has completed.
 struct Listener {
-    socket: mio::net::TcpListener,
+    /// `None` once the drain began.
+    socket: Option<mio::net::TcpListener>,
     armed: bool,
 }
 
@@ -124,7 +125,7 @@ impl Worker {
                 // Accepted sockets inherit it: no setsockopt per session.
                 let _ = socket2::SockRef::from(&socket).set_nodelay(true);
                 Listener {
-                    socket,
+                    socket: Some(socket),
                     armed: false,
                 }
             })
@@ -243,8 +244,9 @@ impl Worker {
             self.accept_blocked_until = None;
         }
         for index in 0..self.listeners.len() {
-            if !self.listeners[index].armed {
-                let fd = self.listeners[index].socket.as_raw_fd();
+            let listener = &self.listeners[index];
+            if let (false, Some(socket)) = (listener.armed, &listener.socket) {
+                let fd = socket.as_raw_fd();
                 let entry = opcode::AcceptMulti::new(Fd(fd))
                     .flags(libc::SOCK_CLOEXEC)
                     .build()
@@ -352,6 +354,8 @@ impl Worker {
         if !cqueue::more(flags) {
             socket.recv_armed = false;
         }
+        // The buffer is ours from this completion on: copy it out and give
+        // it straight back, so an idle connection never holds one.
         if let Some(bid) = cqueue::buffer_select(flags) {
             if let Ok(len) = usize::try_from(result) {
                 socket.received(buffers.get(bid, len));
@@ -363,6 +367,10 @@ impl Worker {
             r if r == -libc::ENOBUFS || r == -libc::ECANCELED => {}
             r if r < 0 => socket.failed = true,
             _ => {}
+        }
+        if socket.eof || socket.failed {
+            // A short read no longer means "nothing more": read to the end.
+            conn.hang_up_seen();
         }
         self.drive(key, now);
     }
@@ -568,6 +576,8 @@ impl Worker {
         let deadline = now + self.shared.drain_timeout;
         self.drain_deadline = Some(deadline);
         for index in 0..self.listeners.len() {
+            // The socket stops listening once its accept request is gone.
+            self.listeners[index].socket = None;
             if self.listeners[index].armed {
                 self.cancel(user_data(ACCEPT, index));
             }
