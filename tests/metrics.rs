@@ -16,10 +16,17 @@ use support::{queue_id, wait_until, TestServer, READ_TIMEOUT};
 
 /// One HTTP/1.1 exchange: the status line and the body.
 fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    http(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes(),
+    )
+}
+
+/// Sends `request` as is; returns the status line and the body.
+fn http(addr: SocketAddr, request: &[u8]) -> (String, String) {
     let mut stream = TcpStream::connect_timeout(&addr, READ_TIMEOUT).expect("connect");
     stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
-    stream.write_all(request.as_bytes()).expect("send request");
+    stream.write_all(request).expect("send request");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("read response");
     let (head, body) = response.split_once("\r\n\r\n").expect("a head");
@@ -129,7 +136,7 @@ fn counts_after_a_few_transactions(backend: Backend) {
     server.stop();
 }
 
-fn other_paths_are_404_and_the_endpoint_stops_with_the_server(backend: Backend) {
+fn bad_requests_are_refused_and_the_endpoint_stops_with_the_server(backend: Backend) {
     let server = TestServer::start(backend, &["--metrics", "127.0.0.1:0"]);
     let addr = server.handle.as_ref().unwrap().metrics_addr().unwrap();
     let (status, _) = http_get(addr, "/");
@@ -137,6 +144,12 @@ fn other_paths_are_404_and_the_endpoint_stops_with_the_server(backend: Backend) 
     let (status, body) = http_get(addr, "/metrics?x=1");
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert!(body.contains("# TYPE mxgate_sessions_total counter\n"));
+    let (status, _) = http(addr, b"POST /metrics HTTP/1.1\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+    let mut endless = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+    endless.resize(16 << 10, b'a');
+    let (status, _) = http(addr, &endless);
+    assert_eq!(status, "HTTP/1.1 400 Bad Request", "a head over the limit");
     server.stop();
     assert!(TcpStream::connect(addr).is_err(), "the endpoint closed");
 }
@@ -149,6 +162,6 @@ fn metrics_are_off_by_default(backend: Backend) {
 
 support::backend_tests!(
     counts_after_a_few_transactions,
-    other_paths_are_404_and_the_endpoint_stops_with_the_server,
+    bad_requests_are_refused_and_the_endpoint_stops_with_the_server,
     metrics_are_off_by_default,
 );

@@ -121,7 +121,24 @@ fn answer(mut stream: TcpStream, scraper: &Scraper) -> io::Result<()> {
         Route::Status(status) => (status, format!("{status}\n")),
     };
     let head_only = head.starts_with(b"HEAD ");
-    write_response(&mut stream, status, &body, head_only)
+    write_response(&mut stream, status, &body, head_only)?;
+    linger(&mut stream);
+    Ok(())
+}
+
+/// Ends output, then reads and drops what the client still sends (at most
+/// [`MAX_HEAD`] more octets): closing with unread input would reset the
+/// connection and could destroy the response before the client reads it.
+fn linger(stream: &mut TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut buf = [0u8; 1024];
+    let mut left = MAX_HEAD;
+    while left > 0 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
 }
 
 /// Reads the request head up to its blank line. A head over [`MAX_HEAD`]
