@@ -4,20 +4,19 @@
 //! Owns choosing the backend at start-up (`--backend auto` probes the
 //! kernel and falls back to epoll with one log line), starting one worker
 //! thread per core, each with its own ring (created on that thread: single
-//! issuer), and the wake-ups (an eventfd per worker that its ring reads).
-//! Parts: `ring` (set-up and probe), `bufring` (the provided-buffer pool),
-//! `socket` (a connection's octets between session and ring), `worker`
+//! issuer), and the wake-ups. Parts: `ring` (set-up and probe), `bufring`
+//! (the provided-buffer pool), `socket` (a connection's octets between
+//! session and ring), `wake` (the eventfd a worker's ring reads), `worker`
 //! (the loop). This is the only place in mxgate with `unsafe`, each block
 //! with a `// SAFETY:` line naming who owns the memory until completion.
 
 mod bufring;
 mod ring;
 mod socket;
+mod wake;
 mod worker;
 
-use std::fs::File;
-use std::io::{self, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::io;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -57,17 +56,15 @@ pub(super) fn start(set: WorkerSet<'_>) -> (Vec<JoinHandle<()>>, Vec<Wake>, Opti
     let cores = set.cores;
     let mut recorders = set.recorders.into_iter();
     for (index, listeners) in set.listeners.into_iter().enumerate() {
-        let wake = match eventfd() {
-            Ok(file) => Arc::new(file),
+        let waker = match wake::RingWaker::new() {
+            Ok(waker) => Arc::new(waker),
             Err(err) => {
                 failure = Some(err);
                 break;
             }
         };
-        let notify = Arc::clone(&wake);
-        let ring_wake: Wake = Arc::new(move || {
-            let _ = (&*notify).write(&1u64.to_ne_bytes());
-        });
+        let notify = Arc::clone(&waker);
+        let ring_wake: Wake = Arc::new(move || notify.wake());
         let parts = worker::Parts {
             listeners,
             link: set.spool.link({
@@ -78,7 +75,7 @@ pub(super) fn start(set: WorkerSet<'_>) -> (Vec<JoinHandle<()>>, Vec<Wake>, Opti
             session_config: Arc::clone(&set.session_config),
             shared: Arc::clone(&set.shared),
             read_buffer: set.read_buffer,
-            wake,
+            waker,
             metrics: recorders.next().unwrap_or_else(Recorder::detached),
         };
         let core = cores.get(index % cores.len().max(1)).copied();
@@ -112,15 +109,4 @@ pub(super) fn start(set: WorkerSet<'_>) -> (Vec<JoinHandle<()>>, Vec<Wake>, Opti
         }
     }
     (threads, wakers, failure)
-}
-
-/// A non-blocking eventfd, as a file: writing 8 octets wakes the worker.
-fn eventfd() -> io::Result<File> {
-    // SAFETY: plain system call; no memory is shared.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }

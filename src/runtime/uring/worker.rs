@@ -10,7 +10,6 @@
 //! log — is the epoll backend's [`Conn`] logic, driven over a
 //! [`RingSocket`].
 
-use std::fs::File;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
@@ -23,6 +22,7 @@ use slab::Slab;
 
 use super::bufring::BufRing;
 use super::socket::{RingSocket, RX_CAP};
+use super::wake::RingWaker;
 use crate::metrics::Recorder;
 use crate::proto::reply;
 use crate::proto::{Session, SessionConfig};
@@ -77,8 +77,8 @@ pub struct Parts {
     pub session_config: Arc<SessionConfig>,
     pub shared: Arc<Shared>,
     pub read_buffer: usize,
-    /// The eventfd the spool and the server write to wake this worker.
-    pub wake: Arc<File>,
+    /// How the spool and the server wake this worker.
+    pub waker: Arc<RingWaker>,
     pub metrics: Recorder,
 }
 
@@ -98,7 +98,7 @@ pub struct Worker {
     session_config: Arc<SessionConfig>,
     shared: Arc<Shared>,
     next_generation: u32,
-    wake: Arc<File>,
+    waker: Arc<RingWaker>,
     /// The eventfd read's target: the kernel owns it while `wake_armed`.
     wake_buf: Box<u64>,
     wake_armed: bool,
@@ -144,7 +144,7 @@ impl Worker {
             session_config: parts.session_config,
             shared: parts.shared,
             next_generation: 0,
-            wake: parts.wake,
+            waker: parts.waker,
             wake_buf: Box::new(0),
             wake_armed: false,
             accept_blocked_until: None,
@@ -157,8 +157,14 @@ impl Worker {
 
     /// The event loop; returns once shutdown has drained every session.
     pub fn run(mut self) {
+        self.waker.claim();
         loop {
             let now = Instant::now();
+            // Once per turn, like a completion from the ring: a pipelining
+            // client in discard mode must not starve the others.
+            if self.waker.take_pending() {
+                self.complete_spooled(now);
+            }
             self.arm_wake();
             self.arm_accepts(now);
             if let Err(err) = self.submit_and_wait(now) {
@@ -179,9 +185,9 @@ impl Worker {
 
     /// One `io_uring_enter`: submits what is queued and waits for at least
     /// one completion, or for the next timer tick, or not at all when
-    /// connections are waiting on the ready list.
+    /// connections are waiting on the ready list or the worker woke itself.
     fn submit_and_wait(&mut self, now: Instant) -> io::Result<()> {
-        let (want, timeout) = if self.ready.is_empty() {
+        let (want, timeout) = if self.ready.is_empty() && !self.waker.has_pending() {
             (1, self.wheel.until_next_tick(now))
         } else {
             (0, Duration::ZERO)
@@ -226,7 +232,7 @@ impl Worker {
             return;
         }
         let buf: *mut u64 = &mut *self.wake_buf;
-        let entry = opcode::Read::new(Fd(self.wake.as_raw_fd()), buf.cast(), 8)
+        let entry = opcode::Read::new(Fd(self.waker.fd()), buf.cast(), 8)
             .build()
             .user_data(user_data(WAKE, 0));
         self.wake_armed = true;
