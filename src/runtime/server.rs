@@ -119,7 +119,7 @@ impl Server {
         if let Some(addr) = config.metrics {
             let server = MetricsServer::start(addr, scraper)
                 .map_err(|err| io::Error::new(err.kind(), format!("metrics {addr}: {err}")))?;
-            tracing::info!(addr = %server.local_addr(), "metrics at http://{}/metrics", server.local_addr());
+            tracing::info!("metrics at http://{}/metrics", server.local_addr());
             handle.metrics = Some(server);
         }
         Ok(handle)
