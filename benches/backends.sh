@@ -7,10 +7,11 @@
 #   - sessions refused at RCPT (unknown user): sessions/s;
 #   - idle sessions: server RSS growth / sessions (user-space bytes each).
 # Also the server's CPU time per message or session (robust on a busy host).
-# Discard spool mode, so the figures are the backends' and not the disk's.
+# Discard spool mode by default, so the figures are the backends' and not
+# the disk's (SPOOL_MODE=durable for the real thing).
 #
 # usage: benches/backends.sh            (env: LOAD=path/to/mxgate-load,
-#        ROUNDS=3, IDLE=19000, WORKERS=1)
+#        ROUNDS=3, IDLE=19000 (0: skip), WORKERS=1, SPOOL_MODE=discard)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,6 +20,7 @@ LOAD=${LOAD:-mxgate-load}
 ROUNDS=${ROUNDS:-3}
 IDLE=${IDLE:-19000}
 WORKERS=${WORKERS:-1}
+SPOOL_MODE=${SPOOL_MODE:-discard}
 PORT=${PORT:-2700}
 WORK=$(mktemp -d)
 SERVER_PID=
@@ -27,7 +29,7 @@ printf 'alice@example.com\n@example.com\nalice@reject.example\n' >"$WORK/table.t
 
 start_server() { # backend
     "$MXGATE" --backend "$1" --workers "$WORKERS" --recipients "$WORK/table.txt" \
-        --listen "127.0.0.1:$PORT" --spool "$WORK/spool-$1" --spool-mode discard \
+        --listen "127.0.0.1:$PORT" --spool "$WORK/spool-$1" --spool-mode "$SPOOL_MODE" \
         2>"$WORK/log-$1" &
     SERVER_PID=$!
     for _ in $(seq 100); do
@@ -132,7 +134,9 @@ for round in $(seq "$ROUNDS"); do
         run_round "$b"
     done
 done
+touch "$WORK/idle"
 for b in epoll uring; do
+    [ "$IDLE" -gt 0 ] || break
     start_server "$b"
     echo "$b idle $(idle_bytes)" >>"$WORK/idle"
     stop_server

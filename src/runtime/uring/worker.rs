@@ -186,17 +186,19 @@ impl Worker {
     /// One `io_uring_enter`: submits what is queued and waits for at least
     /// one completion, or for the next timer tick, or not at all when
     /// connections are waiting on the ready list or the worker woke itself.
+    /// It always asks for completions (deferred task work runs only then),
+    /// so a connection on the ready list never starves the others.
     fn submit_and_wait(&mut self, now: Instant) -> io::Result<()> {
-        let (want, timeout) = if self.ready.is_empty() && !self.waker.has_pending() {
-            (1, self.wheel.until_next_tick(now))
+        let timeout = if self.ready.is_empty() && !self.waker.has_pending() {
+            self.wheel.until_next_tick(now)
         } else {
-            (0, Duration::ZERO)
+            Duration::ZERO
         };
         let ts = Timespec::new()
             .sec(timeout.as_secs())
             .nsec(timeout.subsec_nanos());
         let args = SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(want, &args) {
+        match self.ring.submitter().submit_with_args(1, &args) {
             Ok(_) => Ok(()),
             Err(e)
                 if matches!(
