@@ -567,6 +567,7 @@ mod tests {
             &["--command-timeout", "0"],
             &["--backend", "kqueue"],
             &["--listen", "nowhere"],
+            &["--metrics", "nowhere"],
         ] {
             assert!(from_args(args(bad)).is_err(), "{bad:?}");
         }
@@ -602,5 +603,8 @@ mod tests {
         assert_eq!(c.subaddress_delimiter, None);
         assert_eq!(c.spool_mode, SpoolMode::Discard);
         assert_eq!(c.cores, vec![1, 0]);
+        assert_eq!(c.metrics, None, "metrics are off by default");
+        let on = from_args(args(&["--metrics", "127.0.0.1:9125"])).unwrap();
+        assert_eq!(on.metrics, Some("127.0.0.1:9125".parse().unwrap()));
     }
 }

@@ -134,6 +134,38 @@ fn bump(count: &mut u32) {
     *count = count.wrapping_add(1);
 }
 
+/// Feeds `input` to a fresh session (table: `a@example.com`, 16-octet
+/// messages), answering every spool hand-off with a queue id.
+#[cfg(test)]
+pub(crate) fn tally_of(input: &[u8]) -> Tally {
+    use super::{Event, Session, SessionConfig};
+    use crate::recipients::{Table, TableOptions};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let table = Table::parse(b"a@example.com\n", TableOptions::default()).unwrap();
+    let config = Arc::new(SessionConfig {
+        hostname: "mx.test".into(),
+        max_message_size: 16,
+        max_recipients: 100,
+        command_timeout: Duration::from_secs(60),
+        data_timeout: Duration::from_secs(60),
+    });
+    let now = Instant::now();
+    let mut session = Session::new(config, now);
+    let (mut tally, mut out, mut pos) = (Tally::default(), Vec::new(), 0);
+    loop {
+        let rest = &input[pos..];
+        let (n, event) = session.feed_tallied(rest, now, &table, &mut out, &mut tally);
+        pos += n;
+        match event {
+            Event::MessageReady => session.spool_done(Some("ID"), &mut out),
+            Event::NeedInput | Event::Close => return tally,
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +181,28 @@ mod tests {
         for (i, refusal) in Refusal::ALL.iter().enumerate() {
             assert_eq!(*refusal as usize, i);
         }
+    }
+
+    #[test]
+    fn a_session_counts_what_it_decides() {
+        let tally = tally_of(
+            b"RCPT TO:<a@example.com>\r\nEHLO c\r\nMAIL FROM:<>\r\n\
+              RCPT TO:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n\
+              DATA\r\nthis line is over sixteen octets\r\n.\r\n\
+              MAIL FROM:<>\r\nRCPT TO:<a@example.com>\r\nBDAT 3 LAST\r\na\nb\
+              MAIL FROM:<>\r\nRCPT TO:<a@example.com>\r\nDATA\r\nok\r\n.\r\nQUIT\r\n",
+        );
+        assert_eq!(tally.commands(Verb::Rcpt), 5);
+        assert_eq!(tally.commands(Verb::Mail), 3);
+        assert_eq!(tally.commands(Verb::Bdat), 1);
+        assert_eq!(tally.commands(Verb::Data), 2);
+        assert_eq!(tally.commands(Verb::Quit), 1);
+        assert_eq!(tally.rcpts(RcptOutcome::OutOfSequence), 1);
+        assert_eq!(tally.rcpts(RcptOutcome::Accepted), 3);
+        assert_eq!(tally.rcpts(RcptOutcome::UnknownUser), 1);
+        assert_eq!(tally.rejected_rcpts(), 2);
+        assert_eq!(tally.refusals(Refusal::Size), 1);
+        assert_eq!(tally.refusals(Refusal::BareCrLf), 1);
     }
 
     #[test]
