@@ -459,14 +459,7 @@ fn the_port_is_free_once_the_server_has_stopped(backend: Backend) {
 fn a_client_that_hangs_up_frees_its_session_at_once(backend: Backend) {
     let server = TestServer::start(backend, &["--max-sessions", "1"]);
     for round in 0..20 {
-        let mut greeted = None;
-        wait_until(Duration::from_secs(5), || {
-            let mut c = server.client();
-            let ok = c.reply().code == 220;
-            greeted = ok.then_some(c);
-            ok
-        });
-        let mut c = greeted.unwrap_or_else(|| panic!("round {round}: previous session not freed"));
+        let mut c = the_one_session(&server, round);
         c.send(b"NOOP\r\n");
         c.stream().shutdown(std::net::Shutdown::Write).unwrap();
         c.expect(250);
@@ -475,7 +468,71 @@ fn a_client_that_hangs_up_frees_its_session_at_once(backend: Backend) {
     server.stop();
 }
 
+/// Under `--max-sessions 1`: a client greeted with 220, once the previous
+/// session has freed its place.
+fn the_one_session(server: &TestServer, round: usize) -> Client {
+    let mut greeted = None;
+    wait_until(Duration::from_secs(5), || {
+        let mut c = server.client();
+        let ok = c.reply().code == 220;
+        greeted = ok.then_some(c);
+        ok
+    });
+    greeted.unwrap_or_else(|| panic!("round {round}: previous session not freed"))
+}
+
+/// A client that resets its connection while its replies back up: the
+/// server drops them, frees the session's place and goes on serving.
+fn a_client_that_resets_with_replies_in_flight_frees_its_session(backend: Backend) {
+    let server = TestServer::start(backend, &["--max-sessions", "1"]);
+    for round in 0..5 {
+        let c = the_one_session(&server, round);
+        let stream = c.stream();
+        flood_without_reading(stream);
+        socket2::SockRef::from(stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(c);
+    }
+    let mut c = the_one_session(&server, 5);
+    c.cmd("NOOP", 250);
+    server.stop();
+}
+
+/// Pipelines NOOPs without reading a reply until the server stops reading.
+fn flood_without_reading(stream: &std::net::TcpStream) {
+    let noops = "NOOP\r\n".repeat(50_000);
+    stream
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    for _ in 0..20 {
+        if std::io::Write::write_all(&mut &*stream, noops.as_bytes()).is_err() {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+/// A client that never reads its replies cannot hold up a shutdown: when
+/// the drain timeout runs out its replies are dropped (on io_uring: the
+/// send in flight is cancelled and its completion awaited before the
+/// buffer is freed) and the server stops.
+fn a_client_that_never_reads_cannot_hold_up_shutdown(backend: Backend) {
+    let server = TestServer::start(backend, &["--drain-timeout", "1", "--workers", "1"]);
+    let mut c = server.client();
+    c.hello();
+    flood_without_reading(c.stream());
+    let stopping = std::thread::spawn(move || server.stop());
+    assert!(
+        wait_until(Duration::from_secs(30), || stopping.is_finished()),
+        "shutdown hangs on a client that does not read"
+    );
+    stopping.join().unwrap();
+}
+
 support::backend_tests!(
+    a_client_that_never_reads_cannot_hold_up_shutdown,
+    a_client_that_resets_with_replies_in_flight_frees_its_session,
     the_port_is_free_once_the_server_has_stopped,
     accepted_message_is_spooled_byte_for_byte,
     unknown_user_gets_550_and_foreign_domain_554,

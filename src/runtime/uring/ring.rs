@@ -11,22 +11,27 @@ use std::io;
 use io_uring::{opcode, IoUring, Probe};
 
 /// Creates a ring of `entries` submission slots for the calling thread,
-/// with the best task-work mode the kernel accepts. Must be called on the
-/// thread that submits (single issuer).
-pub fn build(entries: u32) -> io::Result<IoUring> {
+/// with the best task-work mode the kernel accepts; returns it and the
+/// mode's name. Must be called on the thread that submits (single issuer).
+pub fn build(entries: u32) -> io::Result<(IoUring, &'static str)> {
     let cq = entries * 4;
-    IoUring::builder()
+    if let Ok(ring) = IoUring::builder()
         .setup_single_issuer()
         .setup_defer_taskrun()
         .setup_cqsize(cq)
         .build(entries)
-        .or_else(|_| {
-            IoUring::builder()
-                .setup_coop_taskrun()
-                .setup_cqsize(cq)
-                .build(entries)
-        })
-        .or_else(|_| IoUring::builder().setup_cqsize(cq).build(entries))
+    {
+        return Ok((ring, "single-issuer+defer-taskrun"));
+    }
+    if let Ok(ring) = IoUring::builder()
+        .setup_coop_taskrun()
+        .setup_cqsize(cq)
+        .build(entries)
+    {
+        return Ok((ring, "coop-taskrun"));
+    }
+    let ring = IoUring::builder().setup_cqsize(cq).build(entries)?;
+    Ok((ring, "plain"))
 }
 
 /// The operations the worker submits. Send-zc is not used; it stands for
@@ -89,7 +94,9 @@ mod tests {
     #[test]
     fn a_ring_builds_where_the_probe_passes() {
         if probe().is_ok() {
-            build(64).expect("ring");
+            let (ring, mode) = build(64).expect("ring");
+            let single = mode == "single-issuer+defer-taskrun";
+            assert_eq!(ring.params().is_setup_single_issuer(), single, "{mode}");
         }
     }
 }

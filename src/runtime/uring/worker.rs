@@ -116,7 +116,8 @@ impl Worker {
     /// Creates the ring and registers the buffer pool; call on the thread
     /// that will run the worker.
     pub fn new(parts: Parts) -> io::Result<Worker> {
-        let ring = super::ring::build(RING_ENTRIES)?;
+        let (ring, mode) = super::ring::build(RING_ENTRIES)?;
+        tracing::debug!(mode, "io_uring worker ring ready");
         let buffers = BufRing::register(&ring, BUFFER_GROUP, BUFFERS, BUFFER_SIZE)?;
         let listeners = parts
             .listeners
