@@ -48,6 +48,10 @@ const DEFAULT_ACCEPT_BATCH: usize = 256;
 pub enum Backend {
     /// Readiness-based, through mio (epoll).
     Epoll,
+    /// Completion-based, through io_uring (Linux 6.0 or later).
+    Uring,
+    /// io_uring when the kernel offers it, else epoll (one log line says so).
+    Auto,
 }
 
 /// Spool mode as written in flags and files.
@@ -95,7 +99,7 @@ pub struct Layer {
     /// Cores to pin workers to, worker i on the i-th [default: the allowed cores in order].
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub cores: Option<Vec<usize>>,
-    /// I/O backend [default: epoll].
+    /// I/O backend: epoll, uring, or auto (uring if the kernel allows it) [default: auto].
     #[arg(long, value_name = "NAME")]
     pub backend: Option<Backend>,
     /// Name in the greeting, EHLO and Received line [default: the system hostname].
@@ -141,6 +145,9 @@ pub struct Layer {
     /// Per-worker read buffer, in octets [default: 65536].
     #[arg(long, value_name = "BYTES")]
     pub read_buffer: Option<usize>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Layer {
@@ -174,6 +181,7 @@ impl Layer {
             socket_send_buffer,
             accept_batch,
             read_buffer,
+            metrics,
         )
     }
 
@@ -280,6 +288,8 @@ pub struct Config {
     pub socket_send_buffer: usize,
     pub accept_batch: usize,
     pub read_buffer: usize,
+    /// Where to serve `/metrics`; `None`: off.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Config {
@@ -303,7 +313,7 @@ impl Config {
             )?,
             workers: at_least_one("workers", layer.workers.unwrap_or_else(online_cores))?,
             cores: layer.cores.unwrap_or_default(),
-            backend: layer.backend.unwrap_or(Backend::Epoll),
+            backend: layer.backend.unwrap_or(Backend::Auto),
             hostname: layer.hostname.unwrap_or_else(system_hostname),
             max_message_size: layer.max_message_size.unwrap_or(25 << 20),
             max_recipients: layer.max_recipients.unwrap_or(MIN_RECIPIENTS),
@@ -318,6 +328,7 @@ impl Config {
             socket_send_buffer: layer.socket_send_buffer.unwrap_or(0),
             accept_batch: layer.accept_batch.unwrap_or(DEFAULT_ACCEPT_BATCH),
             read_buffer: layer.read_buffer.unwrap_or(64 << 10),
+            metrics: layer.metrics,
         };
         config.validate()
     }
@@ -578,6 +589,7 @@ mod tests {
             &["--command-timeout", "0"],
             &["--backend", "kqueue"],
             &["--listen", "nowhere"],
+            &["--metrics", "nowhere"],
         ] {
             assert!(from_args(args(bad)).is_err(), "{bad:?}");
         }
@@ -585,6 +597,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--recipients"));
+    }
+
+    #[test]
+    fn backend_defaults_to_auto() {
+        assert_eq!(from_args(args(&[])).unwrap().backend, Backend::Auto);
+        let uring = from_args(args(&["--backend", "uring"])).unwrap();
+        assert_eq!(uring.backend, Backend::Uring);
     }
 
     #[test]
@@ -606,5 +625,8 @@ mod tests {
         assert_eq!(c.subaddress_delimiter, None);
         assert_eq!(c.spool_mode, SpoolMode::Discard);
         assert_eq!(c.cores, vec![1, 0]);
+        assert_eq!(c.metrics, None, "metrics are off by default");
+        let on = from_args(args(&["--metrics", "127.0.0.1:9125"])).unwrap();
+        assert_eq!(on.metrics, Some("127.0.0.1:9125".parse().unwrap()));
     }
 }

@@ -4,12 +4,15 @@
 //! The crate is layered as `../shared/DESIGN.md` describes: [`proto`] is the
 //! sans-IO SMTP engine, [`recipients`] the recipient table it consults,
 //! [`spool`] the durable queue, [`runtime`] the event loops that move bytes,
-//! [`config`] the merged configuration and [`tuning`] the profiles' lookup
-//! and the start-up host check. Nothing here is specific to the
-//! `mxgate` binary: every test drives these modules directly or over TCP.
+//! [`metrics`] the per-worker counters and histograms behind `--metrics`,
+//! [`config`] the merged configuration, [`tuning`] the profiles' lookup and
+//! the start-up host check, and [`load`] the `mxgate-load` generator.
+//! Nothing here is specific to the binaries: every test drives these
+//! modules directly or over TCP.
 
 pub mod config;
 pub mod load;
+pub mod metrics;
 pub mod proto;
 pub mod recipients;
 pub mod runtime;

@@ -4,7 +4,10 @@
 
 mod support;
 
-use std::process::Command;
+use mxgate::config::Backend;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::{files_in, queue_id, wait_until, BinServer, Client};
@@ -67,6 +70,89 @@ fn help_exits_0() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("--recipients"));
 }
 
+/// Installs a seccomp filter that refuses `io_uring_setup` (425 on every
+/// Linux architecture) with EPERM, as a container profile would, then
+/// execs its arguments.
+const NO_IO_URING: &str = r#"
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+code = lambda c, jt, jf, k: struct.pack("HBBI", c, jt, jf, k)
+prog = (code(0x20, 0, 0, 0) + code(0x15, 0, 1, 425)
+        + code(0x06, 0, 0, 0x50000 | 1) + code(0x06, 0, 0, 0x7FFF0000))
+buf = ctypes.create_string_buffer(prog)
+class Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+fprog = Fprog(4, ctypes.addressof(buf))
+assert libc.prctl(38, 1, 0, 0, 0) == 0
+assert libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) == 0
+os.execv(sys.argv[1], sys.argv[1:])
+"#;
+
+/// mxgate with io_uring refused by seccomp; `None` (test skipped, said
+/// why) without python3.
+fn mxgate_without_io_uring(args: &[&str]) -> Option<Command> {
+    if Command::new("python3").arg("-V").output().is_err() {
+        eprintln!("skipping: python3 is needed to install the seccomp filter");
+        return None;
+    }
+    let mut command = Command::new("python3");
+    command
+        .args(["-c", NO_IO_URING, env!("CARGO_BIN_EXE_mxgate")])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info");
+    Some(command)
+}
+
+#[test]
+fn backend_uring_without_io_uring_exits_2_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("table.txt");
+    std::fs::write(&table, support::TABLE).unwrap();
+    let args = [
+        "--recipients",
+        table.to_str().unwrap(),
+        "--backend",
+        "uring",
+    ];
+    let Some(mut command) = mxgate_without_io_uring(&args) else {
+        return;
+    };
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+    assert!(stderr.contains("io_uring_disabled"), "{stderr}");
+}
+
+#[test]
+fn backend_auto_without_io_uring_says_so_once_and_runs_on_epoll() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("table.txt");
+    std::fs::write(&table, support::TABLE).unwrap();
+    let args = support::base_args(dir.path(), &[]);
+    let args: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+    let Some(mut command) = mxgate_without_io_uring(&args) else {
+        return;
+    };
+    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
+    let mut log = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("mxgate ready") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let said = log.lines().filter(|l| l.contains("io_uring unavailable"));
+    assert_eq!(said.count(), 1, "{log}");
+    assert!(log.contains("using epoll"), "{log}");
+    assert!(log.contains("backend=Epoll"), "{log}");
+}
+
 /// Asks RCPT for `address` in `session` until the reply code is `code`.
 fn rcpt_until(session: &mut Client, address: &str, code: u16) -> bool {
     wait_until(Duration::from_secs(10), || {
@@ -75,9 +161,8 @@ fn rcpt_until(session: &mut Client, address: &str, code: u16) -> bool {
     })
 }
 
-#[test]
-fn sighup_reloads_the_table_under_open_sessions() {
-    let mut server = BinServer::start(tempfile::tempdir().unwrap(), &[]);
+fn sighup_reloads_the_table_under_open_sessions(backend: Backend) {
+    let mut server = BinServer::start(tempfile::tempdir().unwrap(), backend, &[]);
     let table = server.path().join("table.txt");
     let mut session = server.client();
     session.hello();
@@ -114,9 +199,12 @@ fn sighup_reloads_the_table_under_open_sessions() {
     );
 }
 
-#[test]
-fn sigterm_drains_transactions_in_flight_then_exits_0() {
-    let mut server = BinServer::start(tempfile::tempdir().unwrap(), &["--drain-timeout", "20"]);
+fn sigterm_drains_transactions_in_flight_then_exits_0(backend: Backend) {
+    let mut server = BinServer::start(
+        tempfile::tempdir().unwrap(),
+        backend,
+        &["--drain-timeout", "20"],
+    );
     let spool = server.path().join("spool");
     let mut idle = server.client();
     idle.hello();
@@ -152,9 +240,12 @@ fn sigterm_drains_transactions_in_flight_then_exits_0() {
     );
 }
 
-#[test]
-fn discard_mode_warns_loudly() {
-    let mut server = BinServer::start(tempfile::tempdir().unwrap(), &["--spool-mode", "discard"]);
+fn discard_mode_warns_loudly(backend: Backend) {
+    let mut server = BinServer::start(
+        tempfile::tempdir().unwrap(),
+        backend,
+        &["--spool-mode", "discard"],
+    );
     let mut c = server.client();
     c.hello();
     c.open_data("alice@example.com");
@@ -169,9 +260,12 @@ fn discard_mode_warns_loudly() {
     assert!(files_in(&spool.join("new")).is_empty());
 }
 
-#[test]
-fn a_second_sigterm_stops_without_waiting_for_the_drain() {
-    let mut server = BinServer::start(tempfile::tempdir().unwrap(), &["--drain-timeout", "120"]);
+fn a_second_sigterm_stops_without_waiting_for_the_drain(backend: Backend) {
+    let mut server = BinServer::start(
+        tempfile::tempdir().unwrap(),
+        backend,
+        &["--drain-timeout", "120"],
+    );
     let mut busy = server.client();
     busy.hello();
     busy.open_data("alice@example.com");
@@ -189,3 +283,10 @@ fn a_second_sigterm_stops_without_waiting_for_the_drain() {
     assert!(log.contains("second signal"), "{log}");
     assert!(files_in(&server.path().join("spool/new")).is_empty());
 }
+
+support::backend_tests!(
+    sighup_reloads_the_table_under_open_sessions,
+    sigterm_drains_transactions_in_flight_then_exits_0,
+    discard_mode_warns_loudly,
+    a_second_sigterm_stops_without_waiting_for_the_drain,
+);

@@ -3,6 +3,8 @@
 
 mod support;
 
+use mxgate::config::Backend;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -78,14 +80,13 @@ fn run_sessions(
         .collect()
 }
 
-#[test]
-fn two_thousand_concurrent_sessions_each_complete_a_transaction() {
+fn two_thousand_concurrent_sessions_each_complete_a_transaction(backend: Backend) {
     let limit = mxgate::runtime::limits::raise_open_files_limit().unwrap();
     assert!(
         limit > 2 * SESSIONS as u64 + 200,
         "open-file limit {limit} too low for this test"
     );
-    let server = TestServer::start(&["--command-timeout", "120"]);
+    let server = TestServer::start(backend, &["--command-timeout", "120"]);
     let per_thread = SESSIONS / CLIENT_THREADS;
     let all_open = Arc::new(AtomicUsize::new(0));
     let threads: Vec<_> = (0..CLIENT_THREADS)
@@ -107,3 +108,5 @@ fn two_thousand_concurrent_sessions_each_complete_a_transaction() {
         == SESSIONS));
     server.stop();
 }
+
+support::backend_tests!(two_thousand_concurrent_sessions_each_complete_a_transaction,);

@@ -4,6 +4,8 @@
 
 mod support;
 
+use mxgate::config::Backend;
+
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -94,10 +96,9 @@ fn assert_complete(path: &Path) -> Vec<u8> {
     file
 }
 
-#[test]
-fn kill_9_loses_no_acknowledged_message_and_leaves_nothing_partial() {
+fn kill_9_loses_no_acknowledged_message_and_leaves_nothing_partial(backend: Backend) {
     mxgate::runtime::limits::raise_open_files_limit().unwrap();
-    let server = BinServer::start(tempfile::tempdir().unwrap(), &[]);
+    let server = BinServer::start(tempfile::tempdir().unwrap(), backend, &[]);
     let acked = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|client| {
@@ -132,7 +133,7 @@ fn kill_9_loses_no_acknowledged_message_and_leaves_nothing_partial() {
         assert_complete(&path);
     }
 
-    let restarted = BinServer::start(dir, &[]);
+    let restarted = BinServer::start(dir, backend, &[]);
     let spool = restarted.path().join("spool");
     assert!(
         files_in(&spool.join("tmp")).is_empty(),
@@ -148,3 +149,5 @@ fn kill_9_loses_no_acknowledged_message_and_leaves_nothing_partial() {
         acknowledged.len()
     );
 }
+
+support::backend_tests!(kill_9_loses_no_acknowledged_message_and_leaves_nothing_partial,);

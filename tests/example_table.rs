@@ -3,12 +3,12 @@
 
 mod support;
 
+use mxgate::config::Backend;
 use support::TestServer;
 
-#[test]
-fn the_shipped_example_table_answers_as_documented() {
+fn the_shipped_example_table_answers_as_documented(backend: Backend) {
     let table = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/recipients.txt");
-    let server = TestServer::start(&["--recipients", table]);
+    let server = TestServer::start(backend, &["--recipients", table]);
     let mut c = server.client();
     c.hello();
     c.cmd("MAIL FROM:<s@remote.example>", 250);
@@ -26,3 +26,5 @@ fn the_shipped_example_table_answers_as_documented() {
     c.cmd("QUIT", 221);
     server.stop();
 }
+
+support::backend_tests!(the_shipped_example_table_answers_as_documented);

@@ -4,6 +4,8 @@
 
 mod support;
 
+use mxgate::config::Backend;
+
 use std::time::Duration;
 
 use support::{BinServer, Client};
@@ -17,8 +19,7 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-#[test]
-fn out_of_descriptors_pauses_accepting_without_spinning() {
+fn out_of_descriptors_pauses_accepting_without_spinning(backend: Backend) {
     const CLIENTS: usize = 60;
     let dir = tempfile::tempdir().unwrap();
     let flags = [
@@ -29,7 +30,7 @@ fn out_of_descriptors_pauses_accepting_without_spinning() {
         "--spool-threads",
         "1",
     ];
-    let mut server = BinServer::start_limited(dir, &flags, Some(40));
+    let mut server = BinServer::start_limited(dir, backend, &flags, Some(40));
     let mut clients: Vec<Client> = (0..CLIENTS).map(|_| server.client()).collect();
 
     // Those that got a descriptor are greeted; the rest wait in the backlog.
@@ -86,3 +87,5 @@ fn out_of_descriptors_pauses_accepting_without_spinning() {
         "{log}"
     );
 }
+
+support::backend_tests!(out_of_descriptors_pauses_accepting_without_spinning,);

@@ -4,6 +4,8 @@
 
 mod support;
 
+use mxgate::config::Backend;
+
 use std::time::Duration;
 
 use support::{queue_id, wait_until, Client, TestServer, HOST};
@@ -36,9 +38,8 @@ fn looks_like_a_date(date: &str) -> bool {
         && parts[5] == "+0000"
 }
 
-#[test]
-fn accepted_message_is_spooled_byte_for_byte() {
-    let server = TestServer::start(&[]);
+fn accepted_message_is_spooled_byte_for_byte(backend: Backend) {
+    let server = TestServer::start(backend, &[]);
     let mut c = server.client();
     c.hello();
     c.cmd("MAIL FROM:<sender@remote.example> BODY=8BITMIME", 250);
@@ -72,9 +73,8 @@ fn accepted_message_is_spooled_byte_for_byte() {
     server.stop();
 }
 
-#[test]
-fn unknown_user_gets_550_and_foreign_domain_554() {
-    let server = TestServer::start(&[]);
+fn unknown_user_gets_550_and_foreign_domain_554(backend: Backend) {
+    let server = TestServer::start(backend, &[]);
     let mut c = server.client();
     c.hello();
     c.cmd("MAIL FROM:<sender@remote.example>", 250);
@@ -99,9 +99,8 @@ fn unknown_user_gets_550_and_foreign_domain_554() {
     server.stop();
 }
 
-#[test]
-fn fully_pipelined_transaction_in_one_write() {
-    let server = TestServer::start(&[]);
+fn fully_pipelined_transaction_in_one_write(backend: Backend) {
+    let server = TestServer::start(backend, &[]);
     let mut c = server.client();
     c.expect(220);
     c.send(
@@ -139,9 +138,8 @@ fn fully_pipelined_transaction_in_one_write() {
     server.stop();
 }
 
-#[test]
-fn pipelined_messages_each_get_their_own_id_in_order() {
-    let server = TestServer::start(&[]);
+fn pipelined_messages_each_get_their_own_id_in_order(backend: Backend) {
+    let server = TestServer::start(backend, &[]);
     let mut c = server.client();
     c.hello();
     let mut batch = Vec::new();
@@ -171,9 +169,8 @@ fn pipelined_messages_each_get_their_own_id_in_order() {
     server.stop();
 }
 
-#[test]
-fn bdat_chunks_are_spooled_dot_stuffed() {
-    let server = TestServer::start(&[]);
+fn bdat_chunks_are_spooled_dot_stuffed(backend: Backend) {
+    let server = TestServer::start(backend, &[]);
     let mut c = server.client();
     c.hello();
     c.cmd("MAIL FROM:<sender@remote.example>", 250);
@@ -218,8 +215,7 @@ fn smuggle(server: &TestServer, fake: &[u8]) -> String {
 
 /// Fake ends with a bare CR or LF: the message is refused with 550 5.5.2
 /// after the real end, and nothing is spooled.
-#[test]
-fn smuggling_attempts_are_refused_and_never_spooled() {
+fn smuggling_attempts_are_refused_and_never_spooled(backend: Backend) {
     let fakes: [&[u8]; 6] = [
         b"\n.\n",
         b"\n.\r\n",
@@ -228,7 +224,7 @@ fn smuggling_attempts_are_refused_and_never_spooled() {
         b"\r.\r\n",
         b"\r\n.\r\r\n",
     ];
-    let server = TestServer::start(&[]);
+    let server = TestServer::start(backend, &[]);
     for fake in fakes {
         let verdict = smuggle(&server, fake);
         assert!(verdict.starts_with("550 5.5.2"), "{fake:?}: {verdict}");
@@ -239,9 +235,8 @@ fn smuggling_attempts_are_refused_and_never_spooled() {
 
 /// A fake end without bare CR/LF (`\r\n\0.\r\n`) is plain body text: one
 /// message, spooled whole, the smuggled commands inside its body.
-#[test]
-fn fake_end_without_bare_newline_stays_inside_one_message() {
-    let server = TestServer::start(&[]);
+fn fake_end_without_bare_newline_stays_inside_one_message(backend: Backend) {
+    let server = TestServer::start(backend, &[]);
     let verdict = smuggle(&server, b"\r\n\x00.\r\n");
     let id = queue_id(&verdict);
     let files = server.spooled();
@@ -253,9 +248,8 @@ fn fake_end_without_bare_newline_stays_inside_one_message() {
     server.stop();
 }
 
-#[test]
-fn oversize_message_is_read_to_the_end_then_refused() {
-    let server = TestServer::start(&["--max-message-size", "2000"]);
+fn oversize_message_is_read_to_the_end_then_refused(backend: Backend) {
+    let server = TestServer::start(backend, &["--max-message-size", "2000"]);
     let mut c = server.client();
     c.hello();
     c.open_data("alice@example.com");
@@ -269,9 +263,8 @@ fn oversize_message_is_read_to_the_end_then_refused() {
     server.stop();
 }
 
-#[test]
-fn large_message_arrives_whole() {
-    let server = TestServer::start(&[]);
+fn large_message_arrives_whole(backend: Backend) {
+    let server = TestServer::start(backend, &[]);
     let mut c = server.client();
     c.hello();
     c.open_data("alice@example.com");
@@ -287,9 +280,8 @@ fn large_message_arrives_whole() {
     server.stop();
 }
 
-#[test]
-fn idle_session_times_out_with_421() {
-    let server = TestServer::start(&["--command-timeout", "1"]);
+fn idle_session_times_out_with_421(backend: Backend) {
+    let server = TestServer::start(backend, &["--command-timeout", "1"]);
     let mut c = server.client();
     c.hello();
     let started = std::time::Instant::now();
@@ -301,9 +293,8 @@ fn idle_session_times_out_with_421() {
     server.stop();
 }
 
-#[test]
-fn sessions_over_the_cap_get_421_at_connect() {
-    let server = TestServer::start(&["--max-sessions", "2"]);
+fn sessions_over_the_cap_get_421_at_connect(backend: Backend) {
+    let server = TestServer::start(backend, &["--max-sessions", "2"]);
     let mut first = server.client();
     let mut second = server.client();
     first.expect(220);
@@ -324,9 +315,8 @@ fn sessions_over_the_cap_get_421_at_connect() {
     server.stop();
 }
 
-#[test]
-fn reload_swaps_the_table_for_open_sessions() {
-    let server = TestServer::start(&[]);
+fn reload_swaps_the_table_for_open_sessions(backend: Backend) {
+    let server = TestServer::start(backend, &[]);
     let mut c = server.client();
     c.hello();
     c.cmd("MAIL FROM:<s@remote.example>", 250);
@@ -343,9 +333,8 @@ fn reload_swaps_the_table_for_open_sessions() {
     server.stop();
 }
 
-#[test]
-fn shutdown_sends_421_to_idle_sessions_and_finishes_transactions() {
-    let server = TestServer::start(&[]);
+fn shutdown_sends_421_to_idle_sessions_and_finishes_transactions(backend: Backend) {
+    let server = TestServer::start(backend, &[]);
     let mut idle = server.client();
     idle.hello();
     let mut busy = server.client();
@@ -369,9 +358,8 @@ fn shutdown_sends_421_to_idle_sessions_and_finishes_transactions() {
     server.stop();
 }
 
-#[test]
-fn spool_failure_is_451_and_the_session_goes_on() {
-    let server = TestServer::start(&[]);
+fn spool_failure_is_451_and_the_session_goes_on(backend: Backend) {
+    let server = TestServer::start(backend, &[]);
     let new = server.spool_dir().join("new");
     std::fs::remove_dir_all(&new).unwrap();
     std::fs::write(&new, b"not a directory").unwrap();
@@ -390,10 +378,9 @@ fn spool_failure_is_451_and_the_session_goes_on() {
 /// A client that pipelines far more than it reads: the server stops reading
 /// while its replies back up, loses nothing, and answers every command in
 /// order once the client reads.
-#[test]
-fn replies_back_up_without_loss_when_the_client_does_not_read() {
+fn replies_back_up_without_loss_when_the_client_does_not_read(backend: Backend) {
     const COMMANDS: usize = 200_000;
-    let server = TestServer::start(&[]);
+    let server = TestServer::start(backend, &[]);
     let mut c = server.client();
     c.hello();
     let mut writer = c.stream().try_clone().unwrap();
@@ -418,10 +405,9 @@ fn replies_back_up_without_loss_when_the_client_does_not_read() {
 /// A small read buffer forces every path that holds input back: messages
 /// that end mid-read, pipelined commands behind a message at the spool,
 /// partial lines at read boundaries.
-#[test]
-fn tiny_read_buffer_delivers_many_pipelined_messages_intact() {
+fn tiny_read_buffer_delivers_many_pipelined_messages_intact(backend: Backend) {
     const MESSAGES: usize = 20;
-    let server = TestServer::start(&["--read-buffer", "4096"]);
+    let server = TestServer::start(backend, &["--read-buffer", "4096"]);
     let mut c = server.client();
     c.hello();
     let body = |n: usize| {
@@ -456,20 +442,24 @@ fn tiny_read_buffer_delivers_many_pipelined_messages_intact() {
     server.stop();
 }
 
+/// Once `join` returns the listening sockets are closed: a restart can bind
+/// the same port at once (an io_uring accept request holds its own
+/// reference to the socket until it completes).
+fn the_port_is_free_once_the_server_has_stopped(backend: Backend) {
+    let server = TestServer::start(backend, &[]);
+    let addr = server.addr;
+    let mut c = server.client();
+    c.hello();
+    server.stop();
+    std::net::TcpListener::bind(addr).expect("port free after stop");
+}
+
 /// Data and the client's FIN arriving together: the session still ends at
 /// once (not at its timeout), so its slot under --max-sessions frees up.
-#[test]
-fn a_client_that_hangs_up_frees_its_session_at_once() {
-    let server = TestServer::start(&["--max-sessions", "1"]);
+fn a_client_that_hangs_up_frees_its_session_at_once(backend: Backend) {
+    let server = TestServer::start(backend, &["--max-sessions", "1"]);
     for round in 0..20 {
-        let mut greeted = None;
-        wait_until(Duration::from_secs(5), || {
-            let mut c = server.client();
-            let ok = c.reply().code == 220;
-            greeted = ok.then_some(c);
-            ok
-        });
-        let mut c = greeted.unwrap_or_else(|| panic!("round {round}: previous session not freed"));
+        let mut c = the_one_session(&server, round);
         c.send(b"NOOP\r\n");
         c.stream().shutdown(std::net::Shutdown::Write).unwrap();
         c.expect(250);
@@ -477,3 +467,88 @@ fn a_client_that_hangs_up_frees_its_session_at_once() {
     }
     server.stop();
 }
+
+/// Under `--max-sessions 1`: a client greeted with 220, once the previous
+/// session has freed its place.
+fn the_one_session(server: &TestServer, round: usize) -> Client {
+    let mut greeted = None;
+    wait_until(Duration::from_secs(5), || {
+        let mut c = server.client();
+        let ok = c.reply().code == 220;
+        greeted = ok.then_some(c);
+        ok
+    });
+    greeted.unwrap_or_else(|| panic!("round {round}: previous session not freed"))
+}
+
+/// A client that resets its connection while its replies back up: the
+/// server drops them, frees the session's place and goes on serving.
+fn a_client_that_resets_with_replies_in_flight_frees_its_session(backend: Backend) {
+    let server = TestServer::start(backend, &["--max-sessions", "1"]);
+    for round in 0..5 {
+        let c = the_one_session(&server, round);
+        let stream = c.stream();
+        flood_without_reading(stream);
+        socket2::SockRef::from(stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(c);
+    }
+    let mut c = the_one_session(&server, 5);
+    c.cmd("NOOP", 250);
+    server.stop();
+}
+
+/// Pipelines NOOPs without reading a reply until the server stops reading.
+fn flood_without_reading(stream: &std::net::TcpStream) {
+    let noops = "NOOP\r\n".repeat(50_000);
+    stream
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    for _ in 0..20 {
+        if std::io::Write::write_all(&mut &*stream, noops.as_bytes()).is_err() {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+/// A client that never reads its replies cannot hold up a shutdown: when
+/// the drain timeout runs out its replies are dropped (on io_uring: the
+/// send in flight is cancelled and its completion awaited before the
+/// buffer is freed) and the server stops.
+fn a_client_that_never_reads_cannot_hold_up_shutdown(backend: Backend) {
+    let server = TestServer::start(backend, &["--drain-timeout", "1", "--workers", "1"]);
+    let mut c = server.client();
+    c.hello();
+    flood_without_reading(c.stream());
+    let stopping = std::thread::spawn(move || server.stop());
+    assert!(
+        wait_until(Duration::from_secs(30), || stopping.is_finished()),
+        "shutdown hangs on a client that does not read"
+    );
+    stopping.join().unwrap();
+}
+
+support::backend_tests!(
+    a_client_that_never_reads_cannot_hold_up_shutdown,
+    a_client_that_resets_with_replies_in_flight_frees_its_session,
+    the_port_is_free_once_the_server_has_stopped,
+    accepted_message_is_spooled_byte_for_byte,
+    unknown_user_gets_550_and_foreign_domain_554,
+    fully_pipelined_transaction_in_one_write,
+    pipelined_messages_each_get_their_own_id_in_order,
+    bdat_chunks_are_spooled_dot_stuffed,
+    smuggling_attempts_are_refused_and_never_spooled,
+    fake_end_without_bare_newline_stays_inside_one_message,
+    oversize_message_is_read_to_the_end_then_refused,
+    large_message_arrives_whole,
+    idle_session_times_out_with_421,
+    sessions_over_the_cap_get_421_at_connect,
+    reload_swaps_the_table_for_open_sessions,
+    shutdown_sends_421_to_idle_sessions_and_finishes_transactions,
+    spool_failure_is_451_and_the_session_goes_on,
+    replies_back_up_without_loss_when_the_client_does_not_read,
+    tiny_read_buffer_delivers_many_pipelined_messages_intact,
+    a_client_that_hangs_up_frees_its_session_at_once,
+);

@@ -8,7 +8,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mxgate::config::{self, Config};
+use mxgate::config::{self, Backend, Config};
 use mxgate::tuning::{check, HostReading, Shortfall};
 
 use support::BinServer;
@@ -258,8 +258,7 @@ fn somaxconn() -> Option<u32> {
         .ok()
 }
 
-#[test]
-fn the_binary_warns_once_per_shortfall_with_the_fix() {
+fn the_binary_warns_once_per_shortfall_with_the_fix(backend: Backend) {
     let Some(cap) = somaxconn() else {
         eprintln!("skipped: no /proc/sys/net/core/somaxconn to fall short of");
         return;
@@ -268,7 +267,7 @@ fn the_binary_warns_once_per_shortfall_with_the_fix() {
     let profile = dir.path().join("deep.toml");
     std::fs::write(&profile, format!("listen-backlog = {}\n", cap + 1)).unwrap();
     let profile = profile.to_str().unwrap().to_string();
-    let server = BinServer::start(dir, &["--profile", &profile]);
+    let server = BinServer::start(dir, backend, &["--profile", &profile]);
     let mut server = server;
     server.signal("TERM");
     let (status, log) = server.wait();
@@ -337,3 +336,5 @@ fn the_binary_finds_profiles_from_any_directory_and_names_where_it_looked() {
         "{stderr}"
     );
 }
+
+support::backend_tests!(the_binary_warns_once_per_shortfall_with_the_fix);

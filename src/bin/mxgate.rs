@@ -13,7 +13,7 @@ use signal_hook::iterator::Signals;
 
 use mxgate::config::{Cli, Config, ConfigError};
 use mxgate::recipients::SharedTable;
-use mxgate::runtime::{limits, Server, ServerHandle};
+use mxgate::runtime::{self, limits, Server, ServerHandle};
 use mxgate::spool::{Spool, SpoolMode};
 
 /// A reason to stop, with the exit status.
@@ -57,7 +57,11 @@ fn run() -> Result<(), Fatal> {
     if let Err(err) = limits::raise_open_files_limit() {
         tracing::warn!(error = %err, "could not raise the open-file limit");
     }
-    let config = parse_command_line()?;
+    let mut config = parse_command_line()?;
+    config.backend = runtime::choose_backend(config.backend).map_err(|why| Fatal {
+        message: format!("backend uring: {why}"),
+        status: 2,
+    })?;
     let table = Arc::new(SharedTable::new(config.load_table()?));
     if config.spool_mode == SpoolMode::Discard {
         tracing::warn!("SPOOL MODE DISCARD: every accepted message is DROPPED (benchmarks only)");
@@ -80,6 +84,7 @@ fn run() -> Result<(), Fatal> {
     tracing::info!(
         listen = ?server.local_addrs(),
         workers = config.workers,
+        backend = ?server.backend(),
         max_sessions = config.max_sessions,
         spool = %config.spool.display(),
         "mxgate ready"

@@ -77,30 +77,115 @@ impl Error {
     }
 }
 
-/// Parses one command line, terminator and trailing blanks already removed
-/// (see `scan::trim_line`).
-pub fn parse(line: &[u8]) -> Result<Command<'_>, Error> {
-    let (verb, args) = match line.iter().position(|&b| b == b' ') {
+/// A command's verb, recognised case-insensitively from the first word of
+/// its line whether or not its arguments parse (for counting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Ehlo,
+    Helo,
+    Mail,
+    Rcpt,
+    Data,
+    Bdat,
+    Rset,
+    Noop,
+    Quit,
+    Vrfy,
+    Expn,
+    Help,
+    /// Not a command we know.
+    Unknown,
+}
+
+impl Verb {
+    /// Every verb, in declaration order (`verb as usize` indexes it).
+    pub const ALL: [Verb; 13] = [
+        Verb::Ehlo,
+        Verb::Helo,
+        Verb::Mail,
+        Verb::Rcpt,
+        Verb::Data,
+        Verb::Bdat,
+        Verb::Rset,
+        Verb::Noop,
+        Verb::Quit,
+        Verb::Vrfy,
+        Verb::Expn,
+        Verb::Help,
+        Verb::Unknown,
+    ];
+
+    /// Lower-case name, e.g. for a metrics label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verb::Ehlo => "ehlo",
+            Verb::Helo => "helo",
+            Verb::Mail => "mail",
+            Verb::Rcpt => "rcpt",
+            Verb::Data => "data",
+            Verb::Bdat => "bdat",
+            Verb::Rset => "rset",
+            Verb::Noop => "noop",
+            Verb::Quit => "quit",
+            Verb::Vrfy => "vrfy",
+            Verb::Expn => "expn",
+            Verb::Help => "help",
+            Verb::Unknown => "unknown",
+        }
+    }
+}
+
+/// Splits a command line into its verb and the arguments after the first
+/// space.
+pub fn split(line: &[u8]) -> (Verb, &[u8]) {
+    let (word, args) = match line.iter().position(|&b| b == b' ') {
         Some(i) => (&line[..i], &line[i + 1..]),
         None => (line, &line[line.len()..]),
     };
-    let Ok(verb) = <[u8; 4]>::try_from(verb) else {
-        return Err(Error::UnknownCommand);
+    let Ok(word) = <[u8; 4]>::try_from(word) else {
+        return (Verb::Unknown, args);
     };
-    match &verb.map(|b| b.to_ascii_uppercase()) {
-        b"MAIL" => mail(args),
-        b"RCPT" => rcpt(args),
-        b"EHLO" => hello(args).map(Command::Ehlo),
-        b"HELO" => hello(args).map(Command::Helo),
-        b"DATA" => no_args(args, Command::Data),
-        b"BDAT" => bdat(args),
-        b"RSET" => no_args(args, Command::Rset),
-        b"QUIT" => no_args(args, Command::Quit),
-        b"NOOP" => Ok(Command::Noop),
-        b"VRFY" => Ok(Command::Vrfy),
-        b"EXPN" => Ok(Command::Expn),
-        b"HELP" => Ok(Command::Help),
-        _ => Err(Error::UnknownCommand),
+    let verb = match &word.map(|b| b.to_ascii_uppercase()) {
+        b"MAIL" => Verb::Mail,
+        b"RCPT" => Verb::Rcpt,
+        b"EHLO" => Verb::Ehlo,
+        b"HELO" => Verb::Helo,
+        b"DATA" => Verb::Data,
+        b"BDAT" => Verb::Bdat,
+        b"RSET" => Verb::Rset,
+        b"QUIT" => Verb::Quit,
+        b"NOOP" => Verb::Noop,
+        b"VRFY" => Verb::Vrfy,
+        b"EXPN" => Verb::Expn,
+        b"HELP" => Verb::Help,
+        _ => Verb::Unknown,
+    };
+    (verb, args)
+}
+
+/// Parses one command line, terminator and trailing blanks already removed
+/// (see `scan::trim_line`).
+pub fn parse(line: &[u8]) -> Result<Command<'_>, Error> {
+    let (verb, args) = split(line);
+    parse_args(verb, args)
+}
+
+/// Parses the arguments of a command whose verb [`split`] found.
+pub fn parse_args(verb: Verb, args: &[u8]) -> Result<Command<'_>, Error> {
+    match verb {
+        Verb::Mail => mail(args),
+        Verb::Rcpt => rcpt(args),
+        Verb::Ehlo => hello(args).map(Command::Ehlo),
+        Verb::Helo => hello(args).map(Command::Helo),
+        Verb::Data => no_args(args, Command::Data),
+        Verb::Bdat => bdat(args),
+        Verb::Rset => no_args(args, Command::Rset),
+        Verb::Quit => no_args(args, Command::Quit),
+        Verb::Noop => Ok(Command::Noop),
+        Verb::Vrfy => Ok(Command::Vrfy),
+        Verb::Expn => Ok(Command::Expn),
+        Verb::Help => Ok(Command::Help),
+        Verb::Unknown => Err(Error::UnknownCommand),
     }
 }
 

@@ -9,6 +9,8 @@ pub mod command;
 pub mod reply;
 pub mod scan;
 pub mod session;
+pub mod tally;
 mod transaction;
 
 pub use session::{BodyKind, Envelope, Event, Session, SessionConfig};
+pub use tally::{RcptOutcome, Refusal, Tally};

@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 
 use crate::recipients::Table;
 
-use super::command::{self, Command};
+use super::command::{self, Command, Verb};
 use super::reply::{self, Reply};
 use super::scan::{self, DataScanner, DataStep, Line};
+use super::tally::{RcptOutcome, Tally};
 use super::transaction::Transaction;
 
 /// Per-listener settings a session needs. Shared by all sessions of a worker.
@@ -154,6 +155,21 @@ impl Session {
         table: &Table,
         out: &mut Vec<u8>,
     ) -> (usize, Event<'a>) {
+        self.feed_tallied(input, now, table, out, &mut Tally::default())
+    }
+
+    /// [`Session::feed`], also counting what it decides (commands by verb,
+    /// RCPT outcomes, refused bodies) into the driver's `tally`. The tally
+    /// lives with the driver, not in the session, so an idle session does
+    /// not pay for it.
+    pub fn feed_tallied<'a>(
+        &mut self,
+        input: &'a [u8],
+        now: Instant,
+        table: &Table,
+        out: &mut Vec<u8>,
+        tally: &mut Tally,
+    ) -> (usize, Event<'a>) {
         self.last_active = now;
         let mut pos = 0;
         loop {
@@ -174,7 +190,7 @@ impl Session {
                     Line::Complete(n) => {
                         pos += n;
                         let line = scan::trim_line(&rest[..n]);
-                        if let Some(event) = self.command(line, table, out) {
+                        if let Some(event) = self.command(line, table, out, tally) {
                             return (pos, event);
                         }
                     }
@@ -203,7 +219,7 @@ impl Session {
                         }
                     } else if let Some(consumed) = end {
                         pos += consumed;
-                        return (pos, self.end_of_body(out));
+                        return (pos, self.end_of_body(out, tally));
                     }
                 }
                 State::Chunk {
@@ -213,7 +229,7 @@ impl Session {
                 } => {
                     if remaining == 0 {
                         if last {
-                            return (pos, self.end_of_body(out));
+                            return (pos, self.end_of_body(out, tally));
                         }
                         reply::write_chunk_received(size, out);
                         self.state = State::Command;
@@ -310,10 +326,21 @@ impl Session {
     }
 
     /// Answers one command line; returns the event it raises, if any.
-    fn command(&mut self, line: &[u8], table: &Table, out: &mut Vec<u8>) -> Option<Event<'static>> {
-        let command = match command::parse(line) {
+    fn command(
+        &mut self,
+        line: &[u8],
+        table: &Table,
+        out: &mut Vec<u8>,
+        tally: &mut Tally,
+    ) -> Option<Event<'static>> {
+        let (verb, args) = command::split(line);
+        tally.command(verb);
+        let command = match command::parse_args(verb, args) {
             Ok(command) => command,
             Err(e) => {
+                if verb == Verb::Rcpt {
+                    tally.rcpt(RcptOutcome::Syntax);
+                }
                 e.reply().write(out);
                 return None;
             }
@@ -336,7 +363,10 @@ impl Session {
             Command::Mail { path, params } => {
                 self.transaction.mail(path, params, &self.config).write(out)
             }
-            Command::Rcpt(path) => self.transaction.rcpt(path, table, &self.config, out),
+            Command::Rcpt(path) => {
+                let outcome = self.transaction.rcpt(path, table, &self.config, out);
+                tally.rcpt(outcome);
+            }
             Command::Data => match self.transaction.body_refusal(BodyKind::Data) {
                 Some(reply) => reply.write(out),
                 None => {
@@ -384,14 +414,15 @@ impl Session {
     }
 
     /// The body ended: refuse it, or hand it to the spool.
-    fn end_of_body(&mut self, out: &mut Vec<u8>) -> Event<'static> {
+    fn end_of_body(&mut self, out: &mut Vec<u8>, tally: &mut Tally) -> Event<'static> {
         match self.transaction.finish_body(&self.config) {
             Ok(()) => {
                 self.state = State::Spooling;
                 Event::MessageReady
             }
             Err(refusal) => {
-                refusal.write(out);
+                refusal.reply().write(out);
+                tally.refused(refusal);
                 self.reset_transaction();
                 Event::MessageDiscarded
             }

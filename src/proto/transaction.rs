@@ -14,6 +14,7 @@ use super::command::MailParams;
 use super::reply::{self, Reply};
 use super::scan::CrLfCheck;
 use super::session::{BodyKind, Envelope, SessionConfig};
+use super::tally::{RcptOutcome, Refusal};
 
 /// RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients.
 const MIN_RECIPIENTS: usize = 100;
@@ -70,29 +71,33 @@ impl Transaction {
         Reply::SenderOk
     }
 
-    /// RCPT TO: answers from the table.
+    /// RCPT TO: answers from the table; says how.
     pub(super) fn rcpt(
         &mut self,
         path: Path<'_>,
         table: &Table,
         limits: &SessionConfig,
         out: &mut Vec<u8>,
-    ) {
+    ) -> RcptOutcome {
+        let refused = |reply: Reply, outcome, out: &mut Vec<u8>| {
+            reply.write(out);
+            outcome
+        };
         if !self.open {
-            return Reply::NeedMail.write(out);
+            return refused(Reply::NeedMail, RcptOutcome::OutOfSequence, out);
         }
         if self.in_body() {
-            return Reply::InsideBdat.write(out);
+            return refused(Reply::InsideBdat, RcptOutcome::OutOfSequence, out);
         }
         self.rcpt_tried = true;
         if self.envelope.rcpts.len() >= limits.max_recipients.max(MIN_RECIPIENTS) {
-            return Reply::TooManyRecipients.write(out);
+            return refused(Reply::TooManyRecipients, RcptOutcome::TooMany, out);
         }
         if !self.envelope.smtputf8 && !path_bytes(&path).is_ascii() {
-            return Reply::Utf8Undeclared.write(out);
+            return refused(Reply::Utf8Undeclared, RcptOutcome::Syntax, out);
         }
         let verdict = match path {
-            Path::Null => return Reply::RecipientSyntax.write(out),
+            Path::Null => return refused(Reply::RecipientSyntax, RcptOutcome::Syntax, out),
             Path::Postmaster => Lookup::Accept,
             Path::Mailbox { address, .. } => table.lookup(address),
         };
@@ -101,9 +106,16 @@ impl Transaction {
             Lookup::Accept => {
                 self.envelope.rcpts.push(address.to_vec());
                 Reply::RecipientOk.write(out);
+                RcptOutcome::Accepted
             }
-            Lookup::UnknownUser => reply::write_unknown_user(address, out),
-            Lookup::RelayDenied => reply::write_relay_denied(address, out),
+            Lookup::UnknownUser => {
+                reply::write_unknown_user(address, out);
+                RcptOutcome::UnknownUser
+            }
+            Lookup::RelayDenied => {
+                reply::write_relay_denied(address, out);
+                RcptOutcome::RelayDenied
+            }
         }
     }
 
@@ -137,12 +149,12 @@ impl Transaction {
     }
 
     /// The body ended: `Err` with the refusal if it cannot be accepted.
-    pub(super) fn finish_body(&mut self, limits: &SessionConfig) -> Result<(), Reply> {
+    pub(super) fn finish_body(&mut self, limits: &SessionConfig) -> Result<(), Refusal> {
         let bare = self.crlf.finish();
         if self.received > limits.max_message_size as u64 {
-            Err(Reply::MessageTooBig)
+            Err(Refusal::Size)
         } else if bare {
-            Err(Reply::BareCrLf)
+            Err(Refusal::BareCrLf)
         } else {
             Ok(())
         }

@@ -9,12 +9,15 @@
 
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
-use std::time::Instant;
+use std::panic::{self, AssertUnwindSafe};
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
-use crate::proto::{Event, Session};
-use crate::recipients::Table;
+use super::timer::{Entry, TimerWheel};
+use crate::metrics::Recorder;
+use crate::proto::{Event, Session, Tally};
+use crate::recipients::{SharedTable, Table};
 use crate::spool::{Message, SpoolError, SpoolLink};
 
 /// Octets read from one connection per wake-up before others get a turn.
@@ -76,6 +79,7 @@ pub struct Cx<'w> {
     pub out: &'w mut Vec<u8>,
     /// Identifies this connection in spool completions.
     pub ticket: u64,
+    pub metrics: &'w mut Recorder,
 }
 
 /// What one feed of the session ended with.
@@ -89,6 +93,8 @@ enum Fed {
 #[derive(Debug, Default)]
 pub struct SessionLog {
     pub accepted_rcpts: u32,
+    /// RCPT commands answered with anything but 250.
+    pub rejected_rcpts: u32,
     pub messages: u32,
     pub spool_failures: u32,
     /// Queue IDs of the first few messages, space-separated.
@@ -98,8 +104,19 @@ pub struct SessionLog {
 /// Queue IDs listed in one log line; later ones are only counted.
 const LOGGED_IDS: u32 = 8;
 
-pub struct Conn {
-    pub stream: TcpStream,
+/// What a connection needs from its socket: reads and writes that say
+/// `WouldBlock` when they cannot go on. The epoll backend uses a mio
+/// `TcpStream`; the io_uring backend a socket whose octets move through the
+/// ring.
+pub trait Socket: Read + Write {
+    /// Frees buffers that hold nothing (an idle connection holds none).
+    fn trim(&mut self) {}
+}
+
+impl Socket for TcpStream {}
+
+pub struct Conn<S = TcpStream> {
+    pub stream: S,
     pub session: Session,
     pub peer: IpAddr,
     pub generation: u32,
@@ -123,10 +140,17 @@ pub struct Conn {
     /// The message being received.
     body: Vec<u8>,
     pub log: SessionLog,
+    /// For the metrics: when the session started, when its last message's
+    /// data ended (its input arrived), and how long after that it went to
+    /// the spool (nanoseconds, saturating).
+    opened: Instant,
+    end_of_data: Instant,
+    submit_lag_ns: u32,
 }
 
-impl Conn {
-    pub fn new(stream: TcpStream, session: Session, peer: IpAddr, generation: u32) -> Conn {
+impl<S: Socket> Conn<S> {
+    pub fn new(stream: S, session: Session, peer: IpAddr, generation: u32) -> Conn<S> {
+        let opened = Instant::now();
         Conn {
             stream,
             session,
@@ -142,6 +166,9 @@ impl Conn {
             out: Vec::new(),
             body: Vec::new(),
             log: SessionLog::default(),
+            opened,
+            end_of_data: opened,
+            submit_lag_ns: 0,
         }
     }
 
@@ -204,8 +231,11 @@ impl Conn {
             };
         }
         self.pending_unseen = false;
+        cx.metrics.received(read);
         let input = &scratch[..held + read];
-        let (consumed, fed) = self.feed(input, cx);
+        let mut tally = Tally::default();
+        let (consumed, fed) = self.feed(input, cx, &mut tally);
+        self.count_decisions(&tally, cx);
         self.pending.clear();
         self.pending.extend_from_slice(&input[consumed..]);
         match fed {
@@ -220,10 +250,12 @@ impl Conn {
     }
 
     /// Runs the session over `input` until it needs more, pauses or closes.
-    fn feed(&mut self, input: &[u8], cx: &mut Cx) -> (usize, Fed) {
+    fn feed(&mut self, input: &[u8], cx: &mut Cx, tally: &mut Tally) -> (usize, Fed) {
         let mut pos = 0;
         loop {
-            let (n, event) = self.session.feed(&input[pos..], cx.now, cx.table, cx.out);
+            let (n, event) =
+                self.session
+                    .feed_tallied(&input[pos..], cx.now, cx.table, cx.out, tally);
             pos += n;
             match event {
                 Event::NeedInput => return (pos, Fed::NeedInput),
@@ -240,6 +272,16 @@ impl Conn {
         }
     }
 
+    /// Takes what the session decided during the feed into the log and the
+    /// metrics; every reply of the feed was written by now.
+    fn count_decisions(&mut self, tally: &Tally, cx: &mut Cx) {
+        if tally.is_empty() {
+            return;
+        }
+        self.log.rejected_rcpts = self.log.rejected_rcpts.wrapping_add(tally.rejected_rcpts());
+        cx.metrics.tally(tally, cx.now.elapsed());
+    }
+
     /// Hands the finished message to the spool; the session stays paused
     /// until [`Conn::spool_done`].
     fn submit(&mut self, cx: &mut Cx) {
@@ -251,15 +293,26 @@ impl Conn {
             envelope,
             body: std::mem::take(&mut self.body),
         };
+        self.end_of_data = cx.now;
+        let lag = cx.now.elapsed().as_nanos();
+        self.submit_lag_ns = u32::try_from(lag).unwrap_or(u32::MAX);
         cx.link.submit(cx.ticket, message);
         self.awaiting_spool = true;
     }
 
     /// The spool answered for the message this connection submitted: the
     /// session writes the 250 (or 451) and input held back is fed again.
-    pub fn spool_done(&mut self, result: Result<String, SpoolError>, out: &mut Vec<u8>) {
+    pub fn spool_done(
+        &mut self,
+        result: Result<String, SpoolError>,
+        out: &mut Vec<u8>,
+        metrics: &mut Recorder,
+    ) {
         self.awaiting_spool = false;
         self.pending_unseen = true;
+        let end_of_data = self.end_of_data.elapsed();
+        let lag = Duration::from_nanos(u64::from(self.submit_lag_ns));
+        metrics.message(result.is_ok(), end_of_data, end_of_data.saturating_sub(lag));
         match result {
             Ok(id) => {
                 self.session.spool_done(Some(&id), out);
@@ -303,6 +356,40 @@ impl Conn {
         if self.pending.is_empty() && self.pending.capacity() > 0 {
             self.pending = Vec::new();
         }
+        self.stream.trim();
+    }
+
+    /// Whether a spool completion for `generation` answers the message
+    /// this connection waits for (and not one of an earlier occupant of
+    /// its slot).
+    pub fn awaits_spool(&self, generation: u32) -> bool {
+        self.generation == generation && self.awaiting_spool
+    }
+
+    /// Whether a fired timer entry is this connection's live one.
+    pub fn owns_timer(&self, entry: &Entry) -> bool {
+        self.generation == entry.generation && self.timer_tick == entry.tick
+    }
+
+    /// Handles this connection's live timer firing: returns true when the
+    /// session timed out (its 421 is in `out`) and must close; otherwise
+    /// the timer is set again for the deadline.
+    pub fn timer_fired(
+        &mut self,
+        key: usize,
+        now: Instant,
+        wheel: &mut TimerWheel,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let deadline = self.session.deadline();
+        if deadline <= now && !self.awaiting_spool {
+            self.session.time_out(out);
+            return true;
+        }
+        // Our own spool is never the client's timeout.
+        let at = deadline.max(now + Duration::from_secs(1));
+        self.timer_tick = wheel.schedule(key, self.generation, at);
+        false
     }
 
     /// Last words: flush what we can before the socket is dropped (closing
@@ -313,12 +400,15 @@ impl Conn {
         out.clear();
     }
 
-    /// The one log line of a finished session.
-    pub fn log_end(&self, outcome: Outcome) {
+    /// The one log line of a finished session; also counts it in the
+    /// metrics.
+    pub fn log_end(&self, outcome: Outcome, metrics: &mut Recorder) {
+        metrics.session_closed(outcome.as_str(), self.opened.elapsed());
         tracing::info!(
             client = %self.peer,
             helo = %String::from_utf8_lossy(self.session.helo()),
             accepted_rcpts = self.log.accepted_rcpts,
+            rejected_rcpts = self.log.rejected_rcpts,
             messages = self.log.messages,
             spool_failures = self.log.spool_failures,
             outcome = outcome.as_str(),
@@ -326,6 +416,72 @@ impl Conn {
             "session end"
         );
     }
+}
+
+/// What a worker lends to drive one of its connections.
+pub struct Lent<'w> {
+    pub table: &'w SharedTable,
+    pub link: &'w SpoolLink,
+    pub out: &'w mut Vec<u8>,
+    pub scratch: &'w mut [u8],
+    pub wheel: &'w mut TimerWheel,
+    /// Connections to drive again on the next turn.
+    pub ready: &'w mut Vec<usize>,
+    pub metrics: &'w mut Recorder,
+}
+
+/// Drives connection `key` once, the same way on every backend: the
+/// session runs over the input (a panic closes only this connection, not
+/// the worker's thousands of others), the connection is queued for another
+/// turn if its read budget ran out, empty buffers are freed and the timer
+/// follows the deadline. Returns the outcome when the connection must close.
+pub fn drive_once<S: Socket>(
+    conn: &mut Conn<S>,
+    key: usize,
+    now: Instant,
+    lent: Lent,
+) -> Option<Outcome> {
+    let table = lent.table.load();
+    let mut cx = Cx {
+        now,
+        table: &table,
+        link: lent.link,
+        out: lent.out,
+        ticket: ticket(key, conn.generation),
+        metrics: lent.metrics,
+    };
+    let scratch = lent.scratch;
+    let verdict = panic::catch_unwind(AssertUnwindSafe(|| conn.drive(scratch, &mut cx)));
+    let verdict = verdict.unwrap_or_else(|_| {
+        tracing::error!(client = %conn.peer, "session panicked; connection dropped");
+        cx.out.clear();
+        Drive::Close(Outcome::Failed)
+    });
+    match verdict {
+        Drive::Wait => {}
+        Drive::Again if conn.in_ready => {}
+        Drive::Again => {
+            conn.in_ready = true;
+            lent.ready.push(key);
+        }
+        Drive::Close(outcome) => return Some(outcome),
+    }
+    conn.trim();
+    let deadline = conn.session.deadline();
+    if lent.wheel.tick_of(deadline) < conn.timer_tick {
+        conn.timer_tick = lent.wheel.schedule(key, conn.generation, deadline);
+    }
+    None
+}
+
+/// Names a connection (slot `key`, occupant `generation`) in spool
+/// completions.
+pub fn ticket(key: usize, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | key as u64
+}
+
+pub fn unticket(ticket: u64) -> (usize, u32) {
+    ((ticket & 0xffff_ffff) as usize, (ticket >> 32) as u32)
 }
 
 /// What one read-and-feed step came to.
@@ -337,7 +493,7 @@ enum Step {
     End(Outcome),
 }
 
-fn read_retrying(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+fn read_retrying(stream: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         match stream.read(buf) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -347,7 +503,7 @@ fn read_retrying(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Writes as much of `buf` as the socket takes; `WouldBlock` is not an error.
-fn write_some(stream: &mut TcpStream, buf: &[u8]) -> io::Result<usize> {
+fn write_some(stream: &mut impl Write, buf: &[u8]) -> io::Result<usize> {
     let mut sent = 0;
     while sent < buf.len() {
         match stream.write(&buf[sent..]) {
@@ -367,6 +523,13 @@ mod tests {
 
     /// An idle session costs this struct (plus its slab slot) and nothing
     /// else: the buffers are empty `Vec`s. Target: ≤ 1 KiB per idle session.
+    #[test]
+    fn tickets_round_trip() {
+        for (key, generation) in [(0, 0), (5, 1), (123_456, u32::MAX)] {
+            assert_eq!(unticket(ticket(key, generation)), (key, generation));
+        }
+    }
+
     #[test]
     fn an_idle_connection_is_a_small_struct() {
         assert!(

@@ -13,6 +13,8 @@ pub mod limits;
 mod listener;
 mod server;
 mod timer;
+mod uring;
 mod worker;
 
 pub use server::{Server, ServerHandle};
+pub use uring::choose_backend;

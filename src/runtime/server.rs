@@ -13,10 +13,29 @@ use mio::{Poll, Waker};
 
 use super::listener::bind_all;
 use super::worker::{Worker, WAKER};
-use crate::config::Config;
+use crate::config::{Backend, Config};
+use crate::metrics::{self, MetricsServer, Recorder};
+use crate::proto::SessionConfig;
 use crate::recipients::{SharedTable, Table};
 use crate::spool::Spool;
 use crate::tuning::ListenOptions;
+
+/// Wakes one worker (spool completions, shutdown).
+pub type Wake = Arc<dyn Fn() + Send + Sync>;
+
+/// What a backend needs to start its workers.
+pub struct WorkerSet<'s> {
+    /// Per worker, its listeners.
+    pub listeners: Vec<Vec<mio::net::TcpListener>>,
+    pub spool: &'s Spool,
+    pub table: Arc<SharedTable>,
+    pub session_config: Arc<SessionConfig>,
+    pub shared: Arc<Shared>,
+    pub read_buffer: usize,
+    pub cores: Vec<core_affinity::CoreId>,
+    /// Per worker, its metrics recorder.
+    pub recorders: Vec<Recorder>,
+}
 
 /// State all workers share: the session count and the stop flag. Touched
 /// once per connection, never per byte.
@@ -53,15 +72,19 @@ impl Shared {
 pub struct Server;
 
 impl Server {
-    /// Binds every listen address once per worker and starts the workers.
-    /// The server runs until [`ServerHandle::shutdown`].
+    /// Binds every listen address once per worker and starts the workers
+    /// on the configured backend (`auto` resolved here if the caller has
+    /// not). The server runs until [`ServerHandle::shutdown`].
     pub fn start(
         config: &Config,
         table: Arc<SharedTable>,
         spool: Spool,
     ) -> io::Result<ServerHandle> {
+        let backend = super::uring::choose_backend(config.backend)
+            .map_err(|why| io::Error::new(io::ErrorKind::Unsupported, why))?;
         let (listeners, addrs) =
             bind_all(&config.listen, config.workers, ListenOptions::of(config))?;
+        let (recorders, mut scraper) = metrics::channels(listeners.len());
         let shared = Arc::new(Shared {
             open: AtomicUsize::new(0),
             max_sessions: config.max_sessions,
@@ -69,49 +92,95 @@ impl Server {
             drain_timeout: config.drain_timeout,
             accept_batch: config.accept_batch,
         });
-        let session_config = config.session_config();
-        let mut workers = Vec::with_capacity(listeners.len());
-        let mut wakers = Vec::with_capacity(listeners.len());
-        for worker_listeners in listeners {
+        let set = WorkerSet {
+            listeners,
+            spool: &spool,
+            table: Arc::clone(&table),
+            session_config: config.session_config(),
+            shared: Arc::clone(&shared),
+            read_buffer: config.read_buffer,
+            cores: pinning_plan(config),
+            recorders,
+        };
+        let (threads, wakers, failure) = match backend {
+            Backend::Uring => super::uring::start(set),
+            _ => start_epoll(set),
+        };
+        scraper.set_wakers(wakers.clone());
+        let mut handle = ServerHandle {
+            addrs,
+            wakers,
+            threads,
+            shared,
+            table,
+            spool: Some(spool),
+            backend,
+            metrics: None,
+        };
+        // Dropping the handle stops and joins what did start.
+        if let Some(err) = failure {
+            return Err(err);
+        }
+        if let Some(addr) = config.metrics {
+            let server = MetricsServer::start(addr, scraper)
+                .map_err(|err| io::Error::new(err.kind(), format!("metrics {addr}: {err}")))?;
+            tracing::info!("metrics at http://{}/metrics", server.local_addr());
+            handle.metrics = Some(server);
+        }
+        Ok(handle)
+    }
+}
+
+/// Starts one mio worker per listener set.
+fn start_epoll(set: WorkerSet) -> (Vec<JoinHandle<()>>, Vec<Wake>, Option<io::Error>) {
+    let mut threads = Vec::new();
+    let mut wakers: Vec<Wake> = Vec::new();
+    let mut workers = Vec::with_capacity(set.listeners.len());
+    let mut recorders = set.recorders.into_iter();
+    for worker_listeners in set.listeners {
+        let recorder = recorders.next().unwrap_or_else(Recorder::detached);
+        let started = (|| {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-            let notify = Arc::clone(&waker);
-            let link = spool.link(Box::new(move || {
-                let _ = notify.wake();
-            }));
+            let wake: Wake = Arc::new(move || {
+                let _ = waker.wake();
+            });
+            let notify = Arc::clone(&wake);
+            let link = set.spool.link(Box::new(move || notify()));
             let worker = Worker::new(
                 poll,
                 worker_listeners,
                 link,
-                Arc::clone(&table),
-                Arc::clone(&session_config),
-                Arc::clone(&shared),
-                config.read_buffer,
-            )?;
-            workers.push(worker);
-            wakers.push(waker);
+                Arc::clone(&set.table),
+                Arc::clone(&set.session_config),
+                Arc::clone(&set.shared),
+                set.read_buffer,
+            )?
+            .with_metrics(recorder);
+            Ok::<_, io::Error>((worker, wake))
+        })();
+        match started {
+            Ok((worker, wake)) => {
+                workers.push(worker);
+                wakers.push(wake);
+            }
+            Err(err) => return (threads, wakers, Some(err)),
         }
-        let mut handle = ServerHandle {
-            addrs,
-            wakers,
-            threads: Vec::new(),
-            shared,
-            table,
-            spool: Some(spool),
-        };
-        let cores = pinning_plan(config);
-        for (index, worker) in workers.into_iter().enumerate() {
-            let core = cores.get(index % cores.len().max(1)).copied();
-            let thread = std::thread::Builder::new()
-                .name(format!("mxgate-worker-{index}"))
-                .spawn(move || {
-                    pin(index, core);
-                    worker.run();
-                })?;
-            handle.threads.push(thread);
-        }
-        Ok(handle)
     }
+    for (index, worker) in workers.into_iter().enumerate() {
+        let core = set.cores.get(index % set.cores.len().max(1)).copied();
+        let spawned = std::thread::Builder::new()
+            .name(format!("mxgate-worker-{index}"))
+            .spawn(move || {
+                pin(index, core);
+                worker.run();
+            });
+        match spawned {
+            Ok(thread) => threads.push(thread),
+            Err(err) => return (threads, wakers, Some(err)),
+        }
+    }
+    (threads, wakers, None)
 }
 
 /// The cores workers pin to, worker i on entry i: the configured list, or
@@ -128,7 +197,7 @@ fn pinning_plan(config: &Config) -> Vec<core_affinity::CoreId> {
     }
 }
 
-fn pin(worker: usize, core: Option<core_affinity::CoreId>) {
+pub(super) fn pin(worker: usize, core: Option<core_affinity::CoreId>) {
     match core {
         Some(core) if core_affinity::set_for_current(core) => {
             tracing::debug!(worker, core = core.id, "worker pinned");
@@ -145,11 +214,13 @@ fn pin(worker: usize, core: Option<core_affinity::CoreId>) {
 /// A running server.
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
-    wakers: Vec<Arc<Waker>>,
+    wakers: Vec<Wake>,
     threads: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
     table: Arc<SharedTable>,
     spool: Option<Spool>,
+    backend: Backend,
+    metrics: Option<MetricsServer>,
 }
 
 impl ServerHandle {
@@ -163,6 +234,16 @@ impl ServerHandle {
         &self.addrs
     }
 
+    /// Where `/metrics` is served, if `--metrics` is on (port 0 resolved).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
+    }
+
+    /// The backend the workers run on (`auto` resolved).
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
     /// Swaps in a new recipient table; sessions see it from their next step.
     pub fn reload(&self, table: Table) {
         self.table.store(table);
@@ -172,8 +253,8 @@ impl ServerHandle {
     /// transactions in flight finish (bounded by the drain timeout).
     pub fn shutdown(&self) {
         self.shared.stop.store(true, Ordering::Release);
-        for waker in &self.wakers {
-            let _ = waker.wake();
+        for wake in &self.wakers {
+            wake();
         }
     }
 
@@ -184,6 +265,9 @@ impl ServerHandle {
     }
 
     fn join_all(&mut self) {
+        if let Some(metrics) = self.metrics.take() {
+            metrics.stop();
+        }
         for thread in self.threads.drain(..) {
             if thread.join().is_err() {
                 tracing::error!("a worker panicked");

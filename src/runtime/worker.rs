@@ -9,7 +9,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,9 +17,10 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use super::conn::{Conn, Cx, Drive, Outcome};
+use super::conn::{drive_once, unticket, Conn, Lent, Outcome};
 use super::server::Shared;
 use super::timer::{Entry, TimerWheel};
+use crate::metrics::Recorder;
 use crate::proto::reply;
 use crate::proto::{Session, SessionConfig};
 use crate::recipients::SharedTable;
@@ -31,14 +31,6 @@ pub const WAKER: Token = Token(usize::MAX);
 
 fn listener_token(index: usize) -> Token {
     Token(usize::MAX - 1 - index)
-}
-
-fn ticket(key: usize, generation: u32) -> u64 {
-    (u64::from(generation) << 32) | key as u64
-}
-
-fn unticket(ticket: u64) -> (usize, u32) {
-    ((ticket & 0xffff_ffff) as usize, (ticket >> 32) as u32)
 }
 
 /// Everything a worker needs, moved onto its thread.
@@ -67,6 +59,8 @@ pub struct Worker {
     accept_paused: bool,
     /// Set once shutdown began: when open sessions get cut off.
     drain_deadline: Option<Instant>,
+    /// This worker's own counters and histograms.
+    metrics: Recorder,
 }
 
 impl Worker {
@@ -100,7 +94,14 @@ impl Worker {
             accept_blocked_until: None,
             accept_paused: false,
             drain_deadline: None,
+            metrics: Recorder::detached(),
         })
+    }
+
+    /// Records into `metrics` (scraped through its channel).
+    pub fn with_metrics(mut self, metrics: Recorder) -> Worker {
+        self.metrics = metrics;
+        self
     }
 
     /// The event loop; returns once shutdown has drained every session.
@@ -127,6 +128,7 @@ impl Worker {
             self.run_ready(now);
             self.accept_all(now);
             self.expire_timers(now);
+            self.metrics.answer_scrapes();
             if self.shared.stopping() && self.drain(now) {
                 return;
             }
@@ -166,36 +168,17 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let table = self.table.load();
-        let mut cx = Cx {
-            now,
-            table: &table,
+        let lent = Lent {
+            table: &self.table,
             link: &self.link,
             out: &mut self.out,
-            ticket: ticket(key, conn.generation),
+            scratch: &mut self.scratch,
+            wheel: &mut self.wheel,
+            ready: &mut self.ready,
+            metrics: &mut self.metrics,
         };
-        let scratch = &mut self.scratch;
-        // A bug that panics in one session must not take the worker's
-        // thousands of other sessions with it.
-        let verdict = panic::catch_unwind(AssertUnwindSafe(|| conn.drive(scratch, &mut cx)));
-        let verdict = verdict.unwrap_or_else(|_| {
-            tracing::error!(client = %conn.peer, "session panicked; connection dropped");
-            cx.out.clear();
-            Drive::Close(Outcome::Failed)
-        });
-        match verdict {
-            Drive::Wait => {}
-            Drive::Again if conn.in_ready => {}
-            Drive::Again => {
-                conn.in_ready = true;
-                self.ready.push(key);
-            }
-            Drive::Close(outcome) => return self.close(key, outcome),
-        }
-        conn.trim();
-        let deadline = conn.session.deadline();
-        if self.wheel.tick_of(deadline) < conn.timer_tick {
-            conn.timer_tick = self.wheel.schedule(key, conn.generation, deadline);
+        if let Some(outcome) = drive_once(conn, key, now, lent) {
+            self.close(key, outcome);
         }
     }
 
@@ -248,6 +231,7 @@ impl Worker {
             reply::write_over_capacity(&self.session_config.hostname, &mut self.out);
             let _ = io::Write::write(&mut stream, &self.out);
             self.out.clear();
+            self.metrics.over_capacity();
             tracing::info!(client = %peer.ip(), outcome = "over-capacity", "session end");
             return;
         }
@@ -265,6 +249,7 @@ impl Worker {
         }
         let generation = self.next_generation;
         self.next_generation = generation.wrapping_add(1);
+        self.metrics.session_opened();
         let mut session = Session::new(self.session_config.clone(), now);
         session.greet(&mut self.out);
         let mut conn = Conn::new(stream, session, peer.ip(), generation);
@@ -274,7 +259,7 @@ impl Worker {
         // No read yet: input that beat the greeting still raises an event,
         // because registering a ready socket reports it.
         if conn.flush(&mut self.out).is_err() {
-            conn.log_end(Outcome::Reset);
+            conn.log_end(Outcome::Reset, &mut self.metrics);
             self.shared.close_one();
             return;
         }
@@ -286,7 +271,7 @@ impl Worker {
         // Dropping the socket closes it, which also takes it off the epoll
         // set: no deregister call needed.
         conn.finish(&mut self.out);
-        conn.log_end(outcome);
+        conn.log_end(outcome, &mut self.metrics);
         self.shared.close_one();
         if self.accept_blocked_until.take().is_some() {
             self.accept_more = true;
@@ -300,10 +285,10 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            if conn.generation != generation || !conn.awaiting_spool {
+            if !conn.awaits_spool(generation) {
                 continue;
             }
-            conn.spool_done(done.result, &mut self.out);
+            conn.spool_done(done.result, &mut self.out, &mut self.metrics);
             self.drive(key, now);
         }
     }
@@ -315,17 +300,10 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(entry.key) else {
                 continue;
             };
-            if conn.generation != entry.generation || conn.timer_tick != entry.tick {
-                continue;
-            }
-            let deadline = conn.session.deadline();
-            if deadline <= now && !conn.awaiting_spool {
-                conn.session.time_out(&mut self.out);
+            if conn.owns_timer(&entry)
+                && conn.timer_fired(entry.key, now, &mut self.wheel, &mut self.out)
+            {
                 self.close(entry.key, Outcome::TimedOut);
-            } else {
-                // Our own spool is never the client's timeout.
-                let at = deadline.max(now + Duration::from_secs(1));
-                conn.timer_tick = self.wheel.schedule(entry.key, entry.generation, at);
             }
         }
     }
@@ -376,13 +354,6 @@ fn is_out_of_descriptors(err: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tickets_round_trip() {
-        for (key, generation) in [(0, 0), (5, 1), (123_456, u32::MAX)] {
-            assert_eq!(unticket(ticket(key, generation)), (key, generation));
-        }
-    }
 
     #[test]
     fn listener_tokens_do_not_meet_the_waker() {

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mxgate::config;
+use mxgate::config::{self, Backend};
 use mxgate::recipients::SharedTable;
 use mxgate::runtime::{Server, ServerHandle};
 use mxgate::spool::Spool;
@@ -32,12 +32,13 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts a server with the test table, 2 workers and `extra` flags.
-    pub fn start(extra: &[&str]) -> TestServer {
+    /// Starts a server on `backend` with the test table, 2 workers and
+    /// `extra` flags.
+    pub fn start(backend: Backend, extra: &[&str]) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let table = dir.path().join("table.txt");
         std::fs::write(&table, TABLE).expect("write table");
-        let args = base_args(dir.path(), extra);
+        let args = base_args(dir.path(), &with_backend(backend, extra));
         let config = config::from_args(args).expect("test config");
         let shared = Arc::new(SharedTable::new(config.load_table().expect("table")));
         let spool = Spool::open(config.spool_config()).expect("spool");
@@ -93,6 +94,56 @@ pub fn base_args(dir: &Path, extra: &[&str]) -> Vec<String> {
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
+
+/// `extra` with `--backend NAME` in front.
+fn with_backend<'a>(backend: Backend, extra: &[&'a str]) -> Vec<&'a str> {
+    let name = match backend {
+        Backend::Epoll => "epoll",
+        Backend::Uring => "uring",
+        Backend::Auto => "auto",
+    };
+    let mut args = vec!["--backend", name];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Whether io_uring tests can run here; prints why not when they cannot.
+pub fn uring_usable(test: &str) -> bool {
+    match mxgate::runtime::choose_backend(Backend::Uring) {
+        Ok(_) => true,
+        Err(why) => {
+            eprintln!("skipping uring::{test}: {why}");
+            false
+        }
+    }
+}
+
+/// Runs every listed test, a `fn name(backend: Backend)` of the calling
+/// file, once per backend: as `epoll::name` and as `uring::name` (which
+/// passes, printing why, where the kernel offers no usable io_uring).
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(mxgate::config::Backend::Epoll)
+                }
+            )*
+        }
+        mod uring {
+            $(
+                #[test]
+                fn $name() {
+                    if $crate::support::uring_usable(stringify!($name)) {
+                        super::$name(mxgate::config::Backend::Uring)
+                    }
+                }
+            )*
+        }
+    };
+}
+pub(crate) use backend_tests;
 
 /// Regular files in `dir`, sorted; empty if it does not exist.
 pub fn files_in(dir: &Path) -> Vec<PathBuf> {
@@ -248,17 +299,22 @@ pub struct BinServer {
 impl BinServer {
     /// Starts the binary with the test table and waits until it listens.
     /// The port is taken from its "mxgate ready" log line.
-    pub fn start(dir: tempfile::TempDir, extra: &[&str]) -> BinServer {
-        BinServer::start_limited(dir, extra, None)
+    pub fn start(dir: tempfile::TempDir, backend: Backend, extra: &[&str]) -> BinServer {
+        BinServer::start_limited(dir, backend, extra, None)
     }
 
     /// [`BinServer::start`] with the open-file limit (soft and hard) set to
     /// `nofile` first, through the shell's `ulimit`.
-    pub fn start_limited(dir: tempfile::TempDir, extra: &[&str], nofile: Option<u32>) -> BinServer {
+    pub fn start_limited(
+        dir: tempfile::TempDir,
+        backend: Backend,
+        extra: &[&str],
+        nofile: Option<u32>,
+    ) -> BinServer {
         if !dir.path().join("table.txt").exists() {
             std::fs::write(dir.path().join("table.txt"), TABLE).expect("write table");
         }
-        let mut args = base_args(dir.path(), extra);
+        let mut args = base_args(dir.path(), &with_backend(backend, extra));
         args[0] = env!("CARGO_BIN_EXE_mxgate").to_string();
         let mut command = match nofile {
             None => Command::new(&args[0]),

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# epoll and io_uring side by side, alternating the backends round by round:
+#   - persistent pipelined sessions (mxgate-load --pipelining, many messages
+#     per session): messages/s and server system calls per message;
+#   - one message per connection (mxgate-load, then Postfix's smtp-source):
+#     messages/s and server system calls per session;
+#   - sessions refused at RCPT (unknown user): sessions/s;
+#   - idle sessions: server RSS growth / sessions (user-space bytes each).
+# Also the server's CPU time per message or session (robust on a busy host).
+# Discard spool mode by default, so the figures are the backends' and not
+# the disk's (SPOOL_MODE=durable for the real thing).
+#
+# usage: benches/backends.sh            (env: LOAD=path/to/mxgate-load,
+#        ROUNDS=3, IDLE=19000 (0: skip), WORKERS=1, SPOOL_MODE=discard)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+MXGATE=${MXGATE:-$ROOT/target/release/mxgate}
+LOAD=${LOAD:-mxgate-load}
+ROUNDS=${ROUNDS:-3}
+IDLE=${IDLE:-19000}
+WORKERS=${WORKERS:-1}
+SPOOL_MODE=${SPOOL_MODE:-discard}
+PORT=${PORT:-2700}
+WORK=$(mktemp -d)
+SERVER_PID=
+trap 'stop_server; rm -rf "$WORK"' EXIT
+printf 'alice@example.com\n@example.com\nalice@reject.example\n' >"$WORK/table.txt"
+
+start_server() { # backend
+    "$MXGATE" --backend "$1" --workers "$WORKERS" --recipients "$WORK/table.txt" \
+        --listen "127.0.0.1:$PORT" --spool "$WORK/spool-$1" --spool-mode "$SPOOL_MODE" \
+        2>"$WORK/log-$1" &
+    SERVER_PID=$!
+    for _ in $(seq 100); do
+        grep -q "mxgate ready" "$WORK/log-$1" 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "mxgate --backend $1 did not start" >&2
+    cat "$WORK/log-$1" >&2
+    exit 1
+}
+
+stop_server() {
+    if [ -n "$SERVER_PID" ]; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=
+    fi
+}
+
+# The server's CPU time so far (user + system, all threads), in ticks.
+cpu_ticks() {
+    awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat"
+}
+
+# Runs a command while perf counts the server's system calls; prints
+# "<rate> <syscalls> <cpu ticks>" where rate is what the command printed.
+with_syscalls() {
+    perf stat -x, -e raw_syscalls:sys_enter -p "$SERVER_PID" -o "$WORK/perf" &
+    local perf=$!
+    sleep 0.3
+    local rate cpu
+    cpu=$(cpu_ticks)
+    rate=$("$@")
+    cpu=$(($(cpu_ticks) - cpu))
+    kill -INT "$perf"
+    wait "$perf" 2>/dev/null || true
+    echo "$rate $(grep raw_syscalls "$WORK/perf" | cut -d, -f1) $cpu"
+}
+
+load_rate() { # field, load flags...
+    local field=$1
+    shift
+    "$LOAD" --target "127.0.0.1:$PORT" --threads 1 --json "$@" |
+        python3 -c "import json,sys; print(round(json.load(sys.stdin)['$field']))"
+}
+
+smtp_source_rate() { # sessions, messages
+    local start end
+    start=$(date +%s.%N)
+    /usr/sbin/smtp-source -s "$1" -m "$2" -l 1024 -f a@test.example \
+        -t bob@example.com "127.0.0.1:$PORT" >/dev/null
+    end=$(date +%s.%N)
+    python3 -c "print(round($2 / ($end - $start)))"
+}
+
+# Opens $IDLE connections that read their greeting and stay; prints the
+# server's RSS growth in octets per session.
+idle_bytes() {
+    python3 - "$SERVER_PID" "$PORT" "$IDLE" <<'EOF'
+import socket, sys, time
+pid, port, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+def rss():
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+time.sleep(0.2)
+before = rss()
+socks = []
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    socks.append(s)
+    if len(socks) % 256 == 0:
+        for t in socks[-256:]:
+            t.recv(128)
+for t in socks[len(socks) // 256 * 256:]:
+    t.recv(128)
+time.sleep(0.5)
+print(round((rss() - before) / n))
+for s in socks:
+    s.close()
+EOF
+}
+
+run_round() { # backend
+    local b=$1 out
+    start_server "$b"
+    out=$(with_syscalls load_rate messages_per_s --sessions 50 --messages 2000 --pipelining)
+    echo "$b pipelined $out $((50 * 2000))" >>"$WORK/results"
+    out=$(with_syscalls load_rate sessions_per_s --sessions 50 --sessions-total 10000 --messages 1)
+    echo "$b one-per-conn $out 10000" >>"$WORK/results"
+    out=$(with_syscalls smtp_source_rate 50 10000)
+    echo "$b smtp-source $out 10000" >>"$WORK/results"
+    out=$(with_syscalls load_rate sessions_per_s --sessions 50 --sessions-total 10000 \
+        --messages 1 --invalid-ratio 1 --invalid-domain reject.example)
+    echo "$b rcpt-reject $out 10000" >>"$WORK/results"
+    stop_server
+}
+
+for round in $(seq "$ROUNDS"); do
+    for b in epoll uring; do
+        echo "round $round: $b" >&2
+        run_round "$b"
+    done
+done
+touch "$WORK/idle"
+for b in epoll uring; do
+    [ "$IDLE" -gt 0 ] || break
+    start_server "$b"
+    echo "$b idle $(idle_bytes)" >>"$WORK/idle"
+    stop_server
+done
+
+python3 - "$WORK/results" "$WORK/idle" <<'EOF'
+import statistics, sys
+import os
+tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+rows = {}
+for line in open(sys.argv[1]):
+    b, test, rate, calls, ticks, units = line.split()
+    n = float(units)
+    rows.setdefault((test, b), []).append((float(rate), float(calls) / n, float(ticks) * tick_us / n))
+med = lambda rs, i: statistics.median(r[i] for r in rs)
+print(f"{'test':13} {'epoll/s':>8} {'uring/s':>8} {'ratio':>5} | {'ep sc/u':>7} {'ur sc/u':>7} {'ratio':>5} | {'ep us/u':>7} {'ur us/u':>7} {'ratio':>5}")
+for test in ["pipelined", "one-per-conn", "smtp-source", "rcpt-reject"]:
+    e, u = rows[(test, "epoll")], rows[(test, "uring")]
+    cells = []
+    for i, fmt in [(0, "8.0f"), (1, "7.1f"), (2, "7.1f")]:
+        a, b = med(e, i), med(u, i)
+        cells.append(f"{a:{fmt}} {b:{fmt}} {b / a:5.2f}")
+    print(f"{test:13} " + " | ".join(cells))
+print("(medians of rounds; /u = per message (pipelined) or per session; sc = server system calls; us = server CPU µs)")
+for line in open(sys.argv[2]):
+    b, _, per = line.split()
+    print(f"idle sessions, {b}: {per} user-space octets each (RSS growth / sessions)")
+EOF

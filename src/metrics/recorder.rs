@@ -1,0 +1,154 @@
+//! A worker's end of the metrics ([`Recorder`]) and the scraping end
+//! ([`Scraper`]), joined by one request channel per worker.
+//!
+//! The recorder's hooks touch only the worker's own [`Metrics`]. A scrape
+//! sends each worker a reply channel and wakes it; the worker answers from
+//! [`Recorder::answer_scrapes`], which it calls once per loop turn (an
+//! empty-channel check when nobody scrapes). A worker that does not answer
+//! in time is left out of that scrape and the text says how many answered.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::{Class, Metrics};
+use crate::proto::Tally;
+
+/// Wakes one worker so it answers a scrape.
+pub type Wake = Arc<dyn Fn() + Send + Sync>;
+
+/// Where a worker sends its copy of the metrics.
+type Request = Sender<Box<Metrics>>;
+
+/// One worker's metrics and its scrape requests. Owned by the worker.
+pub struct Recorder {
+    metrics: Box<Metrics>,
+    requests: Receiver<Request>,
+}
+
+/// Collects and merges every worker's metrics on request.
+pub struct Scraper {
+    requests: Vec<Sender<Request>>,
+    wakers: Vec<Wake>,
+}
+
+/// One recorder per worker and the scraper that reaches them all.
+pub fn channels(workers: usize) -> (Vec<Recorder>, Scraper) {
+    let (senders, recorders) = (0..workers)
+        .map(|_| {
+            let (sender, requests) = crossbeam_channel::unbounded();
+            let recorder = Recorder {
+                metrics: Box::default(),
+                requests,
+            };
+            (sender, recorder)
+        })
+        .unzip();
+    let scraper = Scraper {
+        requests: senders,
+        wakers: Vec::new(),
+    };
+    (recorders, scraper)
+}
+
+impl Recorder {
+    /// A recorder nobody scrapes (tests, or a worker started on its own).
+    pub fn detached() -> Recorder {
+        channels(1).0.remove(0)
+    }
+
+    pub fn session_opened(&mut self) {
+        self.metrics.sessions_total += 1;
+    }
+
+    /// A connection refused with 421 because the server is full.
+    pub fn over_capacity(&mut self) {
+        self.metrics.over_capacity += 1;
+    }
+
+    /// A session ended after `duration`, for the reason `outcome`.
+    pub fn session_closed(&mut self, outcome: &'static str, duration: Duration) {
+        self.metrics.sessions_ended += 1;
+        self.metrics.count_outcome(outcome, 1);
+        self.metrics.session_duration.record(nanos(duration));
+    }
+
+    pub fn received(&mut self, octets: usize) {
+        self.metrics.bytes_received += octets as u64;
+    }
+
+    /// What a session decided in one feed, whose replies were all written
+    /// `service` after its input arrived.
+    pub fn tally(&mut self, tally: &Tally, service: Duration) {
+        self.metrics.add_tally(tally, nanos(service));
+    }
+
+    /// A message's spool outcome: its final reply came `end_of_data` after
+    /// its last octets arrived, `commit` after it went to the spool.
+    pub fn message(&mut self, spooled: bool, end_of_data: Duration, commit: Duration) {
+        if spooled {
+            self.metrics.spooled += 1;
+        } else {
+            self.metrics.spool_failures += 1;
+        }
+        self.metrics.service[Class::Data as usize].record(nanos(end_of_data));
+        self.metrics.spool_commit.record(nanos(commit));
+    }
+
+    /// Answers pending scrapes with a copy of this worker's metrics.
+    pub fn answer_scrapes(&mut self) {
+        while let Ok(reply) = self.requests.try_recv() {
+            let _ = reply.send(self.metrics.clone());
+        }
+    }
+
+    /// This worker's metrics so far.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+impl Scraper {
+    /// The wake-ups of the workers, in the order of their recorders.
+    pub fn set_wakers(&mut self, wakers: Vec<Wake>) {
+        self.wakers = wakers;
+    }
+
+    pub fn workers(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Every worker's metrics merged, and how many workers answered within
+    /// `timeout`.
+    pub fn collect(&self, timeout: Duration) -> (Metrics, usize) {
+        let (reply, replies) = crossbeam_channel::unbounded();
+        let mut asked = 0;
+        for (index, requests) in self.requests.iter().enumerate() {
+            if requests.send(reply.clone()).is_ok() {
+                asked += 1;
+                if let Some(wake) = self.wakers.get(index) {
+                    wake();
+                }
+            }
+        }
+        drop(reply);
+        let deadline = Instant::now() + timeout;
+        let mut merged = Metrics::default();
+        let mut answered = 0;
+        while answered < asked {
+            match replies.recv_deadline(deadline) {
+                Ok(metrics) => {
+                    merged.merge(&metrics);
+                    answered += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        (merged, answered)
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,148 @@
+//! The Prometheus text exposition format (version 0.0.4) of merged
+//! [`Metrics`]: `# HELP` and `# TYPE` before each family, counters named
+//! `mxgate_*_total`, latencies as summaries in seconds with the quantiles
+//! 0.5, 0.9, 0.99 and 0.999 plus `_sum` and `_count`.
+
+use std::fmt::Write;
+
+use super::{Class, Latency, Metrics};
+use crate::proto::command::Verb;
+use crate::proto::{RcptOutcome, Refusal};
+
+const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
+
+/// The exposition text; `answered` of `workers` workers are in `m`.
+pub fn render(m: &Metrics, answered: usize, workers: usize) -> String {
+    let mut out = String::with_capacity(8 << 10);
+    gauge(&mut out, "workers", "Worker threads.", workers as u64);
+    let help = "Workers whose metrics are in this scrape.";
+    gauge(&mut out, "workers_scraped", help, answered as u64);
+    sessions(&mut out, m);
+    transactions(&mut out, m);
+    latencies(&mut out, m);
+    out
+}
+
+fn sessions(o: &mut String, m: &Metrics) {
+    gauge(o, "sessions_open", "Sessions open now.", m.sessions_open());
+    total(o, "sessions_total", "Sessions accepted.", m.sessions_total);
+    let help = "Sessions ended, by how (timed-out, reset and internal-error are failures).";
+    counter(o, "sessions_ended_total", help, "outcome", &m.outcomes);
+    let help = "Connections refused with 421 at connect because the server was full.";
+    total(o, "over_capacity_total", help, m.over_capacity);
+    let help = "Octets read from clients.";
+    total(o, "received_bytes_total", help, m.bytes_received);
+    let verbs = labelled(&Verb::ALL.map(Verb::name), &m.commands);
+    counter(
+        o,
+        "commands_total",
+        "Command lines, by verb.",
+        "verb",
+        &verbs,
+    );
+}
+
+fn transactions(o: &mut String, m: &Metrics) {
+    let accepted = m.rcpts[RcptOutcome::Accepted as usize];
+    total(
+        o,
+        "recipients_accepted_total",
+        "RCPT answered 250.",
+        accepted,
+    );
+    let rejected: Vec<_> = RcptOutcome::ALL[1..]
+        .iter()
+        .map(|&r| (r.name(), m.rcpts[r as usize]))
+        .collect();
+    let help = "RCPT refused, by reason.";
+    counter(o, "recipients_rejected_total", help, "reason", &rejected);
+    let help = "Messages durably spooled (replied 250 queued).";
+    total(o, "messages_spooled_total", help, m.spooled);
+    let help = "Messages the spool failed to commit (replied 451).";
+    total(o, "spool_failures_total", help, m.spool_failures);
+    let refused = labelled(&Refusal::ALL.map(Refusal::name), &m.refused);
+    let help = "Messages refused at the end of their data, by reason.";
+    counter(o, "messages_refused_total", help, "reason", &refused);
+}
+
+fn latencies(o: &mut String, m: &Metrics) {
+    let classes: Vec<_> = Class::ALL
+        .iter()
+        .map(|&c| (c.name(), &m.service[c as usize]))
+        .collect();
+    let help = "Command complete to reply written, by class (data: end of data to final reply).";
+    summary(o, "command_duration_seconds", help, "verb", &classes);
+    let help = "Session duration, connect to close.";
+    summary(
+        o,
+        "session_duration_seconds",
+        help,
+        "",
+        &[("", &m.session_duration)],
+    );
+    let help = "Message submitted to the spool to its durable completion.";
+    summary(
+        o,
+        "spool_commit_seconds",
+        help,
+        "",
+        &[("", &m.spool_commit)],
+    );
+}
+
+fn labelled<'a>(names: &[&'a str], counts: &[u64]) -> Vec<(&'a str, u64)> {
+    names.iter().copied().zip(counts.iter().copied()).collect()
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP mxgate_{name} {help}");
+    let _ = writeln!(out, "# TYPE mxgate_{name} {kind}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    header(out, name, help, "gauge");
+    let _ = writeln!(out, "mxgate_{name} {value}");
+}
+
+/// An unlabelled counter.
+fn total(out: &mut String, name: &str, help: &str, value: u64) {
+    counter(out, name, help, "", &[("", value)]);
+}
+
+/// A counter family with one sample per value of `label`; an empty
+/// `label` means unlabelled samples.
+fn counter(out: &mut String, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+    header(out, name, help, "counter");
+    for &(value, n) in values {
+        let _ = writeln!(out, "mxgate_{name}{} {n}", labels(label, value, None));
+    }
+}
+
+fn summary(out: &mut String, name: &str, help: &str, label: &str, values: &[(&str, &Latency)]) {
+    header(out, name, help, "summary");
+    for &(value, latency) in values {
+        for q in QUANTILES {
+            let at = latency.quantile_seconds(q);
+            let _ = writeln!(out, "mxgate_{name}{} {at}", labels(label, value, Some(q)));
+        }
+        let plain = labels(label, value, None);
+        let _ = writeln!(out, "mxgate_{name}_sum{plain} {}", latency.sum_seconds());
+        let _ = writeln!(out, "mxgate_{name}_count{plain} {}", latency.count());
+    }
+}
+
+/// `{label="value",quantile="q"}`, or nothing when there is neither.
+fn labels(label: &str, value: &str, quantile: Option<f64>) -> String {
+    let mut parts = Vec::with_capacity(2);
+    if !label.is_empty() {
+        parts.push(format!("{label}=\"{value}\""));
+    }
+    if let Some(q) = quantile {
+        parts.push(format!("quantile=\"{q}\""));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", parts.join(","))
+    }
+}

@@ -1,0 +1,220 @@
+//! Per-session counts of what the session decided, for the driver's metrics
+//! and log line: commands by verb, RCPT outcomes by reason, and messages
+//! refused at the end of their body.
+//!
+//! Owns counting only: no allocation, no clock. The driver owns the tally
+//! and lends it to `Session::feed_tallied` (the runtime uses a fresh one per
+//! feed), so it never has to parse replies and an idle session carries no
+//! counters. Counts wrap instead of panicking.
+
+use super::command::Verb;
+use super::reply::Reply;
+
+/// How one RCPT command was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RcptOutcome {
+    /// `250 2.1.5`: the recipient is in the envelope.
+    Accepted,
+    /// `550 5.1.1`: a local domain without that user.
+    UnknownUser,
+    /// `554 5.7.1`: not one of our domains.
+    RelayDenied,
+    /// `501`/`555`/`553`: a malformed command, path or parameter, the null
+    /// path, or a non-ASCII address without SMTPUTF8.
+    Syntax,
+    /// `452 4.5.3`: the transaction's recipient limit.
+    TooMany,
+    /// `503`: no MAIL yet, or inside a BDAT transfer.
+    OutOfSequence,
+}
+
+impl RcptOutcome {
+    /// Every outcome, in declaration order (`outcome as usize` indexes it).
+    pub const ALL: [RcptOutcome; 6] = [
+        RcptOutcome::Accepted,
+        RcptOutcome::UnknownUser,
+        RcptOutcome::RelayDenied,
+        RcptOutcome::Syntax,
+        RcptOutcome::TooMany,
+        RcptOutcome::OutOfSequence,
+    ];
+
+    /// Lower-case name, e.g. for a metrics label.
+    pub fn name(self) -> &'static str {
+        match self {
+            RcptOutcome::Accepted => "accepted",
+            RcptOutcome::UnknownUser => "unknown_user",
+            RcptOutcome::RelayDenied => "relay_denied",
+            RcptOutcome::Syntax => "syntax",
+            RcptOutcome::TooMany => "too_many",
+            RcptOutcome::OutOfSequence => "out_of_sequence",
+        }
+    }
+}
+
+/// Why a complete message body was refused (nothing is spooled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over the size limit: `552 5.3.4`.
+    Size,
+    /// A bare CR or LF in the content: `550 5.5.2`.
+    BareCrLf,
+}
+
+impl Refusal {
+    /// Every refusal, in declaration order (`refusal as usize` indexes it).
+    pub const ALL: [Refusal; 2] = [Refusal::Size, Refusal::BareCrLf];
+
+    /// Lower-case name, e.g. for a metrics label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::Size => "size",
+            Refusal::BareCrLf => "bare_cr_lf",
+        }
+    }
+
+    /// The reply that refuses the message.
+    pub fn reply(self) -> Reply {
+        match self {
+            Refusal::Size => Reply::MessageTooBig,
+            Refusal::BareCrLf => Reply::BareCrLf,
+        }
+    }
+}
+
+/// Counts since the driver last took them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    commands: [u32; Verb::ALL.len()],
+    rcpts: [u32; RcptOutcome::ALL.len()],
+    refused: [u32; Refusal::ALL.len()],
+}
+
+impl Tally {
+    pub(super) fn command(&mut self, verb: Verb) {
+        bump(&mut self.commands[verb as usize]);
+    }
+
+    pub(super) fn rcpt(&mut self, outcome: RcptOutcome) {
+        bump(&mut self.rcpts[outcome as usize]);
+    }
+
+    pub(super) fn refused(&mut self, refusal: Refusal) {
+        bump(&mut self.refused[refusal as usize]);
+    }
+
+    /// Command lines with this verb (whatever their reply).
+    pub fn commands(&self, verb: Verb) -> u32 {
+        self.commands[verb as usize]
+    }
+
+    /// RCPT commands answered this way.
+    pub fn rcpts(&self, outcome: RcptOutcome) -> u32 {
+        self.rcpts[outcome as usize]
+    }
+
+    /// RCPT commands answered with anything but 250.
+    pub fn rejected_rcpts(&self) -> u32 {
+        let all = self.rcpts.iter().fold(0u32, |sum, &n| sum.wrapping_add(n));
+        all.wrapping_sub(self.rcpts(RcptOutcome::Accepted))
+    }
+
+    /// Message bodies refused for this reason.
+    pub fn refusals(&self, refusal: Refusal) -> u32 {
+        self.refused[refusal as usize]
+    }
+
+    /// Nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        *self == Tally::default()
+    }
+}
+
+fn bump(count: &mut u32) {
+    *count = count.wrapping_add(1);
+}
+
+/// Feeds `input` to a fresh session (table: `a@example.com`, 16-octet
+/// messages), answering every spool hand-off with a queue id.
+#[cfg(test)]
+pub(crate) fn tally_of(input: &[u8]) -> Tally {
+    use super::{Event, Session, SessionConfig};
+    use crate::recipients::{Table, TableOptions};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let table = Table::parse(b"a@example.com\n", TableOptions::default()).unwrap();
+    let config = Arc::new(SessionConfig {
+        hostname: "mx.test".into(),
+        max_message_size: 16,
+        max_recipients: 100,
+        command_timeout: Duration::from_secs(60),
+        data_timeout: Duration::from_secs(60),
+    });
+    let now = Instant::now();
+    let mut session = Session::new(config, now);
+    let (mut tally, mut out, mut pos) = (Tally::default(), Vec::new(), 0);
+    loop {
+        let rest = &input[pos..];
+        let (n, event) = session.feed_tallied(rest, now, &table, &mut out, &mut tally);
+        pos += n;
+        match event {
+            Event::MessageReady => session.spool_done(Some("ID"), &mut out),
+            Event::NeedInput | Event::Close => return tally,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tables_are_in_declaration_order() {
+        for (i, verb) in Verb::ALL.iter().enumerate() {
+            assert_eq!(*verb as usize, i);
+        }
+        for (i, outcome) in RcptOutcome::ALL.iter().enumerate() {
+            assert_eq!(*outcome as usize, i);
+        }
+        for (i, refusal) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(*refusal as usize, i);
+        }
+    }
+
+    #[test]
+    fn a_session_counts_what_it_decides() {
+        let tally = tally_of(
+            b"RCPT TO:<a@example.com>\r\nEHLO c\r\nMAIL FROM:<>\r\n\
+              RCPT TO:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n\
+              DATA\r\nthis line is over sixteen octets\r\n.\r\n\
+              MAIL FROM:<>\r\nRCPT TO:<a@example.com>\r\nBDAT 3 LAST\r\na\nb\
+              MAIL FROM:<>\r\nRCPT TO:<a@example.com>\r\nDATA\r\nok\r\n.\r\nQUIT\r\n",
+        );
+        assert_eq!(tally.commands(Verb::Rcpt), 5);
+        assert_eq!(tally.commands(Verb::Mail), 3);
+        assert_eq!(tally.commands(Verb::Bdat), 1);
+        assert_eq!(tally.commands(Verb::Data), 2);
+        assert_eq!(tally.commands(Verb::Quit), 1);
+        assert_eq!(tally.rcpts(RcptOutcome::OutOfSequence), 1);
+        assert_eq!(tally.rcpts(RcptOutcome::Accepted), 3);
+        assert_eq!(tally.rcpts(RcptOutcome::UnknownUser), 1);
+        assert_eq!(tally.rejected_rcpts(), 2);
+        assert_eq!(tally.refusals(Refusal::Size), 1);
+        assert_eq!(tally.refusals(Refusal::BareCrLf), 1);
+    }
+
+    #[test]
+    fn rejected_is_every_outcome_but_accepted() {
+        let mut tally = Tally::default();
+        assert!(tally.is_empty());
+        tally.rcpt(RcptOutcome::Accepted);
+        tally.rcpt(RcptOutcome::UnknownUser);
+        tally.rcpt(RcptOutcome::TooMany);
+        tally.command(Verb::Rcpt);
+        assert_eq!(tally.rejected_rcpts(), 2);
+        assert_eq!(tally.commands(Verb::Rcpt), 1);
+        assert!(!tally.is_empty());
+    }
+}

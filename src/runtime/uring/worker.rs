@@ -1,0 +1,674 @@
+//! One io_uring worker: a ring on its own thread with its own listeners,
+//! provided-buffer pool, slab of connections, timer wheel and spool link.
+//!
+//! Owns submitting and reaping: a multishot accept per listener, a
+//! multishot receive per connection that wants input, at most one send per
+//! connection (replies stay in order), a read of the wake-up eventfd
+//! (spool completions, shutdown), and the cancellations that let a closing
+//! connection's slot go only once the kernel has finished with its buffers.
+//! Everything else — feeding the session, the spool hand-off, the session
+//! log — is the epoll backend's [`Conn`] logic, driven over a
+//! [`RingSocket`].
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue, IoUring};
+use slab::Slab;
+
+use super::bufring::BufRing;
+use super::socket::{RingSocket, RX_CAP};
+use super::wake::RingWaker;
+use crate::metrics::Recorder;
+use crate::proto::reply;
+use crate::proto::{Session, SessionConfig};
+use crate::recipients::SharedTable;
+use crate::runtime::conn::{drive_once, unticket, Conn, Lent, Outcome};
+use crate::runtime::server::Shared;
+use crate::runtime::timer::{Entry, TimerWheel};
+use crate::spool::SpoolLink;
+
+/// Submission slots; completions get four times as many.
+const RING_ENTRIES: u32 = 1024;
+/// Receive buffers in the pool, and their size. The pool bounds what is
+/// received between two turns of the loop; every buffer is copied out and
+/// given back in the turn it arrives.
+const BUFFERS: u16 = 512;
+const BUFFER_SIZE: usize = 16 << 10;
+const BUFFER_GROUP: u16 = 0;
+/// How long a closed session's last replies may take to leave.
+const LINGER: Duration = Duration::from_secs(10);
+
+/// What a completion is for: the top byte of its user data.
+const ACCEPT: u64 = 1;
+const RECV: u64 = 2;
+const SEND: u64 = 3;
+const WAKE: u64 = 4;
+/// Cancellations and closes: nothing to do when they complete.
+const IGNORE: u64 = 5;
+
+fn user_data(kind: u64, index: usize) -> u64 {
+    (kind << 56) | index as u64
+}
+
+fn split_user_data(data: u64) -> (u64, usize) {
+    (data >> 56, (data & ((1 << 56) - 1)) as usize)
+}
+
+/// A listening socket and whether its multishot accept is armed. The
+/// accept request holds its own reference to the socket: at shutdown the
+/// socket stops listening only once that request has completed.
+struct Listener {
+    /// `None` once the drain began.
+    socket: Option<mio::net::TcpListener>,
+    armed: bool,
+}
+
+/// Everything a worker needs apart from the ring, which is created on the
+/// worker's own thread (single issuer).
+pub struct Parts {
+    pub listeners: Vec<mio::net::TcpListener>,
+    pub link: SpoolLink,
+    pub table: Arc<SharedTable>,
+    pub session_config: Arc<SessionConfig>,
+    pub shared: Arc<Shared>,
+    pub read_buffer: usize,
+    /// How the spool and the server wake this worker.
+    pub waker: Arc<RingWaker>,
+    pub metrics: Recorder,
+}
+
+pub struct Worker {
+    ring: IoUring,
+    /// `None` only once leaked at exit (see [`Worker::finish`]).
+    buffers: Option<BufRing>,
+    listeners: Vec<Listener>,
+    conns: Slab<Conn<RingSocket>>,
+    wheel: TimerWheel,
+    /// Connections stopped by their read budget, driven again next turn.
+    ready: Vec<usize>,
+    scratch: Box<[u8]>,
+    out: Vec<u8>,
+    link: SpoolLink,
+    table: Arc<SharedTable>,
+    session_config: Arc<SessionConfig>,
+    shared: Arc<Shared>,
+    next_generation: u32,
+    waker: Arc<RingWaker>,
+    /// The eventfd read's target: the kernel owns it while `wake_armed`.
+    wake_buf: Box<u64>,
+    wake_armed: bool,
+    /// Out of descriptors: accept again only after a close or this instant.
+    accept_blocked_until: Option<Instant>,
+    accept_paused: bool,
+    drain_deadline: Option<Instant>,
+    /// Completions of the current turn, copied out of the ring.
+    cqes: Vec<(u64, i32, u32)>,
+    /// This worker's own counters and histograms.
+    metrics: Recorder,
+}
+
+impl Worker {
+    /// Creates the ring and registers the buffer pool; call on the thread
+    /// that will run the worker.
+    pub fn new(parts: Parts) -> io::Result<Worker> {
+        let (ring, mode) = super::ring::build(RING_ENTRIES)?;
+        tracing::debug!(mode, "io_uring worker ring ready");
+        let buffers = BufRing::register(&ring, BUFFER_GROUP, BUFFERS, BUFFER_SIZE)?;
+        let listeners = parts
+            .listeners
+            .into_iter()
+            .map(|socket| {
+                // Accepted sockets inherit it: no setsockopt per session.
+                let _ = socket2::SockRef::from(&socket).set_nodelay(true);
+                Listener {
+                    socket: Some(socket),
+                    armed: false,
+                }
+            })
+            .collect();
+        Ok(Worker {
+            ring,
+            buffers: Some(buffers),
+            listeners,
+            conns: Slab::new(),
+            wheel: TimerWheel::new(Instant::now()),
+            ready: Vec::new(),
+            scratch: vec![0; parts.read_buffer * 2].into_boxed_slice(),
+            out: Vec::with_capacity(4096),
+            link: parts.link,
+            table: parts.table,
+            session_config: parts.session_config,
+            shared: parts.shared,
+            next_generation: 0,
+            waker: parts.waker,
+            wake_buf: Box::new(0),
+            wake_armed: false,
+            accept_blocked_until: None,
+            accept_paused: false,
+            drain_deadline: None,
+            cqes: Vec::with_capacity(1024),
+            metrics: parts.metrics,
+        })
+    }
+
+    /// The event loop; returns once shutdown has drained every session.
+    pub fn run(mut self) {
+        self.waker.claim();
+        loop {
+            let now = Instant::now();
+            // Once per turn, like a completion from the ring: a pipelining
+            // client in discard mode must not starve the others.
+            if self.waker.take_pending() {
+                self.complete_spooled(now);
+            }
+            self.arm_wake();
+            self.arm_accepts(now);
+            if let Err(err) = self.submit_and_wait(now) {
+                tracing::error!(error = %err, "io_uring wait failed; worker stops");
+                break;
+            }
+            let now = Instant::now();
+            self.reap(now);
+            self.run_ready(now);
+            self.expire_timers(now);
+            self.metrics.answer_scrapes();
+            if self.shared.stopping() && self.drain(now) {
+                break;
+            }
+        }
+        self.finish();
+    }
+
+    /// One `io_uring_enter`: submits what is queued and waits for at least
+    /// one completion, or for the next timer tick, or not at all when
+    /// connections are waiting on the ready list or the worker woke itself.
+    /// It always asks for completions (deferred task work runs only then),
+    /// so a connection on the ready list never starves the others.
+    fn submit_and_wait(&mut self, now: Instant) -> io::Result<()> {
+        let timeout = if self.ready.is_empty() && !self.waker.has_pending() {
+            self.wheel.until_next_tick(now)
+        } else {
+            Duration::ZERO
+        };
+        let ts = Timespec::new()
+            .sec(timeout.as_secs())
+            .nsec(timeout.subsec_nanos());
+        let args = SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Queues one request, making room by submitting when the queue is full.
+    fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: every request pushed here points only at memory that
+            // outlives its completion: the worker's `wake_buf`, or a
+            // connection's send buffer, which stays untouched while
+            // `send_in_flight` and whose slot is not released before the
+            // completion arrives. Receives use the buffer pool.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            if let Err(err) = self.ring.submit() {
+                tracing::warn!(error = %err, "io_uring submit failed");
+            }
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        if self.wake_armed {
+            return;
+        }
+        let buf: *mut u64 = &mut *self.wake_buf;
+        let entry = opcode::Read::new(Fd(self.waker.fd()), buf.cast(), 8)
+            .build()
+            .user_data(user_data(WAKE, 0));
+        self.wake_armed = true;
+        self.push(entry);
+    }
+
+    fn arm_accepts(&mut self, now: Instant) {
+        if self.drain_deadline.is_some() {
+            return;
+        }
+        if let Some(until) = self.accept_blocked_until {
+            if now < until {
+                return;
+            }
+            self.accept_blocked_until = None;
+        }
+        for index in 0..self.listeners.len() {
+            let listener = &self.listeners[index];
+            if let (false, Some(socket)) = (listener.armed, &listener.socket) {
+                let fd = socket.as_raw_fd();
+                let entry = opcode::AcceptMulti::new(Fd(fd))
+                    .flags(libc::SOCK_CLOEXEC)
+                    .build()
+                    .user_data(user_data(ACCEPT, index));
+                self.listeners[index].armed = true;
+                self.push(entry);
+            }
+        }
+    }
+
+    /// Handles every completion that has arrived.
+    fn reap(&mut self, now: Instant) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        loop {
+            cqes.clear();
+            cqes.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            if cqes.is_empty() {
+                break;
+            }
+            for &(data, result, flags) in &cqes {
+                self.complete(data, result, flags, now);
+            }
+        }
+        self.cqes = cqes;
+    }
+
+    fn complete(&mut self, data: u64, result: i32, flags: u32, now: Instant) {
+        let (kind, index) = split_user_data(data);
+        match kind {
+            ACCEPT => self.accepted(index, result, flags, now),
+            RECV => self.received(index, result, flags, now),
+            SEND => self.sent(index, result, now),
+            WAKE => {
+                self.wake_armed = false;
+                if result != -libc::ECANCELED {
+                    self.complete_spooled(now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn accepted(&mut self, index: usize, result: i32, flags: u32, now: Instant) {
+        if !cqueue::more(flags) {
+            if let Some(listener) = self.listeners.get_mut(index) {
+                listener.armed = false;
+            }
+        }
+        if result >= 0 {
+            // SAFETY: the kernel just created this descriptor for us;
+            // nothing else owns it.
+            let fd = unsafe { OwnedFd::from_raw_fd(result) };
+            if std::mem::take(&mut self.accept_paused) {
+                tracing::info!("file descriptors available again; accepting");
+            }
+            if self.drain_deadline.is_none() {
+                self.admit(fd, now);
+            }
+        } else if is_out_of_descriptors(-result) {
+            if !self.accept_paused {
+                let err = io::Error::from_raw_os_error(-result);
+                tracing::warn!(error = %err, "out of file descriptors; accepting paused");
+            }
+            self.accept_paused = true;
+            self.accept_blocked_until = Some(now + Duration::from_secs(1));
+        } else if result != -libc::ECANCELED {
+            let err = io::Error::from_raw_os_error(-result);
+            tracing::debug!(error = %err, "accept failed");
+        }
+    }
+
+    fn admit(&mut self, fd: OwnedFd, now: Instant) {
+        let peer = peer_ip(&fd);
+        if !self.shared.try_open() {
+            reply::write_over_capacity(&self.session_config.hostname, &mut self.out);
+            // Best effort: a brand-new socket's send buffer is empty.
+            let _ = socket2::SockRef::from(&fd)
+                .send_with_flags(&self.out, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
+            self.out.clear();
+            self.metrics.over_capacity();
+            tracing::info!(client = %peer, outcome = "over-capacity", "session end");
+            return;
+        }
+        let generation = self.next_generation;
+        self.next_generation = generation.wrapping_add(1);
+        self.metrics.session_opened();
+        let mut session = Session::new(self.session_config.clone(), now);
+        session.greet(&mut self.out);
+        let conn = Conn::new(RingSocket::new(fd), session, peer, generation);
+        let deadline = conn.session.deadline();
+        let key = self.conns.insert(conn);
+        self.conns[key].timer_tick = self.wheel.schedule(key, generation, deadline);
+        self.drive(key, now);
+    }
+
+    fn received(&mut self, key: usize, result: i32, flags: u32, now: Instant) {
+        let (Some(conn), Some(buffers)) = (self.conns.get_mut(key), self.buffers.as_mut()) else {
+            return;
+        };
+        let socket = &mut conn.stream;
+        if !cqueue::more(flags) {
+            socket.recv_armed = false;
+        }
+        // The buffer is ours from this completion on: copy it out and give
+        // it straight back, so an idle connection never holds one.
+        if let Some(bid) = cqueue::buffer_select(flags) {
+            if let Ok(len) = usize::try_from(result) {
+                socket.received(buffers.get(bid, len));
+            }
+            buffers.recycle(bid);
+        }
+        match result {
+            0 => socket.eof = true,
+            r if r == -libc::ENOBUFS || r == -libc::ECANCELED => {}
+            r if r < 0 => socket.failed = true,
+            _ => {}
+        }
+        if socket.eof || socket.failed {
+            // A short read no longer means "nothing more": read to the end.
+            conn.hang_up_seen();
+        }
+        self.drive(key, now);
+    }
+
+    fn sent(&mut self, key: usize, result: i32, now: Instant) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.stream.send_done(result);
+            self.drive(key, now);
+        }
+    }
+
+    /// Drives connections that were stopped by their budget, once each.
+    fn run_ready(&mut self, now: Instant) {
+        let ready = std::mem::take(&mut self.ready);
+        for &key in &ready {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.in_ready = false;
+                self.drive(key, now);
+            }
+        }
+        if self.ready.is_empty() {
+            self.ready = ready;
+            self.ready.clear();
+        }
+    }
+
+    /// Runs the connection's session over what it received, then settles
+    /// its requests with the ring.
+    fn drive(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !conn.stream.closing {
+            let lent = Lent {
+                table: &self.table,
+                link: &self.link,
+                out: &mut self.out,
+                scratch: &mut self.scratch,
+                wheel: &mut self.wheel,
+                ready: &mut self.ready,
+                metrics: &mut self.metrics,
+            };
+            if let Some(outcome) = drive_once(conn, key, now, lent) {
+                return self.close(key, outcome, now);
+            }
+        }
+        self.settle(key);
+    }
+
+    /// Brings the connection's requests in line with its state: start the
+    /// next send, arm a receive when it wants input, stop receiving when it
+    /// holds too much; a closing connection is released once quiet.
+    fn settle(&mut self, key: usize) {
+        let socket = &mut self.conns[key].stream;
+        let fd = Fd(socket.raw_fd());
+        let send = socket.start_send();
+        if socket.closing {
+            let done = send.is_none() && socket.quiet() && (socket.failed || socket.all_sent());
+            if let Some((buf, len)) = send {
+                self.push_send(fd, buf, len, key);
+            } else if done {
+                self.release(key);
+            }
+            return;
+        }
+        let recv = socket.wants_recv();
+        let stop = socket.recv_armed && socket.rx_len() >= RX_CAP;
+        socket.recv_armed |= recv;
+        if let Some((buf, len)) = send {
+            self.push_send(fd, buf, len, key);
+        }
+        if recv {
+            let entry = opcode::RecvMulti::new(fd, BUFFER_GROUP)
+                .build()
+                .user_data(user_data(RECV, key));
+            self.push(entry);
+        }
+        if stop {
+            self.cancel(user_data(RECV, key));
+        }
+    }
+
+    fn push_send(&mut self, fd: Fd, buf: *const u8, len: u32, key: usize) {
+        let entry = opcode::Send::new(fd, buf, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data(SEND, key));
+        self.push(entry);
+    }
+
+    fn cancel(&mut self, target: u64) {
+        let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(target))
+            .build()
+            .user_data(user_data(IGNORE, 0));
+        self.push(entry);
+    }
+
+    /// Ends the session. Its receive is cancelled; replies still queued go
+    /// out (a client that sent QUIT reads them) unless the connection
+    /// failed, for at most [`LINGER`]. The slot is released once every
+    /// request's completion is in.
+    fn close(&mut self, key: usize, outcome: Outcome, now: Instant) {
+        let conn = &mut self.conns[key];
+        conn.finish(&mut self.out);
+        conn.log_end(outcome, &mut self.metrics);
+        conn.timer_tick = self.wheel.schedule(key, conn.generation, now + LINGER);
+        let socket = &mut conn.stream;
+        socket.closing = true;
+        let receiving = socket.recv_armed;
+        if matches!(outcome, Outcome::Reset | Outcome::Aborted | Outcome::Failed) {
+            socket.failed = true;
+        }
+        if receiving {
+            self.cancel(user_data(RECV, key));
+        }
+        self.stop_sending_if_failed(key);
+    }
+
+    /// A closing connection that failed or lingered too long: drop what it
+    /// has not sent, cancelling the send in flight.
+    fn stop_sending_if_failed(&mut self, key: usize) {
+        let socket = &mut self.conns[key].stream;
+        if socket.failed && socket.send_in_flight {
+            self.cancel(user_data(SEND, key));
+        }
+        self.settle(key);
+    }
+
+    /// The kernel is done with the connection: close its descriptor through
+    /// the ring and free the slot.
+    fn release(&mut self, key: usize) {
+        let mut conn = self.conns.remove(key);
+        if let Some(fd) = conn.stream.take_fd() {
+            let entry = opcode::Close::new(Fd(fd.into_raw_fd()))
+                .build()
+                .user_data(user_data(IGNORE, 0));
+            self.push(entry);
+        }
+        self.shared.close_one();
+        if self.accept_blocked_until.take().is_some() {
+            tracing::debug!("a descriptor was freed; accepting again");
+        }
+    }
+
+    /// Hands each spool outcome to its connection and resumes it.
+    fn complete_spooled(&mut self, now: Instant) {
+        while let Some(done) = self.link.try_complete() {
+            let (key, generation) = unticket(done.ticket);
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if !conn.awaits_spool(generation) || conn.stream.closing {
+                continue;
+            }
+            conn.spool_done(done.result, &mut self.out, &mut self.metrics);
+            self.drive(key, now);
+        }
+    }
+
+    fn expire_timers(&mut self, now: Instant) {
+        let mut due: Vec<Entry> = Vec::new();
+        self.wheel.expire(now, |entry| due.push(entry));
+        for entry in due {
+            let Some(conn) = self.conns.get_mut(entry.key) else {
+                continue;
+            };
+            if !conn.owns_timer(&entry) {
+                continue;
+            }
+            if conn.stream.closing {
+                // Its last replies lingered too long.
+                conn.stream.failed = true;
+                self.stop_sending_if_failed(entry.key);
+            } else if conn.timer_fired(entry.key, now, &mut self.wheel, &mut self.out) {
+                self.close(entry.key, Outcome::TimedOut, now);
+            }
+        }
+    }
+
+    /// Shutdown: stop accepting, send idle sessions their 421, let the
+    /// others finish their transaction until the drain deadline. Returns
+    /// true once no connection is left.
+    fn drain(&mut self, now: Instant) -> bool {
+        let deadline = match self.drain_deadline {
+            Some(deadline) => deadline,
+            None => self.begin_drain(now),
+        };
+        if now >= deadline {
+            let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+            for key in keys {
+                if self.conns[key].stream.closing {
+                    self.conns[key].stream.failed = true;
+                    self.stop_sending_if_failed(key);
+                } else {
+                    self.close(key, Outcome::Aborted, now);
+                }
+            }
+        }
+        self.conns.is_empty()
+    }
+
+    fn begin_drain(&mut self, now: Instant) -> Instant {
+        let deadline = now + self.shared.drain_timeout;
+        self.drain_deadline = Some(deadline);
+        for index in 0..self.listeners.len() {
+            // The socket stops listening once its accept request is gone.
+            self.listeners[index].socket = None;
+            if self.listeners[index].armed {
+                self.cancel(user_data(ACCEPT, index));
+            }
+        }
+        for key in self.open_keys() {
+            let conn = &mut self.conns[key];
+            if conn.session.shut_down(&mut self.out) {
+                self.close(key, Outcome::Shutdown, now);
+            } else if conn.flush(&mut self.out).is_err() {
+                self.close(key, Outcome::Reset, now);
+            } else {
+                self.settle(key);
+            }
+        }
+        deadline
+    }
+
+    /// Connections whose session is still running.
+    fn open_keys(&self) -> Vec<usize> {
+        self.conns
+            .iter()
+            .filter(|(_, conn)| !conn.stream.closing)
+            .map(|(key, _)| key)
+            .collect()
+    }
+
+    /// Cancels the wake-up read and waits for it and for the cancelled
+    /// accepts, so no request is left pointing at the worker's memory and
+    /// the listening sockets are closed when `run` returns; then
+    /// unregisters the buffer pool.
+    fn finish(mut self) {
+        if self.wake_armed {
+            self.cancel(user_data(WAKE, 0));
+        }
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while self.requests_in_flight() && Instant::now() < give_up {
+            let _ = self.ring.submit_and_wait(1);
+            self.reap(Instant::now());
+        }
+        let buffers = self.buffers.take();
+        if self.requests_in_flight() || !self.conns.is_empty() {
+            // The kernel may still write there: never free it.
+            tracing::error!("io_uring requests still in flight at exit; leaking their buffers");
+            std::mem::forget(buffers);
+            std::mem::forget(std::mem::take(&mut self.wake_buf));
+            std::mem::forget(std::mem::take(&mut self.conns));
+        } else if let Some(buffers) = buffers {
+            if let Err(err) = buffers.unregister(&self.ring) {
+                tracing::warn!(error = %err, "unregistering the buffer pool failed");
+            }
+        }
+    }
+
+    fn requests_in_flight(&self) -> bool {
+        self.wake_armed || self.listeners.iter().any(|l| l.armed)
+    }
+}
+
+/// The client's address, or the unspecified address if it is already gone.
+fn peer_ip(fd: &OwnedFd) -> IpAddr {
+    socket2::SockRef::from(fd)
+        .peer_addr()
+        .ok()
+        .and_then(|addr| addr.as_socket())
+        .map_or(IpAddr::from([0, 0, 0, 0]), |addr| addr.ip())
+}
+
+fn is_out_of_descriptors(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips() {
+        for (kind, index) in [(ACCEPT, 0), (RECV, 5), (SEND, 123_456), (WAKE, 0)] {
+            assert_eq!(split_user_data(user_data(kind, index)), (kind, index));
+        }
+    }
+}
