@@ -111,6 +111,11 @@ const LOGGED_IDS: u32 = 8;
 pub trait Socket: Read + Write {
     /// Frees buffers that hold nothing (an idle connection holds none).
     fn trim(&mut self) {}
+    /// The session ended but the backend still finishes the connection's
+    /// I/O (its last replies may linger).
+    fn closing(&self) -> bool {
+        false
+    }
 }
 
 impl Socket for TcpStream {}

@@ -1,11 +1,12 @@
-//! One worker: an event loop on its own thread with its own listeners, mio
-//! `Poll`, slab of connections, timer wheel and spool link.
+//! One epoll worker: an event loop on its own thread with its own
+//! listeners and mio `Poll`; its connections live in [`Sessions`].
 //!
 //! Owns accepting (with the session cap and no busy loop when descriptors
-//! run out), dispatching readiness to connections with bounded work per
-//! wake-up, session deadlines, spool completions and the shutdown drain.
-//! Shares nothing with other workers but the recipient table snapshot, the
-//! session counter and the stop flag.
+//! run out), registering sockets and dispatching readiness to connections.
+//! Second turns, deadlines, spool completions and the shutdown drain are
+//! the [`Driver`] turns shared with the io_uring backend. Shares nothing
+//! with other workers but the recipient table snapshot, the session counter
+//! and the stop flag.
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,14 +16,12 @@ use std::time::{Duration, Instant};
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use slab::Slab;
 
-use super::conn::{drive_once, unticket, Conn, Lent, Outcome};
+use super::conn::Outcome;
 use super::server::Shared;
-use super::timer::{Entry, TimerWheel};
+use super::sessions::{Driver, Sessions};
 use crate::metrics::Recorder;
-use crate::proto::reply;
-use crate::proto::{Session, SessionConfig};
+use crate::proto::SessionConfig;
 use crate::recipients::SharedTable;
 use crate::spool::SpoolLink;
 
@@ -37,30 +36,13 @@ fn listener_token(index: usize) -> Token {
 pub struct Worker {
     poll: Poll,
     listeners: Vec<TcpListener>,
-    conns: Slab<Conn>,
-    wheel: TimerWheel,
-    /// Connections with input possibly left in the socket.
-    ready: Vec<usize>,
-    /// Read buffer shared by all connections of this worker: room for one
-    /// read (`read-buffer` octets) behind held-back input.
-    scratch: Box<[u8]>,
-    /// Replies of the connection being driven.
-    out: Vec<u8>,
-    link: SpoolLink,
-    table: Arc<SharedTable>,
-    session_config: Arc<SessionConfig>,
-    shared: Arc<Shared>,
-    next_generation: u32,
+    sessions: Sessions<TcpStream>,
     /// A listener stopped at its batch limit: accept again without waiting.
     accept_more: bool,
     /// Out of descriptors: accept again only after a close or this instant.
     accept_blocked_until: Option<Instant>,
     /// The last accept ran out of descriptors (logged once per episode).
     accept_paused: bool,
-    /// Set once shutdown began: when open sessions get cut off.
-    drain_deadline: Option<Instant>,
-    /// This worker's own counters and histograms.
-    metrics: Recorder,
 }
 
 impl Worker {
@@ -77,30 +59,27 @@ impl Worker {
             poll.registry()
                 .register(listener, listener_token(i), Interest::READABLE)?;
         }
-        Ok(Worker {
-            poll,
-            listeners,
-            conns: Slab::new(),
-            wheel: TimerWheel::new(Instant::now()),
-            ready: Vec::new(),
-            scratch: vec![0; read_buffer * 2].into_boxed_slice(),
-            out: Vec::with_capacity(4096),
+        let sessions = Sessions::new(
             link,
             table,
             session_config,
             shared,
-            next_generation: 0,
+            read_buffer,
+            Recorder::detached(),
+        );
+        Ok(Worker {
+            poll,
+            listeners,
+            sessions,
             accept_more: true,
             accept_blocked_until: None,
             accept_paused: false,
-            drain_deadline: None,
-            metrics: Recorder::detached(),
         })
     }
 
     /// Records into `metrics` (scraped through its channel).
     pub fn with_metrics(mut self, metrics: Recorder) -> Worker {
-        self.metrics = metrics;
+        self.sessions.metrics = metrics;
         self
     }
 
@@ -109,8 +88,8 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         loop {
             let accept_now = self.accept_more && self.accept_blocked_until.is_none();
-            let timeout = if self.ready.is_empty() && !accept_now {
-                self.wheel.until_next_tick(Instant::now())
+            let timeout = if self.sessions.ready.is_empty() && !accept_now {
+                self.sessions.wheel.until_next_tick(Instant::now())
             } else {
                 Duration::ZERO
             };
@@ -128,8 +107,8 @@ impl Worker {
             self.run_ready(now);
             self.accept_all(now);
             self.expire_timers(now);
-            self.metrics.answer_scrapes();
-            if self.shared.stopping() && self.drain(now) {
+            self.sessions.metrics.answer_scrapes();
+            if self.sessions.shared.stopping() && self.drain(now) {
                 return;
             }
         }
@@ -141,7 +120,7 @@ impl Worker {
             self.complete_spooled(now);
         } else if token.0 >= usize::MAX - self.listeners.len() {
             self.accept_more = true;
-        } else if let Some(conn) = self.conns.get_mut(token.0) {
+        } else if let Some(conn) = self.sessions.conns.get_mut(token.0) {
             if event.is_read_closed() || event.is_error() {
                 conn.hang_up_seen();
             }
@@ -149,41 +128,8 @@ impl Worker {
         }
     }
 
-    /// Drives connections that were stopped by their budget, once each.
-    fn run_ready(&mut self, now: Instant) {
-        let ready = std::mem::take(&mut self.ready);
-        for &key in &ready {
-            if let Some(conn) = self.conns.get_mut(key) {
-                conn.in_ready = false;
-                self.drive(key, now);
-            }
-        }
-        if self.ready.is_empty() {
-            self.ready = ready;
-            self.ready.clear();
-        }
-    }
-
-    fn drive(&mut self, key: usize, now: Instant) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let lent = Lent {
-            table: &self.table,
-            link: &self.link,
-            out: &mut self.out,
-            scratch: &mut self.scratch,
-            wheel: &mut self.wheel,
-            ready: &mut self.ready,
-            metrics: &mut self.metrics,
-        };
-        if let Some(outcome) = drive_once(conn, key, now, lent) {
-            self.close(key, outcome);
-        }
-    }
-
     fn accept_all(&mut self, now: Instant) {
-        if !self.accept_more || self.drain_deadline.is_some() {
+        if !self.accept_more || self.sessions.drain_deadline.is_some() {
             return;
         }
         if let Some(until) = self.accept_blocked_until {
@@ -200,7 +146,7 @@ impl Worker {
 
     /// Accepts up to `accept-batch` connections from one listener.
     fn accept_from(&mut self, index: usize, now: Instant) {
-        for _ in 0..self.shared.accept_batch {
+        for _ in 0..self.sessions.shared.accept_batch {
             match self.listeners[index].accept() {
                 Ok((stream, peer)) => {
                     if std::mem::take(&mut self.accept_paused) {
@@ -226,17 +172,13 @@ impl Worker {
     }
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
-        if !self.shared.try_open() {
-            // Best effort: a brand-new socket's send buffer is empty.
-            reply::write_over_capacity(&self.session_config.hostname, &mut self.out);
-            let _ = io::Write::write(&mut stream, &self.out);
-            self.out.clear();
-            self.metrics.over_capacity();
-            tracing::info!(client = %peer.ip(), outcome = "over-capacity", "session end");
+        let send = |reply: &[u8]| {
+            let _ = io::Write::write(&mut stream, reply);
+        };
+        if !self.sessions.try_open(peer.ip(), send) {
             return;
         }
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
+        let key = self.sessions.conns.vacant_key();
         let interest = Interest::READABLE | Interest::WRITABLE;
         if let Err(e) = self
             .poll
@@ -244,103 +186,50 @@ impl Worker {
             .register(&mut stream, Token(key), interest)
         {
             tracing::warn!(error = %e, "register failed");
-            self.shared.close_one();
+            self.sessions.shared.close_one();
             return;
         }
-        let generation = self.next_generation;
-        self.next_generation = generation.wrapping_add(1);
-        self.metrics.session_opened();
-        let mut session = Session::new(self.session_config.clone(), now);
-        session.greet(&mut self.out);
-        let mut conn = Conn::new(stream, session, peer.ip(), generation);
-        conn.timer_tick = self
-            .wheel
-            .schedule(key, generation, conn.session.deadline());
+        let sessions = &mut self.sessions;
+        let mut conn = sessions.new_conn(key, stream, peer.ip(), now);
         // No read yet: input that beat the greeting still raises an event,
         // because registering a ready socket reports it.
-        if conn.flush(&mut self.out).is_err() {
-            conn.log_end(Outcome::Reset, &mut self.metrics);
-            self.shared.close_one();
+        if conn.flush(&mut sessions.out).is_err() {
+            conn.log_end(Outcome::Reset, &mut sessions.metrics);
+            sessions.shared.close_one();
             return;
         }
-        entry.insert(conn);
+        sessions.conns.insert(conn);
+    }
+}
+
+impl Driver for Worker {
+    type Socket = TcpStream;
+
+    fn sessions(&mut self) -> &mut Sessions<TcpStream> {
+        &mut self.sessions
     }
 
-    fn close(&mut self, key: usize, outcome: Outcome) {
-        let mut conn = self.conns.remove(key);
+    fn drive(&mut self, key: usize, now: Instant) {
+        if let Some(outcome) = self.sessions.drive_once(key, now) {
+            self.close(key, outcome, now);
+        }
+    }
+
+    fn close(&mut self, key: usize, outcome: Outcome, _now: Instant) {
+        self.sessions.end(key, outcome);
         // Dropping the socket closes it, which also takes it off the epoll
         // set: no deregister call needed.
-        conn.finish(&mut self.out);
-        conn.log_end(outcome, &mut self.metrics);
-        self.shared.close_one();
+        self.sessions.conns.remove(key);
+        self.sessions.shared.close_one();
         if self.accept_blocked_until.take().is_some() {
             self.accept_more = true;
         }
     }
 
-    /// Hands each spool outcome to its connection and resumes it.
-    fn complete_spooled(&mut self, now: Instant) {
-        while let Some(done) = self.link.try_complete() {
-            let (key, generation) = unticket(done.ticket);
-            let Some(conn) = self.conns.get_mut(key) else {
-                continue;
-            };
-            if !conn.awaits_spool(generation) {
-                continue;
-            }
-            conn.spool_done(done.result, &mut self.out, &mut self.metrics);
-            self.drive(key, now);
-        }
-    }
-
-    fn expire_timers(&mut self, now: Instant) {
-        let mut due: Vec<Entry> = Vec::new();
-        self.wheel.expire(now, |entry| due.push(entry));
-        for entry in due {
-            let Some(conn) = self.conns.get_mut(entry.key) else {
-                continue;
-            };
-            if conn.owns_timer(&entry)
-                && conn.timer_fired(entry.key, now, &mut self.wheel, &mut self.out)
-            {
-                self.close(entry.key, Outcome::TimedOut);
-            }
-        }
-    }
-
-    /// Shutdown: stop accepting, send idle sessions their 421, let the
-    /// others finish their transaction until the drain deadline. Returns
-    /// true once no session is left.
-    fn drain(&mut self, now: Instant) -> bool {
-        let deadline = match self.drain_deadline {
-            Some(deadline) => deadline,
-            None => self.begin_drain(now),
-        };
-        if now >= deadline {
-            let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
-            for key in keys {
-                self.close(key, Outcome::Aborted);
-            }
-        }
-        self.conns.is_empty()
-    }
-
-    fn begin_drain(&mut self, now: Instant) -> Instant {
-        let deadline = now + self.shared.drain_timeout;
-        self.drain_deadline = Some(deadline);
+    fn stop_listening(&mut self) {
         for mut listener in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut listener);
         }
-        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
-        for key in keys {
-            let conn = &mut self.conns[key];
-            if conn.session.shut_down(&mut self.out) {
-                self.close(key, Outcome::Shutdown);
-            } else if conn.flush(&mut self.out).is_err() {
-                self.close(key, Outcome::Reset);
-            }
-        }
-        deadline
     }
 }
 

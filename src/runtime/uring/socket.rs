@@ -194,6 +194,10 @@ impl Socket for RingSocket {
     fn trim(&mut self) {
         self.trim_buffers();
     }
+
+    fn closing(&self) -> bool {
+        self.closing
+    }
 }
 
 #[cfg(test)]

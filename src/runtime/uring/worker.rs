@@ -6,9 +6,9 @@
 //! connection (replies stay in order), a read of the wake-up eventfd
 //! (spool completions, shutdown), and the cancellations that let a closing
 //! connection's slot go only once the kernel has finished with its buffers.
-//! Everything else — feeding the session, the spool hand-off, the session
-//! log — is the epoll backend's [`Conn`] logic, driven over a
-//! [`RingSocket`].
+//! Everything else — feeding the session, the spool hand-off, deadlines,
+//! the drain — is shared with the epoll backend through [`Sessions`] and
+//! its [`Driver`] turns, over a [`RingSocket`].
 
 use std::io;
 use std::net::IpAddr;
@@ -16,21 +16,18 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
-use io_uring::{cqueue, opcode, squeue, IoUring};
-use slab::Slab;
-
 use super::bufring::BufRing;
 use super::socket::{RingSocket, RX_CAP};
 use super::wake::RingWaker;
 use crate::metrics::Recorder;
-use crate::proto::reply;
-use crate::proto::{Session, SessionConfig};
+use crate::proto::SessionConfig;
 use crate::recipients::SharedTable;
-use crate::runtime::conn::{drive_once, unticket, Conn, Lent, Outcome};
+use crate::runtime::conn::Outcome;
 use crate::runtime::server::Shared;
-use crate::runtime::timer::{Entry, TimerWheel};
+use crate::runtime::sessions::{Driver, Sessions};
 use crate::spool::SpoolLink;
+use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue, IoUring};
 
 /// Submission slots; completions get four times as many.
 const RING_ENTRIES: u32 = 1024;
@@ -87,17 +84,7 @@ pub struct Worker {
     /// `None` only once leaked at exit (see [`Worker::finish`]).
     buffers: Option<BufRing>,
     listeners: Vec<Listener>,
-    conns: Slab<Conn<RingSocket>>,
-    wheel: TimerWheel,
-    /// Connections stopped by their read budget, driven again next turn.
-    ready: Vec<usize>,
-    scratch: Box<[u8]>,
-    out: Vec<u8>,
-    link: SpoolLink,
-    table: Arc<SharedTable>,
-    session_config: Arc<SessionConfig>,
-    shared: Arc<Shared>,
-    next_generation: u32,
+    sessions: Sessions<RingSocket>,
     waker: Arc<RingWaker>,
     /// The eventfd read's target: the kernel owns it while `wake_armed`.
     wake_buf: Box<u64>,
@@ -105,11 +92,8 @@ pub struct Worker {
     /// Out of descriptors: accept again only after a close or this instant.
     accept_blocked_until: Option<Instant>,
     accept_paused: bool,
-    drain_deadline: Option<Instant>,
     /// Completions of the current turn, copied out of the ring.
     cqes: Vec<(u64, i32, u32)>,
-    /// This worker's own counters and histograms.
-    metrics: Recorder,
 }
 
 impl Worker {
@@ -135,24 +119,20 @@ impl Worker {
             ring,
             buffers: Some(buffers),
             listeners,
-            conns: Slab::new(),
-            wheel: TimerWheel::new(Instant::now()),
-            ready: Vec::new(),
-            scratch: vec![0; parts.read_buffer * 2].into_boxed_slice(),
-            out: Vec::with_capacity(4096),
-            link: parts.link,
-            table: parts.table,
-            session_config: parts.session_config,
-            shared: parts.shared,
-            next_generation: 0,
+            sessions: Sessions::new(
+                parts.link,
+                parts.table,
+                parts.session_config,
+                parts.shared,
+                parts.read_buffer,
+                parts.metrics,
+            ),
             waker: parts.waker,
             wake_buf: Box::new(0),
             wake_armed: false,
             accept_blocked_until: None,
             accept_paused: false,
-            drain_deadline: None,
             cqes: Vec::with_capacity(1024),
-            metrics: parts.metrics,
         })
     }
 
@@ -176,8 +156,8 @@ impl Worker {
             self.reap(now);
             self.run_ready(now);
             self.expire_timers(now);
-            self.metrics.answer_scrapes();
-            if self.shared.stopping() && self.drain(now) {
+            self.sessions.metrics.answer_scrapes();
+            if self.sessions.shared.stopping() && self.drain(now) {
                 break;
             }
         }
@@ -190,8 +170,8 @@ impl Worker {
     /// It always asks for completions (deferred task work runs only then),
     /// so a connection on the ready list never starves the others.
     fn submit_and_wait(&mut self, now: Instant) -> io::Result<()> {
-        let timeout = if self.ready.is_empty() && !self.waker.has_pending() {
-            self.wheel.until_next_tick(now)
+        let timeout = if self.sessions.ready.is_empty() && !self.waker.has_pending() {
+            self.sessions.wheel.until_next_tick(now)
         } else {
             Duration::ZERO
         };
@@ -243,7 +223,7 @@ impl Worker {
     }
 
     fn arm_accepts(&mut self, now: Instant) {
-        if self.drain_deadline.is_some() {
+        if self.sessions.drain_deadline.is_some() {
             return;
         }
         if let Some(until) = self.accept_blocked_until {
@@ -315,7 +295,7 @@ impl Worker {
             if std::mem::take(&mut self.accept_paused) {
                 tracing::info!("file descriptors available again; accepting");
             }
-            if self.drain_deadline.is_none() {
+            if self.sessions.drain_deadline.is_none() {
                 self.admit(fd, now);
             }
         } else if is_out_of_descriptors(-result) {
@@ -333,30 +313,22 @@ impl Worker {
 
     fn admit(&mut self, fd: OwnedFd, now: Instant) {
         let peer = peer_ip(&fd);
-        if !self.shared.try_open() {
-            reply::write_over_capacity(&self.session_config.hostname, &mut self.out);
-            // Best effort: a brand-new socket's send buffer is empty.
-            let _ = socket2::SockRef::from(&fd)
-                .send_with_flags(&self.out, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
-            self.out.clear();
-            self.metrics.over_capacity();
-            tracing::info!(client = %peer, outcome = "over-capacity", "session end");
+        let send = |reply: &[u8]| {
+            let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+            let _ = socket2::SockRef::from(&fd).send_with_flags(reply, flags);
+        };
+        if !self.sessions.try_open(peer, send) {
             return;
         }
-        let generation = self.next_generation;
-        self.next_generation = generation.wrapping_add(1);
-        self.metrics.session_opened();
-        let mut session = Session::new(self.session_config.clone(), now);
-        session.greet(&mut self.out);
-        let conn = Conn::new(RingSocket::new(fd), session, peer, generation);
-        let deadline = conn.session.deadline();
-        let key = self.conns.insert(conn);
-        self.conns[key].timer_tick = self.wheel.schedule(key, generation, deadline);
+        let key = self.sessions.conns.vacant_key();
+        let conn = self.sessions.new_conn(key, RingSocket::new(fd), peer, now);
+        self.sessions.conns.insert(conn);
         self.drive(key, now);
     }
 
     fn received(&mut self, key: usize, result: i32, flags: u32, now: Instant) {
-        let (Some(conn), Some(buffers)) = (self.conns.get_mut(key), self.buffers.as_mut()) else {
+        let conn = self.sessions.conns.get_mut(key);
+        let (Some(conn), Some(buffers)) = (conn, self.buffers.as_mut()) else {
             return;
         };
         let socket = &mut conn.stream;
@@ -385,55 +357,17 @@ impl Worker {
     }
 
     fn sent(&mut self, key: usize, result: i32, now: Instant) {
-        if let Some(conn) = self.conns.get_mut(key) {
+        if let Some(conn) = self.sessions.conns.get_mut(key) {
             conn.stream.send_done(result);
             self.drive(key, now);
         }
     }
 
-    /// Drives connections that were stopped by their budget, once each.
-    fn run_ready(&mut self, now: Instant) {
-        let ready = std::mem::take(&mut self.ready);
-        for &key in &ready {
-            if let Some(conn) = self.conns.get_mut(key) {
-                conn.in_ready = false;
-                self.drive(key, now);
-            }
-        }
-        if self.ready.is_empty() {
-            self.ready = ready;
-            self.ready.clear();
-        }
-    }
-
-    /// Runs the connection's session over what it received, then settles
-    /// its requests with the ring.
-    fn drive(&mut self, key: usize, now: Instant) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        if !conn.stream.closing {
-            let lent = Lent {
-                table: &self.table,
-                link: &self.link,
-                out: &mut self.out,
-                scratch: &mut self.scratch,
-                wheel: &mut self.wheel,
-                ready: &mut self.ready,
-                metrics: &mut self.metrics,
-            };
-            if let Some(outcome) = drive_once(conn, key, now, lent) {
-                return self.close(key, outcome, now);
-            }
-        }
-        self.settle(key);
-    }
-
     /// Brings the connection's requests in line with its state: start the
     /// next send, arm a receive when it wants input, stop receiving when it
     /// holds too much; a closing connection is released once quiet.
-    fn settle(&mut self, key: usize) {
-        let socket = &mut self.conns[key].stream;
+    fn settle_requests(&mut self, key: usize) {
+        let socket = &mut self.sessions.conns[key].stream;
         let fd = Fd(socket.raw_fd());
         let send = socket.start_send();
         if socket.closing {
@@ -477,140 +411,30 @@ impl Worker {
         self.push(entry);
     }
 
-    /// Ends the session. Its receive is cancelled; replies still queued go
-    /// out (a client that sent QUIT reads them) unless the connection
-    /// failed, for at most [`LINGER`]. The slot is released once every
-    /// request's completion is in.
-    fn close(&mut self, key: usize, outcome: Outcome, now: Instant) {
-        let conn = &mut self.conns[key];
-        conn.finish(&mut self.out);
-        conn.log_end(outcome, &mut self.metrics);
-        conn.timer_tick = self.wheel.schedule(key, conn.generation, now + LINGER);
-        let socket = &mut conn.stream;
-        socket.closing = true;
-        let receiving = socket.recv_armed;
-        if matches!(outcome, Outcome::Reset | Outcome::Aborted | Outcome::Failed) {
-            socket.failed = true;
-        }
-        if receiving {
-            self.cancel(user_data(RECV, key));
-        }
-        self.stop_sending_if_failed(key);
-    }
-
     /// A closing connection that failed or lingered too long: drop what it
     /// has not sent, cancelling the send in flight.
     fn stop_sending_if_failed(&mut self, key: usize) {
-        let socket = &mut self.conns[key].stream;
+        let socket = &mut self.sessions.conns[key].stream;
         if socket.failed && socket.send_in_flight {
             self.cancel(user_data(SEND, key));
         }
-        self.settle(key);
+        self.settle_requests(key);
     }
 
     /// The kernel is done with the connection: close its descriptor through
     /// the ring and free the slot.
     fn release(&mut self, key: usize) {
-        let mut conn = self.conns.remove(key);
+        let mut conn = self.sessions.conns.remove(key);
         if let Some(fd) = conn.stream.take_fd() {
             let entry = opcode::Close::new(Fd(fd.into_raw_fd()))
                 .build()
                 .user_data(user_data(IGNORE, 0));
             self.push(entry);
         }
-        self.shared.close_one();
+        self.sessions.shared.close_one();
         if self.accept_blocked_until.take().is_some() {
             tracing::debug!("a descriptor was freed; accepting again");
         }
-    }
-
-    /// Hands each spool outcome to its connection and resumes it.
-    fn complete_spooled(&mut self, now: Instant) {
-        while let Some(done) = self.link.try_complete() {
-            let (key, generation) = unticket(done.ticket);
-            let Some(conn) = self.conns.get_mut(key) else {
-                continue;
-            };
-            if !conn.awaits_spool(generation) || conn.stream.closing {
-                continue;
-            }
-            conn.spool_done(done.result, &mut self.out, &mut self.metrics);
-            self.drive(key, now);
-        }
-    }
-
-    fn expire_timers(&mut self, now: Instant) {
-        let mut due: Vec<Entry> = Vec::new();
-        self.wheel.expire(now, |entry| due.push(entry));
-        for entry in due {
-            let Some(conn) = self.conns.get_mut(entry.key) else {
-                continue;
-            };
-            if !conn.owns_timer(&entry) {
-                continue;
-            }
-            if conn.stream.closing {
-                // Its last replies lingered too long.
-                conn.stream.failed = true;
-                self.stop_sending_if_failed(entry.key);
-            } else if conn.timer_fired(entry.key, now, &mut self.wheel, &mut self.out) {
-                self.close(entry.key, Outcome::TimedOut, now);
-            }
-        }
-    }
-
-    /// Shutdown: stop accepting, send idle sessions their 421, let the
-    /// others finish their transaction until the drain deadline. Returns
-    /// true once no connection is left.
-    fn drain(&mut self, now: Instant) -> bool {
-        let deadline = match self.drain_deadline {
-            Some(deadline) => deadline,
-            None => self.begin_drain(now),
-        };
-        if now >= deadline {
-            let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
-            for key in keys {
-                if self.conns[key].stream.closing {
-                    self.conns[key].stream.failed = true;
-                    self.stop_sending_if_failed(key);
-                } else {
-                    self.close(key, Outcome::Aborted, now);
-                }
-            }
-        }
-        self.conns.is_empty()
-    }
-
-    fn begin_drain(&mut self, now: Instant) -> Instant {
-        let deadline = now + self.shared.drain_timeout;
-        self.drain_deadline = Some(deadline);
-        for index in 0..self.listeners.len() {
-            // The socket stops listening once its accept request is gone.
-            self.listeners[index].socket = None;
-            if self.listeners[index].armed {
-                self.cancel(user_data(ACCEPT, index));
-            }
-        }
-        for key in self.open_keys() {
-            let conn = &mut self.conns[key];
-            if conn.session.shut_down(&mut self.out) {
-                self.close(key, Outcome::Shutdown, now);
-            } else if conn.flush(&mut self.out).is_err() {
-                self.close(key, Outcome::Reset, now);
-            } else {
-                self.settle(key);
-            }
-        }
-        deadline
-    }
-
-    /// Connections whose session is still running.
-    fn open_keys(&self) -> Vec<usize> {
-        self.conns
-            .iter()
-            .filter(|(_, conn)| !conn.stream.closing)
-            .map(|(key, _)| key)
-            .collect()
     }
 
     /// Cancels the wake-up read and waits for it and for the cancelled
@@ -627,12 +451,12 @@ impl Worker {
             self.reap(Instant::now());
         }
         let buffers = self.buffers.take();
-        if self.requests_in_flight() || !self.conns.is_empty() {
+        if self.requests_in_flight() || !self.sessions.conns.is_empty() {
             // The kernel may still write there: never free it.
             tracing::error!("io_uring requests still in flight at exit; leaking their buffers");
             std::mem::forget(buffers);
             std::mem::forget(std::mem::take(&mut self.wake_buf));
-            std::mem::forget(std::mem::take(&mut self.conns));
+            std::mem::forget(std::mem::take(&mut self.sessions.conns));
         } else if let Some(buffers) = buffers {
             if let Err(err) = buffers.unregister(&self.ring) {
                 tracing::warn!(error = %err, "unregistering the buffer pool failed");
@@ -642,6 +466,70 @@ impl Worker {
 
     fn requests_in_flight(&self) -> bool {
         self.wake_armed || self.listeners.iter().any(|l| l.armed)
+    }
+}
+
+impl Driver for Worker {
+    type Socket = RingSocket;
+
+    fn sessions(&mut self) -> &mut Sessions<RingSocket> {
+        &mut self.sessions
+    }
+
+    /// Runs the connection's session over what it received, then settles
+    /// its requests with the ring.
+    fn drive(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.sessions.conns.get(key) else {
+            return;
+        };
+        if !conn.stream.closing {
+            if let Some(outcome) = self.sessions.drive_once(key, now) {
+                return self.close(key, outcome, now);
+            }
+        }
+        self.settle_requests(key);
+    }
+
+    /// Ends the session. Its receive is cancelled; replies still queued go
+    /// out (a client that sent QUIT reads them) unless the connection
+    /// failed, for at most [`LINGER`]. The slot is released once every
+    /// request's completion is in.
+    fn close(&mut self, key: usize, outcome: Outcome, now: Instant) {
+        self.sessions.end(key, outcome);
+        let conn = &mut self.sessions.conns[key];
+        conn.timer_tick = self
+            .sessions
+            .wheel
+            .schedule(key, conn.generation, now + LINGER);
+        let socket = &mut conn.stream;
+        socket.closing = true;
+        let receiving = socket.recv_armed;
+        if matches!(outcome, Outcome::Reset | Outcome::Aborted | Outcome::Failed) {
+            socket.failed = true;
+        }
+        if receiving {
+            self.cancel(user_data(RECV, key));
+        }
+        self.stop_sending_if_failed(key);
+    }
+
+    fn settle(&mut self, key: usize) {
+        self.settle_requests(key);
+    }
+
+    fn cut_off(&mut self, key: usize) {
+        self.sessions.conns[key].stream.failed = true;
+        self.stop_sending_if_failed(key);
+    }
+
+    fn stop_listening(&mut self) {
+        for index in 0..self.listeners.len() {
+            // The socket stops listening once its accept request is gone.
+            self.listeners[index].socket = None;
+            if self.listeners[index].armed {
+                self.cancel(user_data(ACCEPT, index));
+            }
+        }
     }
 }
 
