@@ -42,6 +42,10 @@ const BUFFER_GROUP: u16 = 0;
 /// How long a closed session's last replies may take to leave.
 const LINGER: Duration = Duration::from_secs(10);
 
+/// Completions handled before the requests they produced are submitted
+/// without waiting for the end of the batch.
+const SUBMIT_EVERY: usize = 32;
+
 /// What a completion is for: the top byte of its user data.
 const ACCEPT: u64 = 1;
 const RECV: u64 = 2;
@@ -273,8 +277,13 @@ impl Worker {
             if cqes.is_empty() {
                 break;
             }
-            for &(data, result, flags) in &cqes {
+            for (i, &(data, result, flags)) in cqes.iter().enumerate() {
                 self.complete(data, result, flags, now);
+                if i % SUBMIT_EVERY == SUBMIT_EVERY - 1 {
+                    // Replies of the first connections of a large batch
+                    // leave before the batch is done.
+                    let _ = self.ring.submit();
+                }
             }
         }
         self.cqes = cqes;
