@@ -126,14 +126,12 @@ impl Worker {
             let _ = self.ring.submit_and_wait(1);
             self.reap(Instant::now());
         }
-        let buffers = self.buffers.take();
         if self.requests_in_flight() || !self.conns.is_empty() {
-            // The kernel may still write there: never free it.
+            // Drop leaks what the kernel may still write to.
             tracing::error!("io_uring requests still in flight at exit; leaking their buffers");
-            std::mem::forget(buffers);
-            std::mem::forget(std::mem::take(&mut self.wake_buf));
-            std::mem::forget(std::mem::take(&mut self.conns));
-        } else if let Some(buffers) = buffers {
+            return;
+        }
+        if let Some(buffers) = self.buffers.take() {
             if let Err(err) = buffers.unregister(&self.ring) {
                 tracing::warn!(error = %err, "unregistering the buffer pool failed");
             }
@@ -142,5 +140,19 @@ impl Worker {
 
     fn requests_in_flight(&self) -> bool {
         self.wake_armed || self.listeners.iter().any(|l| l.armed)
+    }
+}
+
+impl Drop for Worker {
+    /// A worker that did not finish cleanly (a panic, requests still in
+    /// flight) leaks the memory requests may point at instead of freeing
+    /// it under the kernel: the buffer pool, the wake-up buffer and the
+    /// connections' send buffers.
+    fn drop(&mut self) {
+        if let Some(buffers) = self.buffers.take() {
+            std::mem::forget(buffers);
+            std::mem::forget(std::mem::take(&mut self.wake_buf));
+            std::mem::forget(std::mem::take(&mut self.conns));
+        }
     }
 }
