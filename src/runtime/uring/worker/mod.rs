@@ -12,7 +12,7 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,8 @@ use crate::runtime::server::Shared;
 use crate::runtime::timer::{Entry, TimerWheel};
 use crate::spool::SpoolLink;
 
+mod ending;
+
 /// Submission slots; completions get four times as many.
 const RING_ENTRIES: u32 = 1024;
 /// Receive buffers in the pool, and their size. The pool bounds what is
@@ -42,6 +44,10 @@ const BUFFER_SIZE: usize = 16 << 10;
 const BUFFER_GROUP: u16 = 0;
 /// How long a closed session's last replies may take to leave.
 const LINGER: Duration = Duration::from_secs(10);
+
+/// Completions handled before the requests they produced are submitted
+/// without waiting for the end of the batch.
+const SUBMIT_EVERY: usize = 32;
 
 /// What a completion is for: the top byte of its user data.
 const ACCEPT: u64 = 1;
@@ -279,8 +285,13 @@ impl Worker {
             if cqes.is_empty() {
                 break;
             }
-            for &(data, result, flags) in &cqes {
+            for (i, &(data, result, flags)) in cqes.iter().enumerate() {
                 self.complete(data, result, flags, now);
+                if i % SUBMIT_EVERY == SUBMIT_EVERY - 1 {
+                    // Replies of the first connections of a large batch
+                    // leave before the batch is done.
+                    let _ = self.ring.submit();
+                }
             }
         }
         self.cqes = cqes;
@@ -477,53 +488,6 @@ impl Worker {
         self.push(entry);
     }
 
-    /// Ends the session. Its receive is cancelled; replies still queued go
-    /// out (a client that sent QUIT reads them) unless the connection
-    /// failed, for at most [`LINGER`]. The slot is released once every
-    /// request's completion is in.
-    fn close(&mut self, key: usize, outcome: Outcome, now: Instant) {
-        let conn = &mut self.conns[key];
-        conn.finish(&mut self.out);
-        conn.log_end(outcome, &mut self.metrics);
-        conn.timer_tick = self.wheel.schedule(key, conn.generation, now + LINGER);
-        let socket = &mut conn.stream;
-        socket.closing = true;
-        let receiving = socket.recv_armed;
-        if matches!(outcome, Outcome::Reset | Outcome::Aborted | Outcome::Failed) {
-            socket.failed = true;
-        }
-        if receiving {
-            self.cancel(user_data(RECV, key));
-        }
-        self.stop_sending_if_failed(key);
-    }
-
-    /// A closing connection that failed or lingered too long: drop what it
-    /// has not sent, cancelling the send in flight.
-    fn stop_sending_if_failed(&mut self, key: usize) {
-        let socket = &mut self.conns[key].stream;
-        if socket.failed && socket.send_in_flight {
-            self.cancel(user_data(SEND, key));
-        }
-        self.settle(key);
-    }
-
-    /// The kernel is done with the connection: close its descriptor through
-    /// the ring and free the slot.
-    fn release(&mut self, key: usize) {
-        let mut conn = self.conns.remove(key);
-        if let Some(fd) = conn.stream.take_fd() {
-            let entry = opcode::Close::new(Fd(fd.into_raw_fd()))
-                .build()
-                .user_data(user_data(IGNORE, 0));
-            self.push(entry);
-        }
-        self.shared.close_one();
-        if self.accept_blocked_until.take().is_some() {
-            tracing::debug!("a descriptor was freed; accepting again");
-        }
-    }
-
     /// Hands each spool outcome to its connection and resumes it.
     fn complete_spooled(&mut self, now: Instant) {
         while let Some(done) = self.link.try_complete() {
@@ -557,91 +521,6 @@ impl Worker {
                 self.close(entry.key, Outcome::TimedOut, now);
             }
         }
-    }
-
-    /// Shutdown: stop accepting, send idle sessions their 421, let the
-    /// others finish their transaction until the drain deadline. Returns
-    /// true once no connection is left.
-    fn drain(&mut self, now: Instant) -> bool {
-        let deadline = match self.drain_deadline {
-            Some(deadline) => deadline,
-            None => self.begin_drain(now),
-        };
-        if now >= deadline {
-            let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
-            for key in keys {
-                if self.conns[key].stream.closing {
-                    self.conns[key].stream.failed = true;
-                    self.stop_sending_if_failed(key);
-                } else {
-                    self.close(key, Outcome::Aborted, now);
-                }
-            }
-        }
-        self.conns.is_empty()
-    }
-
-    fn begin_drain(&mut self, now: Instant) -> Instant {
-        let deadline = now + self.shared.drain_timeout;
-        self.drain_deadline = Some(deadline);
-        for index in 0..self.listeners.len() {
-            // The socket stops listening once its accept request is gone.
-            self.listeners[index].socket = None;
-            if self.listeners[index].armed {
-                self.cancel(user_data(ACCEPT, index));
-            }
-        }
-        for key in self.open_keys() {
-            let conn = &mut self.conns[key];
-            if conn.session.shut_down(&mut self.out) {
-                self.close(key, Outcome::Shutdown, now);
-            } else if conn.flush(&mut self.out).is_err() {
-                self.close(key, Outcome::Reset, now);
-            } else {
-                self.settle(key);
-            }
-        }
-        deadline
-    }
-
-    /// Connections whose session is still running.
-    fn open_keys(&self) -> Vec<usize> {
-        self.conns
-            .iter()
-            .filter(|(_, conn)| !conn.stream.closing)
-            .map(|(key, _)| key)
-            .collect()
-    }
-
-    /// Cancels the wake-up read and waits for it and for the cancelled
-    /// accepts, so no request is left pointing at the worker's memory and
-    /// the listening sockets are closed when `run` returns; then
-    /// unregisters the buffer pool.
-    fn finish(mut self) {
-        if self.wake_armed {
-            self.cancel(user_data(WAKE, 0));
-        }
-        let give_up = Instant::now() + Duration::from_secs(5);
-        while self.requests_in_flight() && Instant::now() < give_up {
-            let _ = self.ring.submit_and_wait(1);
-            self.reap(Instant::now());
-        }
-        let buffers = self.buffers.take();
-        if self.requests_in_flight() || !self.conns.is_empty() {
-            // The kernel may still write there: never free it.
-            tracing::error!("io_uring requests still in flight at exit; leaking their buffers");
-            std::mem::forget(buffers);
-            std::mem::forget(std::mem::take(&mut self.wake_buf));
-            std::mem::forget(std::mem::take(&mut self.conns));
-        } else if let Some(buffers) = buffers {
-            if let Err(err) = buffers.unregister(&self.ring) {
-                tracing::warn!(error = %err, "unregistering the buffer pool failed");
-            }
-        }
-    }
-
-    fn requests_in_flight(&self) -> bool {
-        self.wake_armed || self.listeners.iter().any(|l| l.armed)
     }
 }
 
