@@ -115,8 +115,9 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        // SAFETY: the worker unregistered the group (or is dropping the ring
-        // itself) after every receive completed: no kernel access remains.
+        // SAFETY: dropped only after `unregister`, once every receive has
+        // completed, or before any receive was submitted (a worker failing
+        // to start); a worker that cannot vouch for that leaks the pool.
         unsafe {
             libc::munmap(self.descriptors.cast(), self.descriptors_len);
         }

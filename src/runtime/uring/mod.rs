@@ -7,8 +7,9 @@
 //! issuer), and the wake-ups. Parts: `ring` (set-up and probe), `bufring`
 //! (the provided-buffer pool), `socket` (a connection's octets between
 //! session and ring), `wake` (the eventfd a worker's ring reads), `worker`
-//! (the loop). This is the only place in mxgate with `unsafe`, each block
-//! with a `// SAFETY:` line naming who owns the memory until completion.
+//! (the loop; `worker/ending`: closing sessions, the drain, the exit).
+//! This is the only place in mxgate with `unsafe`, each block with a
+//! `// SAFETY:` line naming who owns the memory until completion.
 
 mod bufring;
 mod ring;

@@ -8,11 +8,12 @@
 //! connection's slot go only once the kernel has finished with its buffers.
 //! Everything else — feeding the session, the spool hand-off, deadlines,
 //! the drain — is shared with the epoll backend through [`Sessions`] and
-//! its [`Driver`] turns, over a [`RingSocket`].
+//! its [`Driver`] turns, over a [`RingSocket`]. Ending a connection and
+//! the worker is in `ending`.
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,8 @@ use crate::spool::SpoolLink;
 use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
+mod ending;
+
 /// Submission slots; completions get four times as many.
 const RING_ENTRIES: u32 = 1024;
 /// Receive buffers in the pool, and their size. The pool bounds what is
@@ -39,6 +42,10 @@ const BUFFER_SIZE: usize = 16 << 10;
 const BUFFER_GROUP: u16 = 0;
 /// How long a closed session's last replies may take to leave.
 const LINGER: Duration = Duration::from_secs(10);
+
+/// Completions handled before the requests they produced are submitted
+/// without waiting for the end of the batch.
+const SUBMIT_EVERY: usize = 32;
 
 /// What a completion is for: the top byte of its user data.
 const ACCEPT: u64 = 1;
@@ -259,8 +266,13 @@ impl Worker {
             if cqes.is_empty() {
                 break;
             }
-            for &(data, result, flags) in &cqes {
+            for (i, &(data, result, flags)) in cqes.iter().enumerate() {
                 self.complete(data, result, flags, now);
+                if i % SUBMIT_EVERY == SUBMIT_EVERY - 1 {
+                    // Replies of the first connections of a large batch
+                    // leave before the batch is done.
+                    let _ = self.ring.submit();
+                }
             }
         }
         self.cqes = cqes;
@@ -410,63 +422,6 @@ impl Worker {
             .user_data(user_data(IGNORE, 0));
         self.push(entry);
     }
-
-    /// A closing connection that failed or lingered too long: drop what it
-    /// has not sent, cancelling the send in flight.
-    fn stop_sending_if_failed(&mut self, key: usize) {
-        let socket = &mut self.sessions.conns[key].stream;
-        if socket.failed && socket.send_in_flight {
-            self.cancel(user_data(SEND, key));
-        }
-        self.settle_requests(key);
-    }
-
-    /// The kernel is done with the connection: close its descriptor through
-    /// the ring and free the slot.
-    fn release(&mut self, key: usize) {
-        let mut conn = self.sessions.conns.remove(key);
-        if let Some(fd) = conn.stream.take_fd() {
-            let entry = opcode::Close::new(Fd(fd.into_raw_fd()))
-                .build()
-                .user_data(user_data(IGNORE, 0));
-            self.push(entry);
-        }
-        self.sessions.shared.close_one();
-        if self.accept_blocked_until.take().is_some() {
-            tracing::debug!("a descriptor was freed; accepting again");
-        }
-    }
-
-    /// Cancels the wake-up read and waits for it and for the cancelled
-    /// accepts, so no request is left pointing at the worker's memory and
-    /// the listening sockets are closed when `run` returns; then
-    /// unregisters the buffer pool.
-    fn finish(mut self) {
-        if self.wake_armed {
-            self.cancel(user_data(WAKE, 0));
-        }
-        let give_up = Instant::now() + Duration::from_secs(5);
-        while self.requests_in_flight() && Instant::now() < give_up {
-            let _ = self.ring.submit_and_wait(1);
-            self.reap(Instant::now());
-        }
-        let buffers = self.buffers.take();
-        if self.requests_in_flight() || !self.sessions.conns.is_empty() {
-            // The kernel may still write there: never free it.
-            tracing::error!("io_uring requests still in flight at exit; leaking their buffers");
-            std::mem::forget(buffers);
-            std::mem::forget(std::mem::take(&mut self.wake_buf));
-            std::mem::forget(std::mem::take(&mut self.sessions.conns));
-        } else if let Some(buffers) = buffers {
-            if let Err(err) = buffers.unregister(&self.ring) {
-                tracing::warn!(error = %err, "unregistering the buffer pool failed");
-            }
-        }
-    }
-
-    fn requests_in_flight(&self) -> bool {
-        self.wake_armed || self.listeners.iter().any(|l| l.armed)
-    }
 }
 
 impl Driver for Worker {
@@ -490,27 +445,8 @@ impl Driver for Worker {
         self.settle_requests(key);
     }
 
-    /// Ends the session. Its receive is cancelled; replies still queued go
-    /// out (a client that sent QUIT reads them) unless the connection
-    /// failed, for at most [`LINGER`]. The slot is released once every
-    /// request's completion is in.
     fn close(&mut self, key: usize, outcome: Outcome, now: Instant) {
-        self.sessions.end(key, outcome);
-        let conn = &mut self.sessions.conns[key];
-        conn.timer_tick = self
-            .sessions
-            .wheel
-            .schedule(key, conn.generation, now + LINGER);
-        let socket = &mut conn.stream;
-        socket.closing = true;
-        let receiving = socket.recv_armed;
-        if matches!(outcome, Outcome::Reset | Outcome::Aborted | Outcome::Failed) {
-            socket.failed = true;
-        }
-        if receiving {
-            self.cancel(user_data(RECV, key));
-        }
-        self.stop_sending_if_failed(key);
+        self.close_session(key, outcome, now);
     }
 
     fn settle(&mut self, key: usize) {
