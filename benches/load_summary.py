@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Reads mxgate-load's --json output for benches/compare.sh.
+
+  load_summary.py row JSON WALL_SECS SERVER_CPU_SECS
+      prints one tab-separated row: messages/s, RCPT p99 µs, session p99 µs,
+      server CPU µs per message, errors
+  load_summary.py table TSV
+      TSV rows are "level server round <row>"; prints medians per (level,
+      server) and ratios against smtp-sink at the same level.
+
+The script times each run itself (wall clock), so only counts and
+percentiles are taken from the JSON. Keys are looked up by name anywhere in
+the document, so the extractor survives small layout changes.
+"""
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+
+def find(doc, key):
+    """First value stored under `key`, searching depth-first."""
+    if isinstance(doc, dict):
+        if key in doc:
+            return doc[key]
+        children = doc.values()
+    elif isinstance(doc, list):
+        children = doc
+    else:
+        return None
+    for child in children:
+        found = find(child, key)
+        if found is not None:
+            return found
+    return None
+
+
+def p99(doc, phase):
+    """The p99 (µs) of one phase, whether phases are a dict by name or a
+    list of {"phase"/"name": ...} objects."""
+    node = find(doc, phase)
+    if node is None:
+        for entry in find(doc, "phases") or []:
+            if isinstance(entry, dict) and phase in (entry.get("phase"), entry.get("name")):
+                node = entry
+    if not isinstance(node, dict):
+        return float("nan")
+    for key in ("p99", "p99_us", "p99_micros"):
+        if key in node:
+            return float(node[key])
+    return float("nan")
+
+
+def row(path, wall, cpu):
+    with open(path) as f:
+        doc = json.load(f)
+    accepted = find(doc, "messages_accepted")
+    if accepted is None:
+        raise SystemExit(f"{path}: no messages_accepted")
+    errors = sum(int(find(doc, k) or 0) for k in
+                 ("connect_errors", "timeouts", "io_errors", "protocol_errors"))
+    per_msg = float(cpu) * 1e6 / accepted if accepted else float("nan")
+    print(f"{accepted / float(wall):.1f}\t{p99(doc, 'rcpt'):.0f}\t"
+          f"{p99(doc, 'session'):.0f}\t{per_msg:.1f}\t{errors}")
+
+
+LABELS = {"sink": "smtp-sink", "mx-durable": "mxgate durable", "mx-discard": "mxgate discard"}
+
+
+def table(path):
+    cols = defaultdict(lambda: defaultdict(list))
+    order = []
+    for line in open(path):
+        level, server, _, rate, rcpt, sess, cpu, errors = line.rstrip("\n").split("\t")
+        if (level, server) not in order:
+            order.append((level, server))
+        c = cols[level, server]
+        for name, value in (("rate", rate), ("rcpt", rcpt), ("sess", sess),
+                            ("cpu", cpu), ("err", errors)):
+            c[name].append(float(value))
+    print(f"{'sessions':>8} {'server':<15} {'runs':>4} {'msgs/s':>8} {'ratio':>6} "
+          f"{'RCPT p99 µs':>11} {'session p99 µs':>14} {'srv CPU µs/msg':>14} {'errors':>6}")
+    peer = {}
+    for level, server in order:
+        c = cols[level, server]
+        med = {k: statistics.median(v) for k, v in c.items()}
+        peer.setdefault(level, med["rate"])
+        print(f"{level:>8} {LABELS.get(server, server):<15} {len(c['rate']):>4} "
+              f"{med['rate']:>8.0f} {med['rate'] / peer[level]:>6.2f} {med['rcpt']:>11.0f} "
+              f"{med['sess']:>14.0f} {med['cpu']:>14.1f} {sum(c['err']):>6.0f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "row":
+        row(*sys.argv[2:])
+    elif len(sys.argv) == 3 and sys.argv[1] == "table":
+        table(sys.argv[2])
+    else:
+        raise SystemExit(__doc__)
