@@ -121,6 +121,20 @@ servers_for() {
 
 # --- one smtp-source run ----------------------------------------------------
 
+# timed_client SERVER_PID OUT ERR COMMAND...: run_client under the wall clock
+# and the server's CPU clock; sets RUN_SECS and RUN_SERVER_CPU (seconds).
+timed_client() {
+    local pid=$1 t0 cpu0 rc=0
+    shift
+    cpu0=$(cpu_ticks "$pid")
+    t0=$(date +%s.%N)
+    run_client "$RUN_TIMEOUT" "$@" || rc=$?
+    RUN_SECS=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
+    RUN_SERVER_CPU=$(awk -v a="$cpu0" -v b="$(cpu_ticks "$pid")" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { print (b - a) / hz }')
+    return "$rc"
+}
+
 record_failure() { printf '%s\t%s\t%s\tfail\tfail\tfail\n' "$@" >>"$RESULTS"; }
 
 # run_source SCENARIO SERVER ROUND: one timed smtp-source run; appends a line
@@ -139,19 +153,10 @@ run_source() {
     cmd+=("127.0.0.1:$port")
 
     alive "$pid" || die "$(server_label "$server") died before round $round (log: $WORK/$server.log)"
-    local cpu0 t0 t1 cpu1 rc=0
-    cpu0=$(cpu_ticks "$pid")
-    t0=$(date +%s.%N)
+    local rc=0
     # /usr/bin/time: the client's own CPU (user+sys), to see who saturates.
-    # timeout outermost: it runs in its own process group and passes a
-    # signal (ours at cleanup, or its own at expiry) to the whole group.
-    timeout "$RUN_TIMEOUT" /usr/bin/time -f '%U %S' -o "$out.time" \
-        "${cmd[@]}" >"$out.out" 2>"$out.err" &
-    CLIENT_PID=$!
-    wait "$CLIENT_PID" || rc=$?
-    CLIENT_PID=""
-    t1=$(date +%s.%N)
-    cpu1=$(cpu_ticks "$pid")
+    timed_client "$pid" "$out.out" "$out.err" /usr/bin/time -f '%U %S' -o "$out.time" "${cmd[@]}" ||
+        rc=$?
 
     if [[ $rc != 0 ]]; then
         log "  $scenario/$(server_label "$server") round $round FAILED (status $rc): $(tail -n1 "$out.err")"
@@ -177,14 +182,11 @@ run_source() {
             return
         fi
     fi
-    local hz
-    hz=$(getconf CLK_TCK)
     awk -v s="$scenario" -v srv="$server" -v r="$round" -v n="$MESSAGES" \
-        -v t0="$t0" -v t1="$t1" -v c0="$cpu0" -v c1="$cpu1" -v hz="$hz" \
-        -v client="$(tail -n1 "$out.time")" \
+        -v secs="$RUN_SECS" -v server_cpu="$RUN_SERVER_CPU" -v client="$(tail -n1 "$out.time")" \
         'BEGIN { split(client, c, " ")
-                 printf "%s\t%s\t%d\t%.1f\t%.1f\t%.1f\n", s, srv, r, n / (t1 - t0),
-                        (c1 - c0) / hz * 1e6 / n, (c[1] + c[2]) * 1e6 / n }' \
+                 printf "%s\t%s\t%d\t%.1f\t%.1f\t%.1f\n", s, srv, r, n / secs,
+                        server_cpu * 1e6 / n, (c[1] + c[2]) * 1e6 / n }' \
         >>"$RESULTS"
     log "  $scenario/$(server_label "$server") round $round: $(tail -n1 "$RESULTS" | cut -f4)/s"
 }
@@ -261,27 +263,19 @@ run_load_section() {
 
 run_load() {
     local server=$1 level=$2 messages=$3 round=$4 results=$5
-    local json=$WORK/load-$server-$level-$round.json rc=0 t0 t1 cpu0 cpu1
+    local json=$WORK/load-$server-$level-$round.json rc=0
     local pid=${PID_OF[$server]}
     alive "$pid" || die "$(server_label "$server") died (log: $WORK/$server.log)"
-    cpu0=$(cpu_ticks "$pid")
-    t0=$(date +%s.%N)
-    timeout "$RUN_TIMEOUT" "$MXGATE_LOAD_BIN" --target "127.0.0.1:${PORT_OF[$server]}" \
-        --sessions "$level" --messages "$messages" --size "$SIZE" --json \
-        >"$json" 2>"$json.err" &
-    CLIENT_PID=$!
-    wait "$CLIENT_PID" || rc=$?
-    CLIENT_PID=""
-    t1=$(date +%s.%N)
-    cpu1=$(cpu_ticks "$pid")
+    timed_client "$pid" "$json" "$json.err" "$MXGATE_LOAD_BIN" \
+        --target "127.0.0.1:${PORT_OF[$server]}" --sessions "$level" --messages "$messages" \
+        --size "$SIZE" --json || rc=$?
     if [[ $rc != 0 ]]; then
         log "  load $level/$(server_label "$server") round $round FAILED (status $rc): $(tail -n1 "$json.err")"
         return
     fi
     [[ $server == mx-durable ]] && find "$WORK/spool/durable/new" -name '*.bsmtp' -delete
     local line
-    if ! line=$(python3 "$BENCH_DIR/load_summary.py" row "$json" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')" \
-        "$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$(getconf CLK_TCK)" 'BEGIN{print (b-a)/hz}')"); then
+    if ! line=$(python3 "$BENCH_DIR/load_summary.py" row "$json" "$RUN_SECS" "$RUN_SERVER_CPU"); then
         log "  load $level/$(server_label "$server") round $round: unreadable JSON ($json)"
         return
     fi

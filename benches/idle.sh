@@ -26,13 +26,9 @@ RESULTS=$WORK/idle.txt
 measure() {
     local name=$1 pid=$2 port=$3 line rc=0
     log "$name: opening $IDLE_SESSIONS idle sessions"
-    # The holder prints one key=value line. In the background, so that a
-    # signal to this script reaches the trap (and the holder) at once.
-    timeout 300 python3 "$BENCH_DIR/idle_hold.py" --target "127.0.0.1:$port" \
-        --pid "$pid" --sessions "$IDLE_SESSIONS" >"$WORK/$name.hold" &
-    CLIENT_PID=$!
-    wait "$CLIENT_PID" || rc=$?
-    CLIENT_PID=""
+    # The holder prints one key=value line.
+    run_client 300 "$WORK/$name.hold" /dev/stderr python3 "$BENCH_DIR/idle_hold.py" \
+        --target "127.0.0.1:$port" --pid "$pid" --sessions "$IDLE_SESSIONS" || rc=$?
     line=$(cat "$WORK/$name.hold")
     [[ -n $line ]] || die "$name: idle_hold.py gave no result (status $rc)"
     [[ $rc == 0 ]] || log "$name: not every session was held (status $rc): $line"

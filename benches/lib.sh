@@ -144,6 +144,21 @@ stop_server() {
     wait "$pid" 2>/dev/null || true
 }
 
+# run_client SECONDS OUT ERR COMMAND...: runs a client under `timeout`, in
+# the background so that a signal to this script reaches the trap (which
+# stops the client) at once. timeout puts itself in its own process group and
+# passes a signal, ours or its own at expiry, to the whole group. Returns the
+# client's status.
+run_client() {
+    local secs=$1 out=$2 err=$3 rc=0
+    shift 3
+    timeout "$secs" "$@" >"$out" 2>"$err" &
+    CLIENT_PID=$!
+    wait "$CLIENT_PID" || rc=$?
+    CLIENT_PID=""
+    return "$rc"
+}
+
 # CPU time (user+system, all threads) of a process, in clock ticks.
 cpu_ticks() {
     # Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
