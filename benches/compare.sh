@@ -266,7 +266,7 @@ run_load() {
     local json=$WORK/load-$server-$level-$round.json rc=0
     local pid=${PID_OF[$server]}
     alive "$pid" || die "$(server_label "$server") died (log: $WORK/$server.log)"
-    timed_client "$pid" "$json" "$json.err" "$MXGATE_LOAD_BIN" \
+    timed_client "$pid" "$json" "$json.err" /usr/bin/time -f '%U %S' -o "$json.time" "$MXGATE_LOAD_BIN" \
         --target "127.0.0.1:${PORT_OF[$server]}" --sessions "$level" --messages "$messages" \
         --size "$SIZE" --json || rc=$?
     if [[ $rc != 0 ]]; then
@@ -275,7 +275,8 @@ run_load() {
     fi
     [[ $server == mx-durable ]] && find "$WORK/spool/durable/new" -name '*.bsmtp' -delete
     local line
-    if ! line=$(python3 "$BENCH_DIR/load_summary.py" row "$json" "$RUN_SECS" "$RUN_SERVER_CPU"); then
+    if ! line=$(python3 "$BENCH_DIR/load_summary.py" row "$json" "$RUN_SECS" "$RUN_SERVER_CPU" \
+        "$(awk '{ print $1 + $2 }' "$json.time")"); then
         log "  load $level/$(server_label "$server") round $round: unreadable JSON ($json)"
         return
     fi
