@@ -296,7 +296,8 @@ main() {
     fi
 
     : >"$RESULTS"
-    local scenario round server
+    local scenario round server load_start
+    load_start=$(cut -d' ' -f1-3 /proc/loadavg)
     for scenario in $SCENARIOS; do
         log "scenario $scenario: $ROUNDS rounds of [$(servers_for "$scenario" | tr '\n' ' ')]"
         for ((round = 1; round <= ROUNDS; round++)); do
@@ -308,6 +309,7 @@ main() {
 
     echo "== mxgate vs smtp-sink, $(date -u '+%Y-%m-%d %H:%M UTC')"
     machine_summary
+    echo "load average at start: $load_start (the machine is shared: alternation and medians absorb some noise)"
     echo "driver: smtp-source -s $CONCURRENCY -m $MESSAGES -l $SIZE (one message or one RCPT per connection)"
     echo
     summarize
