@@ -1,1 +1,120 @@
-fn main() {}
+//! The `mxgate` server command: configuration, start-up and signals. Every
+//! decision lives in the library (`mxgate::config`, `mxgate::runtime`); this
+//! file only wires them to the process: exit status 2 with one line on bad
+//! input, SIGTERM/SIGINT drain and exit 0, SIGHUP reloads the table.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use mxgate::config::{Cli, Config, ConfigError};
+use mxgate::recipients::SharedTable;
+use mxgate::runtime::{limits, Server, ServerHandle};
+use mxgate::spool::{Spool, SpoolMode};
+
+/// A reason to stop, with the exit status.
+struct Fatal {
+    message: String,
+    status: u8,
+}
+
+impl From<ConfigError> for Fatal {
+    fn from(err: ConfigError) -> Fatal {
+        Fatal {
+            message: err.to_string(),
+            status: 2,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(fatal) => {
+            eprintln!("mxgate: {}", fatal.message);
+            ExitCode::from(fatal.status)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run() -> Result<(), Fatal> {
+    // Before the defaults are computed: max-sessions derives from it.
+    if let Err(err) = limits::raise_open_files_limit() {
+        tracing::warn!(error = %err, "could not raise the open-file limit");
+    }
+    let config = parse_command_line()?;
+    let table = Arc::new(SharedTable::new(config.load_table()?));
+    if config.spool_mode == SpoolMode::Discard {
+        tracing::warn!("SPOOL MODE DISCARD: every accepted message is DROPPED (benchmarks only)");
+    }
+    let spool = Spool::open(config.spool_config()).map_err(|err| Fatal {
+        message: err.to_string(),
+        status: 1,
+    })?;
+    let signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|err| Fatal {
+        message: format!("signal handlers: {err}"),
+        status: 1,
+    })?;
+    let server = Server::start(&config, table, spool).map_err(|err| Fatal {
+        message: err.to_string(),
+        status: 1,
+    })?;
+    tracing::info!(
+        listen = ?server.local_addrs(),
+        workers = config.workers,
+        max_sessions = config.max_sessions,
+        spool = %config.spool.display(),
+        "mxgate ready"
+    );
+    serve_signals(signals, &server, &config);
+    tracing::info!("draining sessions");
+    server.shutdown();
+    server.join();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `--help`/`--version` print and exit 0; any other problem is one line.
+fn parse_command_line() -> Result<Config, Fatal> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli.resolve()?),
+        Err(err) => match ConfigError::from(err) {
+            ConfigError::Usage {
+                exit_code: 0, full, ..
+            } => {
+                print!("{full}");
+                std::process::exit(0);
+            }
+            other => Err(other.into()),
+        },
+    }
+}
+
+/// Blocks until SIGTERM or SIGINT; reloads the table on SIGHUP.
+fn serve_signals(mut signals: Signals, server: &ServerHandle, config: &Config) {
+    for signal in signals.forever() {
+        if signal != SIGHUP {
+            return;
+        }
+        match config.load_table() {
+            Ok(table) => {
+                server.reload(table);
+                tracing::info!(file = %config.recipients.display(), "recipient table reloaded");
+            }
+            Err(err) => tracing::error!(error = %err, "reload failed; keeping the old table"),
+        }
+    }
+}

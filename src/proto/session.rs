@@ -1,10 +1,27 @@
-//! SKELETON — interface contract shared by the proto, spool and runtime work.
-//! Replace every `todo!()`; keep the public signatures (or change them in all
-//! users at once).
+//! The per-connection SMTP state machine (RFC 5321 server side, with
+//! PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8 and CHUNKING).
+//!
+//! Owns: the order of commands, the envelope, body bookkeeping (size limit,
+//! bare CR/LF verdict), which reply goes out when, and the timeout deadline.
+//! Does not own: sockets, clocks, files or the spool. The driver feeds bytes
+//! and the current time, writes out what lands in `out`, and reacts to the
+//! [`Event`]s (collect `Body` slices, spool on `MessageReady` and report with
+//! [`Session::spool_done`], close on `Close`).
+//!
+//! Invariants: replies are appended to `out` in command order (a message's
+//! queued/451 reply holds back everything after it: `feed` returns `Paused`
+//! until `spool_done`); the unconsumed tail a driver must keep is at most
+//! [`scan::MAX_LINE`] octets in every state; nothing is allocated per byte.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::recipients::Table;
+use crate::recipients::address::Path;
+use crate::recipients::{Lookup, Table};
+
+use super::command::{self, Command, MailParams};
+use super::reply::{self, Reply};
+use super::scan::{self, CrLfCheck, DataScanner, DataStep, Line};
 
 /// Per-listener settings a session needs. Shared by all sessions of a worker.
 #[derive(Debug, Clone)]
@@ -69,60 +86,427 @@ pub enum Event<'a> {
     Close,
 }
 
+/// Where the session is in the conversation.
+#[derive(Debug, Clone, Copy)]
+enum State {
+    /// Waiting for a command line.
+    Command,
+    /// Discarding an over-long command line up to its LF.
+    LongLine,
+    /// Inside a DATA body.
+    Data(DataScanner),
+    /// Inside an accepted BDAT chunk of `size` octets.
+    Chunk {
+        size: u64,
+        remaining: u64,
+        last: bool,
+    },
+    /// Discarding the octets of a refused BDAT chunk, then `reply`.
+    SkipChunk {
+        remaining: u64,
+        reply: Reply,
+    },
+    /// `MessageReady` was returned; waiting for `spool_done`.
+    Spooling,
+    Closed,
+}
+
 /// One SMTP server session.
-pub struct Session {}
+pub struct Session {
+    config: Arc<SessionConfig>,
+    state: State,
+    helo: Vec<u8>,
+    envelope: Envelope,
+    /// MAIL was accepted: a transaction is open.
+    mail_given: bool,
+    /// A RCPT was answered in this transaction (554 vs 503 at DATA).
+    rcpt_tried: bool,
+    /// Body octets received so far (wire form).
+    received: u64,
+    crlf: CrLfCheck,
+    last_active: Instant,
+    shutting_down: bool,
+}
 
 impl Session {
     /// A new session; call [`Session::greet`] first.
-    pub fn new(_config: std::sync::Arc<SessionConfig>, _now: Instant) -> Session {
-        todo!()
+    pub fn new(config: Arc<SessionConfig>, now: Instant) -> Session {
+        Session {
+            config,
+            state: State::Command,
+            helo: Vec::new(),
+            envelope: Envelope::default(),
+            mail_given: false,
+            rcpt_tried: false,
+            received: 0,
+            crlf: CrLfCheck::default(),
+            last_active: now,
+            shutting_down: false,
+        }
     }
 
     /// Writes the 220 greeting.
-    pub fn greet(&mut self, _out: &mut Vec<u8>) {
-        todo!()
+    pub fn greet(&mut self, out: &mut Vec<u8>) {
+        reply::write_greeting(&self.config.hostname, out);
     }
 
     /// Processes input up to the next event; replies go to `out`.
+    ///
+    /// Returns the octets consumed; the driver presents the rest again,
+    /// followed by new bytes (also after `Paused` and `spool_done`, even if
+    /// no new bytes arrived).
     pub fn feed<'a>(
         &mut self,
-        _input: &'a [u8],
-        _now: Instant,
-        _table: &Table,
-        _out: &mut Vec<u8>,
+        input: &'a [u8],
+        now: Instant,
+        table: &Table,
+        out: &mut Vec<u8>,
     ) -> (usize, Event<'a>) {
-        todo!()
+        self.last_active = now;
+        let mut pos = 0;
+        loop {
+            let rest = &input[pos..];
+            match self.state {
+                State::Closed => return (pos, Event::Close),
+                State::Spooling => return (pos, Event::Paused),
+                State::Command if self.shutting_down && !self.mail_given => {
+                    reply::write_shutting_down(&self.config.hostname, out);
+                    self.state = State::Closed;
+                }
+                State::Command => match scan::command_line(rest) {
+                    Line::Partial => return (pos, Event::NeedInput),
+                    Line::TooLong => {
+                        pos += scan::MAX_LINE;
+                        self.state = State::LongLine;
+                    }
+                    Line::Complete(n) => {
+                        pos += n;
+                        let line = scan::trim_line(&rest[..n]);
+                        if let Some(event) = self.command(line, table, out) {
+                            return (pos, event);
+                        }
+                    }
+                },
+                State::LongLine => match memchr::memchr(b'\n', rest) {
+                    None => return (input.len(), Event::NeedInput),
+                    Some(i) => {
+                        pos += i + 1;
+                        Reply::LineTooLong.write(out);
+                        self.state = State::Command;
+                    }
+                },
+                State::Data(mut scanner) => {
+                    let step = scanner.step(rest);
+                    self.state = State::Data(scanner);
+                    let (body, end) = match step {
+                        DataStep::NeedMore => return (pos, Event::NeedInput),
+                        DataStep::Body(n) => (n, None),
+                        DataStep::End { body, consumed } => (body, Some(consumed)),
+                    };
+                    if body > 0 {
+                        // The terminator, if any, is seen again next round.
+                        pos += body;
+                        if self.take_body(&rest[..body]) {
+                            return (pos, Event::Body(&rest[..body]));
+                        }
+                    } else if let Some(consumed) = end {
+                        pos += consumed;
+                        return (pos, self.end_of_body(out));
+                    }
+                }
+                State::Chunk {
+                    size,
+                    remaining,
+                    last,
+                } => {
+                    if remaining == 0 {
+                        if last {
+                            return (pos, self.end_of_body(out));
+                        }
+                        reply::write_chunk_received(size, out);
+                        self.state = State::Command;
+                        continue;
+                    }
+                    let Some(n) = chunk_part(rest, remaining) else {
+                        return (pos, Event::NeedInput);
+                    };
+                    pos += n;
+                    self.state = State::Chunk {
+                        size,
+                        remaining: remaining - n as u64,
+                        last,
+                    };
+                    if self.take_body(&rest[..n]) {
+                        return (pos, Event::Body(&rest[..n]));
+                    }
+                }
+                State::SkipChunk { remaining, reply } => {
+                    if remaining == 0 {
+                        reply.write(out);
+                        self.state = State::Command;
+                        continue;
+                    }
+                    let Some(n) = chunk_part(rest, remaining) else {
+                        return (pos, Event::NeedInput);
+                    };
+                    pos += n;
+                    self.state = State::SkipChunk {
+                        remaining: remaining - n as u64,
+                        reply,
+                    };
+                }
+            }
+        }
     }
 
     /// The envelope of the current message.
     pub fn envelope(&self) -> &Envelope {
-        todo!()
+        &self.envelope
     }
 
     /// The HELO/EHLO argument, as given (empty before one).
     pub fn helo(&self) -> &[u8] {
-        todo!()
+        &self.helo
     }
 
     /// Reports the spool outcome of the message after [`Event::MessageReady`]:
     /// `Some(id)` → `250 2.0.0 Ok: queued as <id>`, `None` → `451 4.3.0`.
-    pub fn spool_done(&mut self, _queue_id: Option<&str>, _out: &mut Vec<u8>) {
-        todo!()
+    /// Ignored at any other time.
+    pub fn spool_done(&mut self, queue_id: Option<&str>, out: &mut Vec<u8>) {
+        if !matches!(self.state, State::Spooling) {
+            return;
+        }
+        match queue_id {
+            Some(id) => reply::write_queued(id, out),
+            None => Reply::SpoolFailed.write(out),
+        }
+        self.reset_transaction();
     }
 
     /// When the session times out if no further input arrives.
     pub fn deadline(&self) -> Instant {
-        todo!()
+        let timeout = match self.state {
+            State::Data(_) | State::Chunk { .. } | State::SkipChunk { .. } => {
+                self.config.data_timeout
+            }
+            _ => self.config.command_timeout,
+        };
+        self.last_active + timeout
     }
 
     /// The deadline passed: writes `421 4.4.2 … timeout`; the driver closes.
-    pub fn time_out(&mut self, _out: &mut Vec<u8>) {
-        todo!()
+    pub fn time_out(&mut self, out: &mut Vec<u8>) {
+        if !matches!(self.state, State::Closed) {
+            reply::write_timeout(&self.config.hostname, out);
+            self.state = State::Closed;
+        }
     }
 
     /// Server shutdown. An idle session gets `421 4.3.2` and `true` (close
     /// now); one inside a transaction finishes it, then gets the 421.
-    pub fn shut_down(&mut self, _out: &mut Vec<u8>) -> bool {
-        todo!()
+    pub fn shut_down(&mut self, out: &mut Vec<u8>) -> bool {
+        self.shutting_down = true;
+        match self.state {
+            State::Closed => true,
+            State::Command | State::LongLine if !self.mail_given => {
+                reply::write_shutting_down(&self.config.hostname, out);
+                self.state = State::Closed;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Answers one command line; returns the event it raises, if any.
+    fn command(&mut self, line: &[u8], table: &Table, out: &mut Vec<u8>) -> Option<Event<'static>> {
+        let command = match command::parse(line) {
+            Ok(command) => command,
+            Err(e) => {
+                e.reply().write(out);
+                return None;
+            }
+        };
+        match command {
+            Command::Ehlo(name) | Command::Helo(name) => {
+                self.reset_transaction();
+                self.helo.clear();
+                self.helo.extend_from_slice(name);
+                match command {
+                    Command::Ehlo(_) => {
+                        let max = self.config.max_message_size;
+                        reply::write_ehlo(&self.config.hostname, max, out);
+                    }
+                    _ => reply::write_helo(&self.config.hostname, out),
+                }
+            }
+            Command::Mail { path, params } => self.mail(path, params).write(out),
+            Command::Rcpt(path) => self.rcpt(path, table, out),
+            Command::Data => match self.body_refusal(BodyKind::Data) {
+                Some(reply) => reply.write(out),
+                None => {
+                    Reply::StartData.write(out);
+                    self.state = State::Data(DataScanner::new());
+                    return Some(self.start_body(BodyKind::Data));
+                }
+            },
+            Command::Bdat { size, last } => {
+                if let Some(reply) = self.body_refusal(BodyKind::Bdat) {
+                    self.state = State::SkipChunk {
+                        remaining: size,
+                        reply,
+                    };
+                    return None;
+                }
+                let first = self.envelope.body_kind.is_none();
+                self.state = State::Chunk {
+                    size,
+                    remaining: size,
+                    last,
+                };
+                if first {
+                    return Some(self.start_body(BodyKind::Bdat));
+                }
+            }
+            Command::Rset => {
+                self.reset_transaction();
+                Reply::Ok.write(out);
+            }
+            Command::Noop => Reply::Ok.write(out),
+            Command::Vrfy => Reply::Vrfy.write(out),
+            Command::Expn => Reply::Expn.write(out),
+            Command::Help => Reply::Help.write(out),
+            Command::Quit => {
+                Reply::Bye.write(out);
+                self.state = State::Closed;
+                return Some(Event::Close);
+            }
+        }
+        None
+    }
+
+    fn mail(&mut self, path: Path<'_>, params: MailParams) -> Reply {
+        if self.helo.is_empty() {
+            return Reply::NeedHelo;
+        }
+        if self.envelope.body_kind.is_some() {
+            return Reply::InsideBdat;
+        }
+        if self.mail_given {
+            return Reply::NestedMail;
+        }
+        if params
+            .size
+            .is_some_and(|s| s > self.config.max_message_size as u64)
+        {
+            return Reply::DeclaredTooBig;
+        }
+        self.envelope.mail_from.clear();
+        self.envelope.mail_from.extend_from_slice(path_bytes(&path));
+        self.envelope.body_8bitmime = params.body_8bitmime;
+        self.envelope.smtputf8 = params.smtputf8;
+        self.mail_given = true;
+        Reply::SenderOk
+    }
+
+    fn rcpt(&mut self, path: Path<'_>, table: &Table, out: &mut Vec<u8>) {
+        if !self.mail_given {
+            return Reply::NeedMail.write(out);
+        }
+        if self.envelope.body_kind.is_some() {
+            return Reply::InsideBdat.write(out);
+        }
+        self.rcpt_tried = true;
+        if self.envelope.rcpts.len() >= self.config.max_recipients.max(100) {
+            return Reply::TooManyRecipients.write(out);
+        }
+        let verdict = match path {
+            Path::Null => return Reply::RecipientSyntax.write(out),
+            Path::Postmaster => Lookup::Accept,
+            Path::Mailbox { address, .. } => table.lookup(address),
+        };
+        let address = path_bytes(&path);
+        match verdict {
+            Lookup::Accept => {
+                self.envelope.rcpts.push(address.to_vec());
+                Reply::RecipientOk.write(out);
+            }
+            Lookup::UnknownUser => reply::write_unknown_user(address, out),
+            Lookup::RelayDenied => reply::write_relay_denied(address, out),
+        }
+    }
+
+    /// Why DATA or BDAT cannot send body octets now, if it cannot.
+    fn body_refusal(&self, kind: BodyKind) -> Option<Reply> {
+        if !self.mail_given {
+            Some(Reply::NeedMail)
+        } else if kind == BodyKind::Data && self.envelope.body_kind.is_some() {
+            Some(Reply::InsideBdat)
+        } else if self.envelope.rcpts.is_empty() && self.rcpt_tried {
+            Some(Reply::NoValidRecipients)
+        } else if self.envelope.rcpts.is_empty() {
+            Some(Reply::NeedRecipient)
+        } else {
+            None
+        }
+    }
+
+    fn start_body(&mut self, kind: BodyKind) -> Event<'static> {
+        self.envelope.body_kind = Some(kind);
+        self.received = 0;
+        self.crlf = CrLfCheck::default();
+        Event::Envelope
+    }
+
+    /// Accounts for body octets; true if they should go to the driver (the
+    /// message is still within its limit and free of bare CR/LF).
+    fn take_body(&mut self, body: &[u8]) -> bool {
+        self.received += body.len() as u64;
+        self.crlf.feed(body);
+        self.received <= self.config.max_message_size as u64 && !self.crlf.failed()
+    }
+
+    /// The body ended: refuse it, or hand it to the spool.
+    fn end_of_body(&mut self, out: &mut Vec<u8>) -> Event<'static> {
+        let bare = self.crlf.finish();
+        let refusal = if self.received > self.config.max_message_size as u64 {
+            Reply::MessageTooBig
+        } else if bare {
+            Reply::BareCrLf
+        } else {
+            self.state = State::Spooling;
+            return Event::MessageReady;
+        };
+        refusal.write(out);
+        self.reset_transaction();
+        Event::MessageDiscarded
+    }
+
+    fn reset_transaction(&mut self) {
+        self.envelope.mail_from.clear();
+        self.envelope.rcpts.clear();
+        self.envelope.body_8bitmime = false;
+        self.envelope.smtputf8 = false;
+        self.envelope.body_kind = None;
+        self.mail_given = false;
+        self.rcpt_tried = false;
+        self.state = State::Command;
+    }
+}
+
+/// How many octets of `rest` belong to a chunk with `remaining` octets left;
+/// `None` if there are none yet.
+fn chunk_part(rest: &[u8], remaining: u64) -> Option<usize> {
+    let n = rest
+        .len()
+        .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+    (n > 0).then_some(n)
+}
+
+/// A path as it goes into the envelope and replies.
+fn path_bytes<'a>(path: &Path<'a>) -> &'a [u8] {
+    match *path {
+        Path::Null => b"",
+        Path::Postmaster => b"Postmaster",
+        Path::Mailbox { address, .. } => address,
     }
 }

@@ -1,7 +1,26 @@
-//! SKELETON — interface contract. The recipient table: parsing the table file,
-//! RFC 5321 address syntax and normalisation, lookup, hot swap.
+//! The recipient table: parsing the table file, RFC 5321 address syntax,
+//! lookup, and hot swap of the loaded table while sessions run.
+//!
+//! A [`Table`] is immutable once built. Its memory is two compact indexes
+//! (see `index`): one of domains, one of local parts keyed by domain id, so
+//! 10 M entries take well under 32 bytes each. Lookups take the address
+//! bytes as received, fold ASCII case while hashing and comparing, and
+//! allocate nothing. It does not know about sessions: mapping a [`Lookup`]
+//! to a reply is `proto`'s job, and so is `<Postmaster>`.
 
 pub mod address;
+mod file;
+mod hash;
+mod index;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use address::{unquote, MAX_LOCAL_PART};
+use file::Entry;
+use hash::{derive, hash_folded};
+use index::{KeyIndex, Record, TooLarge};
 
 /// Answer of a table lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,32 +42,231 @@ pub struct TableOptions {
     pub delimiter: Option<u8>,
 }
 
-/// An immutable, loaded recipient table.
-pub struct Table {}
-
-impl Table {
-    /// Parses table text; errors name the line.
-    pub fn parse(_text: &[u8], _options: TableOptions) -> Result<Table, LoadError> {
-        todo!()
-    }
-    /// Reads and parses a table file.
-    pub fn load(_path: &std::path::Path, _options: TableOptions) -> Result<Table, LoadError> {
-        todo!()
-    }
-    /// Looks up a `local@domain` address (already syntax-checked); allocates nothing.
-    pub fn lookup(&self, _address: &[u8]) -> Lookup {
-        todo!()
+impl Default for TableOptions {
+    fn default() -> TableOptions {
+        TableOptions {
+            fold_local_case: true,
+            delimiter: Some(b'+'),
+        }
     }
 }
 
+/// An immutable, loaded recipient table.
+///
+/// Matching rules: domains compare ASCII-case-insensitively (address
+/// literals textually); local parts too unless
+/// [`TableOptions::fold_local_case`] is off; non-ASCII octets compare
+/// exactly. A quoted local part is matched by its content with
+/// quoted-pairs resolved, so `"Bob"@x` and `"b\ob"@x` are `bob@x`;
+/// content that is not a dot-atom (`"john smith"`) can only match a
+/// catch-all, as the table holds dot-atom local parts only.
+pub struct Table {
+    options: TableOptions,
+    /// Per-table random hash seed, so nobody can precompute collisions.
+    seed: u64,
+    /// Domain name → domain id.
+    domains: KeyIndex,
+    /// Catch-all flag by domain id.
+    catch_all: Vec<bool>,
+    /// Local part (value: its domain id).
+    locals: KeyIndex,
+    /// Distinct entries: addresses plus catch-alls.
+    entries: usize,
+}
+
+impl Table {
+    /// Parses table text; errors name the line.
+    pub fn parse(text: &[u8], options: TableOptions) -> Result<Table, LoadError> {
+        let lines = memchr::memchr_iter(b'\n', text).count() + 1;
+        let mut table = Table::with_capacity(options, lines);
+        table.locals.reserve_arena(text.len());
+        file::for_each_entry(text, |line, entry| table.add(line, entry))?;
+        table.locals.shrink_to_fit();
+        table.domains.shrink_to_fit();
+        table.catch_all.shrink_to_fit();
+        Ok(table)
+    }
+
+    /// Reads and parses a table file.
+    pub fn load(path: &std::path::Path, options: TableOptions) -> Result<Table, LoadError> {
+        let text = std::fs::read(path).map_err(|source| LoadError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Table::parse(&text, options)
+    }
+
+    /// Looks up a `local@domain` address (split at the last `@`; quoted
+    /// local parts allowed); allocates nothing and is safe for any bytes.
+    /// Tries `local+ext@domain`, then `local@domain`, then `@domain`.
+    pub fn lookup(&self, address: &[u8]) -> Lookup {
+        let Some(at) = memchr::memrchr(b'@', address) else {
+            return Lookup::RelayDenied;
+        };
+        let Some(domain) = self.domain_id(&address[at + 1..]) else {
+            return Lookup::RelayDenied;
+        };
+        let mut unquoted = [0u8; MAX_LOCAL_PART];
+        let local = match address.first() {
+            Some(b'"') => unquote(&address[..at], &mut unquoted),
+            _ => Some(&address[..at]),
+        };
+        if local.is_some_and(|local| self.has_mailbox(domain, local))
+            || self.catch_all[domain as usize]
+        {
+            Lookup::Accept
+        } else {
+            Lookup::UnknownUser
+        }
+    }
+
+    /// Number of distinct entries (addresses and catch-alls).
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// Heap bytes held by the table's indexes.
+    pub fn heap_bytes(&self) -> usize {
+        self.domains.heap_bytes() + self.locals.heap_bytes() + self.catch_all.capacity()
+    }
+
+    fn with_capacity(options: TableOptions, locals: usize) -> Table {
+        Table {
+            options,
+            seed: random_seed(),
+            domains: KeyIndex::with_capacity(0),
+            catch_all: Vec::new(),
+            locals: KeyIndex::with_capacity(locals),
+            entries: 0,
+        }
+    }
+
+    /// `local` exactly, or its base before the subaddress delimiter.
+    fn has_mailbox(&self, domain: u32, local: &[u8]) -> bool {
+        if self.find_local(domain, local).is_some() {
+            return true;
+        }
+        let base = self
+            .options
+            .delimiter
+            .and_then(|d| memchr::memchr(d, local));
+        base.is_some_and(|end| end > 0 && self.find_local(domain, &local[..end]).is_some())
+    }
+
+    fn domain_id(&self, domain: &[u8]) -> Option<u32> {
+        let found = self.domains.find(hash_folded(self.seed, domain), |r| {
+            r.key.eq_ignore_ascii_case(domain)
+        });
+        found.map(|r| r.value)
+    }
+
+    fn find_local(&self, domain: u32, local: &[u8]) -> Option<Record<'_>> {
+        let hash = hash_folded(derive(self.seed, domain), local);
+        let fold = self.options.fold_local_case;
+        let same = |key: &[u8]| {
+            if fold {
+                key.eq_ignore_ascii_case(local)
+            } else {
+                key == local
+            }
+        };
+        self.locals.find(hash, |r| r.value == domain && same(r.key))
+    }
+
+    /// Adds one table line's entry; duplicates are ignored.
+    fn add(&mut self, line: usize, entry: Entry) -> Result<(), LoadError> {
+        let too_large = |TooLarge| LoadError::Syntax {
+            line,
+            reason: "table too large".into(),
+        };
+        let domain = self.intern_domain(entry.domain).map_err(too_large)?;
+        let Some(local) = entry.local else {
+            let flag = &mut self.catch_all[domain as usize];
+            self.entries += usize::from(!*flag);
+            *flag = true;
+            return Ok(());
+        };
+        if self.find_local(domain, local).is_none() {
+            let seed = self.seed;
+            let hash = hash_folded(derive(seed, domain), local);
+            let rehash = |r: Record| hash_folded(derive(seed, r.value), r.key);
+            self.locals
+                .insert(hash, local, domain, rehash)
+                .map_err(too_large)?;
+            self.entries += 1;
+        }
+        Ok(())
+    }
+
+    /// The id of `domain`, adding it (as a local domain) if new.
+    fn intern_domain(&mut self, domain: &[u8]) -> Result<u32, TooLarge> {
+        if let Some(id) = self.domain_id(domain) {
+            return Ok(id);
+        }
+        let id = u32::try_from(self.catch_all.len()).map_err(|_| TooLarge)?;
+        let seed = self.seed;
+        let rehash = |r: Record| hash_folded(seed, r.key);
+        self.domains
+            .insert(hash_folded(seed, domain), domain, id, rehash)?;
+        self.catch_all.push(false);
+        Ok(id)
+    }
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("entries", &self.entries)
+            .field("domains", &self.domains.len())
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A fresh random seed per table, from std's randomly keyed hasher.
+fn random_seed() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0x6d78_6761_7465_u64)
+}
+
 /// A table that can be swapped while sessions run (arc-swap).
-pub struct SharedTable {}
+pub struct SharedTable {
+    current: ArcSwap<Table>,
+}
+
+impl SharedTable {
+    pub fn new(table: Table) -> SharedTable {
+        SharedTable {
+            current: ArcSwap::from_pointee(table),
+        }
+    }
+
+    /// The current table: one consistent snapshot, for a lookup or a session step.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Table>> {
+        self.current.load()
+    }
+
+    /// Replaces the table; holders of older snapshots keep theirs.
+    pub fn store(&self, table: Table) {
+        self.current.store(Arc::new(table));
+    }
+}
 
 /// A table file that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("line {line}: {reason}")]
     Syntax { line: usize, reason: String },
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,16 +1,56 @@
-//! SKELETON — interface contract. The durable BSMTP spool with group commit,
-//! run on its own threads; workers submit messages and are woken with the
-//! outcome.
+//! The durable BSMTP spool with group commit, run on its own threads: workers
+//! submit messages through a [`SpoolLink`] without blocking and are woken
+//! (their `notify`) once outcomes are queued for them.
+//!
+//! A message's `Ok(id)` completion means `SPOOL/new/<id>.bsmtp` is complete
+//! and durable (file and directory synced); an `Err` means nothing of it is
+//! in `new/`. The parts: `id` (queue ids), `date` (the Received line's date),
+//! `bsmtp` (the file format), `dir` (the directory and its preparation),
+//! `writer` (the threads and group commit), `link` (the worker hand-off),
+//! `gate` (a shutdown that loses nothing) and `stats` (counters).
+//!
+//! Lifecycle for a driver:
+//! 1. [`Spool::open`] prepares the directory and starts the threads.
+//! 2. [`Spool::link`] once per worker; move the link into the worker.
+//! 3. [`SpoolLink::submit`], then after each `notify` drain
+//!    [`SpoolLink::try_complete`] until `None`.
+//! 4. Let the workers finish their transactions, then [`Spool::shutdown`]
+//!    (or drop the spool): every message already submitted is committed and
+//!    reported, then the threads are joined. Submits after that complete at
+//!    once with [`SpoolError::Closed`].
 
+mod bsmtp;
+mod date;
+mod dir;
+mod gate;
+mod id;
+mod link;
+mod stats;
+mod writer;
+
+use std::io;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+pub use id::{QueueId, QueueIds, ID_LEN};
+pub use link::SpoolLink;
+pub use stats::SpoolStats;
 
 use crate::proto::Envelope;
+use dir::SpoolDir;
+use gate::Gate;
+use link::{Front, Work};
+use writer::{Shared, Writer};
 
 /// Durable (the default) or the benchmark-only discard mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpoolMode {
     Durable,
+    /// Completes every message at once with a fresh id and writes nothing.
     Discard,
 }
 
@@ -21,8 +61,36 @@ pub struct SpoolConfig {
     pub mode: SpoolMode,
     /// Our hostname, for the Received line.
     pub hostname: String,
-    /// Spool writer threads.
+    /// Spool writer threads (at least one is started in durable mode).
     pub threads: usize,
+}
+
+/// How a commit round makes its files durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncStrategy {
+    /// `fdatasync(2)` each file, back to back (the default: measured faster).
+    PerFile,
+    /// One `syncfs(2)` for the batch: also flushes whatever else is dirty on
+    /// the spool's file system.
+    FileSystem,
+}
+
+/// Knobs that only benchmarks and tests need to turn.
+#[derive(Debug, Clone, Copy)]
+pub struct SpoolTuning {
+    pub sync: SyncStrategy,
+    /// Most messages one round commits; a bigger backlog is left for the
+    /// next free thread.
+    pub max_batch: usize,
+}
+
+impl Default for SpoolTuning {
+    fn default() -> Self {
+        SpoolTuning {
+            sync: SyncStrategy::PerFile,
+            max_batch: 256,
+        }
+    }
 }
 
 /// One message to spool.
@@ -35,6 +103,7 @@ pub struct Message {
 }
 
 /// The outcome of one submitted message.
+#[derive(Debug)]
 pub struct Completion {
     /// The ticket given to [`SpoolLink::submit`].
     pub ticket: u64,
@@ -42,40 +111,143 @@ pub struct Completion {
     pub result: Result<String, SpoolError>,
 }
 
-/// The running spool.
-pub struct Spool {}
-
-impl Spool {
-    /// Creates `tmp/` and `new/`, clears stale `tmp/` files, starts threads.
-    pub fn open(_config: SpoolConfig) -> Result<Spool, SpoolError> {
-        todo!()
-    }
-    /// A link for one worker; `notify` is called (from a spool thread) after
-    /// completions are queued for it, e.g. to wake the worker's poll.
-    pub fn link(&self, _notify: Box<dyn Fn() + Send + Sync>) -> SpoolLink {
-        todo!()
-    }
-}
-
-/// One worker's channel pair to the spool.
-pub struct SpoolLink {}
-
-impl SpoolLink {
-    /// Queues a message; its [`Completion`] comes back with the same ticket.
-    pub fn submit(&self, _ticket: u64, _message: Message) {
-        todo!()
-    }
-    /// The next finished message, if any (never blocks).
-    pub fn try_complete(&self) -> Option<Completion> {
-        todo!()
-    }
-}
-
 /// Spool failures; any of them means 451 4.3.0 for the message.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     #[error("spool {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io { path: String, source: io::Error },
     #[error("spool is shut down")]
     Closed,
 }
+
+impl SpoolError {
+    /// The same error for another message of the batch (`io::Error` is not
+    /// `Clone`; the OS error code is kept).
+    fn duplicate(&self) -> SpoolError {
+        match self {
+            SpoolError::Io { path, source } => SpoolError::Io {
+                path: path.clone(),
+                source: match source.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(source.kind(), source.to_string()),
+                },
+            },
+            SpoolError::Closed => SpoolError::Closed,
+        }
+    }
+}
+
+/// The running spool. Dropping it is [`Spool::shutdown`].
+pub struct Spool {
+    front: Arc<Front>,
+    /// `None` in discard mode.
+    shared: Option<Arc<Shared>>,
+    jobs: Receiver<Work>,
+    threads: Vec<JoinHandle<()>>,
+    wanted_threads: usize,
+}
+
+impl Spool {
+    /// Creates `tmp/` and `new/`, clears stale `tmp/` files, starts threads.
+    /// Fails with the path and OS error when the directory is unusable.
+    pub fn open(config: SpoolConfig) -> Result<Spool, SpoolError> {
+        Spool::open_tuned(config, SpoolTuning::default())
+    }
+
+    /// [`Spool::open`] with non-default tuning.
+    pub fn open_tuned(config: SpoolConfig, tuning: SpoolTuning) -> Result<Spool, SpoolError> {
+        let mut spool = Spool::prepare(config, tuning)?;
+        spool.start()?;
+        Ok(spool)
+    }
+
+    /// Everything but the threads.
+    fn prepare(config: SpoolConfig, tuning: SpoolTuning) -> Result<Spool, SpoolError> {
+        let ids = Arc::new(QueueIds::new());
+        let shared = match config.mode {
+            SpoolMode::Discard => None,
+            SpoolMode::Durable => Some(Arc::new(Shared {
+                dir: SpoolDir::prepare(&config.dir)?,
+                ids: Arc::clone(&ids),
+                hostname: config.hostname,
+                sync: tuning.sync,
+                max_batch: tuning.max_batch.max(1),
+                counters: Default::default(),
+            })),
+        };
+        let (sender, jobs): (Sender<Work>, _) = crossbeam_channel::unbounded();
+        let front = Arc::new(Front {
+            mode: config.mode,
+            ids,
+            gate: Gate::default(),
+            jobs: sender,
+        });
+        Ok(Spool {
+            front,
+            shared,
+            jobs,
+            threads: Vec::new(),
+            wanted_threads: config.threads.max(1),
+        })
+    }
+
+    fn start(&mut self) -> Result<(), SpoolError> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        for n in 0..self.wanted_threads {
+            let writer = Writer::new(Arc::clone(shared), self.jobs.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("mxgate-spool-{n}"))
+                .spawn(move || writer.run())
+                .map_err(|source| SpoolError::Io {
+                    path: "(spool thread)".into(),
+                    source,
+                })?;
+            self.threads.push(thread);
+        }
+        Ok(())
+    }
+
+    /// A link for one worker; `notify` is called (from a spool thread, or
+    /// from `submit` itself when the outcome is immediate) after completions
+    /// are queued for it — once per batch, not per message — e.g. to wake
+    /// the worker's poll.
+    pub fn link(&self, notify: Box<dyn Fn() + Send + Sync>) -> SpoolLink {
+        SpoolLink::new(Arc::clone(&self.front), notify)
+    }
+
+    /// The counters so far (all zero in discard mode).
+    pub fn stats(&self) -> SpoolStats {
+        self.shared
+            .as_ref()
+            .map(|shared| shared.counters.snapshot())
+            .unwrap_or_default()
+    }
+
+    /// Refuses new messages, commits and reports every message already
+    /// submitted, and joins the threads. Blocks for at most one commit round
+    /// per thread plus the queued backlog.
+    pub fn shutdown(mut self) {
+        self.close();
+    }
+
+    fn close(&mut self) {
+        self.front.gate.close();
+        for _ in &self.threads {
+            let _ = self.front.jobs.send(Work::Stop);
+        }
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,223 @@
+//! Table tests for RFC 5321 path syntax.
+
+use super::*;
+
+fn mailbox(input: &str) -> (String, String, usize) {
+    match parse_path(input.as_bytes()) {
+        Ok((
+            Path::Mailbox {
+                local,
+                domain,
+                address,
+            },
+            used,
+        )) => {
+            assert_eq!(address.len(), local.len() + 1 + domain.len(), "{input}");
+            let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+            (text(local), text(domain), used)
+        }
+        other => panic!("{input}: {other:?}"),
+    }
+}
+
+#[test]
+fn accepts_mailboxes() {
+    let cases = [
+        ("<user@example.com>", "user", "example.com"),
+        ("<a.b+tag@sub.example.org>", "a.b+tag", "sub.example.org"),
+        ("<!#$%&'*+-/=?^_`{|}~@x>", "!#$%&'*+-/=?^_`{|}~", "x"),
+        (
+            "<\"john smith\"@example.com>",
+            "\"john smith\"",
+            "example.com",
+        ),
+        (
+            "<\"a\\\"b\\\\c\"@example.com>",
+            "\"a\\\"b\\\\c\"",
+            "example.com",
+        ),
+        ("<\"\"@example.com>", "\"\"", "example.com"),
+        (
+            "<@a.example,@b.example:user@c.example>",
+            "user",
+            "c.example",
+        ),
+        ("<@a.example:user@c.example>", "user", "c.example"),
+        ("<user@[192.0.2.1]>", "user", "[192.0.2.1]"),
+        ("<user@[IPv6:2001:db8::1]>", "user", "[IPv6:2001:db8::1]"),
+        (
+            "<user@[ipv6:::ffff:192.0.2.1]>",
+            "user",
+            "[ipv6:::ffff:192.0.2.1]",
+        ),
+        ("<user@[x-tag:anything]>", "user", "[x-tag:anything]"),
+        ("<jörg@bücher.example>", "jörg", "bücher.example"),
+        ("<\"jörg s\"@example.com>", "\"jörg s\"", "example.com"),
+        (
+            "<a-b@xn--bcher-kva.example>",
+            "a-b",
+            "xn--bcher-kva.example",
+        ),
+        ("<postmaster@example.com>", "postmaster", "example.com"),
+    ];
+    for (input, local, domain) in cases {
+        assert_eq!(
+            mailbox(input),
+            (local.into(), domain.into(), input.len()),
+            "{input}"
+        );
+    }
+}
+
+#[test]
+fn consumed_stops_after_the_closing_bracket() {
+    let (_, _, used) = mailbox("<a@b.example> SIZE=100");
+    assert_eq!(used, 13);
+    assert_eq!(parse_path(b"<> BODY=8BITMIME"), Ok((Path::Null, 2)));
+}
+
+#[test]
+fn null_and_postmaster() {
+    assert_eq!(parse_path(b"<>"), Ok((Path::Null, 2)));
+    for input in ["<Postmaster>", "<postmaster>", "<POSTMASTER>"] {
+        assert_eq!(
+            parse_path(input.as_bytes()),
+            Ok((Path::Postmaster, input.len()))
+        );
+    }
+    assert_eq!(
+        parse_path(b"<@a.example:Postmaster>"),
+        Err(AddressError::Syntax)
+    );
+    assert_eq!(parse_path(b"<user>"), Err(AddressError::Syntax));
+}
+
+#[test]
+fn rejects_garbage() {
+    let cases: &[&[u8]] = &[
+        b"",
+        b"<",
+        b"user@example.com",
+        b"<user@example.com",
+        b"< user@example.com>",
+        b"<user@example.com >",
+        b"<user @example.com>",
+        b"<@example.com>",
+        b"<user@>",
+        b"<user@@example.com>",
+        b"<.user@example.com>",
+        b"<user.@example.com>",
+        b"<us..er@example.com>",
+        b"<user@example..com>",
+        b"<user@.example.com>",
+        b"<user@example.com.>",
+        b"<user@-example.com>",
+        b"<user@example-.com>",
+        b"<user@exa_mple.com>",
+        b"<a@b@example.com>",
+        b"<\"unterminated@example.com>",
+        b"<\"bad\\\x01\"@example.com>",
+        b"<\"tab\there\"@example.com>",
+        b"<user@[192.0.2.256]>",
+        b"<user@[192.0.2]>",
+        b"<user@[1.2.3.4.5]>",
+        b"<user@[IPv6:2001:db8::g]>",
+        b"<user@[:x]>",
+        b"<user@[tag:]>",
+        b"<user@[192.0.2.1>",
+        b"<@a.example user@c.example>",
+        b"<@a.example,user@c.example>",
+        b"<@:user@c.example>",
+        b"<user@example.com\x00>",
+        b"<\xff\xfe@example.com>",
+        b"<user@\xc3>",
+        b"<<>>",
+    ];
+    for &input in cases {
+        assert_eq!(
+            parse_path(input),
+            Err(AddressError::Syntax),
+            "{:?}",
+            String::from_utf8_lossy(input)
+        );
+    }
+}
+
+#[test]
+fn length_limits() {
+    let local = |n| "l".repeat(n);
+    // Labels of 49 octets; the lengths used never end on a dot.
+    let domain = |n: usize| -> String {
+        (0..n)
+            .map(|i| if i % 50 == 49 { '.' } else { 'd' })
+            .collect()
+    };
+    let ok = format!("<{}@example.com>", local(64));
+    assert!(parse_path(ok.as_bytes()).is_ok());
+    let long_local = format!("<{}@example.com>", local(65));
+    assert_eq!(
+        parse_path(long_local.as_bytes()),
+        Err(AddressError::LocalPartTooLong)
+    );
+    let d255 = domain(255);
+    assert_eq!(d255.len(), 255);
+    assert!(is_domain(d255.as_bytes()));
+    let long_domain = format!("<a@{}>", domain(256));
+    assert_eq!(
+        parse_path(long_domain.as_bytes()),
+        Err(AddressError::DomainTooLong)
+    );
+    let path256 = format!("<{}@{}>", local(64), domain(189));
+    assert_eq!(path256.len(), 256);
+    assert!(parse_path(path256.as_bytes()).is_ok());
+    let path257 = format!("<{}@{}>", local(64), domain(190));
+    assert_eq!(
+        parse_path(path257.as_bytes()),
+        Err(AddressError::PathTooLong)
+    );
+    let long_label = format!("<a@{}.example>", "x".repeat(64));
+    assert_eq!(parse_path(long_label.as_bytes()), Err(AddressError::Syntax));
+}
+
+#[test]
+fn huge_input_is_refused_without_panic() {
+    let mut input = b"<".to_vec();
+    input.extend(std::iter::repeat(b'a').take(100_000));
+    input.extend(b"@example.com>");
+    assert_eq!(parse_path(&input), Err(AddressError::LocalPartTooLong));
+}
+
+#[test]
+fn every_prefix_and_every_byte_is_safe() {
+    let sample = b"<@a.example,@[192.0.2.1]:\"q\\\"x\"@[IPv6:2001:db8::1]>";
+    for end in 0..sample.len() {
+        let _ = parse_path(&sample[..end]);
+    }
+    for b in 0..=255u8 {
+        let mut input = sample.to_vec();
+        for i in 0..input.len() {
+            let saved = std::mem::replace(&mut input[i], b);
+            let _ = parse_path(&input);
+            input[i] = saved;
+        }
+    }
+}
+
+#[test]
+fn helpers() {
+    assert!(is_dot_string(b"a.b+c"));
+    assert!(!is_dot_string(b"a..b"));
+    assert!(!is_dot_string(b""));
+    assert!(is_domain(b"Example.COM"));
+    assert!(is_domain(b"[192.0.2.1]"));
+    assert!(!is_domain(b"example.com."));
+    let mut buf = [0u8; MAX_LOCAL_PART];
+    assert_eq!(unquote(b"\"jo\\hn\"", &mut buf), Some(&b"john"[..]));
+    assert_eq!(unquote(b"\"a b\"", &mut buf), Some(&b"a b"[..]));
+    assert_eq!(unquote(b"\"\"", &mut buf), Some(&b""[..]));
+    assert_eq!(unquote(b"john", &mut buf), None);
+    assert_eq!(unquote(b"\"a\"b\"", &mut buf), None);
+    assert_eq!(unquote(b"", &mut buf), None);
+    let long = format!("\"{}\"", "x".repeat(65));
+    assert_eq!(unquote(long.as_bytes(), &mut buf), None);
+}

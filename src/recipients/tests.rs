@@ -1,0 +1,234 @@
+//! Table tests for loading, lookup order, case rules and hot swap.
+
+use super::*;
+use Lookup::{Accept, RelayDenied, UnknownUser};
+
+const TEXT: &str = "\
+# the example from DESIGN.md
+alice@example.com
+bob@example.com    OK
+@example.org
+
+carol+lists@Example.NET
+Dave@example.net
+jörg@bücher.example
+x@[192.0.2.1]
+";
+
+fn table(options: TableOptions) -> Table {
+    Table::parse(TEXT.as_bytes(), options).unwrap()
+}
+
+fn check(table: &Table, cases: &[(&str, Lookup)]) {
+    for &(address, want) in cases {
+        assert_eq!(table.lookup(address.as_bytes()), want, "{address}");
+    }
+}
+
+#[test]
+fn default_options() {
+    let table = table(TableOptions::default());
+    assert_eq!(table.len(), 7);
+    assert!(!table.is_empty());
+    check(
+        &table,
+        &[
+            ("alice@example.com", Accept),
+            ("ALICE@EXAMPLE.COM", Accept),
+            ("bob@Example.Com", Accept),
+            ("carol@example.com", UnknownUser),
+            ("alice@example.net", UnknownUser),
+            ("anyone@example.org", Accept),
+            ("anyone+x@EXAMPLE.ORG", Accept),
+            ("alice@example.co", RelayDenied),
+            ("alice@sub.example.com", RelayDenied),
+            ("alice@elsewhere.test", RelayDenied),
+            ("jörg@bücher.example", Accept),
+            ("JÖRG@bücher.example", UnknownUser),
+            ("x@[192.0.2.1]", Accept),
+            ("y@[192.0.2.1]", UnknownUser),
+        ],
+    );
+}
+
+#[test]
+fn subaddress_order_exact_then_base_then_catch_all() {
+    let table = table(TableOptions::default());
+    check(
+        &table,
+        &[
+            ("alice+news@example.com", Accept),
+            ("alice+a+b@example.com", Accept),
+            ("Alice+News@example.com", Accept),
+            ("carol+lists@example.net", Accept),
+            ("carol@example.net", UnknownUser),
+            ("carol+other@example.net", UnknownUser),
+            ("dave+x@example.net", Accept),
+            ("+alice@example.com", UnknownUser),
+            ("mallory+alice@example.com", UnknownUser),
+        ],
+    );
+}
+
+#[test]
+fn options_change_case_and_delimiter() {
+    let exact = table(TableOptions {
+        fold_local_case: false,
+        delimiter: None,
+    });
+    check(
+        &exact,
+        &[
+            ("alice@EXAMPLE.com", Accept),
+            ("Alice@example.com", UnknownUser),
+            ("Dave@example.net", Accept),
+            ("dave@example.net", UnknownUser),
+            ("alice+news@example.com", UnknownUser),
+            ("carol+lists@example.net", Accept),
+        ],
+    );
+    let dash = table(TableOptions {
+        fold_local_case: true,
+        delimiter: Some(b'-'),
+    });
+    check(
+        &dash,
+        &[
+            ("alice-news@example.com", Accept),
+            ("alice+news@example.com", UnknownUser),
+        ],
+    );
+}
+
+#[test]
+fn quoted_local_parts_match_by_content() {
+    let table = table(TableOptions::default());
+    check(
+        &table,
+        &[
+            ("\"alice\"@example.com", Accept),
+            ("\"Al\\ice\"@example.com", Accept),
+            ("\"alice+tag\"@example.com", Accept),
+            ("\"alice smith\"@example.com", UnknownUser),
+            ("\"alice smith\"@example.org", Accept),
+            ("\"a@b\"@example.com", UnknownUser),
+            ("\"unterminated@example.com", UnknownUser),
+        ],
+    );
+}
+
+#[test]
+fn any_bytes_are_safe() {
+    let table = table(TableOptions::default());
+    let long = format!("{}@example.com", "a".repeat(10_000));
+    let cases: &[&[u8]] = &[
+        b"",
+        b"@",
+        b"@@",
+        b"alice",
+        b"alice@",
+        b"@example.com",
+        b"\xff@\xff",
+        long.as_bytes(),
+    ];
+    for &input in cases {
+        let _ = table.lookup(input);
+    }
+    assert_eq!(table.lookup(b"@example.com"), UnknownUser);
+    assert_eq!(table.lookup(b"@example.org"), Accept);
+    assert_eq!(table.lookup(b"alice"), RelayDenied);
+    assert_eq!(table.lookup(long.as_bytes()), UnknownUser);
+}
+
+#[test]
+fn duplicates_count_once_and_every_domain_is_local() {
+    let text = b"a@x.example\nA@X.EXAMPLE\n@y.example\n@Y.example\nb@z.example\n";
+    let table = Table::parse(text, TableOptions::default()).unwrap();
+    assert_eq!(table.len(), 3);
+    assert_eq!(table.lookup(b"nobody@z.example"), UnknownUser);
+    let empty = Table::parse(b"# nothing\n\n", TableOptions::default()).unwrap();
+    assert!(empty.is_empty());
+    assert_eq!(empty.lookup(b"a@x.example"), RelayDenied);
+}
+
+#[test]
+fn load_reports_line_numbers_and_io_errors() {
+    let err =
+        Table::parse(b"a@x.example\n\nnot-an-address\n", TableOptions::default()).unwrap_err();
+    assert!(matches!(err, LoadError::Syntax { line: 3, .. }), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("recipients");
+    let missing = Table::load(&path, TableOptions::default()).unwrap_err();
+    assert!(matches!(missing, LoadError::Io { .. }));
+    assert!(missing.to_string().starts_with(&path.display().to_string()));
+    std::fs::write(&path, TEXT).unwrap();
+    assert_eq!(
+        Table::load(&path, TableOptions::default()).unwrap().len(),
+        7
+    );
+}
+
+#[test]
+fn many_entries_across_many_domains() {
+    let mut text = String::new();
+    for i in 0..20_000 {
+        text.push_str(&format!("user{i}@domain{}.example\n", i % 300));
+    }
+    let table = Table::parse(text.as_bytes(), TableOptions::default()).unwrap();
+    assert_eq!(table.len(), 20_000);
+    for i in 0..20_000 {
+        let domain = i % 300;
+        assert_eq!(
+            table.lookup(format!("USER{i}@domain{domain}.example").as_bytes()),
+            Accept
+        );
+        let wrong = (domain + 1) % 300;
+        assert_eq!(
+            table.lookup(format!("user{i}@domain{wrong}.example").as_bytes()),
+            UnknownUser
+        );
+    }
+    assert_eq!(table.lookup(b"user1@domain300.example"), RelayDenied);
+}
+
+#[test]
+fn lookups_see_one_snapshot_while_another_thread_swaps() {
+    let first = || Table::parse(b"one@a.example\n@b.example\n", TableOptions::default()).unwrap();
+    let second = || Table::parse(b"two@a.example\n", TableOptions::default()).unwrap();
+    let shared = SharedTable::new(first());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let seen = std::thread::scope(|scope| {
+        let swapper = scope.spawn(|| {
+            for i in 0..2_000 {
+                shared.store(if i % 2 == 0 { second() } else { first() });
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let mut seen = [0usize; 2];
+        loop {
+            let done = stop.load(std::sync::atomic::Ordering::Relaxed);
+            let table = shared.load();
+            let one = table.lookup(b"one@a.example") == Accept;
+            let two = table.lookup(b"two@a.example") == Accept;
+            let b = table.lookup(b"x@b.example");
+            // Either wholly the first table or wholly the second.
+            let snapshot = if one {
+                [one, two, b == Accept]
+            } else {
+                [one, two, b == RelayDenied]
+            };
+            assert!(
+                snapshot == [true, false, true] || snapshot == [false, true, true],
+                "{snapshot:?}"
+            );
+            seen[usize::from(two)] += 1;
+            if done {
+                break;
+            }
+        }
+        swapper.join().unwrap();
+        seen
+    });
+    assert!(seen[0] + seen[1] > 0);
+    assert_eq!(shared.load().lookup(b"one@a.example"), Accept);
+}

@@ -1,0 +1,64 @@
+//! Listening sockets: one `SO_REUSEPORT` listener per worker and address, so
+//! the kernel spreads incoming connections over the workers and no accept
+//! queue is shared.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Binds `workers` listeners on each address. Port 0 is resolved by the
+/// first bind and reused by the others. Returns, per worker, its listeners,
+/// and the bound addresses in `addrs` order.
+pub fn bind_all(
+    addrs: &[SocketAddr],
+    workers: usize,
+    backlog: u32,
+) -> io::Result<(Vec<Vec<mio::net::TcpListener>>, Vec<SocketAddr>)> {
+    let mut per_worker: Vec<Vec<mio::net::TcpListener>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    let mut bound = Vec::with_capacity(addrs.len());
+    for &addr in addrs {
+        let mut actual = addr;
+        for listeners in per_worker.iter_mut() {
+            let listener = bind_one(actual, backlog)?;
+            actual = listener.local_addr()?;
+            listeners.push(listener);
+        }
+        bound.push(actual);
+    }
+    Ok((per_worker, bound))
+}
+
+fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<mio::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into()).map_err(|e| annotate(e, addr))?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(mio::net::TcpListener::from_std(socket.into()))
+}
+
+fn annotate(err: io::Error, addr: SocketAddr) -> io::Error {
+    io::Error::new(err.kind(), format!("bind {addr}: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_is_shared_by_all_workers() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (per_worker, bound) = bind_all(&[addr], 3, 16).unwrap();
+        assert_eq!(per_worker.len(), 3);
+        assert_ne!(bound[0].port(), 0);
+        for listeners in &per_worker {
+            assert_eq!(listeners[0].local_addr().unwrap(), bound[0]);
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The hand-off between the workers' event loops and the spool threads.
+//! [`SpoolLink`] is one worker's end: `submit` never blocks (an unbounded
+//! channel send; memory stays bounded because each session has at most one
+//! message in flight), and `try_complete` polls the worker's completion
+//! queue. The spool threads deliver into an [`Inbox`] and call its `notify`.
+//! Writing and syncing live in `writer`; this module only moves messages.
+
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::gate::Gate;
+use super::id::QueueIds;
+use super::{Completion, Message, SpoolError, SpoolMode};
+
+/// A message on its way to a spool thread, with where to report it.
+pub struct Job {
+    pub ticket: u64,
+    pub message: Message,
+    pub inbox: Arc<Inbox>,
+}
+
+/// What the spool threads receive.
+pub enum Work {
+    Job(Job),
+    /// Finish what is queued before this, then exit (one per thread).
+    Stop,
+}
+
+/// One worker's completion queue and wake-up.
+pub struct Inbox {
+    completions: Sender<Completion>,
+    notify: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Inbox {
+    /// Queues a completion; a worker that has gone away is ignored.
+    pub fn deliver(&self, completion: Completion) {
+        let _ = self.completions.send(completion);
+    }
+
+    /// Wakes the worker; call once after delivering a batch.
+    pub fn notify(&self) {
+        (self.notify)()
+    }
+}
+
+/// The submitting side shared by every link of one spool.
+pub struct Front {
+    pub mode: SpoolMode,
+    pub ids: Arc<QueueIds>,
+    pub gate: Gate,
+    pub jobs: Sender<Work>,
+}
+
+/// One worker's channel pair to the spool. `Send`, so it can move into the
+/// worker thread; it may outlive the [`super::Spool`] (later submits then
+/// complete at once with [`SpoolError::Closed`]).
+pub struct SpoolLink {
+    front: Arc<Front>,
+    inbox: Arc<Inbox>,
+    completions: Receiver<Completion>,
+}
+
+impl SpoolLink {
+    pub(super) fn new(front: Arc<Front>, notify: Box<dyn Fn() + Send + Sync>) -> SpoolLink {
+        let (sender, completions) = crossbeam_channel::unbounded();
+        let inbox = Arc::new(Inbox {
+            completions: sender,
+            notify,
+        });
+        SpoolLink {
+            front,
+            inbox,
+            completions,
+        }
+    }
+
+    /// Queues a message; its [`Completion`] comes back with the same ticket
+    /// and `notify` is called. Never blocks. In discard mode the completion
+    /// (a fresh id, nothing written) is queued before this returns.
+    pub fn submit(&self, ticket: u64, message: Message) {
+        if self.front.mode == SpoolMode::Discard {
+            let id = self.front.ids.next_id().to_string();
+            return self.complete_now(ticket, Ok(id));
+        }
+        if !self.front.gate.enter() {
+            return self.complete_now(ticket, Err(SpoolError::Closed));
+        }
+        let job = Job {
+            ticket,
+            message,
+            inbox: Arc::clone(&self.inbox),
+        };
+        let sent = self.front.jobs.send(Work::Job(job));
+        self.front.gate.leave();
+        if sent.is_err() {
+            self.complete_now(ticket, Err(SpoolError::Closed));
+        }
+    }
+
+    /// The next finished message, if any (never blocks).
+    pub fn try_complete(&self) -> Option<Completion> {
+        self.completions.try_recv().ok()
+    }
+
+    fn complete_now(&self, ticket: u64, result: Result<String, SpoolError>) {
+        self.inbox.deliver(Completion { ticket, result });
+        self.inbox.notify();
+    }
+}

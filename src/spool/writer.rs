@@ -1,0 +1,234 @@
+//! The spool threads and their group commit. Each thread takes every job
+//! waiting in the shared channel (up to a batch limit), then commits the
+//! batch in rounds that each touch the whole batch: write every file under
+//! `tmp/`, sync them all, rename them into `new/`, sync `new/` once, and only
+//! then deliver each outcome and wake each worker once. A failure at any
+//! step fails only the messages it touches: their files are removed and
+//! their completions are errors. Owns no file format (`bsmtp`) and no
+//! directory layout (`dir`).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::BufWriter;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crossbeam_channel::Receiver;
+
+use super::bsmtp::{Bsmtp, Trace};
+use super::date::rfc5322;
+use super::dir::{io_error, SpoolDir};
+use super::id::{QueueId, QueueIds};
+use super::link::{Inbox, Job, Work};
+use super::stats::Counters;
+use super::{Completion, SpoolError, SyncStrategy};
+
+/// Small messages go out in one `write(2)`; larger bodies bypass the buffer.
+const WRITE_BUFFER: usize = 16 * 1024;
+
+/// What every spool thread shares.
+pub struct Shared {
+    pub dir: SpoolDir,
+    pub ids: Arc<QueueIds>,
+    pub hostname: String,
+    pub sync: SyncStrategy,
+    pub max_batch: usize,
+    pub counters: Counters,
+}
+
+/// One spool thread's state.
+pub struct Writer {
+    shared: Arc<Shared>,
+    jobs: Receiver<Work>,
+    bsmtp: Bsmtp,
+}
+
+/// A message during its commit.
+struct Entry {
+    job: Job,
+    id: QueueId,
+    /// Open between writing and syncing.
+    file: Option<File>,
+    /// Set once a step fails; the message takes no further steps.
+    error: Option<SpoolError>,
+}
+
+impl Entry {
+    fn ok(&self) -> bool {
+        self.error.is_none()
+    }
+
+    /// Records the failure and removes what was written (best effort: the
+    /// error we report is the first one).
+    fn fail(&mut self, path: &Path, error: SpoolError) {
+        self.file = None;
+        let _ = fs::remove_file(path);
+        self.error.get_or_insert(error);
+    }
+}
+
+impl Writer {
+    pub fn new(shared: Arc<Shared>, jobs: Receiver<Work>) -> Writer {
+        Writer {
+            shared,
+            jobs,
+            bsmtp: Bsmtp::default(),
+        }
+    }
+
+    /// Commits batches until told to stop (or the channel is gone).
+    pub fn run(self) {
+        while let Ok(first) = self.jobs.recv() {
+            let (batch, stop) = self.gather(first);
+            if !batch.is_empty() {
+                self.commit(batch);
+            }
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// `first` plus whatever else is already waiting. Takes at most one
+    /// `Stop`, so each thread gets its own.
+    fn gather(&self, first: Work) -> (Vec<Job>, bool) {
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(work) = next {
+            match work {
+                Work::Stop => return (batch, true),
+                Work::Job(job) => batch.push(job),
+            }
+            if batch.len() >= self.shared.max_batch {
+                break;
+            }
+            next = self.jobs.try_recv().ok();
+        }
+        (batch, false)
+    }
+
+    fn commit(&self, batch: Vec<Job>) {
+        let started = Instant::now();
+        let date = rfc5322(SystemTime::now());
+        let mut entries: Vec<Entry> = batch
+            .into_iter()
+            .map(|job| self.write(job, &date))
+            .collect();
+        self.sync(&mut entries);
+        self.publish(&mut entries);
+        let committed = entries.iter().filter(|e| e.ok()).count() as u64;
+        let failed = entries.len() as u64 - committed;
+        let counters = &self.shared.counters;
+        counters.record_round(committed, failed, started.elapsed());
+        report(entries);
+    }
+
+    /// Writes one message to `tmp/`; the file stays open for the sync.
+    fn write(&self, job: Job, date: &str) -> Entry {
+        let id = self.shared.ids.next_id();
+        let mut entry = Entry {
+            job,
+            id,
+            file: None,
+            error: None,
+        };
+        let path = self.shared.dir.tmp_path(&id);
+        match self.write_file(&path, &entry, date) {
+            Ok(file) => entry.file = Some(file),
+            Err(error) => entry.fail(&path, io_error(&path)(error)),
+        }
+        entry
+    }
+
+    fn write_file(&self, path: &Path, entry: &Entry, date: &str) -> std::io::Result<File> {
+        let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+        let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
+        let trace = Trace {
+            id: entry.id.as_str(),
+            date,
+            hostname: &self.shared.hostname,
+        };
+        self.bsmtp.write(&mut out, &entry.job.message, &trace)?;
+        out.into_inner().map_err(|e| e.into_error())
+    }
+
+    /// Makes the written data durable, then closes the files.
+    fn sync(&self, entries: &mut [Entry]) {
+        match self.shared.sync {
+            SyncStrategy::PerFile => self.sync_each(entries),
+            SyncStrategy::FileSystem => self.sync_file_system(entries),
+        }
+        for entry in entries {
+            entry.file = None;
+        }
+    }
+
+    fn sync_each(&self, entries: &mut [Entry]) {
+        for entry in entries.iter_mut() {
+            let Some(file) = &entry.file else { continue };
+            if let Err(error) = file.sync_data() {
+                let path = self.shared.dir.tmp_path(&entry.id);
+                entry.fail(&path, io_error(&path)(error));
+            }
+        }
+    }
+
+    fn sync_file_system(&self, entries: &mut [Entry]) {
+        if entries.iter().any(Entry::ok) {
+            if let Err(error) = self.shared.dir.sync_file_system() {
+                self.fail_all(entries, |id| self.shared.dir.tmp_path(id), &error);
+            }
+        }
+    }
+
+    /// Renames the synced files into `new/`, then syncs `new/` once.
+    fn publish(&self, entries: &mut [Entry]) {
+        let dir = &self.shared.dir;
+        for entry in entries.iter_mut().filter(|e| e.ok()) {
+            let (from, to) = (dir.tmp_path(&entry.id), dir.new_path(&entry.id));
+            if let Err(error) = fs::rename(&from, &to) {
+                entry.fail(&from, io_error(&to)(error));
+            }
+        }
+        if entries.iter().any(Entry::ok) {
+            if let Err(error) = dir.sync_new() {
+                // Not durable, so not accepted: take the files back out.
+                self.fail_all(entries, |id| dir.new_path(id), &error);
+            }
+        }
+    }
+
+    /// Fails every entry still going, removing its file at `place(id)`.
+    fn fail_all(
+        &self,
+        entries: &mut [Entry],
+        place: impl Fn(&QueueId) -> std::path::PathBuf,
+        error: &SpoolError,
+    ) {
+        for entry in entries.iter_mut().filter(|e| e.ok()) {
+            entry.fail(&place(&entry.id), error.duplicate());
+        }
+    }
+}
+
+/// Delivers every outcome, then wakes each worker once.
+fn report(entries: Vec<Entry>) {
+    let mut woken: Vec<Arc<Inbox>> = Vec::new();
+    for entry in entries {
+        let result = match entry.error {
+            None => Ok(entry.id.to_string()),
+            Some(error) => Err(error),
+        };
+        let inbox = entry.job.inbox;
+        inbox.deliver(Completion {
+            ticket: entry.job.ticket,
+            result,
+        });
+        if !woken.iter().any(|seen| Arc::ptr_eq(seen, &inbox)) {
+            woken.push(inbox);
+        }
+    }
+    for inbox in woken {
+        inbox.notify();
+    }
+}

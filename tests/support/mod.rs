@@ -1,0 +1,336 @@
+//! Loopback test plumbing for the runtime tests: a server started in-process
+//! (or the real binary) on an ephemeral port with its own temporary table and
+//! spool, and a plain blocking `std::net::TcpStream` SMTP client whose every
+//! read has a timeout, so no test can hang.
+//!
+//! Owns test plumbing only; the assertions live in the test files.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mxgate::config;
+use mxgate::recipients::SharedTable;
+use mxgate::runtime::{Server, ServerHandle};
+use mxgate::spool::Spool;
+
+pub const HOST: &str = "mx.test";
+pub const TABLE: &str = "# test table\nalice@example.com\nbob@example.com OK\n@catchall.example\n";
+/// Longest any single reply may take to arrive.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A server running in this process, on its own temp dir.
+pub struct TestServer {
+    pub handle: Option<ServerHandle>,
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+}
+
+impl TestServer {
+    /// Starts a server with the test table, 2 workers and `extra` flags.
+    pub fn start(extra: &[&str]) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let table = dir.path().join("table.txt");
+        std::fs::write(&table, TABLE).expect("write table");
+        let args = base_args(dir.path(), extra);
+        let config = config::from_args(args).expect("test config");
+        let shared = Arc::new(SharedTable::new(config.load_table().expect("table")));
+        let spool = Spool::open(config.spool_config()).expect("spool");
+        let handle = Server::start(&config, shared, spool).expect("server starts");
+        let addr = handle.local_addr();
+        TestServer {
+            handle: Some(handle),
+            dir,
+            addr,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    /// Files in `spool/new/`, sorted by name.
+    pub fn spooled(&self) -> Vec<PathBuf> {
+        files_in(&self.spool_dir().join("new"))
+    }
+
+    /// Graceful shutdown and join.
+    pub fn stop(mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.shutdown();
+            handle.join();
+        }
+    }
+}
+
+/// The flags every test server gets, then `extra` (which may override).
+pub fn base_args(dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "mxgate".into(),
+        "--recipients".into(),
+        dir.join("table.txt").display().to_string(),
+        "--spool".into(),
+        dir.join("spool").display().to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--workers".into(),
+        "2".into(),
+        "--hostname".into(),
+        HOST.into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Regular files in `dir`, sorted; empty if it does not exist.
+pub fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
+        Err(_) => Vec::new(),
+    };
+    files.sort();
+    files
+}
+
+/// One SMTP reply: its code and its lines (without CRLF).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub code: u16,
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    pub fn last(&self) -> &str {
+        self.lines.last().map(String::as_str).unwrap_or("")
+    }
+}
+
+/// A blocking SMTP client with timeouts.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        Client::try_connect(addr).expect("connect")
+    }
+
+    /// `None` if nothing accepts the connection.
+    pub fn try_connect(addr: SocketAddr) -> Option<Client> {
+        let stream = TcpStream::connect_timeout(&addr, READ_TIMEOUT).ok()?;
+        stream
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .expect("read timeout");
+        stream
+            .set_write_timeout(Some(READ_TIMEOUT))
+            .expect("write timeout");
+        Some(Client {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        self.reader.get_ref()
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).expect("send");
+    }
+
+    /// Reads one (possibly multi-line) reply; panics on EOF or timeout.
+    pub fn reply(&mut self) -> Reply {
+        self.try_reply().expect("a reply before EOF")
+    }
+
+    /// Reads one reply; `None` at EOF.
+    pub fn try_reply(&mut self) -> Option<Reply> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = self
+                .reader
+                .read_line(&mut line)
+                .expect("read reply (timed out?)");
+            if n == 0 {
+                assert!(lines.is_empty(), "EOF inside a reply: {lines:?}");
+                return None;
+            }
+            let line = line.trim_end_matches(['\r', '\n']).to_string();
+            let code = line
+                .get(..3)
+                .and_then(|c| c.parse().ok())
+                .expect("reply code");
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line);
+            if last {
+                return Some(Reply { code, lines });
+            }
+        }
+    }
+
+    /// Reads a reply and checks its code; returns its last line.
+    pub fn expect(&mut self, code: u16) -> String {
+        let reply = self.reply();
+        assert_eq!(reply.code, code, "unexpected reply {:?}", reply.lines);
+        reply.last().to_string()
+    }
+
+    /// Sends one command line and checks the reply code.
+    pub fn cmd(&mut self, line: &str, code: u16) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.expect(code)
+    }
+
+    /// Banner and EHLO.
+    pub fn hello(&mut self) {
+        self.expect(220);
+        self.cmd("EHLO client.example", 250);
+    }
+
+    /// True if the server closes the connection without sending anything
+    /// more (a reset after close counts as closed).
+    pub fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => rest.is_empty(),
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+}
+
+/// The queue id in a `250 2.0.0 Ok: queued as <ID>` line.
+pub fn queue_id(line: &str) -> String {
+    let id = line.rsplit(' ').next().expect("an id");
+    assert!(line.contains("queued as"), "not a queued reply: {line}");
+    id.to_string()
+}
+
+/// Polls `done` every 20 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+/// The real `mxgate` binary, started on its own temp dir.
+pub struct BinServer {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl BinServer {
+    /// Starts the binary with the test table and waits until it listens.
+    /// The port is taken from its "mxgate ready" log line.
+    pub fn start(dir: tempfile::TempDir, extra: &[&str]) -> BinServer {
+        if !dir.path().join("table.txt").exists() {
+            std::fs::write(dir.path().join("table.txt"), TABLE).expect("write table");
+        }
+        let args = base_args(dir.path(), extra);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mxgate"))
+            .args(&args[1..])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mxgate");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let collector = std::thread::spawn(move || collect_log(stderr, tx));
+        let addr = rx
+            .recv_timeout(READ_TIMEOUT)
+            .expect("mxgate logged its address");
+        BinServer {
+            child,
+            dir,
+            addr,
+            stderr: Some(collector),
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, `KILL`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {name} failed");
+    }
+
+    /// Waits (bounded) for the process to exit; returns its status code and
+    /// everything it logged.
+    pub fn wait(mut self) -> (Option<i32>, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = self.child.kill();
+                panic!("mxgate did not exit within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let log = self
+            .stderr
+            .take()
+            .map(|t| t.join().unwrap_or_default())
+            .unwrap_or_default();
+        (status.code(), log)
+    }
+}
+
+impl Drop for BinServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads the server's stderr to the end; sends the listen address once the
+/// "mxgate ready" line shows it.
+fn collect_log(stderr: impl Read, ready: std::sync::mpsc::Sender<SocketAddr>) -> String {
+    let mut log = String::new();
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        if line.contains("mxgate ready") {
+            if let Some(addr) = listen_addr_in(&line) {
+                let _ = ready.send(addr);
+            }
+        }
+        log.push_str(&line);
+        log.push('\n');
+    }
+    log
+}
+
+/// The first `127.0.0.1:PORT` in a log line.
+fn listen_addr_in(line: &str) -> Option<SocketAddr> {
+    let start = line.find("127.0.0.1:")?;
+    let rest = &line[start..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
