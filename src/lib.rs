@@ -8,6 +8,7 @@
 //! `mxgate` binary: every test drives these modules directly or over TCP.
 
 pub mod config;
+pub mod load;
 pub mod proto;
 pub mod recipients;
 pub mod runtime;
