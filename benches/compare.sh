@@ -235,10 +235,11 @@ EOF
 }
 
 # --- mxgate-load (issue 4) --------------------------------------------------
-# Runs only when target/release/mxgate-load exists. Written against
-# DESIGN.md's flags: --target --sessions --messages --size --json. Each run's
-# JSON is kept in $WORK/load-*.json; the script times the run itself and
-# reads counts and RCPT/session p99 from the JSON (benches/load_summary.py).
+# Runs only when target/release/mxgate-load exists. Closed loop: LEVEL
+# sessions open at once, one message each (--messages 1), until
+# --sessions-total have run. Each run's JSON is kept in $WORK/load-*.json;
+# the script times the run itself (as for smtp-source) and reads counts and
+# RCPT/session p99 from the JSON (benches/load_summary.py).
 
 run_load_section() {
     if [[ ! -x $MXGATE_LOAD_BIN ]]; then
@@ -248,8 +249,9 @@ run_load_section() {
     local load_results=$WORK/load.tsv level round server
     : >"$load_results"
     for level in $LOAD_LEVELS; do
-        # At least one message per session, and never fewer than LOAD_MESSAGES.
-        local messages=$((level > LOAD_MESSAGES ? level : LOAD_MESSAGES))
+        # Sessions in all: LOAD_MESSAGES, and at least 3 per concurrent slot
+        # so that ramp-up and drain do not dominate.
+        local messages=$((3 * level > LOAD_MESSAGES ? 3 * level : LOAD_MESSAGES))
         for ((round = 1; round <= LOAD_ROUNDS; round++)); do
             for server in $(servers_for accept); do
                 run_load "$server" "$level" "$messages" "$round" "$load_results"
@@ -267,8 +269,8 @@ run_load() {
     local pid=${PID_OF[$server]}
     alive "$pid" || die "$(server_label "$server") died (log: $WORK/$server.log)"
     timed_client "$pid" "$json" "$json.err" /usr/bin/time -f '%U %S' -o "$json.time" "$MXGATE_LOAD_BIN" \
-        --target "127.0.0.1:${PORT_OF[$server]}" --sessions "$level" --messages "$messages" \
-        --size "$SIZE" --json || rc=$?
+        --target "127.0.0.1:${PORT_OF[$server]}" --sessions "$level" --messages 1 \
+        --sessions-total "$messages" --size "$SIZE" --json || rc=$?
     if [[ $rc != 0 ]]; then
         log "  load $level/$(server_label "$server") round $round FAILED (status $rc): $(tail -n1 "$json.err")"
         return

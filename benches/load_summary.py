@@ -8,9 +8,8 @@
       TSV rows are "level server round <row>"; prints medians per (level,
       server) and ratios against smtp-sink at the same level.
 
-The script times each run itself (wall clock), so only counts and
-percentiles are taken from the JSON. Keys are looked up by name anywhere in
-the document, so the extractor survives small layout changes.
+The script times each run itself (wall clock and CPU, as it does for
+smtp-source), so only counts and percentiles are taken from the JSON.
 """
 
 import json
@@ -19,47 +18,22 @@ import sys
 from collections import defaultdict
 
 
-def find(doc, key):
-    """First value stored under `key`, searching depth-first."""
-    if isinstance(doc, dict):
-        if key in doc:
-            return doc[key]
-        children = doc.values()
-    elif isinstance(doc, list):
-        children = doc
-    else:
-        return None
-    for child in children:
-        found = find(child, key)
-        if found is not None:
-            return found
-    return None
-
-
 def p99(doc, phase):
-    """The p99 (µs) of one phase, whether phases are a dict by name or a
-    list of {"phase"/"name": ...} objects."""
-    node = find(doc, phase)
-    if node is None:
-        for entry in find(doc, "phases") or []:
-            if isinstance(entry, dict) and phase in (entry.get("phase"), entry.get("name")):
-                node = entry
-    if not isinstance(node, dict):
-        return float("nan")
-    for key in ("p99", "p99_us", "p99_micros"):
-        if key in node:
-            return float(node[key])
+    """The p99 (µs) of one phase: mxgate-load writes "phases" as a list of
+    {"phase": name, "p50": ..., "p99": ...}."""
+    for entry in doc.get("phases", []):
+        if entry.get("phase") == phase and entry.get("count"):
+            return float(entry["p99"])
     return float("nan")
 
 
 def row(path, wall, cpu, client_cpu):
     with open(path) as f:
         doc = json.load(f)
-    accepted = find(doc, "messages_accepted")
-    if accepted is None:
-        raise SystemExit(f"{path}: no messages_accepted")
-    errors = sum(int(find(doc, k) or 0) for k in
-                 ("connect_errors", "timeouts", "io_errors", "protocol_errors"))
+    counts = doc["counts"]
+    accepted = counts["messages_accepted"]
+    errors = sum(counts[k] for k in ("connect_errors", "timeouts", "io_errors",
+                                     "protocol_errors", "messages_refused"))
     def per_msg(secs):
         return float(secs) * 1e6 / accepted if accepted else float("nan")
     print(f"{accepted / float(wall):.1f}\t{p99(doc, 'rcpt'):.0f}\t"
