@@ -23,15 +23,16 @@
 #
 # Settings (environment):
 #   PORT=25250         first port; servers use PORT .. PORT+3
-#   ROUNDS=5           rounds of A B C per scenario (medians over rounds)
-#   MESSAGES=20000     messages (= sessions) per smtp-source run
+#   ROUNDS=3           rounds of A B C per scenario (medians over rounds)
+#   MESSAGES=10000     messages (= sessions) per smtp-source run
 #   CONCURRENCY=200    smtp-source -s
 #   SIZE=1024          message payload bytes (smtp-source -l)
 #   SCENARIOS="accept reject"
 #   TABLE_SIZE=100000  users in the generated recipient table
 #   RUN_TIMEOUT=300    seconds before one client run counts as failed
 #   MXGATE_ARGS=""     extra mxgate flags (e.g. "--workers 2")
-#   LOAD_LEVELS="1 100 1000 10000"  LOAD_ROUNDS=3  LOAD_MESSAGES=20000
+#   LOAD_LEVELS="1 100 1000 10000"  LOAD_ROUNDS=3
+#   LOAD_MIN_SESSIONS=2000  sessions per mxgate-load run (at least 2 per slot)
 #   NO_BUILD=1         use the binaries as they are
 #   KEEP_WORK=1        keep logs and client output (path printed at exit)
 #   BENCH_TMP=/tmp     where scratch, table and spool live (a real disk)
@@ -40,17 +41,17 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 PORT=${PORT:-25250}
-ROUNDS=${ROUNDS:-5}
-MESSAGES=${MESSAGES:-20000}
+ROUNDS=${ROUNDS:-3}
+MESSAGES=${MESSAGES:-10000}
 CONCURRENCY=${CONCURRENCY:-200}
 SIZE=${SIZE:-1024}
 SCENARIOS=${SCENARIOS:-accept reject}
 TABLE_SIZE=${TABLE_SIZE:-100000}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 MXGATE_ARGS=${MXGATE_ARGS:-}
-LOAD_LEVELS=${LOAD_LEVELS:-1 100 1000 10000}
+LOAD_LEVELS=${LOAD_LEVELS-1 100 1000 10000} # empty: skip the section
 LOAD_ROUNDS=${LOAD_ROUNDS:-3}
-LOAD_MESSAGES=${LOAD_MESSAGES:-20000}
+LOAD_MIN_SESSIONS=${LOAD_MIN_SESSIONS:-2000}
 SINK_MAX_SESSIONS=19500 # smtp-sink -m: above the largest load level
 BACKLOG=4096
 
@@ -249,9 +250,9 @@ run_load_section() {
     local load_results=$WORK/load.tsv level round server
     : >"$load_results"
     for level in $LOAD_LEVELS; do
-        # Sessions in all: LOAD_MESSAGES, and at least 3 per concurrent slot
-        # so that ramp-up and drain do not dominate.
-        local messages=$((3 * level > LOAD_MESSAGES ? 3 * level : LOAD_MESSAGES))
+        # Sessions in all: LOAD_MIN_SESSIONS, and at least 2 per concurrent
+        # slot so that ramp-up and drain do not dominate.
+        local messages=$((2 * level > LOAD_MIN_SESSIONS ? 2 * level : LOAD_MIN_SESSIONS))
         for ((round = 1; round <= LOAD_ROUNDS; round++)); do
             for server in $(servers_for accept); do
                 run_load "$server" "$level" "$messages" "$round" "$load_results"
