@@ -36,6 +36,9 @@
 #   NO_BUILD=1         use the binaries as they are
 #   KEEP_WORK=1        keep logs and client output (path printed at exit)
 #   BENCH_TMP=/tmp     where scratch, table and spool live (a real disk)
+#   SPOOL_FS=loop|host the durable spool on a fresh loop-mounted journaled
+#                      ext4 (default when root) or on BENCH_TMP's file system
+#                      (see mount_spool_fs in lib.sh for why it matters)
 # Output: the tables on stdout, progress on stderr.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -64,7 +67,7 @@ RESULTS=$WORK/results.tsv
 start_all() {
     local spool_dir=$WORK/spool
     make_table "$WORK/recipients.txt" "$TABLE_SIZE"
-    mkdir -p "$spool_dir"
+    mount_spool_fs "$spool_dir"
 
     PORT_OF[sink]=$PORT
     start_server sink "$PORT" smtp-sink -u root -m "$SINK_MAX_SESSIONS" "127.0.0.1:$PORT" "$BACKLOG" ||
@@ -136,6 +139,12 @@ timed_client() {
     return "$rc"
 }
 
+# Messages in the durable spool's new/. They stay there until the end: on an
+# ext4 without a journal (this machine's), deleting thousands of files makes
+# the next creates slow (the inode allocator skips recently deleted inodes,
+# ext4 ialloc.c recently_deleted()), which would bill our cleanup to mxgate.
+spooled_count() { find "$WORK/spool/durable/new" -name '*.bsmtp' 2>/dev/null | wc -l; }
+
 record_failure() { printf '%s\t%s\t%s\tfail\tfail\tfail\n' "$@" >>"$RESULTS"; }
 
 # run_source SCENARIO SERVER ROUND: one timed smtp-source run; appends a line
@@ -154,7 +163,8 @@ run_source() {
     cmd+=("127.0.0.1:$port")
 
     alive "$pid" || die "$(server_label "$server") died before round $round (log: $WORK/$server.log)"
-    local rc=0
+    local rc=0 spooled_before
+    spooled_before=$(spooled_count)
     # /usr/bin/time: the client's own CPU (user+sys), to see who saturates.
     timed_client "$pid" "$out.out" "$out.err" /usr/bin/time -f '%U %S' -o "$out.time" "${cmd[@]}" ||
         rc=$?
@@ -174,9 +184,7 @@ run_source() {
         return
     fi
     if [[ $server == mx-durable && $scenario == accept ]]; then
-        local spooled
-        spooled=$(find "$WORK/spool/durable/new" -name '*.bsmtp' | wc -l)
-        find "$WORK/spool/durable/new" -name '*.bsmtp' -delete
+        local spooled=$(($(spooled_count) - spooled_before))
         if [[ $spooled != "$MESSAGES" ]]; then
             log "  mxgate durable round $round: $spooled files in new/ for $MESSAGES messages; not counted"
             record_failure "$scenario" "$server" "$round"
@@ -276,7 +284,6 @@ run_load() {
         log "  load $level/$(server_label "$server") round $round FAILED (status $rc): $(tail -n1 "$json.err")"
         return
     fi
-    [[ $server == mx-durable ]] && find "$WORK/spool/durable/new" -name '*.bsmtp' -delete
     local line
     if ! line=$(python3 "$BENCH_DIR/load_summary.py" row "$json" "$RUN_SECS" "$RUN_SERVER_CPU" \
         "$(awk '{ print $1 + $2 }' "$json.time")"); then

@@ -16,6 +16,7 @@ SERVER_PIDS=()   # every server we started, stopped by cleanup
 CLIENT_PID=""    # the load client running right now, if any
 STARTED_PID=""   # set by start_server
 MXGATE_PROBLEM="" # why the mxgate slots are skipped, if they are
+SPOOL_MOUNT=""    # the loop-mounted spool file system, if we made one
 
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -30,6 +31,7 @@ cleanup() {
         wait "$CLIENT_PID" 2>/dev/null || true
     fi
     for pid in "${SERVER_PIDS[@]}"; do stop_server "$pid"; done
+    if [[ -n $SPOOL_MOUNT ]]; then umount "$SPOOL_MOUNT" || umount -l "$SPOOL_MOUNT" || true; fi
     if [[ ${KEEP_WORK:-0} == 1 ]]; then
         log "kept scratch files in $WORK"
     else
@@ -63,6 +65,40 @@ build_mxgate() {
         MXGATE_PROBLEM="cargo build --release failed: $(grep -m1 '^error' "$WORK/build.log" || tail -n1 "$WORK/build.log")"
         log "$MXGATE_PROBLEM"
     fi
+}
+
+# mount_spool_fs DIR: where the durable spool lives. SPOOL_FS=loop (the
+# default when we are root and have mkfs.ext4 and a loop device): a fresh
+# journaled ext4 in a sparse image under $WORK, loop-mounted on DIR, as an MX
+# spool would have. SPOOL_FS=host: DIR on the host's own file system. Here
+# that is an ext4 *without* a journal, shared with busy neighbours: there
+# every create scans the inodes others deleted recently (ext4 ialloc.c,
+# recently_deleted()), which costs far more than mxgate itself. Sets
+# SPOOL_FS_DESC.
+mount_spool_fs() {
+    local dir=$1 mode=${SPOOL_FS:-auto}
+    mkdir -p "$dir"
+    if [[ $mode == auto ]]; then
+        mode=host
+        if [[ $EUID == 0 ]] && command -v mkfs.ext4 >/dev/null && losetup -f >/dev/null 2>&1; then
+            mode=loop
+        fi
+    fi
+    case $mode in
+    host) ;;
+    loop)
+        truncate -s "${SPOOL_FS_SIZE:-4G}" "$WORK/spool.img"
+        mkfs.ext4 -q -F "$WORK/spool.img"
+        mount -o loop "$WORK/spool.img" "$dir" || die "cannot loop-mount the spool image (try SPOOL_FS=host)"
+        SPOOL_MOUNT=$dir
+        ;;
+    *) die "SPOOL_FS must be loop or host, not '$mode'" ;;
+    esac
+    local dev journal="no journal"
+    dev=$(basename "$(findmnt -no SOURCE --target "$dir")")
+    # A journaled ext4 (jbd2) shows up as /proc/fs/jbd2/<device>-<inode>.
+    compgen -G "/proc/fs/jbd2/$dev-*" >/dev/null && journal="journal"
+    SPOOL_FS_DESC="$mode: $(findmnt -no FSTYPE,SOURCE --target "$dir" | tr -s ' '), $journal"
 }
 
 # The servers need about one descriptor per session: raise the soft limit to
@@ -169,5 +205,6 @@ cpu_ticks() {
 machine_summary() {
     echo "nproc: $(nproc); kernel: $(uname -r); load: $(cut -d' ' -f1-3 /proc/loadavg)"
     lscpu | grep -E '^(Model name|CPU\(s\)|Thread|Core|Hypervisor)' | sed 's/  */ /g'
-    echo "scratch/spool file system: $(df -T "$WORK" | awk 'NR==2{print $2" on "$1}')"
+    echo "scratch file system: $(df -T "$WORK" | awk 'NR==2{print $2" on "$1}')"
+    if [[ -n ${SPOOL_FS_DESC:-} ]]; then echo "durable spool file system: $SPOOL_FS_DESC"; fi
 }
