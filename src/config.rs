@@ -27,6 +27,12 @@ use crate::spool::{SpoolConfig, SpoolMode};
 /// Fewest recipients per transaction a server may limit to (RFC 5321 §4.5.3.1.8).
 pub const MIN_RECIPIENTS: usize = 100;
 
+/// Spool writer threads by default. With the spool's syncfs group commit
+/// one thread gathers the most messages per sync: 10,000 1,024-octet
+/// messages from 200 concurrent `smtp-source` sessions on the 2-core dev VM
+/// took 5.5 s with 1 thread, 10.6 s with 2, 11.7 s with 8.
+const DEFAULT_SPOOL_THREADS: usize = 1;
+
 /// Descriptors kept back from `--max-sessions`' default for listeners, the
 /// spool's files, the poll instances and the log.
 const RESERVED_FDS: u64 = 128;
@@ -277,7 +283,10 @@ impl Config {
             listen,
             spool: layer.spool.unwrap_or_else(|| PathBuf::from("./spool")),
             spool_mode: layer.spool_mode.unwrap_or(SpoolModeName::Durable).into(),
-            spool_threads: at_least_one("spool-threads", layer.spool_threads.unwrap_or(1))?,
+            spool_threads: at_least_one(
+                "spool-threads",
+                layer.spool_threads.unwrap_or(DEFAULT_SPOOL_THREADS),
+            )?,
             workers: at_least_one("workers", layer.workers.unwrap_or_else(online_cores))?,
             cores: layer.cores.unwrap_or_default(),
             backend: layer.backend.unwrap_or(Backend::Epoll),

@@ -202,9 +202,7 @@ fn bdat_chunks_are_spooled_dot_stuffed() {
 fn smuggle(server: &TestServer, fake: &[u8]) -> String {
     let mut c = server.client();
     c.hello();
-    c.cmd("MAIL FROM:<attacker@remote.example>", 250);
-    c.cmd("RCPT TO:<alice@example.com>", 250);
-    c.cmd("DATA", 354);
+    c.open_data("alice@example.com");
     let mut data = b"Subject: innocent\r\n\r\nhello".to_vec();
     data.extend_from_slice(fake);
     data.extend_from_slice(
@@ -260,9 +258,7 @@ fn oversize_message_is_read_to_the_end_then_refused() {
     let server = TestServer::start(&["--max-message-size", "2000"]);
     let mut c = server.client();
     c.hello();
-    c.cmd("MAIL FROM:<s@remote.example>", 250);
-    c.cmd("RCPT TO:<alice@example.com>", 250);
-    c.cmd("DATA", 354);
+    c.open_data("alice@example.com");
     let line = "x".repeat(98) + "\r\n";
     c.send(line.repeat(100).as_bytes());
     c.send(b".\r\n");
@@ -278,9 +274,7 @@ fn large_message_arrives_whole() {
     let server = TestServer::start(&[]);
     let mut c = server.client();
     c.hello();
-    c.cmd("MAIL FROM:<s@remote.example>", 250);
-    c.cmd("RCPT TO:<alice@example.com>", 250);
-    c.cmd("DATA", 354);
+    c.open_data("alice@example.com");
     let mut body = Vec::new();
     for n in 0..40_000 {
         body.extend_from_slice(format!("line {n:08} {}\r\n", "y".repeat(60)).as_bytes());
@@ -356,9 +350,7 @@ fn shutdown_sends_421_to_idle_sessions_and_finishes_transactions() {
     idle.hello();
     let mut busy = server.client();
     busy.hello();
-    busy.cmd("MAIL FROM:<s@remote.example>", 250);
-    busy.cmd("RCPT TO:<alice@example.com>", 250);
-    busy.cmd("DATA", 354);
+    busy.open_data("alice@example.com");
     busy.send(b"Subject: in flight\r\n\r\npart one\r\n");
     let handle = server.handle.as_ref().unwrap();
     handle.shutdown();
@@ -374,5 +366,92 @@ fn shutdown_sends_421_to_idle_sessions_and_finishes_transactions() {
         "still accepting after shutdown"
     );
     assert_eq!(server.spooled().len(), 1);
+    server.stop();
+}
+
+#[test]
+fn spool_failure_is_451_and_the_session_goes_on() {
+    let server = TestServer::start(&[]);
+    let new = server.spool_dir().join("new");
+    std::fs::remove_dir_all(&new).unwrap();
+    std::fs::write(&new, b"not a directory").unwrap();
+    let mut c = server.client();
+    c.hello();
+    c.open_data("alice@example.com");
+    c.send(b"Subject: doomed\r\n\r\nx\r\n.\r\n");
+    let failed = c.expect(451);
+    assert!(failed.starts_with("451 4.3.0"), "{failed}");
+    c.cmd("NOOP", 250);
+    c.cmd("QUIT", 221);
+    assert!(support::files_in(&server.spool_dir().join("tmp")).is_empty());
+    server.stop();
+}
+
+/// A client that pipelines far more than it reads: the server stops reading
+/// while its replies back up, loses nothing, and answers every command in
+/// order once the client reads.
+#[test]
+fn replies_back_up_without_loss_when_the_client_does_not_read() {
+    const COMMANDS: usize = 200_000;
+    let server = TestServer::start(&[]);
+    let mut c = server.client();
+    c.hello();
+    let mut writer = c.stream().try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        use std::io::Write;
+        let batch = "NOOP\r\n".repeat(1000);
+        for _ in 0..COMMANDS / 1000 {
+            writer.write_all(batch.as_bytes()).unwrap();
+        }
+        writer.write_all(b"QUIT\r\n").unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..COMMANDS {
+        c.expect(250);
+    }
+    c.expect(221);
+    assert!(c.closed());
+    sender.join().unwrap();
+    server.stop();
+}
+
+/// A small read buffer forces every path that holds input back: messages
+/// that end mid-read, pipelined commands behind a message at the spool,
+/// partial lines at read boundaries.
+#[test]
+fn tiny_read_buffer_delivers_many_pipelined_messages_intact() {
+    const MESSAGES: usize = 20;
+    let server = TestServer::start(&["--read-buffer", "4096"]);
+    let mut c = server.client();
+    c.hello();
+    let body = |n: usize| {
+        format!(
+            "Subject: {n}\r\n\r\n{}",
+            format!("msg {n} {}\r\n", "q".repeat(70)).repeat(40)
+        )
+    };
+    let mut batch = Vec::new();
+    for n in 0..MESSAGES {
+        let text = body(n);
+        batch.extend_from_slice(
+            format!("MAIL FROM:<s@remote.example>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n{text}.\r\n")
+                .as_bytes(),
+        );
+    }
+    batch.extend_from_slice(b"QUIT\r\n");
+    c.send(&batch);
+    for n in 0..MESSAGES {
+        for code in [250, 250, 354] {
+            c.expect(code);
+        }
+        let id = queue_id(&c.expect(250));
+        let file =
+            std::fs::read(server.spool_dir().join("new").join(format!("{id}.bsmtp"))).unwrap();
+        assert!(
+            file.ends_with(format!("\r\n{}.\r\n", body(n)).as_bytes()),
+            "message {n}"
+        );
+    }
+    c.expect(221);
     server.stop();
 }

@@ -8,6 +8,7 @@ mod common;
 use common::{assert_replies, run_every_split, Outcome, Run};
 
 const MAX: usize = 10_000;
+const TEN_MIB: usize = 10 << 20;
 
 fn check(input: &[u8], expected: &[&str]) -> Run {
     let run = run_every_split(input, MAX, true);
@@ -398,15 +399,7 @@ fn long_lines_are_500_and_the_session_goes_on() {
 #[test]
 fn ten_mib_line_keeps_memory_bounded() {
     let mut driver = common::Driver::new(MAX, true);
-    let piece = vec![b'A'; 64 * 1024];
-    for _ in 0..160 {
-        driver.read(&piece);
-        assert!(
-            driver.run.max_tail <= 1024,
-            "tail grew to {}",
-            driver.run.max_tail
-        );
-    }
+    driver.flood(TEN_MIB, common::MAX_TAIL);
     driver.read(b"\r\nNOOP\r\n");
     assert_replies(&driver.run, &[GREET, "500 5.5.2 ", "250 2.0.0 Ok"]);
     assert!(driver.run.max_tail <= common::MAX_TAIL);
@@ -530,4 +523,108 @@ fn over_capacity_reply() {
     let mut out = Vec::new();
     mxgate::proto::reply::write_over_capacity(common::HOST, &mut out);
     assert_eq!(out, b"421 4.3.2 mx.test Error: too many connections\r\n");
+}
+
+#[test]
+fn rset_between_bdat_chunks_discards_the_message() {
+    let run = check(
+        &session(b"MAIL FROM:<>\r\nRCPT TO:<bob@example.com>\r\nBDAT 2\r\nhiRSET\r\nBDAT 1 LAST\r\nxNOOP\r\n"),
+        &after_ehlo(&["250 2.1.0", "250 2.1.5", "250 2.0.0 Ok: 2", "250 2.0.0 Ok", "503 5.5.1 ", "250 2.0.0 Ok"]),
+    );
+    assert_eq!(run.messages.len(), 1);
+    assert_eq!(run.messages[0].outcome, Outcome::Discarded);
+}
+
+#[test]
+fn non_ascii_addresses_need_smtputf8() {
+    let run = check(
+        &session(
+            "MAIL FROM:<jörg@b.example>\r\nMAIL FROM:<>\r\nRCPT TO:<jörg@catchall.example>\r\nRSET\r\n\
+             MAIL FROM:<jörg@b.example> SMTPUTF8\r\nRCPT TO:<jörg@catchall.example>\r\n"
+                .as_bytes(),
+        ),
+        &after_ehlo(&["553 5.6.7 ", "250 2.1.0", "553 5.6.7 ", "250 2.0.0 Ok", "250 2.1.0", "250 2.1.5"]),
+    );
+    assert!(!run.closed);
+}
+
+/// Ten MiB without a line end inside DATA and inside a BDAT chunk: the
+/// driver never keeps more than a few octets, and the oversize message is
+/// refused after its end.
+#[test]
+fn ten_mib_bodies_keep_memory_bounded() {
+    for (start, end) in [
+        (&b"DATA\r\n"[..], &b"\r\n.\r\nNOOP\r\n"[..]),
+        (b"BDAT 10485760 LAST\r\n", b"NOOP\r\n"),
+    ] {
+        let mut driver = common::Driver::new(MAX, true);
+        driver.read(&session(b"MAIL FROM:<>\r\nRCPT TO:<alice@example.com>\r\n"));
+        driver.read(start);
+        driver.flood(TEN_MIB, 4);
+        driver.read(end);
+        let mut expected = after_ehlo(&[
+            "250 2.1.0",
+            "250 2.1.5",
+            "354 ",
+            "552 5.3.4 ",
+            "250 2.0.0 Ok",
+        ]);
+        if start.starts_with(b"BDAT") {
+            expected.retain(|line| !line.starts_with("354"));
+        }
+        assert_replies(&driver.run, &expected);
+        assert_eq!(driver.run.messages[0].outcome, Outcome::Discarded);
+    }
+}
+
+/// Reference for a DATA body: with a virtual CRLF before it, the first
+/// `\r\n.\r\n` ends it; returns the body and whether it holds a bare CR/LF.
+fn reference_body(text: &[u8]) -> Option<(&[u8], bool)> {
+    let virtual_start = [b"\r\n", text].concat();
+    let end = (0..virtual_start.len()).find(|&i| virtual_start[i..].starts_with(b"\r\n.\r\n"))?;
+    let body = &text[..end];
+    let bare = (0..body.len()).any(|i| match body[i] {
+        b'\r' => body.get(i + 1) != Some(&b'\n'),
+        b'\n' => i == 0 || body[i - 1] != b'\r',
+        _ => false,
+    });
+    Some((body, bare))
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+    /// Random bodies dense in dots, CRs and LFs, through the whole session
+    /// at random read boundaries: the message ends where the reference says,
+    /// with the same octets and the same bare CR/LF verdict.
+    #[test]
+    fn session_bodies_match_the_reference(
+        text in proptest::collection::vec(proptest::sample::select(&b"a.\r\n\x00"[..]), 0..64),
+        cuts in proptest::collection::vec(0usize..160, 0..6),
+    ) {
+        let head = session(b"MAIL FROM:<>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n");
+        let input = [&head[..], &text, b"\r\n.\r\n"].concat();
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(input.len())).collect();
+        cuts.sort_unstable();
+        let whole = common::run_cut(&input, &[], MAX, true);
+        let split = common::run_cut(&input, &cuts, MAX, true);
+        common::assert_same(&whole, &split, "random split");
+        let with_end = [&text[..], b"\r\n.\r\n"].concat();
+        let (body, bare) = reference_body(&with_end).expect("an end is always there");
+        let message = &whole.messages[0];
+        if bare {
+            proptest::prop_assert_eq!(&message.outcome, &Outcome::Discarded);
+        } else {
+            proptest::prop_assert_eq!(&message.outcome, &Outcome::Ready);
+            proptest::prop_assert_eq!(&message.body[..], body);
+        }
+    }
+}
+
+/// An idle session must stay small: the runtime budgets ≤ 1 KiB per idle
+/// connection, buffers included.
+#[test]
+fn a_session_is_a_small_struct() {
+    let size = std::mem::size_of::<mxgate::proto::Session>();
+    assert!(size <= 192, "Session is {size} octets");
 }

@@ -112,9 +112,11 @@ fn no_args(args: &[u8], command: Command<'static>) -> Result<Command<'static>, E
     }
 }
 
+/// The HELO/EHLO argument; it ends up in the Received line, so control
+/// octets (a bare CR above all) are refused.
 fn hello(args: &[u8]) -> Result<&[u8], Error> {
     let name = skip_spaces(args);
-    if name.is_empty() {
+    if name.is_empty() || name.iter().any(|b| b.is_ascii_control()) {
         Err(Error::Syntax(Reply::HeloSyntax))
     } else {
         Ok(name)
@@ -172,9 +174,10 @@ fn bdat(args: &[u8]) -> Result<Command<'_>, Error> {
     }
 }
 
-/// `args` after `word` (case-insensitive), with spaces after it skipped
+/// `args` after `word` (case-insensitive), with spaces around it skipped
 /// (`MAIL FROM: <x>` is common enough to tolerate).
 fn keyword<'a>(args: &'a [u8], word: &[u8]) -> Option<&'a [u8]> {
+    let args = skip_spaces(args);
     let head = args.get(..word.len())?;
     head.eq_ignore_ascii_case(word)
         .then(|| skip_spaces(&args[word.len()..]))

@@ -33,6 +33,8 @@ fn simple_verbs() {
         (b"HELO [192.0.2.1]", Ok(Command::Helo(b"[192.0.2.1]"))),
         (b"EHLO", Err(Error::Syntax(Reply::HeloSyntax))),
         (b"HELO ", Err(Error::Syntax(Reply::HeloSyntax))),
+        (b"EHLO a\rb", Err(Error::Syntax(Reply::HeloSyntax))),
+        (b"EHLO a\x00b", Err(Error::Syntax(Reply::HeloSyntax))),
         (b"", Err(Error::UnknownCommand)),
         (b"FOO", Err(Error::UnknownCommand)),
         (b"STARTTLS", Err(Error::UnknownCommand)),
@@ -101,6 +103,13 @@ fn mail_and_rcpt() {
         ),
         (
             b"MAIL FROM:<>",
+            Ok(Command::Mail {
+                path: Path::Null,
+                params: plain,
+            }),
+        ),
+        (
+            b"MAIL  FROM:<>",
             Ok(Command::Mail {
                 path: Path::Null,
                 params: plain,

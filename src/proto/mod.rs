@@ -9,5 +9,6 @@ pub mod command;
 pub mod reply;
 pub mod scan;
 pub mod session;
+mod transaction;
 
 pub use session::{BodyKind, Envelope, Event, Session, SessionConfig};

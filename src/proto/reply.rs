@@ -37,6 +37,7 @@ pub enum Reply {
     NoArguments,
     ParamSyntax,
     UnknownParam,
+    Utf8Undeclared,
     DeclaredTooBig,
     MessageTooBig,
     TooManyRecipients,
@@ -79,6 +80,9 @@ impl Reply {
             Reply::NoArguments => b"501 5.5.4 Syntax error: no arguments allowed\r\n",
             Reply::ParamSyntax => b"501 5.5.4 Syntax error in parameters\r\n",
             Reply::UnknownParam => b"555 5.5.4 Unsupported parameter\r\n",
+            Reply::Utf8Undeclared => {
+                b"553 5.6.7 Error: non-ASCII address requires MAIL FROM with SMTPUTF8\r\n"
+            }
             Reply::DeclaredTooBig => b"552 5.3.4 Message size exceeds fixed limit\r\n",
             Reply::MessageTooBig => {
                 b"552 5.3.4 Message size exceeds fixed limit; message refused\r\n"

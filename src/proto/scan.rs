@@ -60,7 +60,8 @@ pub fn trim_line(line: &[u8]) -> &[u8] {
 /// One step of DATA body scanning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataStep {
-    /// The first `len` octets are body; the rest may start the terminator.
+    /// The first `len` octets (never 0) are body; the rest may start the
+    /// terminator.
     Body(usize),
     /// The first `body` octets are body (ending in the CRLF that precedes
     /// the terminator); `consumed` octets include the terminator.

@@ -10,18 +10,20 @@
 //!
 //! Invariants: replies are appended to `out` in command order (a message's
 //! queued/451 reply holds back everything after it: `feed` returns `Paused`
-//! until `spool_done`); the unconsumed tail a driver must keep is at most
-//! [`scan::MAX_LINE`] octets in every state; nothing is allocated per byte.
+//! until `spool_done`); the unconsumed tail a driver must keep after
+//! `NeedInput` is under [`scan::MAX_LINE`] octets in every state, whatever
+//! the client sends (input that arrives while `Paused` is the driver's to
+//! hold or stop reading); nothing is allocated per byte.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::recipients::address::Path;
-use crate::recipients::{Lookup, Table};
+use crate::recipients::Table;
 
-use super::command::{self, Command, MailParams};
+use super::command::{self, Command};
 use super::reply::{self, Reply};
-use super::scan::{self, CrLfCheck, DataScanner, DataStep, Line};
+use super::scan::{self, DataScanner, DataStep, Line};
+use super::transaction::Transaction;
 
 /// Per-listener settings a session needs. Shared by all sessions of a worker.
 #[derive(Debug, Clone)]
@@ -77,8 +79,9 @@ pub enum Event<'a> {
     /// The body is complete and valid: spool it, then report with
     /// [`Session::spool_done`]. Until then `feed` returns [`Event::Paused`].
     MessageReady,
-    /// The body was refused (size, bare CR/LF); the reply is already
-    /// written. Drop what was collected.
+    /// The body was refused (size, bare CR/LF) or abandoned (RSET, HELO or
+    /// EHLO between BDAT chunks); the reply is already written. Drop what
+    /// was collected.
     MessageDiscarded,
     /// Waiting for [`Session::spool_done`]; nothing was consumed.
     Paused,
@@ -116,14 +119,7 @@ pub struct Session {
     config: Arc<SessionConfig>,
     state: State,
     helo: Vec<u8>,
-    envelope: Envelope,
-    /// MAIL was accepted: a transaction is open.
-    mail_given: bool,
-    /// A RCPT was answered in this transaction (554 vs 503 at DATA).
-    rcpt_tried: bool,
-    /// Body octets received so far (wire form).
-    received: u64,
-    crlf: CrLfCheck,
+    transaction: Transaction,
     last_active: Instant,
     shutting_down: bool,
 }
@@ -135,11 +131,7 @@ impl Session {
             config,
             state: State::Command,
             helo: Vec::new(),
-            envelope: Envelope::default(),
-            mail_given: false,
-            rcpt_tried: false,
-            received: 0,
-            crlf: CrLfCheck::default(),
+            transaction: Transaction::default(),
             last_active: now,
             shutting_down: false,
         }
@@ -169,7 +161,7 @@ impl Session {
             match self.state {
                 State::Closed => return (pos, Event::Close),
                 State::Spooling => return (pos, Event::Paused),
-                State::Command if self.shutting_down && !self.mail_given => {
+                State::Command if self.shutting_down && !self.transaction.is_open() => {
                     reply::write_shutting_down(&self.config.hostname, out);
                     self.state = State::Closed;
                 }
@@ -206,7 +198,7 @@ impl Session {
                     if body > 0 {
                         // The terminator, if any, is seen again next round.
                         pos += body;
-                        if self.take_body(&rest[..body]) {
+                        if self.transaction.take_body(&rest[..body], &self.config) {
                             return (pos, Event::Body(&rest[..body]));
                         }
                     } else if let Some(consumed) = end {
@@ -236,7 +228,7 @@ impl Session {
                         remaining: remaining - n as u64,
                         last,
                     };
-                    if self.take_body(&rest[..n]) {
+                    if self.transaction.take_body(&rest[..n], &self.config) {
                         return (pos, Event::Body(&rest[..n]));
                     }
                 }
@@ -261,7 +253,7 @@ impl Session {
 
     /// The envelope of the current message.
     pub fn envelope(&self) -> &Envelope {
-        &self.envelope
+        &self.transaction.envelope
     }
 
     /// The HELO/EHLO argument, as given (empty before one).
@@ -308,7 +300,7 @@ impl Session {
         self.shutting_down = true;
         match self.state {
             State::Closed => true,
-            State::Command | State::LongLine if !self.mail_given => {
+            State::Command | State::LongLine if !self.transaction.is_open() => {
                 reply::write_shutting_down(&self.config.hostname, out);
                 self.state = State::Closed;
                 true
@@ -328,7 +320,7 @@ impl Session {
         };
         match command {
             Command::Ehlo(name) | Command::Helo(name) => {
-                self.reset_transaction();
+                let aborted = self.abort_transaction();
                 self.helo.clear();
                 self.helo.extend_from_slice(name);
                 match command {
@@ -338,38 +330,45 @@ impl Session {
                     }
                     _ => reply::write_helo(&self.config.hostname, out),
                 }
+                return aborted;
             }
-            Command::Mail { path, params } => self.mail(path, params).write(out),
-            Command::Rcpt(path) => self.rcpt(path, table, out),
-            Command::Data => match self.body_refusal(BodyKind::Data) {
+            Command::Mail { .. } if self.helo.is_empty() => Reply::NeedHelo.write(out),
+            Command::Mail { path, params } => {
+                self.transaction.mail(path, params, &self.config).write(out)
+            }
+            Command::Rcpt(path) => self.transaction.rcpt(path, table, &self.config, out),
+            Command::Data => match self.transaction.body_refusal(BodyKind::Data) {
                 Some(reply) => reply.write(out),
                 None => {
                     Reply::StartData.write(out);
                     self.state = State::Data(DataScanner::new());
-                    return Some(self.start_body(BodyKind::Data));
+                    self.transaction.start_body(BodyKind::Data);
+                    return Some(Event::Envelope);
                 }
             },
             Command::Bdat { size, last } => {
-                if let Some(reply) = self.body_refusal(BodyKind::Bdat) {
+                if let Some(reply) = self.transaction.body_refusal(BodyKind::Bdat) {
                     self.state = State::SkipChunk {
                         remaining: size,
                         reply,
                     };
                     return None;
                 }
-                let first = self.envelope.body_kind.is_none();
+                let first = !self.transaction.in_body();
                 self.state = State::Chunk {
                     size,
                     remaining: size,
                     last,
                 };
                 if first {
-                    return Some(self.start_body(BodyKind::Bdat));
+                    self.transaction.start_body(BodyKind::Bdat);
+                    return Some(Event::Envelope);
                 }
             }
             Command::Rset => {
-                self.reset_transaction();
+                let aborted = self.abort_transaction();
                 Reply::Ok.write(out);
+                return aborted;
             }
             Command::Noop => Reply::Ok.write(out),
             Command::Vrfy => Reply::Vrfy.write(out),
@@ -384,111 +383,31 @@ impl Session {
         None
     }
 
-    fn mail(&mut self, path: Path<'_>, params: MailParams) -> Reply {
-        if self.helo.is_empty() {
-            return Reply::NeedHelo;
-        }
-        if self.envelope.body_kind.is_some() {
-            return Reply::InsideBdat;
-        }
-        if self.mail_given {
-            return Reply::NestedMail;
-        }
-        if params
-            .size
-            .is_some_and(|s| s > self.config.max_message_size as u64)
-        {
-            return Reply::DeclaredTooBig;
-        }
-        self.envelope.mail_from.clear();
-        self.envelope.mail_from.extend_from_slice(path_bytes(&path));
-        self.envelope.body_8bitmime = params.body_8bitmime;
-        self.envelope.smtputf8 = params.smtputf8;
-        self.mail_given = true;
-        Reply::SenderOk
-    }
-
-    fn rcpt(&mut self, path: Path<'_>, table: &Table, out: &mut Vec<u8>) {
-        if !self.mail_given {
-            return Reply::NeedMail.write(out);
-        }
-        if self.envelope.body_kind.is_some() {
-            return Reply::InsideBdat.write(out);
-        }
-        self.rcpt_tried = true;
-        if self.envelope.rcpts.len() >= self.config.max_recipients.max(100) {
-            return Reply::TooManyRecipients.write(out);
-        }
-        let verdict = match path {
-            Path::Null => return Reply::RecipientSyntax.write(out),
-            Path::Postmaster => Lookup::Accept,
-            Path::Mailbox { address, .. } => table.lookup(address),
-        };
-        let address = path_bytes(&path);
-        match verdict {
-            Lookup::Accept => {
-                self.envelope.rcpts.push(address.to_vec());
-                Reply::RecipientOk.write(out);
-            }
-            Lookup::UnknownUser => reply::write_unknown_user(address, out),
-            Lookup::RelayDenied => reply::write_relay_denied(address, out),
-        }
-    }
-
-    /// Why DATA or BDAT cannot send body octets now, if it cannot.
-    fn body_refusal(&self, kind: BodyKind) -> Option<Reply> {
-        if !self.mail_given {
-            Some(Reply::NeedMail)
-        } else if kind == BodyKind::Data && self.envelope.body_kind.is_some() {
-            Some(Reply::InsideBdat)
-        } else if self.envelope.rcpts.is_empty() && self.rcpt_tried {
-            Some(Reply::NoValidRecipients)
-        } else if self.envelope.rcpts.is_empty() {
-            Some(Reply::NeedRecipient)
-        } else {
-            None
-        }
-    }
-
-    fn start_body(&mut self, kind: BodyKind) -> Event<'static> {
-        self.envelope.body_kind = Some(kind);
-        self.received = 0;
-        self.crlf = CrLfCheck::default();
-        Event::Envelope
-    }
-
-    /// Accounts for body octets; true if they should go to the driver (the
-    /// message is still within its limit and free of bare CR/LF).
-    fn take_body(&mut self, body: &[u8]) -> bool {
-        self.received += body.len() as u64;
-        self.crlf.feed(body);
-        self.received <= self.config.max_message_size as u64 && !self.crlf.failed()
-    }
-
     /// The body ended: refuse it, or hand it to the spool.
     fn end_of_body(&mut self, out: &mut Vec<u8>) -> Event<'static> {
-        let bare = self.crlf.finish();
-        let refusal = if self.received > self.config.max_message_size as u64 {
-            Reply::MessageTooBig
-        } else if bare {
-            Reply::BareCrLf
-        } else {
-            self.state = State::Spooling;
-            return Event::MessageReady;
-        };
-        refusal.write(out);
+        match self.transaction.finish_body(&self.config) {
+            Ok(()) => {
+                self.state = State::Spooling;
+                Event::MessageReady
+            }
+            Err(refusal) => {
+                refusal.write(out);
+                self.reset_transaction();
+                Event::MessageDiscarded
+            }
+        }
+    }
+
+    /// RSET, HELO or EHLO: ends the transaction. Between BDAT chunks the
+    /// driver already holds part of a body, so it is told to drop it.
+    fn abort_transaction(&mut self) -> Option<Event<'static>> {
+        let in_body = self.transaction.in_body();
         self.reset_transaction();
-        Event::MessageDiscarded
+        in_body.then_some(Event::MessageDiscarded)
     }
 
     fn reset_transaction(&mut self) {
-        self.envelope.mail_from.clear();
-        self.envelope.rcpts.clear();
-        self.envelope.body_8bitmime = false;
-        self.envelope.smtputf8 = false;
-        self.envelope.body_kind = None;
-        self.mail_given = false;
-        self.rcpt_tried = false;
+        self.transaction.reset();
         self.state = State::Command;
     }
 }
@@ -500,13 +419,4 @@ fn chunk_part(rest: &[u8], remaining: u64) -> Option<usize> {
         .len()
         .min(usize::try_from(remaining).unwrap_or(usize::MAX));
     (n > 0).then_some(n)
-}
-
-/// A path as it goes into the envelope and replies.
-fn path_bytes<'a>(path: &Path<'a>) -> &'a [u8] {
-    match *path {
-        Path::Null => b"",
-        Path::Postmaster => b"Postmaster",
-        Path::Mailbox { address, .. } => address,
-    }
 }

@@ -18,9 +18,9 @@ pub(crate) struct Entry<'a> {
 }
 
 /// The entries of `text` in order, or the first error.
-pub(crate) fn for_each_entry(
-    text: &[u8],
-    mut f: impl FnMut(usize, Entry<'_>) -> Result<(), LoadError>,
+pub(crate) fn for_each_entry<'a>(
+    text: &'a [u8],
+    mut f: impl FnMut(usize, Entry<'a>) -> Result<(), LoadError>,
 ) -> Result<(), LoadError> {
     let mut seen_entry = false;
     for (index, line) in text.split(|&b| b == b'\n').enumerate() {

@@ -8,6 +8,8 @@
 //! costs about one cache miss and a hit about two. This module knows nothing
 //! about addresses: callers hash the key and decide equality.
 
+use super::varint;
+
 /// Slots kept at most this full (in tenths), so probe runs stay short.
 const MAX_LOAD_TENTHS: usize = 7;
 
@@ -40,11 +42,6 @@ impl KeyIndex {
 
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    /// Reserves arena space for `bytes` more record octets.
-    pub fn reserve_arena(&mut self, bytes: usize) {
-        self.arena.reserve(bytes);
     }
 
     /// Releases spare capacity once loading is done.
@@ -92,7 +89,8 @@ impl KeyIndex {
         let key_len = u8::try_from(key.len()).map_err(|_| TooLarge)?;
         self.arena.push(key_len);
         self.arena.extend_from_slice(key);
-        push_varint(&mut self.arena, value);
+        let (varint, len) = varint::encode(value);
+        self.arena.extend_from_slice(&varint[..len]);
         self.place(hash, offset);
         self.len += 1;
         Ok(())
@@ -120,7 +118,7 @@ impl KeyIndex {
         let end = start + usize::from(self.arena[offset as usize]);
         Record {
             key: &self.arena[start..end],
-            value: read_varint(&self.arena[end..]),
+            value: varint::decode(&self.arena[end..]).0,
         }
     }
 }
@@ -142,25 +140,6 @@ fn next(i: usize, slots: usize) -> usize {
     } else {
         i + 1
     }
-}
-
-fn push_varint(arena: &mut Vec<u8>, mut value: u32) {
-    while value >= 0x80 {
-        arena.push(value as u8 | 0x80);
-        value >>= 7;
-    }
-    arena.push(value as u8);
-}
-
-fn read_varint(bytes: &[u8]) -> u32 {
-    let mut value = 0u32;
-    for (i, &b) in bytes.iter().enumerate().take(5) {
-        value |= u32::from(b & 0x7f) << (7 * i);
-        if b < 0x80 {
-            break;
-        }
-    }
-    value
 }
 
 #[cfg(test)]
@@ -194,15 +173,6 @@ mod tests {
             );
         }
         assert_eq!(index.find(hash(b"key5000"), |r| r.key == b"key5000"), None);
-    }
-
-    #[test]
-    fn varint_round_trips() {
-        for value in [0, 1, 127, 128, 300, 16_383, 16_384, u32::MAX] {
-            let mut bytes = Vec::new();
-            push_varint(&mut bytes, value);
-            assert_eq!(read_varint(&bytes), value);
-        }
     }
 
     #[test]

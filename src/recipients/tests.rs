@@ -232,3 +232,92 @@ fn lookups_see_one_snapshot_while_another_thread_swaps() {
     assert!(seen[0] + seen[1] > 0);
     assert_eq!(shared.load().lookup(b"one@a.example"), Accept);
 }
+
+/// The lookup rules written the naive way, over owned lowercase strings.
+struct Model {
+    fold: bool,
+    delimiter: Option<char>,
+    addresses: std::collections::HashSet<(String, String)>,
+    catch_all: std::collections::HashSet<String>,
+    domains: std::collections::HashSet<String>,
+}
+
+impl Model {
+    fn new(options: &TableOptions, entries: &[(String, String)]) -> Model {
+        let mut model = Model {
+            fold: options.fold_local_case,
+            delimiter: options.delimiter.map(char::from),
+            addresses: Default::default(),
+            catch_all: Default::default(),
+            domains: Default::default(),
+        };
+        for (local, domain) in entries {
+            let domain = domain.to_ascii_lowercase();
+            model.domains.insert(domain.clone());
+            if local.is_empty() {
+                model.catch_all.insert(domain);
+            } else {
+                model.addresses.insert((model.local(local), domain));
+            }
+        }
+        model
+    }
+
+    fn local(&self, local: &str) -> String {
+        if self.fold {
+            local.to_ascii_lowercase()
+        } else {
+            local.to_string()
+        }
+    }
+
+    fn lookup(&self, local: &str, domain: &str) -> Lookup {
+        let domain = domain.to_ascii_lowercase();
+        if !self.domains.contains(&domain) {
+            return RelayDenied;
+        }
+        let local = local
+            .strip_prefix('"')
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap_or(local);
+        let has = |l: &str| self.addresses.contains(&(self.local(l), domain.clone()));
+        let base = self
+            .delimiter
+            .and_then(|d| local.find(d))
+            .filter(|&end| end > 0);
+        if has(local)
+            || base.is_some_and(|end| has(&local[..end]))
+            || self.catch_all.contains(&domain)
+        {
+            Accept
+        } else {
+            UnknownUser
+        }
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn lookup_agrees_with_the_naive_model(
+        entries in proptest::collection::vec(("[aAbB+]{0,3}", "(x|X|y|Y|z)\\.example"), 0..12),
+        queries in proptest::collection::vec(("[aAbB+]{0,4}", "(x|X|y|z|w)\\.(example|EXAMPLE)", proptest::bool::ANY), 1..20),
+        fold: bool,
+        plus: bool,
+    ) {
+        let options = TableOptions { fold_local_case: fold, delimiter: plus.then_some(b'+') };
+        let text: String = entries.iter().map(|(l, d)| format!("{l}@{d}\n")).collect();
+        let table = Table::parse(text.as_bytes(), options.clone()).unwrap();
+        let model = Model::new(&options, &entries);
+        for (local, domain, quoted) in &queries {
+            let local = if *quoted { format!("\"{local}\"") } else { local.clone() };
+            let address = format!("{local}@{domain}");
+            proptest::prop_assert_eq!(table.lookup(address.as_bytes()), model.lookup(&local, domain), "{}", address);
+        }
+    }
+
+    #[test]
+    fn lookup_never_panics(address in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
+        let table = table(TableOptions::default());
+        let _ = table.lookup(&address);
+    }
+}

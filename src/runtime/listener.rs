@@ -19,6 +19,7 @@ pub fn bind_all(
         (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::with_capacity(addrs.len());
     for &addr in addrs {
+        ensure_free(addr)?;
         let mut actual = addr;
         for listeners in per_worker.iter_mut() {
             let listener = bind_one(actual, backlog)?;
@@ -28,6 +29,22 @@ pub fn bind_all(
         bound.push(actual);
     }
     Ok((per_worker, bound))
+}
+
+/// Fails if something already listens on `addr`. `SO_REUSEPORT` would
+/// otherwise let a second server of the same user silently share the port
+/// and take part of its connections.
+fn ensure_free(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    // Sockets in TIME_WAIT do not count; a listener does.
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into()).map_err(|e| annotate(e, addr))
 }
 
 fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<mio::net::TcpListener> {
@@ -60,5 +77,14 @@ mod tests {
         for listeners in &per_worker {
             assert_eq!(listeners[0].local_addr().unwrap(), bound[0]);
         }
+    }
+
+    #[test]
+    fn a_port_in_use_is_refused_by_name() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (_held, bound) = bind_all(&[addr], 1, 16).unwrap();
+        let err = bind_all(&bound, 2, 16).expect_err("port in use");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains(&bound[0].to_string()), "{err}");
     }
 }

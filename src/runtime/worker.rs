@@ -9,6 +9,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use super::conn::{Conn, Cx, Drive, Outcome, READ_CHUNK};
+use super::conn::{Conn, Cx, Drive, Outcome};
 use super::server::Shared;
 use super::timer::{Entry, TimerWheel};
 use crate::proto::reply;
@@ -49,7 +50,8 @@ pub struct Worker {
     wheel: TimerWheel,
     /// Connections with input possibly left in the socket.
     ready: Vec<usize>,
-    /// Read buffer shared by all connections of this worker.
+    /// Read buffer shared by all connections of this worker: room for one
+    /// read (`read-buffer` octets) behind held-back input.
     scratch: Box<[u8]>,
     /// Replies of the connection being driven.
     out: Vec<u8>,
@@ -62,6 +64,8 @@ pub struct Worker {
     accept_more: bool,
     /// Out of descriptors: accept again only after a close or this instant.
     accept_blocked_until: Option<Instant>,
+    /// The last accept ran out of descriptors (logged once per episode).
+    accept_paused: bool,
     /// Set once shutdown began: when open sessions get cut off.
     drain_deadline: Option<Instant>,
 }
@@ -86,7 +90,7 @@ impl Worker {
             conns: Slab::new(),
             wheel: TimerWheel::new(Instant::now()),
             ready: Vec::new(),
-            scratch: vec![0; read_buffer.max(READ_CHUNK) * 2].into_boxed_slice(),
+            scratch: vec![0; read_buffer * 2].into_boxed_slice(),
             out: Vec::with_capacity(4096),
             link,
             table,
@@ -95,6 +99,7 @@ impl Worker {
             next_generation: 0,
             accept_more: true,
             accept_blocked_until: None,
+            accept_paused: false,
             drain_deadline: None,
         })
     }
@@ -103,7 +108,8 @@ impl Worker {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = if self.ready.is_empty() && !self.accept_more {
+            let accept_now = self.accept_more && self.accept_blocked_until.is_none();
+            let timeout = if self.ready.is_empty() && !accept_now {
                 self.wheel.until_next_tick(Instant::now())
             } else {
                 Duration::ZERO
@@ -165,7 +171,16 @@ impl Worker {
             out: &mut self.out,
             ticket: ticket(key, conn.generation),
         };
-        match conn.drive(&mut self.scratch, &mut cx) {
+        let scratch = &mut self.scratch;
+        // A bug that panics in one session must not take the worker's
+        // thousands of other sessions with it.
+        let verdict = panic::catch_unwind(AssertUnwindSafe(|| conn.drive(scratch, &mut cx)));
+        let verdict = verdict.unwrap_or_else(|_| {
+            tracing::error!(client = %conn.peer, "session panicked; connection dropped");
+            cx.out.clear();
+            Drive::Close(Outcome::Failed)
+        });
+        match verdict {
             Drive::Wait => {}
             Drive::Again if conn.in_ready => {}
             Drive::Again => {
@@ -201,10 +216,18 @@ impl Worker {
     fn accept_from(&mut self, index: usize, now: Instant) {
         for _ in 0..ACCEPT_BATCH {
             match self.listeners[index].accept() {
-                Ok((stream, peer)) => self.admit(stream, peer, now),
+                Ok((stream, peer)) => {
+                    if std::mem::take(&mut self.accept_paused) {
+                        tracing::info!("file descriptors available again; accepting");
+                    }
+                    self.admit(stream, peer, now);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if is_out_of_descriptors(&e) => {
-                    tracing::warn!(error = %e, "out of file descriptors; accepting paused");
+                    if !self.accept_paused {
+                        tracing::warn!(error = %e, "out of file descriptors; accepting paused");
+                    }
+                    self.accept_paused = true;
                     self.accept_blocked_until = Some(now + Duration::from_secs(1));
                     self.accept_more = true;
                     return;

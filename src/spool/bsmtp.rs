@@ -164,6 +164,12 @@ mod tests {
     }
 
     #[test]
+    fn a_data_body_without_final_crlf_still_makes_a_valid_file() {
+        let got = render(&message(BodyKind::Data, b"x\r\n.."));
+        assert_eq!(got, expected(FROM, "x\r\n..\r\n"));
+    }
+
+    #[test]
     fn bdat_body_with_final_crlf_is_left_alone() {
         let got = render(&message(BodyKind::Bdat, b"a\r\nb\r\n"));
         assert_eq!(got, expected(FROM, "a\r\nb\r\n"));
@@ -189,6 +195,31 @@ mod tests {
         let mut m = message(BodyKind::Data, b"x\r\n");
         m.envelope.mail_from.clear();
         assert_eq!(render(&m), expected("MAIL FROM:<>", "x\r\n"));
+    }
+
+    /// Byte by byte: a `.` at the start of a line gets another.
+    fn naive_stuff(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut line_start = true;
+        for &byte in body {
+            if line_start && byte == b'.' {
+                out.push(b'.');
+            }
+            out.push(byte);
+            line_start = byte == b'\n';
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn stuffing_matches_the_naive_reference(
+            body in proptest::collection::vec(proptest::sample::select(b".\r\na".to_vec()), 0..64)
+        ) {
+            let mut out = Vec::new();
+            Bsmtp::default().write_stuffed(&mut out, &body).unwrap();
+            proptest::prop_assert_eq!(out, naive_stuff(&body));
+        }
     }
 
     #[test]

@@ -15,13 +15,23 @@ use super::SpoolError;
 pub struct SpoolDir {
     tmp: PathBuf,
     new: PathBuf,
-    /// Kept open for `syncfs(2)` on the spool's file system.
-    tmp_handle: File,
+    /// The spool root, `flock`ed while we run: a second process on the same
+    /// spool would delete our `tmp/` files at its start-up.
+    _lock: File,
+}
+
+/// An open handle on the spool's file system, for `syncfs(2)`. Each spool
+/// thread holds its own: the kernel reports a write-back error once per open
+/// file (Linux 5.8 and later), so a shared handle would let one thread's
+/// sync swallow the error another thread's batch needs to see.
+pub struct FileSystem {
+    handle: File,
+    path: PathBuf,
 }
 
 impl SpoolDir {
-    /// Creates `root`, `tmp/` and `new/` as needed, clears `tmp/` and checks
-    /// that the file system takes a synced write.
+    /// Creates `root`, `tmp/` and `new/` as needed, takes the spool's lock,
+    /// clears `tmp/` and checks that the file system takes a synced write.
     pub fn prepare(root: &Path) -> Result<SpoolDir, SpoolError> {
         let tmp = root.join("tmp");
         let new = root.join("new");
@@ -29,16 +39,16 @@ impl SpoolDir {
             fs::create_dir_all(dir).map_err(io_error(dir))?;
         }
         sync_dir(root).map_err(io_error(root))?;
+        let lock = lock(root).map_err(io_error(root))?;
         let stale = clear(&tmp)?;
         if stale > 0 {
             tracing::warn!(stale, dir = %tmp.display(), "removed partial spool files left by a crash");
         }
         probe(&tmp)?;
-        let tmp_handle = File::open(&tmp).map_err(io_error(&tmp))?;
         Ok(SpoolDir {
             tmp,
             new,
-            tmp_handle,
+            _lock: lock,
         })
     }
 
@@ -58,16 +68,40 @@ impl SpoolDir {
         sync_dir(&self.new).map_err(io_error(&self.new))
     }
 
-    /// Flushes everything written on the spool's file system (`syncfs(2)`).
-    pub fn sync_file_system(&self) -> Result<(), SpoolError> {
-        rustix::fs::syncfs(&self.tmp_handle)
+    /// A fresh handle for [`FileSystem::sync`].
+    pub fn file_system(&self) -> Result<FileSystem, SpoolError> {
+        let handle = File::open(&self.tmp).map_err(io_error(&self.tmp))?;
+        let path = self.tmp.clone();
+        Ok(FileSystem { handle, path })
+    }
+}
+
+impl FileSystem {
+    /// Flushes everything written on the file system (`syncfs(2)`).
+    pub fn sync(&self) -> Result<(), SpoolError> {
+        rustix::fs::syncfs(&self.handle)
             .map_err(io::Error::from)
-            .map_err(io_error(&self.tmp))
+            .map_err(io_error(&self.path))
     }
 }
 
 fn file_name(id: &QueueId) -> String {
     format!("{id}.bsmtp")
+}
+
+/// An exclusive `flock` on the directory, released when the process ends
+/// however it ends.
+fn lock(root: &Path) -> io::Result<File> {
+    use rustix::fs::{flock, FlockOperation};
+    let handle = File::open(root)?;
+    match flock(&handle, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(handle),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "in use by another process (one mxgate per spool directory)",
+        )),
+        Err(errno) => Err(errno.into()),
+    }
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -131,6 +165,19 @@ mod tests {
         SpoolDir::prepare(root.path()).unwrap();
         assert_eq!(fs::read_dir(root.path().join("tmp")).unwrap().count(), 0);
         assert!(root.path().join("new/done.bsmtp").exists());
+    }
+
+    #[test]
+    fn a_spool_in_use_is_refused_until_released() {
+        let root = tempfile::tempdir().unwrap();
+        let first = SpoolDir::prepare(root.path()).unwrap();
+        let err = SpoolDir::prepare(root.path()).err().expect("locked");
+        assert!(
+            err.to_string().contains("in use by another process"),
+            "{err}"
+        );
+        drop(first);
+        SpoolDir::prepare(root.path()).unwrap();
     }
 
     #[test]

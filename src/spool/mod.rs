@@ -68,10 +68,18 @@ pub struct SpoolConfig {
 /// How a commit round makes its files durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncStrategy {
-    /// `fdatasync(2)` each file, back to back (the default: measured faster).
+    /// `fdatasync(2)` each file, back to back: one device flush per file.
     PerFile,
-    /// One `syncfs(2)` for the batch: also flushes whatever else is dirty on
-    /// the spool's file system.
+    /// Start write-back of every file first (`posix_fadvise(DONTNEED)`),
+    /// then `fdatasync(2)` each: the first sync's journal commit carries the
+    /// whole batch's block allocations, so the rest mostly just wait.
+    Writeback,
+    /// One `syncfs(2)` for the batch (the default: measured fastest, see
+    /// `benches/spool.rs`). It also flushes whatever else is dirty on the
+    /// spool's file system, so give the spool its own file system on a busy
+    /// host. Write-back errors reach it only on Linux 5.8 and later, and an
+    /// error anywhere on the file system fails the batch (erring on the
+    /// side of 451).
     FileSystem,
 }
 
@@ -87,7 +95,7 @@ pub struct SpoolTuning {
 impl Default for SpoolTuning {
     fn default() -> Self {
         SpoolTuning {
-            sync: SyncStrategy::PerFile,
+            sync: SyncStrategy::FileSystem,
             max_batch: 256,
         }
     }
@@ -196,7 +204,7 @@ impl Spool {
             return Ok(());
         };
         for n in 0..self.wanted_threads {
-            let writer = Writer::new(Arc::clone(shared), self.jobs.clone());
+            let writer = Writer::new(Arc::clone(shared), self.jobs.clone())?;
             let thread = std::thread::Builder::new()
                 .name(format!("mxgate-spool-{n}"))
                 .spawn(move || writer.run())
@@ -226,8 +234,9 @@ impl Spool {
     }
 
     /// Refuses new messages, commits and reports every message already
-    /// submitted, and joins the threads. Blocks for at most one commit round
-    /// per thread plus the queued backlog.
+    /// submitted, and joins the threads. Blocks until the queued backlog is
+    /// committed: call it (or drop the spool) from the main thread once the
+    /// workers are done, never from an event loop.
     pub fn shutdown(mut self) {
         self.close();
     }

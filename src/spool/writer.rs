@@ -1,7 +1,7 @@
 //! The spool threads and their group commit. Each thread takes every job
-//! waiting in the shared channel (up to a batch limit), then commits the
-//! batch in rounds that each touch the whole batch: write every file under
-//! `tmp/`, sync them all, rename them into `new/`, sync `new/` once, and only
+//! waiting in the shared channel (up to a batch limit) and commits the batch
+//! as one round: write every file under `tmp/`, make them all durable (per
+//! [`SyncStrategy`]), rename them into `new/`, sync `new/` once, and only
 //! then deliver each outcome and wake each worker once. A failure at any
 //! step fails only the messages it touches: their files are removed and
 //! their completions are errors. Owns no file format (`bsmtp`) and no
@@ -17,7 +17,7 @@ use crossbeam_channel::Receiver;
 
 use super::bsmtp::{Bsmtp, Trace};
 use super::date::rfc5322;
-use super::dir::{io_error, SpoolDir};
+use super::dir::{io_error, FileSystem, SpoolDir};
 use super::id::{QueueId, QueueIds};
 use super::link::{Inbox, Job, Work};
 use super::stats::Counters;
@@ -41,6 +41,7 @@ pub struct Writer {
     shared: Arc<Shared>,
     jobs: Receiver<Work>,
     bsmtp: Bsmtp,
+    file_system: FileSystem,
 }
 
 /// A message during its commit.
@@ -68,12 +69,13 @@ impl Entry {
 }
 
 impl Writer {
-    pub fn new(shared: Arc<Shared>, jobs: Receiver<Work>) -> Writer {
-        Writer {
+    pub fn new(shared: Arc<Shared>, jobs: Receiver<Work>) -> Result<Writer, SpoolError> {
+        Ok(Writer {
+            file_system: shared.dir.file_system()?,
             shared,
             jobs,
             bsmtp: Bsmtp::default(),
-        }
+        })
     }
 
     /// Commits batches until told to stop (or the channel is gone).
@@ -156,6 +158,10 @@ impl Writer {
     fn sync(&self, entries: &mut [Entry]) {
         match self.shared.sync {
             SyncStrategy::PerFile => self.sync_each(entries),
+            SyncStrategy::Writeback => {
+                start_writeback(entries);
+                self.sync_each(entries);
+            }
             SyncStrategy::FileSystem => self.sync_file_system(entries),
         }
         for entry in entries {
@@ -175,7 +181,7 @@ impl Writer {
 
     fn sync_file_system(&self, entries: &mut [Entry]) {
         if entries.iter().any(Entry::ok) {
-            if let Err(error) = self.shared.dir.sync_file_system() {
+            if let Err(error) = self.file_system.sync() {
                 self.fail_all(entries, |id| self.shared.dir.tmp_path(id), &error);
             }
         }
@@ -208,6 +214,15 @@ impl Writer {
         for entry in entries.iter_mut().filter(|e| e.ok()) {
             entry.fail(&place(&entry.id), error.duplicate());
         }
+    }
+}
+
+/// Asks the kernel to begin writing every file now. Only advice: a failure
+/// here shows up again, and is reported, at the `fdatasync`.
+fn start_writeback(entries: &[Entry]) {
+    use rustix::fs::{fadvise, Advice};
+    for file in entries.iter().filter_map(|e| e.file.as_ref()) {
+        let _ = fadvise(file, 0, None, Advice::DontNeed);
     }
 }
 

@@ -54,7 +54,7 @@ pub struct Message {
 }
 
 /// Everything a run produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Run {
     pub replies: Vec<u8>,
     pub messages: Vec<Message>,
@@ -167,6 +167,20 @@ impl Driver {
         }
     }
 
+    /// Sends `octets` octets of `A` (no line end) in 64 KiB reads, checking
+    /// that the driver never has to keep more than `max_tail` of them.
+    pub fn flood(&mut self, octets: usize, max_tail: usize) {
+        let piece = vec![b'A'; 64 * 1024];
+        for _ in 0..octets / piece.len() {
+            self.read(&piece);
+            assert!(
+                self.run.max_tail <= max_tail,
+                "tail grew to {}",
+                self.run.max_tail
+            );
+        }
+    }
+
     fn spool(&mut self) {
         let (n, event) =
             self.session
@@ -211,7 +225,7 @@ pub fn run_every_split(input: &[u8], max_message_size: usize, spool_ok: bool) ->
     whole
 }
 
-fn assert_same(whole: &Run, other: &Run, how: &str) {
+pub fn assert_same(whole: &Run, other: &Run, how: &str) {
     assert_eq!(
         String::from_utf8_lossy(&whole.replies),
         String::from_utf8_lossy(&other.replies),

@@ -72,21 +72,24 @@ impl TestServer {
     }
 }
 
-/// The flags every test server gets, then `extra` (which may override).
+/// The flags every test server gets, except those `extra` sets itself,
+/// then `extra`.
 pub fn base_args(dir: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        "mxgate".into(),
-        "--recipients".into(),
-        dir.join("table.txt").display().to_string(),
-        "--spool".into(),
-        dir.join("spool").display().to_string(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--workers".into(),
-        "2".into(),
-        "--hostname".into(),
-        HOST.into(),
+    let table = dir.join("table.txt").display().to_string();
+    let spool = dir.join("spool").display().to_string();
+    let defaults = [
+        ("--recipients", table.as_str()),
+        ("--spool", spool.as_str()),
+        ("--listen", "127.0.0.1:0"),
+        ("--workers", "2"),
+        ("--hostname", HOST),
     ];
+    let mut args = vec!["mxgate".to_string()];
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag.to_string(), value.to_string()]);
+        }
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
@@ -196,6 +199,14 @@ impl Client {
         self.cmd("EHLO client.example", 250);
     }
 
+    /// MAIL from a remote sender, RCPT to `rcpt` (which must be accepted),
+    /// DATA: ready for the body.
+    pub fn open_data(&mut self, rcpt: &str) {
+        self.cmd("MAIL FROM:<s@remote.example>", 250);
+        self.cmd(&format!("RCPT TO:<{rcpt}>"), 250);
+        self.cmd("DATA", 354);
+    }
+
     /// True if the server closes the connection without sending anything
     /// more (a reset after close counts as closed).
     pub fn closed(&mut self) -> bool {
@@ -229,7 +240,7 @@ pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 /// The real `mxgate` binary, started on its own temp dir.
 pub struct BinServer {
     pub child: Child,
-    pub dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
     pub addr: SocketAddr,
     stderr: Option<std::thread::JoinHandle<String>>,
 }
@@ -238,11 +249,27 @@ impl BinServer {
     /// Starts the binary with the test table and waits until it listens.
     /// The port is taken from its "mxgate ready" log line.
     pub fn start(dir: tempfile::TempDir, extra: &[&str]) -> BinServer {
+        BinServer::start_limited(dir, extra, None)
+    }
+
+    /// [`BinServer::start`] with the open-file limit (soft and hard) set to
+    /// `nofile` first, through the shell's `ulimit`.
+    pub fn start_limited(dir: tempfile::TempDir, extra: &[&str], nofile: Option<u32>) -> BinServer {
         if !dir.path().join("table.txt").exists() {
             std::fs::write(dir.path().join("table.txt"), TABLE).expect("write table");
         }
-        let args = base_args(dir.path(), extra);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mxgate"))
+        let mut args = base_args(dir.path(), extra);
+        args[0] = env!("CARGO_BIN_EXE_mxgate").to_string();
+        let mut command = match nofile {
+            None => Command::new(&args[0]),
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("ulimit -n {limit} && exec \"$@\""), "sh"]);
+                sh.arg(&args[0]);
+                sh
+            }
+        };
+        let mut child = command
             .args(&args[1..])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -254,15 +281,29 @@ impl BinServer {
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         let collector = std::thread::spawn(move || collect_log(stderr, tx));
-        let addr = rx
-            .recv_timeout(READ_TIMEOUT)
-            .expect("mxgate logged its address");
+        let Ok(addr) = rx.recv_timeout(READ_TIMEOUT) else {
+            let _ = child.kill();
+            let log = collector.join().unwrap_or_default();
+            panic!("mxgate did not start: {log}");
+        };
         BinServer {
             child,
-            dir,
+            dir: Some(dir),
             addr,
             stderr: Some(collector),
         }
+    }
+
+    /// The server's directory (table.txt, spool/).
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().expect("dir until drop").path()
+    }
+
+    /// Waits for the process to exit and hands back its directory, e.g. to
+    /// start a new server on the same spool.
+    pub fn into_dir(mut self) -> tempfile::TempDir {
+        self.wait();
+        self.dir.take().expect("dir until drop")
     }
 
     pub fn client(&self) -> Client {
@@ -280,7 +321,7 @@ impl BinServer {
 
     /// Waits (bounded) for the process to exit; returns its status code and
     /// everything it logged.
-    pub fn wait(mut self) -> (Option<i32>, String) {
+    pub fn wait(&mut self) -> (Option<i32>, String) {
         let start = Instant::now();
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("wait") {

@@ -221,3 +221,27 @@ fn helpers() {
     let long = format!("\"{}\"", "x".repeat(65));
     assert_eq!(unquote(long.as_bytes(), &mut buf), None);
 }
+
+proptest::proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(tail in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+        let input = [b"<".as_slice(), &tail].concat();
+        if let Ok((_, used)) = parse_path(&input) {
+            proptest::prop_assert!(used <= input.len() && input[used - 1] == b'>');
+        }
+    }
+
+    #[test]
+    fn generated_mailboxes_parse_whole(
+        local in "[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]{1,10}(\\.[a-zA-Z0-9_-]{1,10}){0,3}",
+        domain in "[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?(\\.[a-zA-Z0-9]([a-z0-9-]{0,10}[a-z0-9])?){0,3}",
+        rest in "( SIZE=[0-9]{1,5})?",
+    ) {
+        let input = format!("<{local}@{domain}>{rest}");
+        let address = format!("{local}@{domain}");
+        let want = Path::Mailbox { address: address.as_bytes(), local: local.as_bytes(), domain: domain.as_bytes() };
+        let (got, used) = parse_path(input.as_bytes()).unwrap();
+        proptest::prop_assert_eq!(got, want);
+        proptest::prop_assert_eq!(used, input.len() - rest.len());
+    }
+}

@@ -1,0 +1,170 @@
+//! One mail transaction (RFC 5321 §3.3): the envelope that MAIL and RCPT
+//! build, and the bookkeeping of its body (size, bare CR/LF verdict).
+//!
+//! Owns the per-message rules: sender and recipient checks (limits,
+//! SMTPUTF8, the table's verdict), whether DATA/BDAT may start, and whether
+//! a finished body is acceptable. Does not own the conversation (which
+//! command may come when outside a transaction, body scanning, pausing for
+//! the spool): that is `session.rs`.
+
+use crate::recipients::address::Path;
+use crate::recipients::{Lookup, Table};
+
+use super::command::MailParams;
+use super::reply::{self, Reply};
+use super::scan::CrLfCheck;
+use super::session::{BodyKind, Envelope, SessionConfig};
+
+/// RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients.
+const MIN_RECIPIENTS: usize = 100;
+
+/// The transaction in progress, if any (`open` is false between them).
+#[derive(Debug, Default)]
+pub(super) struct Transaction {
+    pub(super) envelope: Envelope,
+    /// MAIL was accepted.
+    open: bool,
+    /// A RCPT was answered (554 rather than 503 when none was accepted).
+    rcpt_tried: bool,
+    /// Body octets received so far, in wire form.
+    received: u64,
+    crlf: CrLfCheck,
+}
+
+impl Transaction {
+    pub(super) fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// A body has started (between BDAT chunks, too).
+    pub(super) fn in_body(&self) -> bool {
+        self.envelope.body_kind.is_some()
+    }
+
+    /// MAIL FROM; the caller has checked HELO/EHLO.
+    pub(super) fn mail(
+        &mut self,
+        path: Path<'_>,
+        params: MailParams,
+        limits: &SessionConfig,
+    ) -> Reply {
+        if self.in_body() {
+            return Reply::InsideBdat;
+        }
+        if self.open {
+            return Reply::NestedMail;
+        }
+        if params
+            .size
+            .is_some_and(|s| s > limits.max_message_size as u64)
+        {
+            return Reply::DeclaredTooBig;
+        }
+        if !params.smtputf8 && !path_bytes(&path).is_ascii() {
+            return Reply::Utf8Undeclared;
+        }
+        self.envelope.mail_from.extend_from_slice(path_bytes(&path));
+        self.envelope.body_8bitmime = params.body_8bitmime;
+        self.envelope.smtputf8 = params.smtputf8;
+        self.open = true;
+        Reply::SenderOk
+    }
+
+    /// RCPT TO: answers from the table.
+    pub(super) fn rcpt(
+        &mut self,
+        path: Path<'_>,
+        table: &Table,
+        limits: &SessionConfig,
+        out: &mut Vec<u8>,
+    ) {
+        if !self.open {
+            return Reply::NeedMail.write(out);
+        }
+        if self.in_body() {
+            return Reply::InsideBdat.write(out);
+        }
+        self.rcpt_tried = true;
+        if self.envelope.rcpts.len() >= limits.max_recipients.max(MIN_RECIPIENTS) {
+            return Reply::TooManyRecipients.write(out);
+        }
+        if !self.envelope.smtputf8 && !path_bytes(&path).is_ascii() {
+            return Reply::Utf8Undeclared.write(out);
+        }
+        let verdict = match path {
+            Path::Null => return Reply::RecipientSyntax.write(out),
+            Path::Postmaster => Lookup::Accept,
+            Path::Mailbox { address, .. } => table.lookup(address),
+        };
+        let address = path_bytes(&path);
+        match verdict {
+            Lookup::Accept => {
+                self.envelope.rcpts.push(address.to_vec());
+                Reply::RecipientOk.write(out);
+            }
+            Lookup::UnknownUser => reply::write_unknown_user(address, out),
+            Lookup::RelayDenied => reply::write_relay_denied(address, out),
+        }
+    }
+
+    /// Why DATA or BDAT cannot send body octets now, if it cannot.
+    pub(super) fn body_refusal(&self, kind: BodyKind) -> Option<Reply> {
+        if !self.open {
+            Some(Reply::NeedMail)
+        } else if kind == BodyKind::Data && self.in_body() {
+            Some(Reply::InsideBdat)
+        } else if self.envelope.rcpts.is_empty() && self.rcpt_tried {
+            Some(Reply::NoValidRecipients)
+        } else if self.envelope.rcpts.is_empty() {
+            Some(Reply::NeedRecipient)
+        } else {
+            None
+        }
+    }
+
+    pub(super) fn start_body(&mut self, kind: BodyKind) {
+        self.envelope.body_kind = Some(kind);
+        self.received = 0;
+        self.crlf = CrLfCheck::default();
+    }
+
+    /// Accounts for body octets; true if they should go to the driver (the
+    /// message is still within its limit and free of bare CR/LF).
+    pub(super) fn take_body(&mut self, body: &[u8], limits: &SessionConfig) -> bool {
+        self.received += body.len() as u64;
+        self.crlf.feed(body);
+        self.received <= limits.max_message_size as u64 && !self.crlf.failed()
+    }
+
+    /// The body ended: `Err` with the refusal if it cannot be accepted.
+    pub(super) fn finish_body(&mut self, limits: &SessionConfig) -> Result<(), Reply> {
+        let bare = self.crlf.finish();
+        if self.received > limits.max_message_size as u64 {
+            Err(Reply::MessageTooBig)
+        } else if bare {
+            Err(Reply::BareCrLf)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Forgets the transaction, keeping the envelope's allocations.
+    pub(super) fn reset(&mut self) {
+        self.envelope.mail_from.clear();
+        self.envelope.rcpts.clear();
+        self.envelope.body_8bitmime = false;
+        self.envelope.smtputf8 = false;
+        self.envelope.body_kind = None;
+        self.open = false;
+        self.rcpt_tried = false;
+    }
+}
+
+/// A path as it goes into the envelope and replies.
+fn path_bytes<'a>(path: &Path<'a>) -> &'a [u8] {
+    match *path {
+        Path::Null => b"",
+        Path::Postmaster => b"Postmaster",
+        Path::Mailbox { address, .. } => address,
+    }
+}

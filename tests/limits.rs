@@ -1,0 +1,88 @@
+//! Running out of file descriptors: the server stops accepting without
+//! spinning, keeps serving the sessions it has, and accepts the waiting
+//! clients once descriptors free up.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{BinServer, Client};
+
+/// CPU time (user + system) the process has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name (which is in parentheses).
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn out_of_descriptors_pauses_accepting_without_spinning() {
+    const CLIENTS: usize = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "--workers",
+        "1",
+        "--max-sessions",
+        "1000",
+        "--spool-threads",
+        "1",
+    ];
+    let mut server = BinServer::start_limited(dir, &flags, Some(40));
+    let mut clients: Vec<Client> = (0..CLIENTS).map(|_| server.client()).collect();
+
+    // Those that got a descriptor are greeted; the rest wait in the backlog.
+    let greeted = |c: &Client| {
+        c.stream()
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let got = c.stream().peek(&mut byte).is_ok_and(|n| n == 1);
+        c.stream()
+            .set_read_timeout(Some(support::READ_TIMEOUT))
+            .unwrap();
+        got
+    };
+    let served: Vec<bool> = clients.iter().map(greeted).collect();
+    let first = served
+        .iter()
+        .position(|&g| g)
+        .expect("some sessions are served");
+    let waiting = served.iter().filter(|&&g| !g).count();
+    assert!(waiting > 0, "the limit of 40 descriptors never bit");
+
+    // No busy loop while descriptors are exhausted.
+    let before = cpu_ticks(server.child.id());
+    std::thread::sleep(Duration::from_millis(1500));
+    let spent = cpu_ticks(server.child.id()) - before;
+    assert!(
+        spent < 50,
+        "{spent} ticks of CPU in 1.5 s while out of descriptors"
+    );
+
+    // Open sessions are still served.
+    clients[first].hello();
+    clients[first].cmd("NOOP", 250);
+
+    // Closing the served sessions lets every waiting client in.
+    let mut rest = Vec::new();
+    for (c, was_served) in clients.drain(..).zip(&served) {
+        if *was_served {
+            drop(c);
+        } else {
+            rest.push(c);
+        }
+    }
+    for c in &mut rest {
+        c.expect(220);
+        c.cmd("QUIT", 221);
+    }
+    server.signal("TERM");
+    let (status, log) = server.wait();
+    assert_eq!(status, Some(0), "{log}");
+    assert!(
+        log.contains("out of file descriptors; accepting paused"),
+        "{log}"
+    );
+}
