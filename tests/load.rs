@@ -28,6 +28,9 @@ struct Seen {
     rsets: AtomicU64,
     /// Commands already buffered when the previous reply was due.
     pipelined: AtomicU64,
+    /// Connections accepted and not yet greeted, now and at most.
+    ungreeted: AtomicU64,
+    ungreeted_max: AtomicU64,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -36,6 +39,8 @@ enum Serve {
     Concurrent,
     /// One connection at a time: a stall delays everyone queued behind it.
     Sequential,
+    /// One thread per connection, each greeting 5 ms late.
+    SlowGreeting,
     /// Accept and never greet.
     Silent,
 }
@@ -59,6 +64,13 @@ fn server(mode: Serve) -> Server {
             let (s, stall) = (s.clone(), stall.clone());
             match mode {
                 Serve::Concurrent => drop(thread::spawn(move || serve(stream, &s, &stall))),
+                Serve::SlowGreeting => drop(thread::spawn(move || {
+                    let now = s.ungreeted.fetch_add(1, SeqCst) + 1;
+                    s.ungreeted_max.fetch_max(now, SeqCst);
+                    thread::sleep(Duration::from_millis(5));
+                    s.ungreeted.fetch_sub(1, SeqCst);
+                    serve(stream, &s, &stall)
+                })),
                 Serve::Sequential => serve(stream, &s, &stall),
                 Serve::Silent => std::mem::forget(stream),
             }
@@ -325,4 +337,25 @@ fn open_loop_charges_a_stall_to_every_session_queued_behind_it() {
         .count_between(25_000, u64::MAX);
     assert!(late >= 25, "{late} sessions ≥ 25 ms");
     assert!(report.phase(Phase::Session).p99 >= 25_000);
+}
+
+#[test]
+fn duration_stops_starting_sessions() {
+    let srv = server(Serve::Concurrent);
+    let report = run(config(srv.addr, "--sessions 2 --duration 0.3"));
+    let c = report.counts;
+    assert!(c.sessions_completed >= 2, "{c:?}");
+    assert_eq!(c.sessions_completed, c.sessions_started);
+    assert_eq!(srv.seen.sessions.load(SeqCst), c.sessions_started);
+}
+
+#[test]
+fn connect_window_limits_sessions_awaiting_their_greeting() {
+    let srv = server(Serve::SlowGreeting);
+    let report = run(config(
+        srv.addr,
+        "--sessions 20 --connect-window 1 --threads 1",
+    ));
+    assert_eq!(report.counts.sessions_completed, 20);
+    assert_eq!(srv.seen.ungreeted_max.load(SeqCst), 1);
 }

@@ -167,6 +167,13 @@ impl Client {
         }
     }
 
+    /// Whether the server has not greeted this session yet.
+    pub fn awaiting_greeting(&self) -> bool {
+        self.pending
+            .front()
+            .is_some_and(|p| p.0 == Step::Timed(Banner))
+    }
+
     /// Whether QUIT has been answered.
     pub fn is_finished(&self) -> bool {
         self.finished

@@ -120,6 +120,7 @@ fn draw(path: &Path, stats: &Stats) -> Result<(), Box<dyn std::error::Error>> {
         .x_desc("percentile")
         .y_desc("latency (µs)")
         .x_label_formatter(&|x| format!("{}%", 100.0 * (1.0 - 1.0 / x)))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
     for (i, (phase, points)) in curves.into_iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
@@ -130,7 +131,7 @@ fn draw(path: &Path, stats: &Stats) -> Result<(), Box<dyn std::error::Error>> {
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::LowerRight)
         .border_style(BLACK)
         .background_style(WHITE)
         .draw()?;

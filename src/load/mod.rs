@@ -10,6 +10,14 @@
 //! sessions start on a fixed schedule and are timed from their intended
 //! start, so a stalled server shows in the percentiles instead of slowing
 //! the load down (coordinated omission, as wrk2 corrects it).
+//!
+//! Timing: each command is timed from when it was handed to the socket to
+//! its reply; with `--pipelining` every command of a group shares the
+//! group's send time, so RCPT includes the MAIL ahead of it. End-of-data
+//! runs from the last body octet written. Unknown recipients
+//! (`--invalid-ratio`) are spread evenly: a session with n recipients has
+//! exactly ⌊n × ratio⌋ of them. Output: a table (or `--json`) and, with
+//! `--hgrm-dir`, one `.hgrm` per phase plus `percentiles.svg`.
 //! Does not interpret what the server does with the mail.
 
 pub mod client;
@@ -20,6 +28,7 @@ pub mod report;
 pub mod stats;
 pub mod worker;
 
+use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,7 +62,7 @@ pub struct Config {
     #[arg(long, default_value_t = 1)]
     pub sessions: u64,
     /// Transactions per session.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, visible_alias = "messages-per-session", default_value_t = 1)]
     pub messages: u32,
     /// Message size in octets (before the final dot).
     #[arg(long, default_value_t = 1024)]
@@ -76,7 +85,13 @@ pub struct Config {
     /// Stop starting sessions after this many seconds (sessions in flight finish).
     #[arg(long)]
     pub duration: Option<f64>,
-    /// Open loop: most sessions open at once in each thread.
+    /// Closed loop: most sessions awaiting their greeting at once, so ramping
+    /// up thousands of sessions does not overflow the server's listen queue.
+    /// (At least one per thread.)
+    #[arg(long, default_value_t = 1024)]
+    pub connect_window: usize,
+    /// Open loop: most sessions open at once (late starts are still timed
+    /// from their intended start). At least one per thread.
     #[arg(long, default_value_t = MAX_OPEN)]
     pub max_open: usize,
     /// Event-loop threads (default: online cores).
@@ -94,13 +109,13 @@ pub struct Config {
     /// Domain of valid recipients (user0@…, user1@…).
     #[arg(long, default_value = "example.com")]
     pub rcpt_domain: String,
-    /// Valid recipients cycle through user0 … user<users-1>.
+    /// Valid recipients cycle through user0 … user(N-1), N = --users.
     #[arg(long, default_value_t = 100)]
     pub users: u32,
     /// Domain of unknown recipients (default: --rcpt-domain).
     #[arg(long)]
     pub invalid_domain: Option<String>,
-    /// Write <phase>.hgrm files and percentiles.svg into this directory.
+    /// Write PHASE.hgrm files and percentiles.svg into this directory.
     #[arg(long)]
     pub hgrm_dir: Option<PathBuf>,
     /// Print one JSON object instead of the table.
@@ -148,6 +163,7 @@ impl Config {
         bad(positive(self.timeout), "--timeout must be > 0")?;
         bad(self.threads != Some(0), "--threads must be ≥ 1")?;
         bad(self.max_open > 0, "--max-open must be ≥ 1")?;
+        bad(self.connect_window > 0, "--connect-window must be ≥ 1")?;
         bad(
             self.sessions > 0 || self.rate.is_some(),
             "--sessions must be ≥ 1",
@@ -182,7 +198,14 @@ impl Config {
                     (None, None) => self.sessions,
                 };
                 let concurrency = self.sessions.min(total) as usize;
-                (Mode::Closed { concurrency }, total)
+                let window = self.connect_window;
+                (
+                    Mode::Closed {
+                        concurrency,
+                        window,
+                    },
+                    total,
+                )
             }
             Some(rate) => {
                 let total = match (self.sessions_total, self.duration) {
@@ -203,7 +226,7 @@ impl Config {
         let cores = thread::available_parallelism().map_or(1, |n| n.get());
         let wanted = self.threads.unwrap_or(cores).max(1);
         match mode {
-            Mode::Closed { concurrency } => wanted.min(concurrency.max(1)),
+            Mode::Closed { concurrency, .. } => wanted.min(concurrency.max(1)),
             Mode::Open { .. } => wanted,
         }
     }
@@ -214,18 +237,19 @@ pub fn run(config: &Config) -> Result<Report, LoadError> {
     config.check()?;
     net::raise_nofile()?;
     let (mode, total) = config.schedule();
-    let threads = config.threads(mode);
     let epoch = Instant::now();
-    let shared = Shared::new(
-        Arc::new(config.plan()),
-        config.target,
+    let shared = Shared {
+        plan: Arc::new(config.plan()),
+        target: config.target,
+        sources: Default::default(),
         mode,
-        threads,
+        threads: config.threads(mode),
         total,
-        config.duration.map(|d| epoch + Duration::from_secs_f64(d)),
-        Duration::from_secs_f64(config.timeout),
+        deadline: config.duration.map(|d| epoch + Duration::from_secs_f64(d)),
+        timeout: Duration::from_secs_f64(config.timeout),
         epoch,
-    );
+        claimed: Default::default(),
+    };
     let cpu_before = net::cpu_time()?;
     let stats = run_threads(&shared)?;
     let elapsed = epoch.elapsed();
@@ -253,13 +277,16 @@ fn run_threads(shared: &Shared) -> Result<Stats, LoadError> {
 }
 
 /// The binary's body: run, print, write histogram files. Returns the exit
-/// status (0 ok, 1 the run failed).
+/// status: 0 ok, 2 a bad option (as clap does), 1 the run failed.
 pub fn main(config: &Config) -> i32 {
     match run_and_print(config) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("mxgate-load: {e}");
-            1
+            match e {
+                LoadError::Invalid(_) => 2,
+                _ => 1,
+            }
         }
     }
 }
@@ -269,10 +296,13 @@ fn run_and_print(config: &Config) -> Result<(), LoadError> {
     if let Some(dir) = &config.hgrm_dir {
         hgrm::write_dir(dir, &report.stats)?;
     }
-    if config.json {
-        println!("{}", report.json());
+    let text = if config.json {
+        report.json() + "\n"
     } else {
-        print!("{}", report.table());
-    }
-    Ok(())
+        report.table()
+    };
+    // A closed pipe is an error to report, not a panic (as print! would).
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    Ok(out.flush()?)
 }

@@ -48,11 +48,21 @@ impl Sources {
     /// Starts a non-blocking connect to `target`, moving to a fresh source
     /// address when the current one has no port left.
     pub fn connect(&self, target: SocketAddr) -> io::Result<mio::net::TcpStream> {
+        self.connect_via(target, start_connect)
+    }
+
+    /// [`Sources::connect`] with the socket work given as `attempt`.
+    fn connect_via<T>(
+        &self,
+        target: SocketAddr,
+        mut attempt: impl FnMut(SocketAddr, Option<IpAddr>) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let can_spread = target.is_ipv4() && target.ip().is_loopback();
         let mut tries = 0;
         loop {
             let n = self.current.load(Ordering::Relaxed);
-            match start_connect(target, Self::address(n)) {
-                Err(e) if no_port(&e) && target.ip().is_loopback() && tries < SOURCE_TRIES => {
+            match attempt(target, Self::address(n)) {
+                Err(e) if no_port(&e) && can_spread && tries < SOURCE_TRIES => {
                     tries += 1;
                     // Only one thread moves on from source n.
                     let _ = self.current.compare_exchange(
@@ -122,6 +132,48 @@ mod tests {
         assert_eq!(Sources::address(251), ip(0, 1, 2));
         assert_eq!(Sources::address(256 * 250), ip(0, 255, 251));
         assert_eq!(Sources::address(256 * 250 + 1), ip(1, 0, 2));
+    }
+
+    fn no_port_error() -> io::Error {
+        io::Error::from_raw_os_error(libc::EADDRNOTAVAIL)
+    }
+
+    #[test]
+    fn no_port_left_moves_to_the_next_source_and_stays_there() {
+        let sources = Sources::default();
+        let target: SocketAddr = "127.0.0.1:25".parse().unwrap();
+        let full = [None, Sources::address(1), Sources::address(2)];
+        let mut tried = Vec::new();
+        let mut attempt = |_, src| {
+            tried.push(src);
+            if full.contains(&src) {
+                Err(no_port_error())
+            } else {
+                Ok(src)
+            }
+        };
+        assert_eq!(
+            sources.connect_via(target, &mut attempt).unwrap(),
+            Sources::address(3)
+        );
+        assert_eq!(
+            sources.connect_via(target, &mut attempt).unwrap(),
+            Sources::address(3)
+        );
+        assert_eq!(sources.spread(), 3);
+        assert_eq!(tried.len(), 5);
+    }
+
+    #[test]
+    fn no_port_is_a_plain_error_off_loopback_or_after_the_tries() {
+        let sources = Sources::default();
+        let remote: SocketAddr = "192.0.2.1:25".parse().unwrap();
+        let fail = |_, _| -> io::Result<()> { Err(no_port_error()) };
+        assert!(sources.connect_via(remote, fail).is_err());
+        assert_eq!(sources.spread(), 0);
+        let local: SocketAddr = "127.0.0.1:25".parse().unwrap();
+        assert!(sources.connect_via(local, fail).is_err());
+        assert_eq!(sources.spread(), SOURCE_TRIES);
     }
 
     #[test]

@@ -30,9 +30,12 @@ const SCRATCH: usize = 64 * 1024;
 /// How new sessions are started.
 #[derive(Debug, Clone, Copy)]
 pub enum Mode {
-    /// Each thread keeps its share of `concurrency` sessions open.
-    Closed { concurrency: usize },
-    /// Session i is due at `i / rate` seconds; at most `max_open` per thread.
+    /// Each thread keeps its share of `concurrency` sessions open, with at
+    /// most its share of `window` still awaiting their greeting, so a burst
+    /// of connects cannot overflow the server's listen queue.
+    Closed { concurrency: usize, window: usize },
+    /// Session i is due at `i / rate` seconds; at most `max_open` open at
+    /// once (split over the threads).
     Open { rate: f64, max_open: usize },
 }
 
@@ -52,35 +55,11 @@ pub struct Shared {
     pub timeout: Duration,
     /// Time zero of every timestamp.
     pub epoch: Instant,
-    claimed: AtomicU64,
+    /// Closed loop: sessions taken from `total` so far.
+    pub claimed: AtomicU64,
 }
 
 impl Shared {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        plan: Arc<Plan>,
-        target: SocketAddr,
-        mode: Mode,
-        threads: usize,
-        total: u64,
-        deadline: Option<Instant>,
-        timeout: Duration,
-        epoch: Instant,
-    ) -> Shared {
-        Shared {
-            plan,
-            target,
-            sources: Sources::default(),
-            mode,
-            threads,
-            total,
-            deadline,
-            timeout,
-            epoch,
-            claimed: AtomicU64::new(0),
-        }
-    }
-
     fn micros(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.epoch).as_micros() as u64
     }
@@ -118,6 +97,8 @@ struct Worker<'a> {
     next_slot: u64,
     /// No more sessions will be started.
     exhausted: bool,
+    /// Open sessions still awaiting their greeting.
+    greeting: usize,
 }
 
 impl<'a> Worker<'a> {
@@ -131,6 +112,7 @@ impl<'a> Worker<'a> {
             scratch: vec![0; SCRATCH],
             next_slot: id as u64,
             exhausted: false,
+            greeting: 0,
         })
     }
 
@@ -161,7 +143,7 @@ impl<'a> Worker<'a> {
         let now = Instant::now();
         let mut until = next_sweep;
         if let Mode::Open { max_open, .. } = self.shared.mode {
-            if !self.exhausted && self.conns.len() < max_open {
+            if !self.exhausted && self.conns.len() < self.share(max_open).max(1) {
                 until = until.min(self.due(self.next_slot));
             }
         }
@@ -176,21 +158,30 @@ impl<'a> Worker<'a> {
         self.shared.epoch + Duration::from_secs_f64(slot as f64 / rate)
     }
 
+    /// This thread's part of `n` split over all threads.
+    fn share(&self, n: usize) -> usize {
+        let threads = self.shared.threads;
+        n / threads + usize::from(self.id < n % threads)
+    }
+
     /// Starts every session that is due now.
     fn launch(&mut self, now: Instant) {
         if self.shared.past_deadline(now) {
             self.exhausted = true;
         }
         match self.shared.mode {
-            Mode::Closed { concurrency } => self.launch_closed(now, concurrency),
+            Mode::Closed {
+                concurrency,
+                window,
+            } => self.launch_closed(now, concurrency, window),
             Mode::Open { max_open, .. } => self.launch_open(now, max_open),
         }
     }
 
-    fn launch_closed(&mut self, now: Instant, concurrency: usize) {
-        let threads = self.shared.threads;
-        let slots = concurrency / threads + usize::from(self.id < concurrency % threads);
-        while !self.exhausted && self.conns.len() < slots {
+    fn launch_closed(&mut self, now: Instant, concurrency: usize, window: usize) {
+        let slots = self.share(concurrency);
+        let window = self.share(window).max(1);
+        while !self.exhausted && self.conns.len() < slots && self.greeting < window {
             if self.shared.claim() {
                 self.start(now, now);
             } else {
@@ -200,6 +191,7 @@ impl<'a> Worker<'a> {
     }
 
     fn launch_open(&mut self, now: Instant, max_open: usize) {
+        let max_open = self.share(max_open).max(1);
         while !self.exhausted && self.conns.len() < max_open {
             if self.next_slot >= self.shared.total {
                 self.exhausted = true;
@@ -233,6 +225,7 @@ impl<'a> Worker<'a> {
             return self.stats.failed(Failure::Connect);
         }
         let client = Client::new(self.shared.plan.clone(), self.shared.micros(intended));
+        self.greeting += 1;
         entry.insert(Conn {
             stream,
             client,
@@ -246,7 +239,12 @@ impl<'a> Worker<'a> {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        match pump(conn, self.shared, &mut self.scratch, &mut self.stats) {
+        let greeting = conn.client.awaiting_greeting();
+        let status = pump(conn, self.shared, &mut self.scratch, &mut self.stats);
+        if greeting && !conn.client.awaiting_greeting() {
+            self.greeting -= 1;
+        }
+        match status {
             Ok(Status::Running) => {}
             Ok(Status::Finished) => self.close(key),
             Err(failure) => {
@@ -258,6 +256,9 @@ impl<'a> Worker<'a> {
 
     fn close(&mut self, key: usize) {
         let mut conn = self.conns.remove(key);
+        if conn.client.awaiting_greeting() {
+            self.greeting -= 1;
+        }
         let _ = self.poll.registry().deregister(&mut conn.stream);
     }
 
