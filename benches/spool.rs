@@ -69,6 +69,7 @@ fn cases() -> Vec<Case> {
     for sync in [
         SyncStrategy::PerFile,
         SyncStrategy::Writeback,
+        SyncStrategy::Parallel,
         SyncStrategy::FileSystem,
     ] {
         for threads in [1, 2] {

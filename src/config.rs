@@ -78,7 +78,7 @@ pub struct Layer {
     /// Spool directory [default: ./spool].
     #[arg(long, value_name = "DIR")]
     pub spool: Option<PathBuf>,
-    /// `durable`, or `discard` to accept and drop (benchmarks only) [default: durable].
+    /// Durable, or discard to accept and drop (benchmarks only) [default: durable].
     #[arg(long, value_name = "MODE")]
     pub spool_mode: Option<SpoolModeName>,
     /// Spool writer threads [default: 1].

@@ -168,3 +168,24 @@ fn discard_mode_warns_loudly() {
     assert!(log.contains("DISCARD"), "{log}");
     assert!(files_in(&spool.join("new")).is_empty());
 }
+
+#[test]
+fn a_second_sigterm_stops_without_waiting_for_the_drain() {
+    let mut server = BinServer::start(tempfile::tempdir().unwrap(), &["--drain-timeout", "120"]);
+    let mut busy = server.client();
+    busy.hello();
+    busy.open_data("alice@example.com");
+    busy.send(b"Subject: never finished\r\n");
+    server.signal("TERM");
+    // Listeners close when the drain begins.
+    let addr = server.addr;
+    assert!(wait_until(Duration::from_secs(10), || Client::try_connect(
+        addr
+    )
+    .is_none()));
+    server.signal("TERM");
+    let (status, log) = server.wait();
+    assert_eq!(status, Some(1), "{log}");
+    assert!(log.contains("second signal"), "{log}");
+    assert!(files_in(&server.path().join("spool/new")).is_empty());
+}

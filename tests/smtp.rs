@@ -455,3 +455,25 @@ fn tiny_read_buffer_delivers_many_pipelined_messages_intact() {
     c.expect(221);
     server.stop();
 }
+
+/// Data and the client's FIN arriving together: the session still ends at
+/// once (not at its timeout), so its slot under --max-sessions frees up.
+#[test]
+fn a_client_that_hangs_up_frees_its_session_at_once() {
+    let server = TestServer::start(&["--max-sessions", "1"]);
+    for round in 0..20 {
+        let mut greeted = None;
+        wait_until(Duration::from_secs(5), || {
+            let mut c = server.client();
+            let ok = c.reply().code == 220;
+            greeted = ok.then_some(c);
+            ok
+        });
+        let mut c = greeted.unwrap_or_else(|| panic!("round {round}: previous session not freed"));
+        c.send(b"NOOP\r\n");
+        c.stream().shutdown(std::net::Shutdown::Write).unwrap();
+        c.expect(250);
+        assert!(c.closed());
+    }
+    server.stop();
+}

@@ -66,7 +66,7 @@ fn run() -> Result<(), Fatal> {
         message: err.to_string(),
         status: 1,
     })?;
-    let signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|err| Fatal {
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|err| Fatal {
         message: format!("signal handlers: {err}"),
         status: 1,
     })?;
@@ -81,8 +81,12 @@ fn run() -> Result<(), Fatal> {
         spool = %config.spool.display(),
         "mxgate ready"
     );
-    serve_signals(signals, &server, &config);
-    tracing::info!("draining sessions");
+    serve_signals(&mut signals, &server, &config);
+    tracing::info!(
+        drain_timeout_secs = config.drain_timeout.as_secs(),
+        "draining sessions; a second SIGTERM/SIGINT stops at once"
+    );
+    std::thread::spawn(move || stop_on_second_signal(signals));
     server.shutdown();
     server.join();
     tracing::info!("stopped");
@@ -106,7 +110,7 @@ fn parse_command_line() -> Result<Config, Fatal> {
 }
 
 /// Blocks until SIGTERM or SIGINT; reloads the table on SIGHUP.
-fn serve_signals(mut signals: Signals, server: &ServerHandle, config: &Config) {
+fn serve_signals(signals: &mut Signals, server: &ServerHandle, config: &Config) {
     for signal in signals.forever() {
         if signal != SIGHUP {
             return;
@@ -117,6 +121,17 @@ fn serve_signals(mut signals: Signals, server: &ServerHandle, config: &Config) {
                 tracing::info!(file = %config.recipients.display(), "recipient table reloaded");
             }
             Err(err) => tracing::error!(error = %err, "reload failed; keeping the old table"),
+        }
+    }
+}
+
+/// During the drain: another SIGTERM/SIGINT exits at once. Messages already
+/// acknowledged are durable; transactions still open get no 250.
+fn stop_on_second_signal(mut signals: Signals) {
+    for signal in signals.forever() {
+        if signal != SIGHUP {
+            tracing::warn!("second signal: stopping without waiting for the drain");
+            std::process::exit(1);
         }
     }
 }

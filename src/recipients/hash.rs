@@ -29,22 +29,50 @@ fn fold_case(word: u64) -> u64 {
     word | (upper >> 2)
 }
 
+/// Word `i` of `bytes`: octets `8i..8i+8` little-endian, zero-padded past
+/// the end. Fixed-size loads only, no variable-length copy.
+fn word(bytes: &[u8], i: usize) -> u64 {
+    let rest = &bytes[i * 8..];
+    let load4 = |at: usize| {
+        u64::from(u32::from_le_bytes([
+            rest[at],
+            rest[at + 1],
+            rest[at + 2],
+            rest[at + 3],
+        ]))
+    };
+    match rest.len() {
+        8.. => u64::from_le_bytes([
+            rest[0], rest[1], rest[2], rest[3], rest[4], rest[5], rest[6], rest[7],
+        ]),
+        // Two overlapping 4-octet loads; the overlap ORs equal octets.
+        n @ 4..=7 => load4(0) | (load4(n - 4) << ((n - 4) * 8)),
+        n @ 1..=3 => {
+            let at = |k: usize| u64::from(rest[k]) << (k * 8);
+            at(0) | at(n / 2) | at(n - 1)
+        }
+        _ => 0,
+    }
+}
+
+fn word_count(bytes: &[u8]) -> usize {
+    bytes.len().div_ceil(8)
+}
+
 /// Hashes `bytes` with ASCII case folded, under `seed`.
 pub(crate) fn hash_folded(seed: u64, bytes: &[u8]) -> u64 {
     let mut h = seed ^ fold_mul(bytes.len() as u64 ^ K2, K0);
-    let mut chunks = bytes.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        h = fold_mul(h ^ fold_case(u64::from_le_bytes(word)), K1);
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut word = [0u8; 8];
-        word[..rest.len()].copy_from_slice(rest);
-        h = fold_mul(h ^ fold_case(u64::from_le_bytes(word)), K1);
+    for i in 0..word_count(bytes) {
+        h = fold_mul(h ^ fold_case(word(bytes, i)), K1);
     }
     fold_mul(h ^ K2, K0)
+}
+
+/// True if `lower` (already lowercase) equals `bytes` with ASCII case
+/// folded, compared 8 octets at a time.
+pub(crate) fn eq_folded(lower: &[u8], bytes: &[u8]) -> bool {
+    lower.len() == bytes.len()
+        && (0..word_count(bytes)).all(|i| word(lower, i) == fold_case(word(bytes, i)))
 }
 
 /// Derives a sub-seed, e.g. one per domain for its local parts.
@@ -80,6 +108,47 @@ mod tests {
         assert_ne!(h(b"alice"), h(b"alicf"));
         assert_ne!(hash_folded(1, b"alice"), hash_folded(2, b"alice"));
         assert_ne!(derive(1, 1), derive(1, 2));
+    }
+
+    #[test]
+    fn eq_folded_matches_std() {
+        let cases: [(&[u8], &[u8]); 6] = [
+            (b"alice", b"ALICE"),
+            (b"a.long-local+part", b"A.Long-Local+Part"),
+            (b"alice", b"alicf"),
+            (b"alice", b"alic"),
+            (b"\xc3\xb6", b"\xc3\x96"),
+            (b"", b""),
+        ];
+        for (lower, bytes) in cases {
+            assert_eq!(
+                eq_folded(lower, bytes),
+                lower.eq_ignore_ascii_case(bytes),
+                "{lower:?}"
+            );
+        }
+        assert!(
+            !eq_folded(b"Alice", b"alice"),
+            "the stored side must be lowercase"
+        );
+    }
+
+    #[test]
+    fn words_are_zero_padded() {
+        let bytes: Vec<u8> = (1..=20).collect();
+        for len in 0..=20 {
+            let slice = &bytes[..len];
+            for i in 0..word_count(slice) {
+                let mut want = [0u8; 8];
+                let end = slice.len().min(i * 8 + 8);
+                want[..end - i * 8].copy_from_slice(&slice[i * 8..end]);
+                assert_eq!(
+                    word(slice, i),
+                    u64::from_le_bytes(want),
+                    "len {len} word {i}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The compact core of the table: an open-addressing index (linear probing)
-//! of `u64` slots over one byte arena of records.
+//! An open-addressing index (linear probing) of `u64` slots over one byte
+//! arena of records: the table's domain names, and the few local parts that
+//! overflow their buckets.
 //!
 //! A record is `[key length: u8][key octets][value: LEB128 u32]`; a slot is
 //! `hash tag (low 32 bits) << 32 | record offset`, and 0 marks an empty slot

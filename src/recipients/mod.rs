@@ -3,15 +3,19 @@
 //!
 //! A [`Table`] is immutable once built. Domains are interned in a small
 //! index (`index`); local parts, keyed by domain id, live inline in
-//! cache-line buckets (`buckets`), so 10 M entries take about 20 octets
-//! each and a lookup costs about one memory round trip. Lookups take the address
+//! cache-line buckets (`buckets`): about 1.45 × (4 + local part length)
+//! octets per address (22 for `user1234567@domain42.example`), and a
+//! lookup costs about one memory round trip. Lookups take the address
 //! bytes as received, fold ASCII case while hashing and comparing, and
 //! allocate nothing. It does not know about sessions: mapping a [`Lookup`]
-//! to a reply is `proto`'s job, and so is `<Postmaster>`.
+//! to a reply is `proto`'s job, and so is `<Postmaster>` without a domain;
+//! `postmaster@domain` is an ordinary address the table must list (or a
+//! catch-all must cover).
 
 pub mod address;
 mod buckets;
 mod file;
+mod filter;
 mod hash;
 mod index;
 mod varint;
@@ -20,9 +24,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use address::{unquote, MAX_LOCAL_PART};
-use buckets::{record_len, Buckets};
-use hash::{derive, hash_folded};
+use address::{unquote, MAX_DOMAIN, MAX_LOCAL_PART};
+use buckets::{record_len, Buckets, MAX_DOMAIN_ID};
+use hash::{derive, eq_folded, hash_folded};
 use index::{KeyIndex, Record, TooLarge};
 
 /// Answer of a table lookup.
@@ -62,7 +66,8 @@ impl Default for TableOptions {
 /// exactly. A quoted local part is matched by its content with
 /// quoted-pairs resolved, so `"Bob"@x` and `"b\ob"@x` are `bob@x`;
 /// content that is not a dot-atom (`"john smith"`) can only match a
-/// catch-all, as the table holds dot-atom local parts only.
+/// catch-all, as the table holds dot-atom local parts only; so can a local
+/// part longer than 64 octets.
 pub struct Table {
     options: TableOptions,
     /// Per-table random hash seed, so nobody can precompute collisions.
@@ -156,28 +161,33 @@ impl Table {
             seed: random_seed(),
             domains: KeyIndex::with_capacity(0),
             catch_all: Vec::new(),
-            locals: Buckets::with_room(0),
+            locals: Buckets::with_room(0, 0),
             entries: 0,
         }
     }
 
     /// `local` exactly, or its base before the subaddress delimiter.
     fn has_mailbox(&self, domain: u32, local: &[u8]) -> bool {
-        if self.has_local(domain, local) {
-            return true;
-        }
         let base = self
             .options
             .delimiter
             .and_then(|d| memchr::memchr(d, local));
-        base.is_some_and(|end| end > 0 && self.has_local(domain, &local[..end]))
+        let base = base.filter(|&end| end > 0).map(|end| &local[..end]);
+        let exact_hash = Table::local_hash(self.seed, domain, local);
+        if let Some(base) = base {
+            // Request the base's buckets before waiting on the exact ones.
+            self.locals
+                .prefetch(Table::local_hash(self.seed, domain, base));
+        }
+        self.has_local(exact_hash, domain, local)
+            || base.is_some_and(|base| {
+                self.has_local(Table::local_hash(self.seed, domain, base), domain, base)
+            })
     }
 
     fn domain_id(&self, domain: &[u8]) -> Option<u32> {
         let hash = hash_folded(self.seed, domain);
-        let found = self
-            .domains
-            .find(hash, |r| r.key.eq_ignore_ascii_case(domain));
+        let found = self.domains.find(hash, |r| eq_folded(r.key, domain));
         found.map(|r| r.value)
     }
 
@@ -185,12 +195,13 @@ impl Table {
         hash_folded(derive(seed, domain), local)
     }
 
-    fn has_local(&self, domain: u32, local: &[u8]) -> bool {
-        let hash = Table::local_hash(self.seed, domain, local);
+    /// True if `local` (hashed to `hash`) is in `domain`.
+    fn has_local(&self, hash: u64, domain: u32, local: &[u8]) -> bool {
         let fold = self.options.fold_local_case;
+        // Stored keys are already lowercase when folding.
         let same = |key: &[u8]| {
             if fold {
-                key.eq_ignore_ascii_case(local)
+                eq_folded(key, local)
             } else {
                 key == local
             }
@@ -209,19 +220,44 @@ impl Table {
     fn add_mailboxes(&mut self, mailboxes: &[(u32, u32, &[u8])]) -> Result<(), LoadError> {
         let bytes = mailboxes
             .iter()
-            .map(|&(domain, _, local)| record_len(domain, local))
+            .map(|&(_, _, local)| record_len(local))
             .sum();
-        self.locals = Buckets::with_room(bytes);
+        self.locals = Buckets::with_room(mailboxes.len(), bytes);
         let seed = self.seed;
         let rehash = |r: Record| Table::local_hash(seed, r.value, r.key);
-        for &(domain, line, local) in mailboxes {
-            if !self.has_local(domain, local) {
-                let hash = Table::local_hash(seed, domain, local);
-                let stored = self.locals.insert(hash, domain, local, rehash);
-                stored.map_err(|e| too_large(line as usize, e))?;
-                self.entries += 1;
+        for batch in mailboxes.chunks(LOAD_BATCH) {
+            let mut hashes = [0u64; LOAD_BATCH];
+            for (hash, &(domain, _, local)) in hashes.iter_mut().zip(batch) {
+                *hash = Table::local_hash(seed, domain, local);
+                self.locals.touch(*hash);
+            }
+            for (&hash, &(domain, line, local)) in hashes.iter().zip(batch) {
+                self.add_mailbox(hash, domain, local, rehash)
+                    .map_err(|e| too_large(line as usize, e))?;
             }
         }
+        Ok(())
+    }
+
+    /// Stores one address unless it is already there.
+    fn add_mailbox(
+        &mut self,
+        hash: u64,
+        domain: u32,
+        local: &[u8],
+        rehash: impl Fn(Record) -> u64,
+    ) -> Result<(), TooLarge> {
+        if self.has_local(hash, domain, local) {
+            return Ok(());
+        }
+        let mut lower = [0u8; MAX_LOCAL_PART];
+        let key = if self.options.fold_local_case {
+            lowercase(local, &mut lower)
+        } else {
+            local
+        };
+        self.locals.insert(hash, domain, key, rehash)?;
+        self.entries += 1;
         Ok(())
     }
 
@@ -231,10 +267,15 @@ impl Table {
             return Ok(id);
         }
         let id = u32::try_from(self.catch_all.len()).map_err(|_| TooLarge)?;
+        if id > MAX_DOMAIN_ID {
+            return Err(TooLarge);
+        }
         let seed = self.seed;
         let rehash = |r: Record| hash_folded(seed, r.key);
+        let mut lower = [0u8; MAX_DOMAIN];
+        let key = lowercase(domain, &mut lower);
         self.domains
-            .insert(hash_folded(seed, domain), domain, id, rehash)?;
+            .insert(hash_folded(seed, domain), key, id, rehash)?;
         self.catch_all.push(false);
         Ok(id)
     }
@@ -250,6 +291,15 @@ impl std::fmt::Debug for Table {
     }
 }
 
+/// `bytes` lowercased into `buf` (the table file's keys fit: the parser
+/// checked their lengths).
+fn lowercase<'b>(bytes: &[u8], buf: &'b mut [u8]) -> &'b [u8] {
+    let lower = &mut buf[..bytes.len()];
+    lower.copy_from_slice(bytes);
+    lower.make_ascii_lowercase();
+    lower
+}
+
 fn too_large(line: usize, _: TooLarge) -> LoadError {
     LoadError::Syntax {
         line,
@@ -262,6 +312,10 @@ fn random_seed() -> u64 {
     use std::hash::BuildHasher;
     std::collections::hash_map::RandomState::new().hash_one(0x6d78_6761_7465_u64)
 }
+
+/// Addresses whose buckets are requested together while loading, so that
+/// their cache misses overlap.
+const LOAD_BATCH: usize = 16;
 
 /// A table that can be swapped while sessions run (arc-swap).
 pub struct SharedTable {

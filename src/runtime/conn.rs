@@ -109,8 +109,10 @@ pub struct Conn {
     pub in_ready: bool,
     /// A message is at the spool; the session is paused until it answers.
     pub awaiting_spool: bool,
-    /// The client closed its sending side.
+    /// The client closed its sending side (a read returned 0).
     eof: bool,
+    /// epoll reported the peer's hang-up: read until 0, even after a short read.
+    hang_up: bool,
     /// Input the session has not consumed: a partial line, or what arrived
     /// behind a message that went to the spool.
     pending: Vec<u8>,
@@ -134,12 +136,18 @@ impl Conn {
             in_ready: false,
             awaiting_spool: false,
             eof: false,
+            hang_up: false,
             pending: Vec::new(),
             pending_unseen: false,
             out: Vec::new(),
             body: Vec::new(),
             log: SessionLog::default(),
         }
+    }
+
+    /// epoll reported that the peer hung up or the socket failed.
+    pub fn hang_up_seen(&mut self) {
+        self.hang_up = true;
     }
 
     /// Sends what is queued, then reads and feeds the session until the
@@ -178,7 +186,12 @@ impl Conn {
         if !self.eof && room_end > held {
             match read_retrying(&mut self.stream, &mut scratch[held..room_end]) {
                 Ok(0) => self.eof = true,
-                Ok(n) => read = n,
+                Ok(n) => {
+                    read = n;
+                    // A short read emptied the socket: the next arrival is a
+                    // new edge, so skip the read that would say WouldBlock.
+                    blocked = held + n < room_end && !self.hang_up;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => blocked = true,
                 Err(_) => return Step::End(Outcome::Reset),
             }
@@ -292,11 +305,11 @@ impl Conn {
         }
     }
 
-    /// Last words: flush what we can and signal end of output. Replies the
-    /// socket cannot take now are dropped; the peer is going away.
+    /// Last words: flush what we can before the socket is dropped (closing
+    /// it sends the FIN). Replies the socket cannot take now are lost; the
+    /// session is over.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         let _ = self.flush(out);
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
         out.clear();
     }
 

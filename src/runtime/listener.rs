@@ -54,6 +54,9 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<mio::net::TcpListener>
     }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
+    // Accepted sockets inherit it: replies go out at once, without a
+    // setsockopt per connection.
+    socket.set_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into()).map_err(|e| annotate(e, addr))?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
@@ -77,6 +80,21 @@ mod tests {
         for listeners in &per_worker {
             assert_eq!(listeners[0].local_addr().unwrap(), bound[0]);
         }
+    }
+
+    #[test]
+    fn accepted_sockets_have_nodelay() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (per_worker, bound) = bind_all(&[addr], 1, 16).unwrap();
+        let _client = std::net::TcpStream::connect(bound[0]).unwrap();
+        let accepted = (0..100).find_map(|_| match per_worker[0][0].accept() {
+            Ok((stream, _)) => Some(stream),
+            Err(_) => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                None
+            }
+        });
+        assert!(accepted.expect("accepted").nodelay().unwrap());
     }
 
     #[test]

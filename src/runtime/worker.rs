@@ -13,6 +13,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -123,7 +124,7 @@ impl Worker {
             }
             let now = Instant::now();
             for event in events.iter() {
-                self.dispatch(event.token(), now);
+                self.dispatch(event, now);
             }
             self.run_ready(now);
             self.accept_all(now);
@@ -134,12 +135,16 @@ impl Worker {
         }
     }
 
-    fn dispatch(&mut self, token: Token, now: Instant) {
+    fn dispatch(&mut self, event: &Event, now: Instant) {
+        let token = event.token();
         if token == WAKER {
             self.complete_spooled(now);
         } else if token.0 >= usize::MAX - self.listeners.len() {
             self.accept_more = true;
-        } else {
+        } else if let Some(conn) = self.conns.get_mut(token.0) {
+            if event.is_read_closed() || event.is_error() {
+                conn.hang_up_seen();
+            }
             self.drive(token.0, now);
         }
     }
@@ -248,7 +253,6 @@ impl Worker {
             tracing::info!(client = %peer.ip(), outcome = "over-capacity", "session end");
             return;
         }
-        let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let interest = Interest::READABLE | Interest::WRITABLE;
@@ -269,14 +273,21 @@ impl Worker {
         conn.timer_tick = self
             .wheel
             .schedule(key, generation, conn.session.deadline());
+        // No read yet: input that beat the greeting still raises an event,
+        // because registering a ready socket reports it.
+        if conn.flush(&mut self.out).is_err() {
+            conn.log_end(Outcome::Reset);
+            self.shared.close_one();
+            return;
+        }
         entry.insert(conn);
-        self.drive(key, now);
     }
 
     fn close(&mut self, key: usize, outcome: Outcome) {
         let mut conn = self.conns.remove(key);
+        // Dropping the socket closes it, which also takes it off the epoll
+        // set: no deregister call needed.
         conn.finish(&mut self.out);
-        let _ = self.poll.registry().deregister(&mut conn.stream);
         conn.log_end(outcome);
         self.shared.close_one();
         if self.accept_blocked_until.take().is_some() {

@@ -182,6 +182,7 @@ fn every_sync_strategy_commits() {
     for sync in [
         SyncStrategy::PerFile,
         SyncStrategy::Writeback,
+        SyncStrategy::Parallel,
         SyncStrategy::FileSystem,
     ] {
         let root = tempfile::tempdir().unwrap();

@@ -26,6 +26,9 @@ use super::{Completion, SpoolError, SyncStrategy};
 /// Small messages go out in one `write(2)`; larger bodies bypass the buffer.
 const WRITE_BUFFER: usize = 16 * 1024;
 
+/// Helper threads of [`SyncStrategy::Parallel`].
+const PARALLEL_SYNCS: usize = 8;
+
 /// What every spool thread shares.
 pub struct Shared {
     pub dir: SpoolDir,
@@ -162,6 +165,7 @@ impl Writer {
                 start_writeback(entries);
                 self.sync_each(entries);
             }
+            SyncStrategy::Parallel => self.sync_in_parallel(entries),
             SyncStrategy::FileSystem => self.sync_file_system(entries),
         }
         for entry in entries {
@@ -177,6 +181,17 @@ impl Writer {
                 entry.fail(&path, io_error(&path)(error));
             }
         }
+    }
+
+    /// `fdatasync` from several threads at once, so the file system can
+    /// fold concurrent syncs into shared journal commits and device flushes.
+    fn sync_in_parallel(&self, entries: &mut [Entry]) {
+        let per_thread = entries.len().div_ceil(PARALLEL_SYNCS).max(1);
+        std::thread::scope(|scope| {
+            for chunk in entries.chunks_mut(per_thread) {
+                scope.spawn(|| self.sync_each(chunk));
+            }
+        });
     }
 
     fn sync_file_system(&self, entries: &mut [Entry]) {
