@@ -33,6 +33,8 @@
 #   MXGATE_ARGS=""     extra mxgate flags (e.g. "--workers 2")
 #   LOAD_LEVELS="1 100 1000 10000"  LOAD_ROUNDS=3
 #   LOAD_MIN_SESSIONS=2000  sessions per mxgate-load run (at least 2 per slot)
+#   LOAD_HGRM_DIR=DIR  keep round 1's histograms (.hgrm) and percentile plot
+#                      (SVG) of each level and server in DIR/LEVEL-SERVER/
 #   NO_BUILD=1         use the binaries as they are
 #   KEEP_WORK=1        keep logs and client output (path printed at exit)
 #   BENCH_TMP=/tmp     where scratch, table and spool live (a real disk)
@@ -48,13 +50,14 @@ ROUNDS=${ROUNDS:-3}
 MESSAGES=${MESSAGES:-10000}
 CONCURRENCY=${CONCURRENCY:-200}
 SIZE=${SIZE:-1024}
-SCENARIOS=${SCENARIOS:-accept reject}
+SCENARIOS=${SCENARIOS-accept reject} # empty: only the mxgate-load section
 TABLE_SIZE=${TABLE_SIZE:-100000}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 MXGATE_ARGS=${MXGATE_ARGS:-}
 LOAD_LEVELS=${LOAD_LEVELS-1 100 1000 10000} # empty: skip the section
 LOAD_ROUNDS=${LOAD_ROUNDS:-3}
 LOAD_MIN_SESSIONS=${LOAD_MIN_SESSIONS:-2000}
+LOAD_HGRM_DIR=${LOAD_HGRM_DIR:-}
 SINK_MAX_SESSIONS=19500 # smtp-sink -m: above the largest load level
 BACKLOG=4096
 
@@ -276,10 +279,15 @@ run_load() {
     local server=$1 level=$2 messages=$3 round=$4 results=$5
     local json=$WORK/load-$server-$level-$round.json rc=0
     local pid=${PID_OF[$server]}
+    local -a hgrm=()
+    if [[ -n $LOAD_HGRM_DIR && $round == 1 ]]; then
+        mkdir -p "$LOAD_HGRM_DIR/$level-$server"
+        hgrm=(--hgrm-dir "$LOAD_HGRM_DIR/$level-$server")
+    fi
     alive "$pid" || die "$(server_label "$server") died (log: $WORK/$server.log)"
     timed_client "$pid" "$json" "$json.err" /usr/bin/time -f '%U %S' -o "$json.time" "$MXGATE_LOAD_BIN" \
         --target "127.0.0.1:${PORT_OF[$server]}" --sessions "$level" --messages 1 \
-        --sessions-total "$messages" --size "$SIZE" --json || rc=$?
+        --sessions-total "$messages" --size "$SIZE" --json "${hgrm[@]}" || rc=$?
     if [[ $rc != 0 ]]; then
         log "  load $level/$(server_label "$server") round $round FAILED (status $rc): $(tail -n1 "$json.err")"
         return
@@ -320,6 +328,7 @@ main() {
     echo "== mxgate vs smtp-sink, $(date -u '+%Y-%m-%d %H:%M UTC')"
     machine_summary
     echo "load average at start: $load_start (the machine is shared: alternation and medians absorb some noise)"
+    echo "mxgate: $MXGATE_BIN ${MXGATE_ARGS:-(default flags)}; git $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')"
     echo "driver: smtp-source -s $CONCURRENCY -m $MESSAGES -l $SIZE (one message or one RCPT per connection)"
     echo
     summarize
