@@ -33,6 +33,7 @@
 #   MXGATE_ARGS=""     extra mxgate flags (e.g. "--workers 2")
 #   LOAD_LEVELS="1 100 1000 10000"  LOAD_ROUNDS=3
 #   LOAD_MIN_SESSIONS=2000  sessions per mxgate-load run (at least 2 per slot)
+#   LOAD_ARGS=""       extra mxgate-load flags (e.g. "--connect-window 10000")
 #   LOAD_HGRM_DIR=DIR  keep round 1's histograms (.hgrm) and percentile plot
 #                      (SVG) of each level and server in DIR/LEVEL-SERVER/
 #   NO_BUILD=1         use the binaries as they are
@@ -58,6 +59,7 @@ LOAD_LEVELS=${LOAD_LEVELS-1 100 1000 10000} # empty: skip the section
 LOAD_ROUNDS=${LOAD_ROUNDS:-3}
 LOAD_MIN_SESSIONS=${LOAD_MIN_SESSIONS:-2000}
 LOAD_HGRM_DIR=${LOAD_HGRM_DIR:-}
+LOAD_ARGS=${LOAD_ARGS:-}
 SINK_MAX_SESSIONS=19500 # smtp-sink -m: above the largest load level
 BACKLOG=4096
 
@@ -258,6 +260,10 @@ run_load_section() {
         echo "mxgate-load section skipped: $MXGATE_LOAD_BIN does not exist."
         return
     fi
+    if [[ -z $LOAD_LEVELS ]]; then
+        echo "mxgate-load section skipped: LOAD_LEVELS is empty."
+        return
+    fi
     local load_results=$WORK/load.tsv level round server
     : >"$load_results"
     for level in $LOAD_LEVELS; do
@@ -271,7 +277,7 @@ run_load_section() {
         done
     done
     echo
-    echo "mxgate-load: one ${SIZE}-byte message per session, closed loop, median of $LOAD_ROUNDS rounds"
+    echo "mxgate-load ${LOAD_ARGS:-(default flags)}: one ${SIZE}-byte message per session, closed loop, median of $LOAD_ROUNDS rounds"
     python3 "$BENCH_DIR/load_summary.py" table "$load_results"
 }
 
@@ -285,9 +291,10 @@ run_load() {
         hgrm=(--hgrm-dir "$LOAD_HGRM_DIR/$level-$server")
     fi
     alive "$pid" || die "$(server_label "$server") died (log: $WORK/$server.log)"
+    # shellcheck disable=SC2086 # LOAD_ARGS is split on purpose
     timed_client "$pid" "$json" "$json.err" /usr/bin/time -f '%U %S' -o "$json.time" "$MXGATE_LOAD_BIN" \
         --target "127.0.0.1:${PORT_OF[$server]}" --sessions "$level" --messages 1 \
-        --sessions-total "$messages" --size "$SIZE" --json "${hgrm[@]}" || rc=$?
+        --sessions-total "$messages" --size "$SIZE" --json "${hgrm[@]}" $LOAD_ARGS || rc=$?
     if [[ $rc != 0 ]]; then
         log "  load $level/$(server_label "$server") round $round FAILED (status $rc): $(tail -n1 "$json.err")"
         return
