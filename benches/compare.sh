@@ -338,7 +338,7 @@ main() {
     echo "mxgate: $MXGATE_BIN ${MXGATE_ARGS:-(default flags)}; git $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')"
     echo "driver: smtp-source -s $CONCURRENCY -m $MESSAGES -l $SIZE (one message or one RCPT per connection)"
     echo
-    summarize
+    if [[ -s $RESULTS ]]; then summarize; else echo "smtp-source section skipped: SCENARIOS is empty."; fi
     if [[ -n $MXGATE_PROBLEM ]]; then
         echo
         echo "mxgate rows missing: $MXGATE_PROBLEM"
