@@ -7,8 +7,8 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(dirname "$BENCH_DIR")
 MXGATE_BIN=${MXGATE_BIN:-$REPO_DIR/target/release/mxgate}
 MXGATE_LOAD_BIN=${MXGATE_LOAD_BIN:-$REPO_DIR/target/release/mxgate-load}
-# Scratch space (tables, logs, spools). On a real disk by default: /tmp here
-# is ext4, and the durable spool's fsyncs must hit a real file system.
+# Scratch space: tables, logs, client output and the spool (or the spool's
+# image, see mount_spool_fs). On a real disk: never a tmpfs, where fsync is free.
 WORK=$(mktemp -d "${BENCH_TMP:-/tmp}/mxgate-bench.XXXXXX")
 PATH=$PATH:/usr/sbin:/sbin
 
