@@ -24,6 +24,16 @@ pub fn raise_open_files_limit() -> std::io::Result<u64> {
     Ok(open_files_limit())
 }
 
+/// Whether an accept failed for want of descriptors or kernel memory
+/// (`errno` as the kernel returned it): the caller pauses accepting rather
+/// than retrying in a busy loop.
+pub fn is_out_of_descriptors(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
 use super::conn::Outcome;
+use super::limits::is_out_of_descriptors;
 use super::server::Shared;
 use super::sessions::{Driver, Sessions};
 use crate::metrics::Recorder;
@@ -155,7 +156,7 @@ impl Worker {
                     self.admit(stream, peer, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if is_out_of_descriptors(&e) => {
+                Err(e) if e.raw_os_error().is_some_and(is_out_of_descriptors) => {
                     if !self.accept_paused {
                         tracing::warn!(error = %e, "out of file descriptors; accepting paused");
                     }
@@ -231,13 +232,6 @@ impl Driver for Worker {
             let _ = self.poll.registry().deregister(&mut listener);
         }
     }
-}
-
-fn is_out_of_descriptors(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
 }
 
 #[cfg(test)]

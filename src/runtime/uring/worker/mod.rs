@@ -24,6 +24,7 @@ use crate::metrics::Recorder;
 use crate::proto::SessionConfig;
 use crate::recipients::SharedTable;
 use crate::runtime::conn::Outcome;
+use crate::runtime::limits::is_out_of_descriptors;
 use crate::runtime::server::Shared;
 use crate::runtime::sessions::{Driver, Sessions};
 use crate::spool::SpoolLink;
@@ -476,13 +477,6 @@ fn peer_ip(fd: &OwnedFd) -> IpAddr {
         .ok()
         .and_then(|addr| addr.as_socket())
         .map_or(IpAddr::from([0, 0, 0, 0]), |addr| addr.ip())
-}
-
-fn is_out_of_descriptors(errno: i32) -> bool {
-    matches!(
-        errno,
-        libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
-    )
 }
 
 #[cfg(test)]
