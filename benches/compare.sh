@@ -37,6 +37,11 @@
 #   LOAD_HGRM_DIR=DIR  keep round 1's histograms (.hgrm) and percentile plot
 #                      (SVG) of each level and server in DIR/LEVEL-SERVER/
 #   NO_BUILD=1         use the binaries as they are
+#   SERVER_CPUS=N      taskset list every server is confined to; default: the
+#                      last core, so each server gets one core, as smtp-sink (one
+#                      process) can use no more, and mxgate with its defaults
+#                      runs one worker there. Empty: servers may use every core.
+#   CLIENT_CPUS=LIST   taskset list of the client; default: unconfined
 #   KEEP_WORK=1        keep logs and client output (path printed at exit)
 #   BENCH_TMP=/tmp     where scratch, table and spool live (a real disk)
 #   SPOOL_FS=loop|host the durable spool on a fresh loop-mounted journaled
@@ -44,6 +49,7 @@
 #                      (see mount_spool_fs in lib.sh for why it matters)
 # Output: the tables on stdout, progress on stderr.
 set -euo pipefail
+SERVER_CPUS=${SERVER_CPUS-$(($(nproc) - 1))}
 source "$(dirname "$0")/lib.sh"
 
 PORT=${PORT:-25250}
@@ -335,6 +341,7 @@ main() {
     echo "== mxgate vs smtp-sink, $(date -u '+%Y-%m-%d %H:%M UTC')"
     machine_summary
     echo "load average at start: $load_start (the machine is shared: alternation and medians absorb some noise)"
+    echo "servers confined to CPUs: ${SERVER_CPUS:-(none)}; client: ${CLIENT_CPUS:-(any)}"
     echo "mxgate: $MXGATE_BIN ${MXGATE_ARGS:-(default flags)}; git $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')"
     echo "driver: smtp-source -s $CONCURRENCY -m $MESSAGES -l $SIZE (one message or one RCPT per connection)"
     echo

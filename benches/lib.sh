@@ -12,6 +12,12 @@ MXGATE_LOAD_BIN=${MXGATE_LOAD_BIN:-$REPO_DIR/target/release/mxgate-load}
 WORK=$(mktemp -d "${BENCH_TMP:-/tmp}/mxgate-bench.XXXXXX")
 PATH=$PATH:/usr/sbin:/sbin
 
+# Optional CPU split (taskset lists, e.g. SERVER_CPUS=1 CLIENT_CPUS=0): every
+# server then gets the same cores and the client its own, so a multi-threaded
+# server cannot out-draw a single-process peer or starve the client.
+SERVER_CPUS=${SERVER_CPUS:-}
+CLIENT_CPUS=${CLIENT_CPUS:-}
+
 SERVER_PIDS=()   # every server we started, stopped by cleanup
 CLIENT_PID=""    # the load client running right now, if any
 STARTED_PID=""   # set by start_server
@@ -150,7 +156,7 @@ start_server() {
     port_busy "$port" && die "port $port is already in use (set PORT=... to move)"
     (
         ulimit -Sn "$(ulimit -Hn)"
-        exec "$@"
+        exec $(on_cpus "$SERVER_CPUS") "$@"
     ) >"$WORK/$name.log" 2>&1 &
     STARTED_PID=$!
     SERVER_PIDS+=("$STARTED_PID")
@@ -188,12 +194,16 @@ stop_server() {
 run_client() {
     local secs=$1 out=$2 err=$3 rc=0
     shift 3
-    timeout "$secs" "$@" >"$out" 2>"$err" &
+    timeout "$secs" $(on_cpus "$CLIENT_CPUS") "$@" >"$out" 2>"$err" &
     CLIENT_PID=$!
     wait "$CLIENT_PID" || rc=$?
     CLIENT_PID=""
     return "$rc"
 }
+
+# on_cpus LIST: the command prefix that confines a process to LIST (nothing
+# when LIST is empty); unquoted use is deliberate, it is zero or three words.
+on_cpus() { if [[ -n $1 ]]; then echo "taskset -c $1"; fi; }
 
 # CPU time (user+system, all threads) of a process, in clock ticks.
 cpu_ticks() {
