@@ -142,6 +142,11 @@ pub struct Layer {
     /// Connections accepted from one listener per wake-up [default: 256].
     #[arg(long, value_name = "N")]
     pub accept_batch: Option<usize>,
+    /// Sessions one worker serves at once; further connections wait in the
+    /// listen backlog until one ends, so the sessions in progress keep
+    /// getting quick replies. 0: no limit but max-sessions [default: 0].
+    #[arg(long, value_name = "N")]
+    pub worker_sessions: Option<usize>,
     /// Per-worker read buffer, in octets [default: 65536].
     #[arg(long, value_name = "BYTES")]
     pub read_buffer: Option<usize>,
@@ -180,6 +185,7 @@ impl Layer {
             socket_receive_buffer,
             socket_send_buffer,
             accept_batch,
+            worker_sessions,
             read_buffer,
             metrics,
         )
@@ -287,6 +293,8 @@ pub struct Config {
     /// SO_SNDBUF for sessions; 0: kernel autotuning.
     pub socket_send_buffer: usize,
     pub accept_batch: usize,
+    /// Sessions one worker serves at once; 0: no limit but max-sessions.
+    pub worker_sessions: usize,
     pub read_buffer: usize,
     /// Where to serve `/metrics`; `None`: off.
     pub metrics: Option<SocketAddr>,
@@ -327,6 +335,7 @@ impl Config {
             socket_receive_buffer: layer.socket_receive_buffer.unwrap_or(0),
             socket_send_buffer: layer.socket_send_buffer.unwrap_or(0),
             accept_batch: layer.accept_batch.unwrap_or(DEFAULT_ACCEPT_BATCH),
+            worker_sessions: layer.worker_sessions.unwrap_or(0),
             read_buffer: layer.read_buffer.unwrap_or(64 << 10),
             metrics: layer.metrics,
         };
@@ -520,6 +529,7 @@ mod tests {
         assert!(c.fold_local_case);
         assert_eq!(c.workers, online_cores());
         assert!(c.max_sessions >= 1);
+        assert_eq!(c.worker_sessions, 0, "no cap but max-sessions");
         assert!(!c.hostname.is_empty());
     }
 

@@ -1,6 +1,8 @@
-//! Running out of file descriptors: the server stops accepting without
-//! spinning, keeps serving the sessions it has, and accepts the waiting
-//! clients once descriptors free up.
+//! Limits on accepting: running out of file descriptors (the server stops
+//! accepting without spinning, keeps serving the sessions it has, and
+//! accepts the waiting clients once descriptors free up) and the
+//! `worker-sessions` cap (connections beyond it wait for their greeting in
+//! the listen backlog until a session ends).
 
 mod support;
 
@@ -8,7 +10,18 @@ use mxgate::config::Backend;
 
 use std::time::Duration;
 
-use support::{BinServer, Client};
+use support::{BinServer, Client, TestServer};
+
+/// True if the server has greeted `c` (its first byte is there) within `wait`.
+fn greeted_within(c: &Client, wait: Duration) -> bool {
+    c.stream().set_read_timeout(Some(wait)).unwrap();
+    let mut byte = [0u8; 1];
+    let got = c.stream().peek(&mut byte).is_ok_and(|n| n == 1);
+    c.stream()
+        .set_read_timeout(Some(support::READ_TIMEOUT))
+        .unwrap();
+    got
+}
 
 /// CPU time (user + system) the process has used, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
@@ -34,17 +47,7 @@ fn out_of_descriptors_pauses_accepting_without_spinning(backend: Backend) {
     let mut clients: Vec<Client> = (0..CLIENTS).map(|_| server.client()).collect();
 
     // Those that got a descriptor are greeted; the rest wait in the backlog.
-    let greeted = |c: &Client| {
-        c.stream()
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let mut byte = [0u8; 1];
-        let got = c.stream().peek(&mut byte).is_ok_and(|n| n == 1);
-        c.stream()
-            .set_read_timeout(Some(support::READ_TIMEOUT))
-            .unwrap();
-        got
-    };
+    let greeted = |c: &Client| greeted_within(c, Duration::from_millis(100));
     let served: Vec<bool> = clients.iter().map(greeted).collect();
     let first = served
         .iter()
@@ -88,4 +91,30 @@ fn out_of_descriptors_pauses_accepting_without_spinning(backend: Backend) {
     );
 }
 
-support::backend_tests!(out_of_descriptors_pauses_accepting_without_spinning,);
+fn a_full_worker_leaves_new_clients_in_the_backlog(backend: Backend) {
+    let server = TestServer::start(backend, &["--workers", "1", "--worker-sessions", "2"]);
+    let mut first = server.client();
+    first.expect(220);
+    let mut second = server.client();
+    second.expect(220);
+
+    // The kernel completes the handshake; the greeting waits for room.
+    let mut third = server.client();
+    assert!(
+        !greeted_within(&third, Duration::from_millis(300)),
+        "a third session was greeted past worker-sessions 2"
+    );
+    second.cmd("EHLO client.example", 250);
+
+    first.cmd("QUIT", 221);
+    third.hello();
+    for c in [&mut second, &mut third] {
+        c.cmd("QUIT", 221);
+    }
+    server.stop();
+}
+
+support::backend_tests!(
+    out_of_descriptors_pauses_accepting_without_spinning,
+    a_full_worker_leaves_new_clients_in_the_backlog,
+);

@@ -41,7 +41,9 @@ fn every_shipped_profile_loads_and_validates() {
     let throughput = with_profile("throughput", &[]).unwrap();
     assert_eq!(throughput.accept_batch, 1024);
     assert_eq!(throughput.listen_backlog, 65535);
-    assert_eq!(with_profile("latency", &[]).unwrap().accept_batch, 16);
+    let latency = with_profile("latency", &[]).unwrap();
+    assert_eq!(latency.accept_batch, 16);
+    assert_eq!(latency.worker_sessions, 64);
 }
 
 #[test]

@@ -46,6 +46,8 @@ pub struct Shared {
     pub drain_timeout: Duration,
     /// Connections accepted from one listener per wake-up.
     pub accept_batch: usize,
+    /// Sessions one worker serves at once (0: no limit).
+    pub worker_sessions: usize,
 }
 
 impl Shared {
@@ -91,6 +93,7 @@ impl Server {
             stop: AtomicBool::new(false),
             drain_timeout: config.drain_timeout,
             accept_batch: config.accept_batch,
+            worker_sessions: config.worker_sessions,
         });
         let set = WorkerSet {
             listeners,

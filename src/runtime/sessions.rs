@@ -73,6 +73,18 @@ impl<S: Socket> Sessions<S> {
         }
     }
 
+    /// How many more connections this worker may take now: none while
+    /// draining; below its `worker-sessions` cap otherwise. Connections it
+    /// does not take wait in the kernel's listen backlog, which costs us
+    /// nothing and keeps replies to the sessions in progress quick.
+    pub fn room(&self) -> usize {
+        match (self.drain_deadline, self.shared.worker_sessions) {
+            (Some(_), _) => 0,
+            (None, 0) => usize::MAX,
+            (None, cap) => cap.saturating_sub(self.conns.len()),
+        }
+    }
+
     /// Takes a session slot, or refuses the client with the over-capacity
     /// reply, written through `send` (best effort: a brand-new socket's
     /// send buffer is empty). Returns false when refused.

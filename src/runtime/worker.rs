@@ -1,7 +1,7 @@
 //! One epoll worker: an event loop on its own thread with its own
 //! listeners and mio `Poll`; its connections live in [`Sessions`].
 //!
-//! Owns accepting (with the session cap and no busy loop when descriptors
+//! Owns accepting (with the session caps and no busy loop when descriptors
 //! run out), registering sockets and dispatching readiness to connections.
 //! Second turns, deadlines, spool completions and the shutdown drain are
 //! the [`Driver`] turns shared with the io_uring backend. Shares nothing
@@ -88,7 +88,8 @@ impl Worker {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
-            let accept_now = self.accept_more && self.accept_blocked_until.is_none();
+            let accept_now =
+                self.accept_more && self.accept_blocked_until.is_none() && self.sessions.room() > 0;
             let timeout = if self.sessions.ready.is_empty() && !accept_now {
                 self.sessions.wheel.until_next_tick(Instant::now())
             } else {
@@ -130,7 +131,9 @@ impl Worker {
     }
 
     fn accept_all(&mut self, now: Instant) {
-        if !self.accept_more || self.sessions.drain_deadline.is_some() {
+        // With no room, `accept_more` stays set: a close makes room and
+        // the same pass accepts again.
+        if !self.accept_more || self.sessions.room() == 0 {
             return;
         }
         if let Some(until) = self.accept_blocked_until {
@@ -145,9 +148,11 @@ impl Worker {
         }
     }
 
-    /// Accepts up to `accept-batch` connections from one listener.
+    /// Accepts up to `accept-batch` connections from one listener, and no
+    /// more than the worker has room for.
     fn accept_from(&mut self, index: usize, now: Instant) {
-        for _ in 0..self.sessions.shared.accept_batch {
+        let batch = self.sessions.shared.accept_batch;
+        for _ in 0..batch.min(self.sessions.room()) {
             match self.listeners[index].accept() {
                 Ok((stream, peer)) => {
                     if std::mem::take(&mut self.accept_paused) {

@@ -88,7 +88,7 @@ impl Worker {
     }
 
     fn requests_in_flight(&self) -> bool {
-        self.wake_armed || self.listeners.iter().any(|l| l.armed)
+        self.wake_armed || self.listeners.iter().any(|l| l.accepts > 0)
     }
 }
 

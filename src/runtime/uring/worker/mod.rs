@@ -64,13 +64,15 @@ fn split_user_data(data: u64) -> (u64, usize) {
     (data >> 56, (data & ((1 << 56) - 1)) as usize)
 }
 
-/// A listening socket and whether its multishot accept is armed. The
-/// accept request holds its own reference to the socket: at shutdown the
-/// socket stops listening only once that request has completed.
+/// A listening socket and its accept requests in flight: one multishot
+/// accept, or, under a `worker-sessions` cap, one single accept per free
+/// slot (a multishot accept takes the whole backlog at once). The requests
+/// hold their own reference to the socket: at shutdown the socket stops
+/// listening only once they have completed.
 struct Listener {
     /// `None` once the drain began.
     socket: Option<mio::net::TcpListener>,
-    armed: bool,
+    accepts: usize,
 }
 
 /// Everything a worker needs apart from the ring, which is created on the
@@ -119,7 +121,7 @@ impl Worker {
                 let _ = socket2::SockRef::from(&socket).set_nodelay(true);
                 Listener {
                     socket: Some(socket),
-                    armed: false,
+                    accepts: 0,
                 }
             })
             .collect();
@@ -231,25 +233,40 @@ impl Worker {
     }
 
     fn arm_accepts(&mut self, now: Instant) {
-        if self.sessions.drain_deadline.is_some() {
-            return;
-        }
         if let Some(until) = self.accept_blocked_until {
             if now < until {
                 return;
             }
             self.accept_blocked_until = None;
         }
+        let room = self.sessions.room();
+        if room == 0 {
+            return;
+        }
+        // Under a cap, each listener keeps its share of the free slots in
+        // single accepts (at least one, so none starves: with several
+        // listeners the cap may be passed by one connection per listener).
+        let capped = self.sessions.shared.worker_sessions > 0;
+        let batch = self.sessions.shared.accept_batch;
+        let share = (room.min(batch) / self.listeners.len()).max(1);
         for index in 0..self.listeners.len() {
-            let listener = &self.listeners[index];
-            if let (false, Some(socket)) = (listener.armed, &listener.socket) {
-                let fd = socket.as_raw_fd();
-                let entry = opcode::AcceptMulti::new(Fd(fd))
-                    .flags(libc::SOCK_CLOEXEC)
-                    .build()
-                    .user_data(user_data(ACCEPT, index));
-                self.listeners[index].armed = true;
-                self.push(entry);
+            let Some(socket) = &self.listeners[index].socket else {
+                continue;
+            };
+            let fd = Fd(socket.as_raw_fd());
+            let wanted = if capped { share } else { 1 };
+            for _ in self.listeners[index].accepts..wanted {
+                let entry = if capped {
+                    opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut())
+                        .flags(libc::SOCK_CLOEXEC)
+                        .build()
+                } else {
+                    opcode::AcceptMulti::new(fd)
+                        .flags(libc::SOCK_CLOEXEC)
+                        .build()
+                };
+                self.listeners[index].accepts += 1;
+                self.push(entry.user_data(user_data(ACCEPT, index)));
             }
         }
     }
@@ -298,7 +315,7 @@ impl Worker {
     fn accepted(&mut self, index: usize, result: i32, flags: u32, now: Instant) {
         if !cqueue::more(flags) {
             if let Some(listener) = self.listeners.get_mut(index) {
-                listener.armed = false;
+                listener.accepts -= 1;
             }
         }
         if result >= 0 {
@@ -418,7 +435,15 @@ impl Worker {
     }
 
     fn cancel(&mut self, target: u64) {
-        let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(target))
+        self.push_cancel(CancelBuilder::user_data(target));
+    }
+
+    fn cancel_all(&mut self, target: u64) {
+        self.push_cancel(CancelBuilder::user_data(target).all());
+    }
+
+    fn push_cancel(&mut self, which: CancelBuilder) {
+        let entry = opcode::AsyncCancel2::new(which)
             .build()
             .user_data(user_data(IGNORE, 0));
         self.push(entry);
@@ -463,8 +488,8 @@ impl Driver for Worker {
         for index in 0..self.listeners.len() {
             // The socket stops listening once its accept request is gone.
             self.listeners[index].socket = None;
-            if self.listeners[index].armed {
-                self.cancel(user_data(ACCEPT, index));
+            if self.listeners[index].accepts > 0 {
+                self.cancel_all(user_data(ACCEPT, index));
             }
         }
     }
