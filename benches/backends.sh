@@ -10,8 +10,13 @@
 # Discard spool mode by default, so the figures are the backends' and not
 # the disk's (SPOOL_MODE=durable for the real thing).
 #
+# The server is confined to SERVER_CPUS (default: the last core) and the
+# clients to CLIENT_CPUS (default: the other cores), so the server's rate
+# is not how the scheduler shares the cores with the client. Empty: free.
+#
 # usage: benches/backends.sh            (env: LOAD=path/to/mxgate-load,
-#        ROUNDS=3, IDLE=19000 (0: skip), WORKERS=1, SPOOL_MODE=discard)
+#        ROUNDS=3, IDLE=19000 (0: skip), WORKERS=1, SPOOL_MODE=discard,
+#        SERVER_CPUS=N, CLIENT_CPUS=LIST)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,13 +27,20 @@ IDLE=${IDLE:-19000}
 WORKERS=${WORKERS:-1}
 SPOOL_MODE=${SPOOL_MODE:-discard}
 PORT=${PORT:-2700}
+LAST_CPU=$(($(nproc) - 1))
+SERVER_CPUS=${SERVER_CPUS-$LAST_CPU}
+CLIENT_CPUS=${CLIENT_CPUS-$([ "$LAST_CPU" -gt 0 ] && echo "0-$((LAST_CPU - 1))")}
 WORK=$(mktemp -d)
 SERVER_PID=
 trap 'stop_server; rm -rf "$WORK"' EXIT
 printf 'alice@example.com\n@example.com\nalice@reject.example\n' >"$WORK/table.txt"
 
+# on_cpus LIST: the command prefix that confines a process to LIST (nothing
+# when LIST is empty); unquoted use is deliberate, it is zero or three words.
+on_cpus() { if [ -n "$1" ]; then echo "taskset -c $1"; fi; }
+
 start_server() { # backend
-    "$MXGATE" --backend "$1" --workers "$WORKERS" --recipients "$WORK/table.txt" \
+    $(on_cpus "$SERVER_CPUS") "$MXGATE" --backend "$1" --workers "$WORKERS" --recipients "$WORK/table.txt" \
         --listen "127.0.0.1:$PORT" --spool "$WORK/spool-$1" --spool-mode "$SPOOL_MODE" \
         2>"$WORK/log-$1" &
     SERVER_PID=$!
@@ -72,14 +84,14 @@ with_syscalls() {
 load_rate() { # field, load flags...
     local field=$1
     shift
-    "$LOAD" --target "127.0.0.1:$PORT" --threads 1 --json "$@" |
+    $(on_cpus "$CLIENT_CPUS") "$LOAD" --target "127.0.0.1:$PORT" --threads 1 --json "$@" |
         python3 -c "import json,sys; print(round(json.load(sys.stdin)['$field']))"
 }
 
 smtp_source_rate() { # sessions, messages
     local start end
     start=$(date +%s.%N)
-    /usr/sbin/smtp-source -s "$1" -m "$2" -l 1024 -f a@test.example \
+    $(on_cpus "$CLIENT_CPUS") /usr/sbin/smtp-source -s "$1" -m "$2" -l 1024 -f a@test.example \
         -t bob@example.com "127.0.0.1:$PORT" >/dev/null
     end=$(date +%s.%N)
     python3 -c "print(round($2 / ($end - $start)))"
@@ -88,7 +100,7 @@ smtp_source_rate() { # sessions, messages
 # Opens $IDLE connections that read their greeting and stay; prints the
 # server's RSS growth in octets per session.
 idle_bytes() {
-    python3 - "$SERVER_PID" "$PORT" "$IDLE" <<'EOF'
+    $(on_cpus "$CLIENT_CPUS") python3 - "$SERVER_PID" "$PORT" "$IDLE" <<'EOF'
 import socket, sys, time
 pid, port, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 def rss():
@@ -128,6 +140,9 @@ run_round() { # backend
     stop_server
 }
 
+echo "$(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)," \
+    "git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')," \
+    "server CPUs ${SERVER_CPUS:-any}, client CPUs ${CLIENT_CPUS:-any}"
 for round in $(seq "$ROUNDS"); do
     for b in epoll uring; do
         echo "round $round: $b" >&2
