@@ -382,10 +382,19 @@ impl Worker {
     }
 
     fn sent(&mut self, key: usize, result: i32, now: Instant) {
-        if let Some(conn) = self.sessions.conns.get_mut(key) {
-            conn.stream.send_done(result);
-            self.drive(key, now);
+        let Some(conn) = self.sessions.conns.get_mut(key) else {
+            return;
+        };
+        let socket = &mut conn.stream;
+        socket.send_done(result);
+        // With nothing received waiting behind the replies (reads pause
+        // while too many are queued), the session has nothing to do: only
+        // the socket's requests are settled, and its buffers let go.
+        if socket.rx_len() == 0 && !socket.eof && !socket.failed && !socket.closing {
+            conn.trim();
+            return self.settle_requests(key);
         }
+        self.drive(key, now);
     }
 
     /// Brings the connection's requests in line with its state: start the
