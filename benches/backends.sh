@@ -29,7 +29,12 @@ SPOOL_MODE=${SPOOL_MODE:-discard}
 PORT=${PORT:-2700}
 LAST_CPU=$(($(nproc) - 1))
 SERVER_CPUS=${SERVER_CPUS-$LAST_CPU}
-CLIENT_CPUS=${CLIENT_CPUS-$([ "$LAST_CPU" -gt 0 ] && echo "0-$((LAST_CPU - 1))")}
+case $LAST_CPU in
+0) OTHER_CPUS= ;;
+1) OTHER_CPUS=0 ;;
+*) OTHER_CPUS=0-$((LAST_CPU - 1)) ;;
+esac
+CLIENT_CPUS=${CLIENT_CPUS-$OTHER_CPUS}
 WORK=$(mktemp -d)
 SERVER_PID=
 trap 'stop_server; rm -rf "$WORK"' EXIT
@@ -66,19 +71,37 @@ cpu_ticks() {
     awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat"
 }
 
-# Runs a command while perf counts the server's system calls; prints
-# "<rate> <syscalls> <cpu ticks>" where rate is what the command printed.
-with_syscalls() {
-    perf stat -x, -e raw_syscalls:sys_enter -p "$SERVER_PID" -o "$WORK/perf" &
-    local perf=$!
-    sleep 0.3
+# Runs a command; prints "<rate> <cpu ticks>", rate being what it printed.
+# Nothing traces the server meanwhile: counting its system calls (a
+# tracepoint hit per call) would tax epoll's ten times as many calls more.
+timed() {
     local rate cpu
     cpu=$(cpu_ticks)
     rate=$("$@")
     cpu=$(($(cpu_ticks) - cpu))
+    echo "$rate $cpu"
+}
+
+# Runs a command again while perf counts the server's system calls; prints
+# the count.
+syscalls() {
+    perf stat -x, -e raw_syscalls:sys_enter -p "$SERVER_PID" -o "$WORK/perf" &
+    local perf=$!
+    sleep 0.3
+    "$@" >/dev/null
     kill -INT "$perf"
     wait "$perf" 2>/dev/null || true
-    echo "$rate $(grep raw_syscalls "$WORK/perf" | cut -d, -f1) $cpu"
+    grep raw_syscalls "$WORK/perf" | cut -d, -f1
+}
+
+# measure BACKEND ROUND TEST UNITS COMMAND...: rate and CPU every round,
+# system calls (a second, traced run) in the first round only.
+measure() {
+    local b=$1 round=$2 test=$3 units=$4 calls=- out
+    shift 4
+    out=$(timed "$@")
+    if [ "$round" = 1 ]; then calls=$(syscalls "$@"); fi
+    echo "$b $test $out $calls $units" >>"$WORK/results"
 }
 
 load_rate() { # field, load flags...
@@ -125,18 +148,17 @@ for s in socks:
 EOF
 }
 
-run_round() { # backend
-    local b=$1 out
+run_round() { # backend round
+    local b=$1 r=$2
     start_server "$b"
-    out=$(with_syscalls load_rate messages_per_s --sessions 50 --messages 2000 --pipelining)
-    echo "$b pipelined $out $((50 * 2000))" >>"$WORK/results"
-    out=$(with_syscalls load_rate sessions_per_s --sessions 50 --sessions-total 10000 --messages 1)
-    echo "$b one-per-conn $out 10000" >>"$WORK/results"
-    out=$(with_syscalls smtp_source_rate 50 10000)
-    echo "$b smtp-source $out 10000" >>"$WORK/results"
-    out=$(with_syscalls load_rate sessions_per_s --sessions 50 --sessions-total 10000 \
-        --messages 1 --invalid-ratio 1 --invalid-domain reject.example)
-    echo "$b rcpt-reject $out 10000" >>"$WORK/results"
+    measure "$b" "$r" pipelined $((50 * 2000)) \
+        load_rate messages_per_s --sessions 50 --messages 2000 --pipelining
+    measure "$b" "$r" one-per-conn 10000 \
+        load_rate sessions_per_s --sessions 50 --sessions-total 10000 --messages 1
+    measure "$b" "$r" smtp-source 10000 smtp_source_rate 50 10000
+    measure "$b" "$r" rcpt-reject 10000 \
+        load_rate sessions_per_s --sessions 50 --sessions-total 10000 \
+        --messages 1 --invalid-ratio 1 --invalid-domain reject.example
     stop_server
 }
 
@@ -146,7 +168,7 @@ echo "$(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loa
 for round in $(seq "$ROUNDS"); do
     for b in epoll uring; do
         echo "round $round: $b" >&2
-        run_round "$b"
+        run_round "$b" "$round"
     done
 done
 touch "$WORK/idle"
@@ -163,10 +185,11 @@ import os
 tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
 rows = {}
 for line in open(sys.argv[1]):
-    b, test, rate, calls, ticks, units = line.split()
+    b, test, rate, ticks, calls, units = line.split()
     n = float(units)
-    rows.setdefault((test, b), []).append((float(rate), float(calls) / n, float(ticks) * tick_us / n))
-med = lambda rs, i: statistics.median(r[i] for r in rs)
+    calls = float(calls) / n if calls != "-" else None
+    rows.setdefault((test, b), []).append((float(rate), calls, float(ticks) * tick_us / n))
+med = lambda rs, i: statistics.median(r[i] for r in rs if r[i] is not None)
 print(f"{'test':13} {'epoll/s':>8} {'uring/s':>8} {'ratio':>5} | {'ep sc/u':>7} {'ur sc/u':>7} {'ratio':>5} | {'ep us/u':>7} {'ur us/u':>7} {'ratio':>5}")
 for test in ["pipelined", "one-per-conn", "smtp-source", "rcpt-reject"]:
     e, u = rows[(test, "epoll")], rows[(test, "uring")]
@@ -175,7 +198,8 @@ for test in ["pipelined", "one-per-conn", "smtp-source", "rcpt-reject"]:
         a, b = med(e, i), med(u, i)
         cells.append(f"{a:{fmt}} {b:{fmt}} {b / a:5.2f}")
     print(f"{test:13} " + " | ".join(cells))
-print("(medians of rounds; /u = per message (pipelined) or per session; sc = server system calls; us = server CPU µs)")
+print("(medians of rounds; /u = per message (pipelined) or per session; sc = server system calls,")
+print(" counted in a separate traced run of round 1; us = server CPU µs)")
 for line in open(sys.argv[2]):
     b, _, per = line.split()
     print(f"idle sessions, {b}: {per} user-space octets each (RSS growth / sessions)")
