@@ -16,7 +16,7 @@
 #
 # usage: benches/backends.sh            (env: LOAD=path/to/mxgate-load,
 #        ROUNDS=3, IDLE=19000 (0: skip), WORKERS=1, SPOOL_MODE=discard,
-#        SERVER_CPUS=N, CLIENT_CPUS=LIST)
+#        SERVER_CPUS=N, CLIENT_CPUS=LIST, PIPELINED=4000)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +26,7 @@ ROUNDS=${ROUNDS:-3}
 IDLE=${IDLE:-19000}
 WORKERS=${WORKERS:-1}
 SPOOL_MODE=${SPOOL_MODE:-discard}
+PIPELINED=${PIPELINED:-4000} # messages per pipelined session (50 sessions)
 PORT=${PORT:-2700}
 LAST_CPU=$(($(nproc) - 1))
 SERVER_CPUS=${SERVER_CPUS-$LAST_CPU}
@@ -101,14 +102,17 @@ measure() {
     shift 4
     out=$(timed "$@")
     if [ "$round" = 1 ]; then calls=$(syscalls "$@"); fi
-    echo "$b $test $out $calls $units" >>"$WORK/results"
+    # Each measurement on stderr too, so the spread behind a median shows.
+    echo "$b $test $out $calls $units" | tee -a "$WORK/results" >&2
 }
 
 load_rate() { # field, load flags...
-    local field=$1
+    local field=$1 out
     shift
-    $(on_cpus "$CLIENT_CPUS") "$LOAD" --target "127.0.0.1:$PORT" --threads 1 --json "$@" |
-        python3 -c "import json,sys; print(round(json.load(sys.stdin)['$field']))"
+    # Parsed once the load is over: python's start-up would otherwise run
+    # beside it, on any core.
+    out=$($(on_cpus "$CLIENT_CPUS") "$LOAD" --target "127.0.0.1:$PORT" --threads 1 --json "$@")
+    python3 -c "import json,sys; print(round(json.loads(sys.argv[1])['$field']))" "$out"
 }
 
 smtp_source_rate() { # sessions, messages
@@ -151,8 +155,8 @@ EOF
 run_round() { # backend round
     local b=$1 r=$2
     start_server "$b"
-    measure "$b" "$r" pipelined $((50 * 2000)) \
-        load_rate messages_per_s --sessions 50 --messages 2000 --pipelining
+    measure "$b" "$r" pipelined $((50 * PIPELINED)) \
+        load_rate messages_per_s --sessions 50 --messages "$PIPELINED" --pipelining
     measure "$b" "$r" one-per-conn 10000 \
         load_rate sessions_per_s --sessions 50 --sessions-total 10000 --messages 1
     measure "$b" "$r" smtp-source 10000 smtp_source_rate 50 10000
