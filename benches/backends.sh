@@ -10,8 +10,13 @@
 # Discard spool mode by default, so the figures are the backends' and not
 # the disk's (SPOOL_MODE=durable for the real thing).
 #
+# The server is confined to SERVER_CPUS (default: the last core) and the
+# clients to CLIENT_CPUS (default: the other cores), so the server's rate
+# is not how the scheduler shares the cores with the client. Empty: free.
+#
 # usage: benches/backends.sh            (env: LOAD=path/to/mxgate-load,
-#        ROUNDS=3, IDLE=19000 (0: skip), WORKERS=1, SPOOL_MODE=discard)
+#        ROUNDS=3, IDLE=19000 (0: skip), WORKERS=1, SPOOL_MODE=discard,
+#        SERVER_CPUS=N, CLIENT_CPUS=LIST, PIPELINED=4000)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,14 +26,27 @@ ROUNDS=${ROUNDS:-3}
 IDLE=${IDLE:-19000}
 WORKERS=${WORKERS:-1}
 SPOOL_MODE=${SPOOL_MODE:-discard}
+PIPELINED=${PIPELINED:-4000} # messages per pipelined session (50 sessions)
 PORT=${PORT:-2700}
+LAST_CPU=$(($(nproc) - 1))
+SERVER_CPUS=${SERVER_CPUS-$LAST_CPU}
+case $LAST_CPU in
+0) OTHER_CPUS= ;;
+1) OTHER_CPUS=0 ;;
+*) OTHER_CPUS=0-$((LAST_CPU - 1)) ;;
+esac
+CLIENT_CPUS=${CLIENT_CPUS-$OTHER_CPUS}
 WORK=$(mktemp -d)
 SERVER_PID=
 trap 'stop_server; rm -rf "$WORK"' EXIT
 printf 'alice@example.com\n@example.com\nalice@reject.example\n' >"$WORK/table.txt"
 
+# on_cpus LIST: the command prefix that confines a process to LIST (nothing
+# when LIST is empty); unquoted use is deliberate, it is zero or three words.
+on_cpus() { if [ -n "$1" ]; then echo "taskset -c $1"; fi; }
+
 start_server() { # backend
-    "$MXGATE" --backend "$1" --workers "$WORKERS" --recipients "$WORK/table.txt" \
+    $(on_cpus "$SERVER_CPUS") "$MXGATE" --backend "$1" --workers "$WORKERS" --recipients "$WORK/table.txt" \
         --listen "127.0.0.1:$PORT" --spool "$WORK/spool-$1" --spool-mode "$SPOOL_MODE" \
         2>"$WORK/log-$1" &
     SERVER_PID=$!
@@ -54,32 +72,53 @@ cpu_ticks() {
     awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat"
 }
 
-# Runs a command while perf counts the server's system calls; prints
-# "<rate> <syscalls> <cpu ticks>" where rate is what the command printed.
-with_syscalls() {
-    perf stat -x, -e raw_syscalls:sys_enter -p "$SERVER_PID" -o "$WORK/perf" &
-    local perf=$!
-    sleep 0.3
+# Runs a command; prints "<rate> <cpu ticks>", rate being what it printed.
+# Nothing traces the server meanwhile: counting its system calls (a
+# tracepoint hit per call) would tax epoll's ten times as many calls more.
+timed() {
     local rate cpu
     cpu=$(cpu_ticks)
     rate=$("$@")
     cpu=$(($(cpu_ticks) - cpu))
+    echo "$rate $cpu"
+}
+
+# Runs a command again while perf counts the server's system calls; prints
+# the count.
+syscalls() {
+    perf stat -x, -e raw_syscalls:sys_enter -p "$SERVER_PID" -o "$WORK/perf" &
+    local perf=$!
+    sleep 0.3
+    "$@" >/dev/null
     kill -INT "$perf"
     wait "$perf" 2>/dev/null || true
-    echo "$rate $(grep raw_syscalls "$WORK/perf" | cut -d, -f1) $cpu"
+    grep raw_syscalls "$WORK/perf" | cut -d, -f1
+}
+
+# measure BACKEND ROUND TEST UNITS COMMAND...: rate and CPU every round,
+# system calls (a second, traced run) in the first round only.
+measure() {
+    local b=$1 round=$2 test=$3 units=$4 calls=- out
+    shift 4
+    out=$(timed "$@")
+    if [ "$round" = 1 ]; then calls=$(syscalls "$@"); fi
+    # Each measurement on stderr too, so the spread behind a median shows.
+    echo "$b $test $out $calls $units" | tee -a "$WORK/results" >&2
 }
 
 load_rate() { # field, load flags...
-    local field=$1
+    local field=$1 out
     shift
-    "$LOAD" --target "127.0.0.1:$PORT" --threads 1 --json "$@" |
-        python3 -c "import json,sys; print(round(json.load(sys.stdin)['$field']))"
+    # Parsed once the load is over: python's start-up would otherwise run
+    # beside it, on any core.
+    out=$($(on_cpus "$CLIENT_CPUS") "$LOAD" --target "127.0.0.1:$PORT" --threads 1 --json "$@")
+    python3 -c "import json,sys; print(round(json.loads(sys.argv[1])['$field']))" "$out"
 }
 
 smtp_source_rate() { # sessions, messages
     local start end
     start=$(date +%s.%N)
-    /usr/sbin/smtp-source -s "$1" -m "$2" -l 1024 -f a@test.example \
+    $(on_cpus "$CLIENT_CPUS") /usr/sbin/smtp-source -s "$1" -m "$2" -l 1024 -f a@test.example \
         -t bob@example.com "127.0.0.1:$PORT" >/dev/null
     end=$(date +%s.%N)
     python3 -c "print(round($2 / ($end - $start)))"
@@ -88,7 +127,7 @@ smtp_source_rate() { # sessions, messages
 # Opens $IDLE connections that read their greeting and stay; prints the
 # server's RSS growth in octets per session.
 idle_bytes() {
-    python3 - "$SERVER_PID" "$PORT" "$IDLE" <<'EOF'
+    $(on_cpus "$CLIENT_CPUS") python3 - "$SERVER_PID" "$PORT" "$IDLE" <<'EOF'
 import socket, sys, time
 pid, port, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 def rss():
@@ -113,25 +152,27 @@ for s in socks:
 EOF
 }
 
-run_round() { # backend
-    local b=$1 out
+run_round() { # backend round
+    local b=$1 r=$2
     start_server "$b"
-    out=$(with_syscalls load_rate messages_per_s --sessions 50 --messages 2000 --pipelining)
-    echo "$b pipelined $out $((50 * 2000))" >>"$WORK/results"
-    out=$(with_syscalls load_rate sessions_per_s --sessions 50 --sessions-total 10000 --messages 1)
-    echo "$b one-per-conn $out 10000" >>"$WORK/results"
-    out=$(with_syscalls smtp_source_rate 50 10000)
-    echo "$b smtp-source $out 10000" >>"$WORK/results"
-    out=$(with_syscalls load_rate sessions_per_s --sessions 50 --sessions-total 10000 \
-        --messages 1 --invalid-ratio 1 --invalid-domain reject.example)
-    echo "$b rcpt-reject $out 10000" >>"$WORK/results"
+    measure "$b" "$r" pipelined $((50 * PIPELINED)) \
+        load_rate messages_per_s --sessions 50 --messages "$PIPELINED" --pipelining
+    measure "$b" "$r" one-per-conn 10000 \
+        load_rate sessions_per_s --sessions 50 --sessions-total 10000 --messages 1
+    measure "$b" "$r" smtp-source 10000 smtp_source_rate 50 10000
+    measure "$b" "$r" rcpt-reject 10000 \
+        load_rate sessions_per_s --sessions 50 --sessions-total 10000 \
+        --messages 1 --invalid-ratio 1 --invalid-domain reject.example
     stop_server
 }
 
+echo "$(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)," \
+    "git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')," \
+    "server CPUs ${SERVER_CPUS:-any}, client CPUs ${CLIENT_CPUS:-any}"
 for round in $(seq "$ROUNDS"); do
     for b in epoll uring; do
         echo "round $round: $b" >&2
-        run_round "$b"
+        run_round "$b" "$round"
     done
 done
 touch "$WORK/idle"
@@ -148,10 +189,11 @@ import os
 tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
 rows = {}
 for line in open(sys.argv[1]):
-    b, test, rate, calls, ticks, units = line.split()
+    b, test, rate, ticks, calls, units = line.split()
     n = float(units)
-    rows.setdefault((test, b), []).append((float(rate), float(calls) / n, float(ticks) * tick_us / n))
-med = lambda rs, i: statistics.median(r[i] for r in rs)
+    calls = float(calls) / n if calls != "-" else None
+    rows.setdefault((test, b), []).append((float(rate), calls, float(ticks) * tick_us / n))
+med = lambda rs, i: statistics.median(r[i] for r in rs if r[i] is not None)
 print(f"{'test':13} {'epoll/s':>8} {'uring/s':>8} {'ratio':>5} | {'ep sc/u':>7} {'ur sc/u':>7} {'ratio':>5} | {'ep us/u':>7} {'ur us/u':>7} {'ratio':>5}")
 for test in ["pipelined", "one-per-conn", "smtp-source", "rcpt-reject"]:
     e, u = rows[(test, "epoll")], rows[(test, "uring")]
@@ -160,7 +202,8 @@ for test in ["pipelined", "one-per-conn", "smtp-source", "rcpt-reject"]:
         a, b = med(e, i), med(u, i)
         cells.append(f"{a:{fmt}} {b:{fmt}} {b / a:5.2f}")
     print(f"{test:13} " + " | ".join(cells))
-print("(medians of rounds; /u = per message (pipelined) or per session; sc = server system calls; us = server CPU µs)")
+print("(medians of rounds; /u = per message (pipelined) or per session; sc = server system calls,")
+print(" counted in a separate traced run of round 1; us = server CPU µs)")
 for line in open(sys.argv[2]):
     b, _, per = line.split()
     print(f"idle sessions, {b}: {per} user-space octets each (RSS growth / sessions)")

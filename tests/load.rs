@@ -28,6 +28,8 @@ struct Seen {
     rsets: AtomicU64,
     /// Commands already buffered when the previous reply was due.
     pipelined: AtomicU64,
+    /// Messages whose final dot came with more input behind it.
+    followed: AtomicU64,
     /// Connections accepted and not yet greeted, now and at most.
     ungreeted: AtomicU64,
     ungreeted_max: AtomicU64,
@@ -140,7 +142,7 @@ fn serve(stream: TcpStream, seen: &Seen, stall_once: &AtomicBool) {
 }
 
 /// Reads message lines up to the lone dot; counts octets before it.
-fn read_body(input: &mut impl BufRead, seen: &Seen) {
+fn read_body(input: &mut BufReader<TcpStream>, seen: &Seen) {
     let mut line = Vec::new();
     let mut octets = 0;
     loop {
@@ -149,6 +151,9 @@ fn read_body(input: &mut impl BufRead, seen: &Seen) {
             break;
         }
         octets += line.len() as u64;
+    }
+    if !input.buffer().is_empty() {
+        seen.followed.fetch_add(1, SeqCst);
     }
     seen.body_octets.fetch_add(octets, SeqCst);
     seen.messages.fetch_add(1, SeqCst);
@@ -232,6 +237,29 @@ fn invalid_ratio_rejects_exactly_that_fraction_with_pipelining() {
         srv.seen.pipelined.load(SeqCst) > 0,
         "commands went out in groups"
     );
+}
+
+#[test]
+fn pipelining_sends_the_next_transaction_behind_each_message() {
+    let srv = server(Serve::Concurrent);
+    let args = "--sessions 5 --messages 3 --rcpts 2 --size 700 --pipelining";
+    let report = run(config(srv.addr, args));
+    let c = report.counts;
+    assert_eq!((c.messages_accepted, c.sessions_completed), (15, 5));
+    assert_eq!(srv.seen.messages.load(SeqCst), 15);
+    assert_eq!(srv.seen.body_octets.load(SeqCst), 15 * 700);
+    // Each message's end is written together with the next MAIL, RCPTs
+    // and DATA, or with QUIT after the last one (RFC 2920 §3.1).
+    assert_eq!(srv.seen.followed.load(SeqCst), 15);
+    assert_eq!(phase_counts(&report), [5, 5, 15, 30, 15, 15, 5]);
+}
+
+#[test]
+fn lock_step_waits_for_each_message_reply() {
+    let srv = server(Serve::Concurrent);
+    let report = run(config(srv.addr, "--sessions 5 --messages 3"));
+    assert_eq!(report.counts.messages_accepted, 15);
+    assert_eq!(srv.seen.followed.load(SeqCst), 0);
 }
 
 #[test]

@@ -4,7 +4,10 @@
 //! `messages` transactions (MAIL, K×RCPT, DATA, body; RSET instead when
 //! nothing was accepted), then QUIT — and timing every command from the
 //! moment it was handed out to the moment its reply arrived. With
-//! PIPELINING (RFC 2920) MAIL, the RCPTs and DATA go out as one group.
+//! PIPELINING (RFC 2920) MAIL, the RCPTs and DATA go out as one group, and
+//! once DATA is answered with 354 the message is followed, in the same
+//! write, by the next transaction's group (or QUIT): RFC 2920 §3.1 lets the
+//! message content open a group. Every reply is still checked in order.
 //! Does not touch sockets or clocks: the driver feeds server bytes and the
 //! current time in microseconds, and writes what [`Client::output`] gives.
 
@@ -139,26 +142,29 @@ impl Client {
         }
     }
 
-    /// Bytes to write now (possibly empty).
-    pub fn output(&self) -> &[u8] {
-        if self.body_pos < self.plan.body.len() {
-            &self.plan.body[self.body_pos..]
-        } else {
-            &self.out[self.out_pos..]
-        }
+    /// Bytes to write now, in order: the rest of the message, then queued
+    /// commands (either or both may be empty). One vectored write sends both.
+    pub fn output(&self) -> [&[u8]; 2] {
+        [&self.plan.body[self.body_pos..], &self.out[self.out_pos..]]
     }
 
     /// `n` bytes of [`Client::output`] were written at `now`.
-    pub fn wrote(&mut self, n: usize, now: u64) {
-        if self.body_pos < self.plan.body.len() {
-            self.body_pos += n;
-            if self.body_pos == self.plan.body.len() {
+    pub fn wrote(&mut self, mut n: usize, now: u64) {
+        let body_left = self.plan.body.len() - self.body_pos;
+        if body_left > 0 {
+            let taken = n.min(body_left);
+            self.body_pos += taken;
+            n -= taken;
+            if taken == body_left {
                 // End-of-data latency runs from the final dot leaving us.
-                if let Some(last) = self.pending.back_mut() {
-                    last.1 = now;
+                let end = self
+                    .pending
+                    .iter_mut()
+                    .rfind(|p| p.0 == Step::Timed(EndOfData));
+                if let Some(end) = end {
+                    end.1 = now;
                 }
             }
-            return;
         }
         self.out_pos += n;
         if self.out_pos == self.out.len() {
@@ -226,7 +232,9 @@ impl Client {
                     &mut stats.counts.messages_refused
                 };
                 *counter += 1;
-                self.next_message(now, stats);
+                if !self.pipelining {
+                    self.next_message(now, stats);
+                } // else the next group followed the message.
             }
             Step::Rset => self.next_message(now, stats),
             // QUIT ends the session phase; nothing else waits on `Session`.
@@ -269,6 +277,10 @@ impl Client {
         if code == 354 {
             self.body_pos = 0;
             self.pending.push_back((Step::Timed(EndOfData), now));
+            if self.pipelining {
+                // Queued behind the message: they leave with its end.
+                self.next_message(now, stats);
+            }
         } else {
             self.abort(now, stats);
         }
@@ -361,7 +373,7 @@ mod tests {
     fn drain(client: &mut Client, now: u64) -> String {
         let mut sent = Vec::new();
         loop {
-            let chunk = client.output().to_vec();
+            let chunk = client.output().concat();
             if chunk.is_empty() {
                 return String::from_utf8(sent).unwrap();
             }
@@ -467,8 +479,75 @@ mod tests {
              RCPT TO:<user1@example.com>\r\nDATA\r\n"
         );
         let replies = "250 a\r\n250 b\r\n250 c\r\n354 d\r\n";
-        assert!(feed(&mut c, replies, 3, &mut stats).ends_with(".\r\n"));
+        let body = feed(&mut c, replies, 3, &mut stats);
+        assert!(
+            body.ends_with("\r\n.\r\nQUIT\r\n"),
+            "QUIT ends the last group"
+        );
         assert_eq!(stats.histogram(Phase::Rcpt).len(), 2);
+    }
+
+    #[test]
+    fn pipelining_sends_the_next_group_behind_the_message() {
+        let mut stats = Stats::default();
+        let mut c = Client::new(plan(3, 1, 0.0, true), 0);
+        feed(&mut c, "220 hi\r\n", 1, &mut stats);
+        let group = feed(&mut c, "250 PIPELINING\r\n", 2, &mut stats);
+        assert_eq!(
+            group,
+            "MAIL FROM:<load@test>\r\nRCPT TO:<user0@example.com>\r\nDATA\r\n"
+        );
+        let sent = feed(&mut c, "250 a\r\n250 b\r\n354 c\r\n", 3, &mut stats);
+        let (body, next) = sent.split_at(43);
+        assert!(body.ends_with("\r\n.\r\n"));
+        assert_eq!(
+            next,
+            "MAIL FROM:<load@test>\r\nRCPT TO:<user1@example.com>\r\nDATA\r\n"
+        );
+        // The first message is refused, the second transaction goes on.
+        let replies = "554 5.6.0 no\r\n250 a\r\n250 b\r\n354 c\r\n";
+        let sent = feed(&mut c, replies, 10, &mut stats);
+        assert!(
+            sent.ends_with(".\r\nMAIL FROM:<load@test>\r\nRCPT TO:<user2@example.com>\r\nDATA\r\n")
+        );
+        let sent = feed(
+            &mut c,
+            "250 q\r\n250 a\r\n250 b\r\n354 c\r\n",
+            20,
+            &mut stats,
+        );
+        assert!(sent.ends_with(".\r\nQUIT\r\n"));
+        assert_eq!(
+            c.input(b"250 q\r\n221 bye\r\n", 30, &mut stats),
+            Ok(Status::Finished)
+        );
+        assert_eq!(stats.counts.transactions, 3);
+        assert_eq!(stats.counts.messages_accepted, 2);
+        assert_eq!(stats.counts.messages_refused, 1);
+        assert_eq!(stats.perm_fail[Phase::EndOfData as usize], 1);
+        assert_eq!(stats.histogram(Phase::EndOfData).len(), 3);
+        // End of data is timed from the final dot: 3 → 10, 10 → 20, 20 → 30.
+        assert_eq!(stats.histogram(Phase::EndOfData).max(), 10);
+        assert_eq!(stats.histogram(Phase::Mail).len(), 3);
+    }
+
+    #[test]
+    fn a_partial_write_resumes_in_the_message_then_the_commands() {
+        let mut stats = Stats::default();
+        let mut c = Client::new(plan(2, 1, 0.0, true), 0);
+        feed(&mut c, "220 hi\r\n", 1, &mut stats);
+        feed(&mut c, "250 PIPELINING\r\n", 2, &mut stats);
+        c.input(b"250 a\r\n250 b\r\n354 c\r\n", 3, &mut stats)
+            .unwrap();
+        let whole = c.output().concat();
+        for n in [10, 33, 1, 20] {
+            c.wrote(n, 4);
+        }
+        assert_eq!(c.output().concat(), whole[64..]);
+        assert_eq!(
+            drain(&mut c, 5),
+            String::from_utf8(whole[64..].to_vec()).unwrap()
+        );
     }
 
     #[test]

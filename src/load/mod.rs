@@ -13,8 +13,9 @@
 //!
 //! Timing: each command is timed from when it was handed to the socket to
 //! its reply; with `--pipelining` every command of a group shares the
-//! group's send time, so RCPT includes the MAIL ahead of it. End-of-data
-//! runs from the last body octet written. Unknown recipients
+//! group's send time, so RCPT includes the MAIL ahead of it, and a group
+//! written behind a message (RFC 2920 §3.1) includes that message's
+//! end-of-data wait. End-of-data runs from the last body octet written. Unknown recipients
 //! (`--invalid-ratio`) are spread evenly: a session with n recipients has
 //! exactly ⌊n × ratio⌋ of them. Output: a table (or `--json`) and, with
 //! `--hgrm-dir`, one `.hgrm` per phase plus `percentiles.svg`.
@@ -73,7 +74,9 @@ pub struct Config {
     /// Fraction of recipients that are unknown users (nouser-N@…), 0..=1.
     #[arg(long, default_value_t = 0.0)]
     pub invalid_ratio: f64,
-    /// Send MAIL, RCPTs and DATA in one write when the server offers PIPELINING.
+    /// Send MAIL, RCPTs and DATA in one write when the server offers
+    /// PIPELINING, and each message's end together with the next
+    /// transaction's group (or QUIT).
     #[arg(long)]
     pub pipelining: bool,
     /// Open loop: new sessions per second, timed from their intended start.

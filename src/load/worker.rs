@@ -8,7 +8,7 @@
 //! [`Stats`]; nothing is shared while running except the session budget
 //! and the source-address cursor.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -78,6 +78,9 @@ struct Conn {
     stream: TcpStream,
     client: Client,
     connected: bool,
+    /// The server hung up (or the socket failed): read until 0 or an error,
+    /// even after a short read.
+    hang_up: bool,
     last_io: Instant,
 }
 
@@ -129,6 +132,11 @@ impl<'a> Worker<'a> {
                 other => other?,
             }
             for event in &events {
+                if event.is_read_closed() || event.is_error() {
+                    if let Some(conn) = self.conns.get_mut(event.token().0) {
+                        conn.hang_up = true;
+                    }
+                }
                 self.drive(event.token().0);
             }
             if Instant::now() >= next_sweep {
@@ -230,6 +238,7 @@ impl<'a> Worker<'a> {
             stream,
             client,
             connected: false,
+            hang_up: false,
             last_io: now,
         });
     }
@@ -310,6 +319,11 @@ fn pump(
             return Ok(status);
         }
         flush(conn, shared)?;
+        // A short read emptied the socket: what arrives next is a new edge,
+        // so the read that would only say WouldBlock is skipped.
+        if n < scratch.len() && !conn.hang_up {
+            return Ok(Status::Running);
+        }
     }
 }
 
@@ -328,11 +342,12 @@ fn is_connected(stream: &TcpStream) -> Result<bool, Failure> {
 /// Writes what the client has queued until done or the socket is full.
 fn flush(conn: &mut Conn, shared: &Shared) -> Result<(), Failure> {
     loop {
-        let out = conn.client.output();
-        if out.is_empty() {
+        let [body, commands] = conn.client.output();
+        if body.is_empty() && commands.is_empty() {
             return Ok(());
         }
-        match conn.stream.write(out) {
+        let out = [IoSlice::new(body), IoSlice::new(commands)];
+        match conn.stream.write_vectored(&out) {
             Ok(n) => conn.client.wrote(n, shared.micros(Instant::now())),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

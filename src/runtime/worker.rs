@@ -19,6 +19,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::conn::Outcome;
 use super::limits::is_out_of_descriptors;
+use super::self_wake::SelfWake;
 use super::server::Shared;
 use super::sessions::{Driver, Sessions};
 use crate::metrics::Recorder;
@@ -44,6 +45,8 @@ pub struct Worker {
     accept_blocked_until: Option<Instant>,
     /// The last accept ran out of descriptors (logged once per episode).
     accept_paused: bool,
+    /// Spool completions queued from this worker's own thread.
+    own: Arc<SelfWake>,
 }
 
 impl Worker {
@@ -75,6 +78,7 @@ impl Worker {
             accept_more: true,
             accept_blocked_until: None,
             accept_paused: false,
+            own: Arc::default(),
         })
     }
 
@@ -84,13 +88,21 @@ impl Worker {
         self
     }
 
+    /// Wakes from this worker's own thread set `own` instead of the waker.
+    pub fn with_self_wake(mut self, own: Arc<SelfWake>) -> Worker {
+        self.own = own;
+        self
+    }
+
     /// The event loop; returns once shutdown has drained every session.
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
+        self.own.claim();
         loop {
             let accept_now =
                 self.accept_more && self.accept_blocked_until.is_none() && self.sessions.room() > 0;
-            let timeout = if self.sessions.ready.is_empty() && !accept_now {
+            let idle = self.sessions.ready.is_empty() && !self.own.has_pending();
+            let timeout = if idle && !accept_now {
                 self.sessions.wheel.until_next_tick(Instant::now())
             } else {
                 Duration::ZERO
@@ -105,6 +117,11 @@ impl Worker {
             let now = Instant::now();
             for event in events.iter() {
                 self.dispatch(event, now);
+            }
+            // Once per turn, like a wake through the poll: a pipelining
+            // client in discard mode must not starve the others.
+            if self.own.take_pending() {
+                self.complete_spooled(now);
             }
             self.run_ready(now);
             self.accept_all(now);

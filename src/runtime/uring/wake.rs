@@ -10,16 +10,12 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
-use std::thread::{self, ThreadId};
+
+use crate::runtime::self_wake::SelfWake;
 
 pub struct RingWaker {
     eventfd: File,
-    /// The worker's thread, once it runs.
-    owner: OnceLock<ThreadId>,
-    /// A wake from the owner itself, not yet seen by its loop.
-    pending: AtomicBool,
+    own: SelfWake,
 }
 
 impl RingWaker {
@@ -33,32 +29,29 @@ impl RingWaker {
         Ok(RingWaker {
             // SAFETY: `fd` is a fresh descriptor that nothing else owns.
             eventfd: File::from(unsafe { OwnedFd::from_raw_fd(fd) }),
-            owner: OnceLock::new(),
-            pending: AtomicBool::new(false),
+            own: SelfWake::default(),
         })
     }
 
     /// Called once on the worker's thread before its loop starts.
     pub fn claim(&self) {
-        let _ = self.owner.set(thread::current().id());
+        self.own.claim();
     }
 
     pub fn wake(&self) {
-        if self.owner.get() == Some(&thread::current().id()) {
-            self.pending.store(true, Ordering::Relaxed);
-        } else {
+        if !self.own.try_flag() {
             // A full counter (never in practice) already means "wake up".
             let _ = (&self.eventfd).write(&1u64.to_ne_bytes());
         }
     }
 
     pub fn has_pending(&self) -> bool {
-        self.pending.load(Ordering::Relaxed)
+        self.own.has_pending()
     }
 
     /// Whether the owner woke itself since the last call.
     pub fn take_pending(&self) -> bool {
-        self.pending.swap(false, Ordering::Relaxed)
+        self.own.take_pending()
     }
 
     /// The eventfd the worker's ring reads.
@@ -72,6 +65,7 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::sync::Arc;
+    use std::thread;
 
     #[test]
     fn the_owner_sets_a_flag_others_write_the_eventfd() {
