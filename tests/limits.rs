@@ -10,7 +10,7 @@ use mxgate::config::Backend;
 
 use std::time::Duration;
 
-use support::{BinServer, Client, TestServer};
+use support::{cpu_ticks, BinServer, Client, TestServer};
 
 /// True if the server has greeted `c` (its first byte is there) within `wait`.
 fn greeted_within(c: &Client, wait: Duration) -> bool {
@@ -21,15 +21,6 @@ fn greeted_within(c: &Client, wait: Duration) -> bool {
         .set_read_timeout(Some(support::READ_TIMEOUT))
         .unwrap();
     got
-}
-
-/// CPU time (user + system) the process has used, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    // Fields after the command name (which is in parentheses).
-    let after = &stat[stat.rfind(')').expect("comm") + 2..];
-    let fields: Vec<&str> = after.split(' ').collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
 fn out_of_descriptors_pauses_accepting_without_spinning(backend: Backend) {

@@ -44,6 +44,7 @@ fn every_shipped_profile_loads_and_validates() {
     let latency = with_profile("latency", &[]).unwrap();
     assert_eq!(latency.accept_batch, 16);
     assert_eq!(latency.worker_sessions, 64);
+    assert_eq!(latency.busy_poll.as_micros(), 50);
 }
 
 #[test]

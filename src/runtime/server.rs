@@ -49,6 +49,8 @@ pub struct Shared {
     pub accept_batch: usize,
     /// Sessions one worker serves at once (0: no limit).
     pub worker_sessions: usize,
+    /// How long a worker polls without sleeping after its last event.
+    pub busy_poll: Duration,
 }
 
 impl Shared {
@@ -95,6 +97,7 @@ impl Server {
             drain_timeout: config.drain_timeout,
             accept_batch: config.accept_batch,
             worker_sessions: config.worker_sessions,
+            busy_poll: config.busy_poll,
         });
         let set = WorkerSet {
             listeners,

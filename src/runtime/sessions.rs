@@ -46,6 +46,8 @@ pub struct Sessions<S> {
     pub drain_deadline: Option<Instant>,
     /// This worker's own counters and histograms.
     pub metrics: Recorder,
+    /// When the worker last had an event to handle (for `busy-poll`).
+    last_event: Instant,
 }
 
 impl<S: Socket> Sessions<S> {
@@ -70,7 +72,19 @@ impl<S: Socket> Sessions<S> {
             next_generation: 0,
             drain_deadline: None,
             metrics,
+            last_event: Instant::now(),
         }
+    }
+
+    /// Notes that the worker had events to handle at `now`.
+    pub fn saw_events(&mut self, now: Instant) {
+        self.last_event = now;
+    }
+
+    /// True while the worker should poll without sleeping: within
+    /// `busy-poll` of its last event. A quiet worker sleeps.
+    pub fn busy_polling(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_event) < self.shared.busy_poll
     }
 
     /// How many more connections this worker may take now: none while

@@ -101,9 +101,12 @@ impl Worker {
         loop {
             let accept_now =
                 self.accept_more && self.accept_blocked_until.is_none() && self.sessions.room() > 0;
-            let idle = self.sessions.ready.is_empty() && !self.own.has_pending();
+            let now = Instant::now();
+            let idle = self.sessions.ready.is_empty()
+                && !self.own.has_pending()
+                && !self.sessions.busy_polling(now);
             let timeout = if idle && !accept_now {
-                self.sessions.wheel.until_next_tick(Instant::now())
+                self.sessions.wheel.until_next_tick(now)
             } else {
                 Duration::ZERO
             };
@@ -115,6 +118,9 @@ impl Worker {
                 return;
             }
             let now = Instant::now();
+            if !events.is_empty() {
+                self.sessions.saw_events(now);
+            }
             for event in events.iter() {
                 self.dispatch(event, now);
             }

@@ -189,11 +189,15 @@ impl Worker {
 
     /// One `io_uring_enter`: submits what is queued and waits for at least
     /// one completion, or for the next timer tick, or not at all when
-    /// connections are waiting on the ready list or the worker woke itself.
+    /// connections are waiting on the ready list, the worker woke itself or
+    /// it is busy-polling.
     /// It always asks for completions (deferred task work runs only then),
     /// so a connection on the ready list never starves the others.
     fn submit_and_wait(&mut self, now: Instant) -> io::Result<()> {
-        let timeout = if self.sessions.ready.is_empty() && !self.waker.has_pending() {
+        let idle = self.sessions.ready.is_empty()
+            && !self.waker.has_pending()
+            && !self.sessions.busy_polling(now);
+        let timeout = if idle {
             self.sessions.wheel.until_next_tick(now)
         } else {
             Duration::ZERO
@@ -297,6 +301,7 @@ impl Worker {
             if cqes.is_empty() {
                 break;
             }
+            self.sessions.saw_events(now);
             for (i, &(data, result, flags)) in cqes.iter().enumerate() {
                 self.complete(data, result, flags, now);
                 if i % SUBMIT_EVERY == SUBMIT_EVERY - 1 {
