@@ -12,7 +12,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use slab::Slab;
 
@@ -81,10 +81,16 @@ impl<S: Socket> Sessions<S> {
         self.last_event = now;
     }
 
-    /// True while the worker should poll without sleeping: within
-    /// `busy-poll` of its last event. A quiet worker sleeps.
-    pub fn busy_polling(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.last_event) < self.shared.busy_poll
+    /// How long the worker may wait for its next event, given nothing else
+    /// for it to do: not at all while connections are on the ready list or
+    /// within `busy-poll` of its last event, else until the next timer tick.
+    pub fn wait_time(&self, now: Instant) -> Duration {
+        let busy_polling = now.saturating_duration_since(self.last_event) < self.shared.busy_poll;
+        if !self.ready.is_empty() || busy_polling {
+            Duration::ZERO
+        } else {
+            self.wheel.until_next_tick(now)
+        }
     }
 
     /// How many more connections this worker may take now: none while

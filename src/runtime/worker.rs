@@ -101,14 +101,10 @@ impl Worker {
         loop {
             let accept_now =
                 self.accept_more && self.accept_blocked_until.is_none() && self.sessions.room() > 0;
-            let now = Instant::now();
-            let idle = self.sessions.ready.is_empty()
-                && !self.own.has_pending()
-                && !self.sessions.busy_polling(now);
-            let timeout = if idle && !accept_now {
-                self.sessions.wheel.until_next_tick(now)
-            } else {
+            let timeout = if accept_now || self.own.has_pending() {
                 Duration::ZERO
+            } else {
+                self.sessions.wait_time(Instant::now())
             };
             if let Err(err) = self.poll.poll(&mut events, Some(timeout)) {
                 if err.kind() == io::ErrorKind::Interrupted {

@@ -194,13 +194,10 @@ impl Worker {
     /// It always asks for completions (deferred task work runs only then),
     /// so a connection on the ready list never starves the others.
     fn submit_and_wait(&mut self, now: Instant) -> io::Result<()> {
-        let idle = self.sessions.ready.is_empty()
-            && !self.waker.has_pending()
-            && !self.sessions.busy_polling(now);
-        let timeout = if idle {
-            self.sessions.wheel.until_next_tick(now)
-        } else {
+        let timeout = if self.waker.has_pending() {
             Duration::ZERO
+        } else {
+            self.sessions.wait_time(now)
         };
         let ts = Timespec::new()
             .sec(timeout.as_secs())
