@@ -16,7 +16,9 @@
 #
 # usage: benches/backends.sh            (env: LOAD=path/to/mxgate-load,
 #        ROUNDS=3, IDLE=19000 (0: skip), WORKERS=1, SPOOL_MODE=discard,
-#        SERVER_CPUS=N, CLIENT_CPUS=LIST, PIPELINED=4000)
+#        SERVER_CPUS=N, CLIENT_CPUS=LIST, PIPELINED=4000, SESSIONS=50,
+#        TESTS="pipelined one-per-conn smtp-source rcpt-reject",
+#        MXGATE_ARGS="" extra server flags, e.g. "--busy-poll 0")
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,7 +28,10 @@ ROUNDS=${ROUNDS:-3}
 IDLE=${IDLE:-19000}
 WORKERS=${WORKERS:-1}
 SPOOL_MODE=${SPOOL_MODE:-discard}
-PIPELINED=${PIPELINED:-4000} # messages per pipelined session (50 sessions)
+PIPELINED=${PIPELINED:-4000} # messages per pipelined session
+SESSIONS=${SESSIONS:-50}     # concurrent sessions in every test
+TESTS=${TESTS:-pipelined one-per-conn smtp-source rcpt-reject}
+MXGATE_ARGS=${MXGATE_ARGS:-}
 PORT=${PORT:-2700}
 LAST_CPU=$(($(nproc) - 1))
 SERVER_CPUS=${SERVER_CPUS-$LAST_CPU}
@@ -48,7 +53,7 @@ on_cpus() { if [ -n "$1" ]; then echo "taskset -c $1"; fi; }
 start_server() { # backend
     $(on_cpus "$SERVER_CPUS") "$MXGATE" --backend "$1" --workers "$WORKERS" --recipients "$WORK/table.txt" \
         --listen "127.0.0.1:$PORT" --spool "$WORK/spool-$1" --spool-mode "$SPOOL_MODE" \
-        2>"$WORK/log-$1" &
+        $MXGATE_ARGS 2>"$WORK/log-$1" & # MXGATE_ARGS is split on purpose
     SERVER_PID=$!
     for _ in $(seq 100); do
         grep -q "mxgate ready" "$WORK/log-$1" 2>/dev/null && return 0
@@ -152,23 +157,38 @@ for s in socks:
 EOF
 }
 
-run_round() { # backend round
+run_test() { # backend round test
     local b=$1 r=$2
+    case $3 in
+    pipelined)
+        measure "$b" "$r" pipelined $((SESSIONS * PIPELINED)) load_rate messages_per_s \
+            --sessions "$SESSIONS" --messages "$PIPELINED" --pipelining
+        ;;
+    one-per-conn)
+        measure "$b" "$r" one-per-conn 10000 load_rate sessions_per_s \
+            --sessions "$SESSIONS" --sessions-total 10000 --messages 1
+        ;;
+    smtp-source) measure "$b" "$r" smtp-source 10000 smtp_source_rate "$SESSIONS" 10000 ;;
+    rcpt-reject)
+        measure "$b" "$r" rcpt-reject 10000 load_rate sessions_per_s \
+            --sessions "$SESSIONS" --sessions-total 10000 \
+            --messages 1 --invalid-ratio 1 --invalid-domain reject.example
+        ;;
+    *) echo "unknown test '$3' in TESTS" >&2 && exit 2 ;;
+    esac
+}
+
+run_round() { # backend round
+    local b=$1 r=$2 test
     start_server "$b"
-    measure "$b" "$r" pipelined $((50 * PIPELINED)) \
-        load_rate messages_per_s --sessions 50 --messages "$PIPELINED" --pipelining
-    measure "$b" "$r" one-per-conn 10000 \
-        load_rate sessions_per_s --sessions 50 --sessions-total 10000 --messages 1
-    measure "$b" "$r" smtp-source 10000 smtp_source_rate 50 10000
-    measure "$b" "$r" rcpt-reject 10000 \
-        load_rate sessions_per_s --sessions 50 --sessions-total 10000 \
-        --messages 1 --invalid-ratio 1 --invalid-domain reject.example
+    for test in $TESTS; do run_test "$b" "$r" "$test"; done
     stop_server
 }
 
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)," \
     "git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')," \
-    "server CPUs ${SERVER_CPUS:-any}, client CPUs ${CLIENT_CPUS:-any}"
+    "server CPUs ${SERVER_CPUS:-any}, client CPUs ${CLIENT_CPUS:-any}, $SESSIONS sessions," \
+    "server flags: ${MXGATE_ARGS:-(defaults)}"
 for round in $(seq "$ROUNDS"); do
     for b in epoll uring; do
         echo "round $round: $b" >&2
@@ -196,6 +216,8 @@ for line in open(sys.argv[1]):
 med = lambda rs, i: statistics.median(r[i] for r in rs if r[i] is not None)
 print(f"{'test':13} {'epoll/s':>8} {'uring/s':>8} {'ratio':>5} | {'ep sc/u':>7} {'ur sc/u':>7} {'ratio':>5} | {'ep us/u':>7} {'ur us/u':>7} {'ratio':>5}")
 for test in ["pipelined", "one-per-conn", "smtp-source", "rcpt-reject"]:
+    if (test, "epoll") not in rows or (test, "uring") not in rows:
+        continue
     e, u = rows[(test, "epoll")], rows[(test, "uring")]
     cells = []
     for i, fmt in [(0, "8.0f"), (1, "7.1f"), (2, "7.1f")]:

@@ -41,7 +41,10 @@
 #                      last core, so each server gets one core, as smtp-sink (one
 #                      process) can use no more, and mxgate with its defaults
 #                      runs one worker there. Empty: servers may use every core.
-#   CLIENT_CPUS=LIST   taskset list of the client; default: unconfined
+#   CLIENT_CPUS=LIST   taskset list of the client; default: the other cores
+#                      when SERVER_CPUS is left at its default (as in
+#                      backends.sh), so neither side runs on the other's core;
+#                      otherwise unconfined. Empty: unconfined.
 #   KEEP_WORK=1        keep logs and client output (path printed at exit)
 #   BENCH_TMP=/tmp     where scratch, table and spool live (a real disk)
 #   SPOOL_FS=loop|host the durable spool on a fresh loop-mounted journaled
@@ -49,7 +52,15 @@
 #                      (see mount_spool_fs in lib.sh for why it matters)
 # Output: the tables on stdout, progress on stderr.
 set -euo pipefail
-SERVER_CPUS=${SERVER_CPUS-$(($(nproc) - 1))}
+LAST_CPU=$(($(nproc) - 1))
+if [[ ${SERVER_CPUS-$LAST_CPU} == "$LAST_CPU" && $LAST_CPU -gt 0 ]]; then
+    OTHER_CPUS=0
+    ((LAST_CPU == 1)) || OTHER_CPUS=0-$((LAST_CPU - 1))
+else
+    OTHER_CPUS=
+fi
+SERVER_CPUS=${SERVER_CPUS-$LAST_CPU}
+CLIENT_CPUS=${CLIENT_CPUS-$OTHER_CPUS}
 source "$(dirname "$0")/lib.sh"
 
 PORT=${PORT:-25250}

@@ -84,8 +84,12 @@ impl<S: Socket> Sessions<S> {
     /// How long the worker may wait for its next event, given nothing else
     /// for it to do: not at all while connections are on the ready list or
     /// within `busy-poll` of its last event, else until the next timer tick.
+    /// A worker with messages at the spool does not busy-poll: the spool
+    /// thread and the file system may need its core to commit them, and
+    /// their completion wakes it anyway.
     pub fn wait_time(&self, now: Instant) -> Duration {
-        let busy_polling = now.saturating_duration_since(self.last_event) < self.shared.busy_poll;
+        let busy_polling = self.link.in_flight() == 0
+            && now.saturating_duration_since(self.last_event) < self.shared.busy_poll;
         if !self.ready.is_empty() || busy_polling {
             Duration::ZERO
         } else {

@@ -5,6 +5,7 @@
 //! queue. The spool threads deliver into an [`Inbox`] and call its `notify`.
 //! Writing and syncing live in `writer`; this module only moves messages.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -60,6 +61,9 @@ pub struct SpoolLink {
     front: Arc<Front>,
     inbox: Arc<Inbox>,
     completions: Receiver<Completion>,
+    /// Messages submitted whose completion has not been taken yet. Only
+    /// the owning worker touches it; atomic so the link stays `Sync`.
+    in_flight: AtomicUsize,
 }
 
 impl SpoolLink {
@@ -73,6 +77,7 @@ impl SpoolLink {
             front,
             inbox,
             completions,
+            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -80,6 +85,7 @@ impl SpoolLink {
     /// and `notify` is called. Never blocks. In discard mode the completion
     /// (a fresh id, nothing written) is queued before this returns.
     pub fn submit(&self, ticket: u64, message: Message) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
         if self.front.mode == SpoolMode::Discard {
             let id = self.front.ids.next_id().to_string();
             return self.complete_now(ticket, Ok(id));
@@ -101,7 +107,14 @@ impl SpoolLink {
 
     /// The next finished message, if any (never blocks).
     pub fn try_complete(&self) -> Option<Completion> {
-        self.completions.try_recv().ok()
+        let done = self.completions.try_recv().ok()?;
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        Some(done)
+    }
+
+    /// How many submitted messages still wait for their completion.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     fn complete_now(&self, ticket: u64, result: Result<String, SpoolError>) {

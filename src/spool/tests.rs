@@ -98,7 +98,9 @@ fn durable_round_trip() {
     let spool = Spool::open(config(root.path(), 1)).unwrap();
     let worker = Worker::new(&spool);
     worker.link.submit(7, message(1));
+    assert_eq!(worker.link.in_flight(), 1);
     let done = worker.collect(1);
+    assert_eq!(worker.link.in_flight(), 0);
     assert_eq!(done[0].ticket, 7);
     let id = expect_id(&done[0]);
     assert_eq!(id.len(), ID_LEN);
