@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use crate::proto::SessionConfig;
 use crate::recipients::{LoadError, Table, TableOptions};
-use crate::spool::{SpoolConfig, SpoolMode};
+use crate::spool::{SpoolConfig, SpoolMode, SpoolTuning, SyncStrategy};
 
 /// Fewest recipients per transaction a server may limit to (RFC 5321 §4.5.3.1.8).
 pub const MIN_RECIPIENTS: usize = 100;
@@ -81,6 +81,27 @@ impl From<SpoolModeName> for SpoolMode {
     }
 }
 
+/// How the spool makes a commit round durable, as written in flags and files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpoolSyncName {
+    /// One syncfs(2) per round (the default): fastest on a file system of
+    /// the spool's own, but it also flushes everything else written there.
+    Syncfs,
+    /// fdatasync(2) of each file, several at once: for a spool on a file
+    /// system shared with busy writers, whose data syncfs would wait for.
+    Fdatasync,
+}
+
+impl From<SpoolSyncName> for SyncStrategy {
+    fn from(name: SpoolSyncName) -> SyncStrategy {
+        match name {
+            SpoolSyncName::Syncfs => SyncStrategy::FileSystem,
+            SpoolSyncName::Fdatasync => SyncStrategy::Parallel,
+        }
+    }
+}
+
 /// One layer of settings: every field optional, so layers can be stacked.
 /// The same struct is the TOML schema and the set of long flags.
 #[derive(Debug, Clone, Default, Deserialize, Args)]
@@ -101,6 +122,11 @@ pub struct Layer {
     /// Spool writer threads [default: 1].
     #[arg(long, value_name = "N")]
     pub spool_threads: Option<usize>,
+    /// How a commit round is made durable: syncfs (one sync of the spool's
+    /// file system) or fdatasync (each file; for a file system shared with
+    /// busy writers) [default: syncfs].
+    #[arg(long, value_name = "HOW")]
+    pub spool_sync: Option<SpoolSyncName>,
     /// Worker threads [default: online cores].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
@@ -183,6 +209,7 @@ impl Layer {
             spool,
             spool_mode,
             spool_threads,
+            spool_sync,
             workers,
             cores,
             backend,
@@ -289,6 +316,7 @@ pub struct Config {
     pub spool: PathBuf,
     pub spool_mode: SpoolMode,
     pub spool_threads: usize,
+    pub spool_sync: SyncStrategy,
     pub workers: usize,
     /// Empty: worker i on the i-th allowed core.
     pub cores: Vec<usize>,
@@ -336,6 +364,7 @@ impl Config {
                 "spool-threads",
                 layer.spool_threads.unwrap_or(DEFAULT_SPOOL_THREADS),
             )?,
+            spool_sync: layer.spool_sync.unwrap_or(SpoolSyncName::Syncfs).into(),
             workers: at_least_one("workers", layer.workers.unwrap_or_else(online_cores))?,
             cores: layer.cores.unwrap_or_default(),
             backend: layer.backend.unwrap_or(Backend::Auto),
@@ -420,6 +449,14 @@ impl Config {
             mode: self.spool_mode,
             hostname: self.hostname.clone(),
             threads: self.spool_threads,
+        }
+    }
+
+    /// How the spool commits (the batch limit stays the spool's default).
+    pub fn spool_tuning(&self) -> SpoolTuning {
+        SpoolTuning {
+            sync: self.spool_sync,
+            ..SpoolTuning::default()
         }
     }
 }
@@ -539,6 +576,7 @@ mod tests {
         assert_eq!(c.listen, vec![default_listen()]);
         assert_eq!(c.spool, PathBuf::from("./spool"));
         assert_eq!(c.spool_mode, SpoolMode::Durable);
+        assert_eq!(c.spool_sync, SyncStrategy::FileSystem);
         assert_eq!(c.max_message_size, 25 * 1024 * 1024);
         assert_eq!(c.max_recipients, 100);
         assert_eq!(c.command_timeout, Duration::from_secs(300));
@@ -646,6 +684,8 @@ mod tests {
             "",
             "--spool-mode",
             "discard",
+            "--spool-sync",
+            "fdatasync",
             "--cores",
             "1,0",
         ]))
@@ -653,6 +693,8 @@ mod tests {
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.subaddress_delimiter, None);
         assert_eq!(c.spool_mode, SpoolMode::Discard);
+        assert_eq!(c.spool_sync, SyncStrategy::Parallel);
+        assert_eq!(c.spool_tuning().sync, SyncStrategy::Parallel);
         assert_eq!(c.cores, vec![1, 0]);
         assert_eq!(c.metrics, None, "metrics are off by default");
         let on = from_args(args(&["--metrics", "127.0.0.1:9125"])).unwrap();

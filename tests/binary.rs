@@ -260,6 +260,33 @@ fn discard_mode_warns_loudly(backend: Backend) {
     assert!(files_in(&spool.join("new")).is_empty());
 }
 
+fn spool_sync_fdatasync_commits_each_message(backend: Backend) {
+    let mut server = BinServer::start(
+        tempfile::tempdir().unwrap(),
+        backend,
+        &["--spool-sync", "fdatasync"],
+    );
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let mut c = server.client();
+        c.hello();
+        c.open_data("alice@example.com");
+        c.send(format!("Subject: {n}\r\n\r\nsynced one by one\r\n.\r\n").as_bytes());
+        ids.push(queue_id(&c.expect(250)));
+        c.cmd("QUIT", 221);
+    }
+    server.signal("TERM");
+    let spool = server.path().join("spool");
+    let (status, log) = server.wait();
+    assert_eq!(status, Some(0), "{log}");
+    let spooled = files_in(&spool.join("new"));
+    assert_eq!(spooled.len(), 3, "{spooled:?}");
+    for id in ids {
+        assert!(spooled.iter().any(|f| f.ends_with(format!("{id}.bsmtp"))));
+    }
+    assert!(files_in(&spool.join("tmp")).is_empty());
+}
+
 fn a_second_sigterm_stops_without_waiting_for_the_drain(backend: Backend) {
     let mut server = BinServer::start(
         tempfile::tempdir().unwrap(),
@@ -288,5 +315,6 @@ support::backend_tests!(
     sighup_reloads_the_table_under_open_sessions,
     sigterm_drains_transactions_in_flight_then_exits_0,
     discard_mode_warns_loudly,
+    spool_sync_fdatasync_commits_each_message,
     a_second_sigterm_stops_without_waiting_for_the_drain,
 );

@@ -69,10 +69,11 @@ fn run() -> Result<(), Fatal> {
     for shortfall in mxgate::tuning::check_host(&config) {
         tracing::warn!("{shortfall}");
     }
-    let spool = Spool::open(config.spool_config()).map_err(|err| Fatal {
-        message: err.to_string(),
-        status: 1,
-    })?;
+    let spool =
+        Spool::open_tuned(config.spool_config(), config.spool_tuning()).map_err(|err| Fatal {
+            message: err.to_string(),
+            status: 1,
+        })?;
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|err| Fatal {
         message: format!("signal handlers: {err}"),
         status: 1,

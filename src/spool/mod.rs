@@ -87,7 +87,9 @@ pub enum SyncStrategy {
     FileSystem,
 }
 
-/// Knobs that only benchmarks and tests need to turn.
+/// How the spool commits: the sync strategy (`--spool-sync` picks
+/// `FileSystem` or `Parallel`; the others are for benchmarks) and the batch
+/// limit (benchmarks and tests only).
 #[derive(Debug, Clone, Copy)]
 pub struct SpoolTuning {
     pub sync: SyncStrategy,

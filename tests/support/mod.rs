@@ -41,7 +41,7 @@ impl TestServer {
         let args = base_args(dir.path(), &with_backend(backend, extra));
         let config = config::from_args(args).expect("test config");
         let shared = Arc::new(SharedTable::new(config.load_table().expect("table")));
-        let spool = Spool::open(config.spool_config()).expect("spool");
+        let spool = Spool::open_tuned(config.spool_config(), config.spool_tuning()).expect("spool");
         let handle = Server::start(&config, shared, spool).expect("server starts");
         let addr = handle.local_addr();
         TestServer {
