@@ -109,6 +109,14 @@ const LOGGED_IDS: u32 = 8;
 /// `TcpStream`; the io_uring backend a socket whose octets move through the
 /// ring.
 pub trait Socket: Read + Write {
+    /// True when a read that came back short or `WouldBlock` means nothing
+    /// more can be read until the backend reports new input, as
+    /// edge-triggered epoll does for every arrival: the connection then
+    /// skips the read that could only say `WouldBlock` (one system call per
+    /// message that waited for the spool). A ring socket's reads are memory
+    /// copies, and its `WouldBlock` may also mean "replies backed up".
+    const EMPTY_UNTIL_REPORTED: bool = false;
+
     /// Frees buffers that hold nothing (an idle connection holds none).
     fn trim(&mut self) {}
     /// The session ended but the backend still finishes the connection's
@@ -118,7 +126,9 @@ pub trait Socket: Read + Write {
     }
 }
 
-impl Socket for TcpStream {}
+impl Socket for TcpStream {
+    const EMPTY_UNTIL_REPORTED: bool = true;
+}
 
 pub struct Conn<S = TcpStream> {
     pub stream: S,
@@ -133,6 +143,9 @@ pub struct Conn<S = TcpStream> {
     pub awaiting_spool: bool,
     /// The client closed its sending side (a read returned 0).
     eof: bool,
+    /// The last read emptied the socket and no input was reported since
+    /// (see [`Socket::EMPTY_UNTIL_REPORTED`]).
+    drained: bool,
     /// epoll reported the peer's hang-up: read until 0, even after a short read.
     hang_up: bool,
     /// Input the session has not consumed: a partial line, or what arrived
@@ -165,6 +178,7 @@ impl<S: Socket> Conn<S> {
             in_ready: false,
             awaiting_spool: false,
             eof: false,
+            drained: false,
             hang_up: false,
             pending: Vec::new(),
             pending_unseen: false,
@@ -177,9 +191,15 @@ impl<S: Socket> Conn<S> {
         }
     }
 
+    /// The backend reported input for this connection: read again.
+    pub fn input_reported(&mut self) {
+        self.drained = false;
+    }
+
     /// epoll reported that the peer hung up or the socket failed.
     pub fn hang_up_seen(&mut self) {
         self.hang_up = true;
+        self.drained = false;
     }
 
     /// Sends what is queued, then reads and feeds the session until the
@@ -213,9 +233,9 @@ impl<S: Socket> Conn<S> {
         let held = self.pending.len();
         scratch[..held].copy_from_slice(&self.pending);
         let room_end = scratch.len().min(held + scratch.len() / 2);
-        let mut blocked = false;
+        let mut blocked = S::EMPTY_UNTIL_REPORTED && self.drained;
         let mut read = 0;
-        if !self.eof && room_end > held {
+        if !self.eof && !blocked && room_end > held {
             match read_retrying(&mut self.stream, &mut scratch[held..room_end]) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
@@ -228,6 +248,7 @@ impl<S: Socket> Conn<S> {
                 Err(_) => return Step::End(Outcome::Reset),
             }
         }
+        self.drained = blocked;
         if read == 0 && !self.pending_unseen {
             return if self.eof {
                 Step::End(Outcome::Disconnected)
@@ -533,6 +554,111 @@ mod tests {
         for (key, generation) in [(0, 0), (5, 1), (123_456, u32::MAX)] {
             assert_eq!(unticket(ticket(key, generation)), (key, generation));
         }
+    }
+
+    /// A socket the test fills, counting reads; like a `TcpStream`, it
+    /// says `WouldBlock` when empty and new input is reported separately.
+    #[derive(Default)]
+    struct Scripted {
+        input: Vec<u8>,
+        reads: usize,
+        replies: Vec<u8>,
+    }
+
+    impl Read for Scripted {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.reads += 1;
+            if self.input.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.input.len());
+            buf[..n].copy_from_slice(&self.input[..n]);
+            self.input.drain(..n);
+            Ok(n)
+        }
+    }
+
+    impl Write for Scripted {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.replies.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Socket for Scripted {
+        const EMPTY_UNTIL_REPORTED: bool = true;
+    }
+
+    /// The read that follows a spool answer is skipped when the last read
+    /// emptied the socket and nothing was reported since: held-back input
+    /// is still answered, and reported input is read again.
+    #[test]
+    fn no_read_of_a_drained_socket_until_input_is_reported() {
+        use crate::proto::SessionConfig;
+        use crate::recipients::TableOptions;
+        use crate::spool::{Spool, SpoolConfig, SpoolMode};
+        use std::sync::Arc;
+
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(SpoolConfig {
+            dir: dir.path().to_path_buf(),
+            mode: SpoolMode::Discard,
+            hostname: "mx.test".into(),
+            threads: 1,
+        })
+        .unwrap();
+        let link = spool.link(Box::new(|| {}));
+        let table = Table::parse(b"alice@example.com\n", TableOptions::default()).unwrap();
+        let config = Arc::new(SessionConfig {
+            hostname: "mx.test".into(),
+            max_message_size: 1 << 20,
+            max_recipients: 100,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+        });
+        let now = Instant::now();
+        let peer = IpAddr::from([127, 0, 0, 1]);
+        let mut conn = Conn::new(Scripted::default(), Session::new(config, now), peer, 0);
+        let (mut scratch, mut out) = (vec![0; 8192], Vec::new());
+        let mut metrics = Recorder::detached();
+        let mut drive = |conn: &mut Conn<Scripted>, out: &mut Vec<u8>, metrics: &mut Recorder| {
+            let mut cx = Cx {
+                now,
+                table: &table,
+                link: &link,
+                out,
+                ticket: 0,
+                metrics,
+            };
+            conn.drive(&mut scratch, &mut cx)
+        };
+
+        conn.stream.input = b"EHLO c\r\nMAIL FROM:<s@example.net>\r\n\
+            RCPT TO:<alice@example.com>\r\nDATA\r\nbody\r\n.\r\nQUIT\r\n"
+            .to_vec();
+        assert!(matches!(
+            drive(&mut conn, &mut out, &mut metrics),
+            Drive::Wait
+        ));
+        assert!(conn.awaiting_spool, "the message went to the spool");
+        let reads = conn.stream.reads;
+
+        let done = link.try_complete().expect("discard answers at once");
+        conn.spool_done(done.result, &mut out, &mut metrics);
+        let verdict = drive(&mut conn, &mut out, &mut metrics);
+        assert!(matches!(verdict, Drive::Close(_)));
+        assert_eq!(conn.stream.reads, reads, "read a socket known to be empty");
+        let replies = String::from_utf8_lossy(&conn.stream.replies).into_owned();
+        assert!(replies.contains("250 2.0.0 Ok: queued as "), "{replies}");
+        assert!(replies.ends_with("221 2.0.0 Bye\r\n"), "{replies}");
+
+        conn.input_reported();
+        let _ = drive(&mut conn, &mut out, &mut metrics);
+        assert!(conn.stream.reads > reads, "reported input was not read");
     }
 
     #[test]

@@ -142,6 +142,9 @@ impl Worker {
         } else if token.0 >= usize::MAX - self.listeners.len() {
             self.accept_more = true;
         } else if let Some(conn) = self.sessions.conns.get_mut(token.0) {
+            if event.is_readable() {
+                conn.input_reported();
+            }
             if event.is_read_closed() || event.is_error() {
                 conn.hang_up_seen();
             }
