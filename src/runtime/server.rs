@@ -54,6 +54,19 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The limits of `config`, with no session open yet.
+    pub fn new(config: &Config) -> Shared {
+        Shared {
+            open: AtomicUsize::new(0),
+            max_sessions: config.max_sessions,
+            stop: AtomicBool::new(false),
+            drain_timeout: config.drain_timeout,
+            accept_batch: config.accept_batch,
+            worker_sessions: config.worker_sessions,
+            busy_poll: config.busy_poll,
+        }
+    }
+
     /// Counts a new session if there is room for it.
     pub fn try_open(&self) -> bool {
         let before = self.open.fetch_add(1, Ordering::AcqRel);
@@ -90,15 +103,7 @@ impl Server {
         let (listeners, addrs) =
             bind_all(&config.listen, config.workers, ListenOptions::of(config))?;
         let (recorders, mut scraper) = metrics::channels(listeners.len());
-        let shared = Arc::new(Shared {
-            open: AtomicUsize::new(0),
-            max_sessions: config.max_sessions,
-            stop: AtomicBool::new(false),
-            drain_timeout: config.drain_timeout,
-            accept_batch: config.accept_batch,
-            worker_sessions: config.worker_sessions,
-            busy_poll: config.busy_poll,
-        });
+        let shared = Arc::new(Shared::new(config));
         let set = WorkerSet {
             listeners,
             spool: &spool,

@@ -290,3 +290,63 @@ pub trait Driver {
         deadline
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use mio::net::TcpStream;
+
+    use super::*;
+    use crate::config;
+    use crate::proto::Envelope;
+    use crate::recipients::{Table, TableOptions};
+    use crate::spool::{Message, Spool, SpoolConfig, SpoolMode};
+
+    fn message() -> Message {
+        Message {
+            peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            helo: b"client.example".to_vec(),
+            envelope: Envelope::default(),
+            body: b"body\r\n".to_vec(),
+        }
+    }
+
+    #[test]
+    fn no_busy_poll_while_messages_wait_for_the_spool() {
+        let args = ["mxgate", "--recipients", "t.txt", "--busy-poll", "10000000"];
+        let config = config::from_args(args).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(SpoolConfig {
+            dir: dir.path().to_path_buf(),
+            mode: SpoolMode::Discard,
+            hostname: "mx.test".into(),
+            threads: 1,
+        })
+        .unwrap();
+        let table = Table::parse(b"", TableOptions::default()).unwrap();
+        let mut sessions: Sessions<TcpStream> = Sessions::new(
+            spool.link(Box::new(|| {})),
+            Arc::new(SharedTable::new(table)),
+            config.session_config(),
+            Arc::new(Shared::new(&config)),
+            4096,
+            Recorder::detached(),
+        );
+        let now = Instant::now();
+        sessions.saw_events(now);
+        assert_eq!(sessions.wait_time(now), Duration::ZERO, "busy-polls");
+
+        sessions.link.submit(1, message());
+        assert!(
+            sessions.wait_time(now) > Duration::ZERO,
+            "spins over the spool"
+        );
+
+        sessions
+            .link
+            .try_complete()
+            .expect("discard answers at once");
+        assert_eq!(sessions.wait_time(now), Duration::ZERO, "polls again");
+    }
+}
