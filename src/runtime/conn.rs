@@ -600,17 +600,10 @@ mod tests {
     fn no_read_of_a_drained_socket_until_input_is_reported() {
         use crate::proto::SessionConfig;
         use crate::recipients::TableOptions;
-        use crate::spool::{Spool, SpoolConfig, SpoolMode};
+        use crate::spool::Spool;
         use std::sync::Arc;
 
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(SpoolConfig {
-            dir: dir.path().to_path_buf(),
-            mode: SpoolMode::Discard,
-            hostname: "mx.test".into(),
-            threads: 1,
-        })
-        .unwrap();
+        let spool = Spool::discard_for_tests();
         let link = spool.link(Box::new(|| {}));
         let table = Table::parse(b"alice@example.com\n", TableOptions::default()).unwrap();
         let config = Arc::new(SessionConfig {

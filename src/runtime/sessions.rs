@@ -301,7 +301,7 @@ mod tests {
     use crate::config;
     use crate::proto::Envelope;
     use crate::recipients::{Table, TableOptions};
-    use crate::spool::{Message, Spool, SpoolConfig, SpoolMode};
+    use crate::spool::{Message, Spool};
 
     fn message() -> Message {
         Message {
@@ -316,14 +316,7 @@ mod tests {
     fn no_busy_poll_while_messages_wait_for_the_spool() {
         let args = ["mxgate", "--recipients", "t.txt", "--busy-poll", "10000000"];
         let config = config::from_args(args).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(SpoolConfig {
-            dir: dir.path().to_path_buf(),
-            mode: SpoolMode::Discard,
-            hostname: "mx.test".into(),
-            threads: 1,
-        })
-        .unwrap();
+        let spool = Spool::discard_for_tests();
         let table = Table::parse(b"", TableOptions::default()).unwrap();
         let mut sessions: Sessions<TcpStream> = Sessions::new(
             spool.link(Box::new(|| {})),

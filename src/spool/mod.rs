@@ -168,6 +168,19 @@ impl Spool {
         Spool::open_tuned(config, SpoolTuning::default())
     }
 
+    /// A discard-mode spool (it touches no directory) for the unit tests of
+    /// the modules that drive one.
+    #[cfg(test)]
+    pub(crate) fn discard_for_tests() -> Spool {
+        Spool::open(SpoolConfig {
+            dir: PathBuf::from("/nonexistent/mxgate-test-spool"),
+            mode: SpoolMode::Discard,
+            hostname: "mx.test".into(),
+            threads: 1,
+        })
+        .expect("a discard spool opens anywhere")
+    }
+
     /// [`Spool::open`] with non-default tuning.
     pub fn open_tuned(config: SpoolConfig, tuning: SpoolTuning) -> Result<Spool, SpoolError> {
         let mut spool = Spool::prepare(config, tuning)?;
