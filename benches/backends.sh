@@ -33,22 +33,14 @@ SESSIONS=${SESSIONS:-50}     # concurrent sessions in every test
 TESTS=${TESTS:-pipelined one-per-conn smtp-source rcpt-reject}
 MXGATE_ARGS=${MXGATE_ARGS:-}
 PORT=${PORT:-2700}
-LAST_CPU=$(($(nproc) - 1))
-SERVER_CPUS=${SERVER_CPUS-$LAST_CPU}
-case $LAST_CPU in
-0) OTHER_CPUS= ;;
-1) OTHER_CPUS=0 ;;
-*) OTHER_CPUS=0-$((LAST_CPU - 1)) ;;
-esac
-CLIENT_CPUS=${CLIENT_CPUS-$OTHER_CPUS}
+source "$ROOT/benches/cpus.sh"
+SERVER_CPUS=${SERVER_CPUS-$(last_cpu)}
+CLIENT_CPUS=${CLIENT_CPUS-$(other_cpus)}
 WORK=$(mktemp -d)
 SERVER_PID=
 trap 'stop_server; rm -rf "$WORK"' EXIT
 printf 'alice@example.com\n@example.com\nalice@reject.example\n' >"$WORK/table.txt"
 
-# on_cpus LIST: the command prefix that confines a process to LIST (nothing
-# when LIST is empty); unquoted use is deliberate, it is zero or three words.
-on_cpus() { if [ -n "$1" ]; then echo "taskset -c $1"; fi; }
 
 start_server() { # backend
     $(on_cpus "$SERVER_CPUS") "$MXGATE" --backend "$1" --workers "$WORKERS" --recipients "$WORK/table.txt" \

@@ -16,12 +16,9 @@
 #   DURATION=5 ROUNDS=3      seconds per run, runs per value and rate
 #   PORT=25270, NO_BUILD=1, KEEP_WORK=1, BENCH_TMP=/tmp as in compare.sh
 set -euo pipefail
-LAST_CPU=$(($(nproc) - 1))
-SERVER_CPUS=${SERVER_CPUS-$LAST_CPU}
-OTHER_CPUS=
-((LAST_CPU == 0)) || OTHER_CPUS=0
-((LAST_CPU < 2)) || OTHER_CPUS=0-$((LAST_CPU - 1))
-CLIENT_CPUS=${CLIENT_CPUS-$OTHER_CPUS}
+source "$(dirname "$0")/cpus.sh"
+SERVER_CPUS=${SERVER_CPUS-$(last_cpu)}
+CLIENT_CPUS=${CLIENT_CPUS-$(other_cpus)}
 source "$(dirname "$0")/lib.sh"
 
 BUSY_POLLS=${BUSY_POLLS:-0 50}

@@ -52,13 +52,10 @@
 #                      (see mount_spool_fs in lib.sh for why it matters)
 # Output: the tables on stdout, progress on stderr.
 set -euo pipefail
-LAST_CPU=$(($(nproc) - 1))
-if [[ ${SERVER_CPUS-$LAST_CPU} == "$LAST_CPU" && $LAST_CPU -gt 0 ]]; then
-    OTHER_CPUS=0
-    ((LAST_CPU == 1)) || OTHER_CPUS=0-$((LAST_CPU - 1))
-else
-    OTHER_CPUS=
-fi
+source "$(dirname "$0")/cpus.sh"
+LAST_CPU=$(last_cpu)
+OTHER_CPUS=
+[[ ${SERVER_CPUS-$LAST_CPU} != "$LAST_CPU" ]] || OTHER_CPUS=$(other_cpus)
 SERVER_CPUS=${SERVER_CPUS-$LAST_CPU}
 CLIENT_CPUS=${CLIENT_CPUS-$OTHER_CPUS}
 source "$(dirname "$0")/lib.sh"

@@ -1,10 +1,11 @@
 # shellcheck shell=bash
-# Shared by benches/compare.sh and benches/idle.sh: the peer (Postfix's
+# Shared by benches/compare.sh, idle.sh and busy_poll_cost.sh: the peer (Postfix's
 # smtp-sink/smtp-source), building mxgate, starting and stopping servers, and
 # cleaning up every process we started. Source it; do not run it.
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(dirname "$BENCH_DIR")
+source "$BENCH_DIR/cpus.sh" # on_cpus
 MXGATE_BIN=${MXGATE_BIN:-$REPO_DIR/target/release/mxgate}
 MXGATE_LOAD_BIN=${MXGATE_LOAD_BIN:-$REPO_DIR/target/release/mxgate-load}
 # Scratch space: tables, logs, client output and the spool (or the spool's
@@ -200,10 +201,6 @@ run_client() {
     CLIENT_PID=""
     return "$rc"
 }
-
-# on_cpus LIST: the command prefix that confines a process to LIST (nothing
-# when LIST is empty); unquoted use is deliberate, it is zero or three words.
-on_cpus() { if [[ -n $1 ]]; then echo "taskset -c $1"; fi; }
 
 # CPU time (user+system, all threads) of a process, in clock ticks.
 cpu_ticks() {
