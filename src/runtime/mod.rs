@@ -7,13 +7,11 @@
 //! session. Parts: `server` (start, reload, shutdown), `worker` (one event
 //! loop), `sessions` (a worker's connections, the same on both backends),
 //! `conn` (one connection's bytes), `listener` (`SO_REUSEPORT` sockets),
-//! `timer` (the deadline wheel), `limits` (the open-file limit),
-//! `self_wake` (a worker waking itself without a system call).
+//! `timer` (the deadline wheel), `limits` (the open-file limit).
 
 mod conn;
 pub mod limits;
 mod listener;
-mod self_wake;
 mod server;
 mod sessions;
 mod timer;

@@ -12,7 +12,6 @@ use std::time::Duration;
 use mio::{Poll, Waker};
 
 use super::listener::bind_all;
-use super::self_wake::SelfWake;
 use super::worker::{Worker, WAKER};
 use crate::config::{Backend, Config};
 use crate::metrics::{self, MetricsServer, Recorder};
@@ -154,12 +153,8 @@ fn start_epoll(set: WorkerSet) -> (Vec<JoinHandle<()>>, Vec<Wake>, Option<io::Er
         let started = (|| {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-            let own = Arc::new(SelfWake::default());
-            let flag = Arc::clone(&own);
             let wake: Wake = Arc::new(move || {
-                if !flag.try_flag() {
-                    let _ = waker.wake();
-                }
+                let _ = waker.wake();
             });
             let notify = Arc::clone(&wake);
             let link = set.spool.link(Box::new(move || notify()));
@@ -172,8 +167,7 @@ fn start_epoll(set: WorkerSet) -> (Vec<JoinHandle<()>>, Vec<Wake>, Option<io::Er
                 Arc::clone(&set.shared),
                 set.read_buffer,
             )?
-            .with_metrics(recorder)
-            .with_self_wake(own);
+            .with_metrics(recorder);
             Ok::<_, io::Error>((worker, wake))
         })();
         match started {

@@ -82,15 +82,16 @@ impl<S: Socket> Sessions<S> {
     }
 
     /// How long the worker may wait for its next event, given nothing else
-    /// for it to do: not at all while connections are on the ready list or
-    /// within `busy-poll` of its last event, else until the next timer tick.
+    /// for it to do: not at all while connections are on the ready list, a
+    /// spool completion decided inside `submit` waits to be taken, or
+    /// within `busy-poll` of its last event; else until the next timer tick.
     /// A worker with messages at the spool does not busy-poll: the spool
     /// thread and the file system may need its core to commit them, and
     /// their completion wakes it anyway.
     pub fn wait_time(&self, now: Instant) -> Duration {
         let busy_polling = self.link.in_flight() == 0
             && now.saturating_duration_since(self.last_event) < self.shared.busy_poll;
-        if !self.ready.is_empty() || busy_polling {
+        if !self.ready.is_empty() || self.link.has_immediate() || busy_polling {
             Duration::ZERO
         } else {
             self.wheel.until_next_tick(now)
@@ -194,6 +195,15 @@ pub trait Driver {
 
     /// Shutdown: stop accepting new connections.
     fn stop_listening(&mut self);
+
+    /// Takes the spool completions decided inside `submit` (discard mode,
+    /// a closed spool). Once per turn, like a wake through the kernel: a
+    /// pipelining client in discard mode must not starve the others.
+    fn complete_immediate(&mut self, now: Instant) {
+        if self.sessions().link.take_immediate() {
+            self.complete_spooled(now);
+        }
+    }
 
     /// Drives connections that were stopped by their budget, once each.
     fn run_ready(&mut self, now: Instant) {
@@ -331,6 +341,8 @@ mod tests {
         assert_eq!(sessions.wait_time(now), Duration::ZERO, "busy-polls");
 
         sessions.link.submit(1, message());
+        assert_eq!(sessions.wait_time(now), Duration::ZERO, "takes it first");
+        assert!(sessions.link.take_immediate());
         assert!(
             sessions.wait_time(now) > Duration::ZERO,
             "spins over the spool"

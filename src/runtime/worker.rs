@@ -19,7 +19,6 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::conn::Outcome;
 use super::limits::is_out_of_descriptors;
-use super::self_wake::SelfWake;
 use super::server::Shared;
 use super::sessions::{Driver, Sessions};
 use crate::metrics::Recorder;
@@ -45,8 +44,6 @@ pub struct Worker {
     accept_blocked_until: Option<Instant>,
     /// The last accept ran out of descriptors (logged once per episode).
     accept_paused: bool,
-    /// Spool completions queued from this worker's own thread.
-    own: Arc<SelfWake>,
 }
 
 impl Worker {
@@ -78,7 +75,6 @@ impl Worker {
             accept_more: true,
             accept_blocked_until: None,
             accept_paused: false,
-            own: Arc::default(),
         })
     }
 
@@ -88,20 +84,13 @@ impl Worker {
         self
     }
 
-    /// Wakes from this worker's own thread set `own` instead of the waker.
-    pub fn with_self_wake(mut self, own: Arc<SelfWake>) -> Worker {
-        self.own = own;
-        self
-    }
-
     /// The event loop; returns once shutdown has drained every session.
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
-        self.own.claim();
         loop {
             let accept_now =
                 self.accept_more && self.accept_blocked_until.is_none() && self.sessions.room() > 0;
-            let timeout = if accept_now || self.own.has_pending() {
+            let timeout = if accept_now {
                 Duration::ZERO
             } else {
                 self.sessions.wait_time(Instant::now())
@@ -120,11 +109,7 @@ impl Worker {
             for event in events.iter() {
                 self.dispatch(event, now);
             }
-            // Once per turn, like a wake through the poll: a pipelining
-            // client in discard mode must not starve the others.
-            if self.own.take_pending() {
-                self.complete_spooled(now);
-            }
+            self.complete_immediate(now);
             self.run_ready(now);
             self.accept_all(now);
             self.expire_timers(now);

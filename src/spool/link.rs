@@ -3,9 +3,12 @@
 //! channel send; memory stays bounded because each session has at most one
 //! message in flight), and `try_complete` polls the worker's completion
 //! queue. The spool threads deliver into an [`Inbox`] and call its `notify`.
+//! A completion decided inside `submit` (discard mode, a closed spool) is
+//! queued without `notify`: its caller is the worker itself, awake, and
+//! finds it through [`SpoolLink::take_immediate`] without a system call.
 //! Writing and syncing live in `writer`; this module only moves messages.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -64,6 +67,8 @@ pub struct SpoolLink {
     /// Messages submitted whose completion has not been taken yet. Only
     /// the owning worker touches it; atomic so the link stays `Sync`.
     in_flight: AtomicUsize,
+    /// A completion was queued inside `submit` since `take_immediate`.
+    immediate: AtomicBool,
 }
 
 impl SpoolLink {
@@ -78,12 +83,15 @@ impl SpoolLink {
             inbox,
             completions,
             in_flight: AtomicUsize::new(0),
+            immediate: AtomicBool::new(false),
         }
     }
 
     /// Queues a message; its [`Completion`] comes back with the same ticket
-    /// and `notify` is called. Never blocks. In discard mode the completion
-    /// (a fresh id, nothing written) is queued before this returns.
+    /// and `notify` is called. Never blocks. In discard mode (or once the
+    /// spool is closed) the completion (a fresh id, nothing written) is
+    /// queued before this returns, and flagged for `take_immediate`
+    /// instead of notified.
     pub fn submit(&self, ticket: u64, message: Message) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         if self.front.mode == SpoolMode::Discard {
@@ -117,8 +125,19 @@ impl SpoolLink {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Whether a completion was queued inside `submit` since the last
+    /// `take_immediate`: the worker must not sleep before it takes it.
+    pub fn has_immediate(&self) -> bool {
+        self.immediate.load(Ordering::Relaxed)
+    }
+
+    /// Whether a completion was queued inside `submit` since the last call.
+    pub fn take_immediate(&self) -> bool {
+        self.immediate.swap(false, Ordering::Relaxed)
+    }
+
     fn complete_now(&self, ticket: u64, result: Result<String, SpoolError>) {
         self.inbox.deliver(Completion { ticket, result });
-        self.inbox.notify();
+        self.immediate.store(true, Ordering::Relaxed);
     }
 }

@@ -274,10 +274,15 @@ fn discard_mode_completes_at_once_and_writes_nothing() {
     let spool = Spool::open(cfg).unwrap();
     let worker = Worker::new(&spool);
     worker.link.submit(9, message(9));
+    assert!(
+        worker.link.take_immediate(),
+        "flagged for the worker's loop"
+    );
+    assert!(!worker.link.take_immediate());
     let done = worker.link.try_complete().expect("completed during submit");
     assert_eq!(done.ticket, 9);
     assert_eq!(expect_id(&done).len(), ID_LEN);
-    assert_eq!(worker.notified(), 1);
+    assert_eq!(worker.notified(), 0, "no wake-up for the worker itself");
     assert!(!dir.exists());
 }
 

@@ -161,14 +161,9 @@ impl Worker {
 
     /// The event loop; returns once shutdown has drained every session.
     pub fn run(mut self) {
-        self.waker.claim();
         loop {
             let now = Instant::now();
-            // Once per turn, like a completion from the ring: a pipelining
-            // client in discard mode must not starve the others.
-            if self.waker.take_pending() {
-                self.complete_spooled(now);
-            }
+            self.complete_immediate(now);
             self.arm_wake();
             self.arm_accepts(now);
             if let Err(err) = self.submit_and_wait(now) {
@@ -189,16 +184,12 @@ impl Worker {
 
     /// One `io_uring_enter`: submits what is queued and waits for at least
     /// one completion, or for the next timer tick, or not at all when
-    /// connections are waiting on the ready list, the worker woke itself or
-    /// it is busy-polling.
+    /// `Sessions::wait_time` says so (ready connections, a spool completion
+    /// to take, busy-polling).
     /// It always asks for completions (deferred task work runs only then),
     /// so a connection on the ready list never starves the others.
     fn submit_and_wait(&mut self, now: Instant) -> io::Result<()> {
-        let timeout = if self.waker.has_pending() {
-            Duration::ZERO
-        } else {
-            self.sessions.wait_time(now)
-        };
+        let timeout = self.sessions.wait_time(now);
         let ts = Timespec::new()
             .sec(timeout.as_secs())
             .nsec(timeout.subsec_nanos());
