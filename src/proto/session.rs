@@ -115,6 +115,10 @@ enum State {
     Closed,
 }
 
+/// What one step of [`Session::feed`] did: the input octets it consumed,
+/// and the event that ends the call, if any (else the next step follows).
+type Step<'a> = (usize, Option<Event<'a>>);
+
 /// One SMTP server session.
 pub struct Session {
     config: Arc<SessionConfig>,
@@ -174,97 +178,150 @@ impl Session {
         let mut pos = 0;
         loop {
             let rest = &input[pos..];
-            match self.state {
-                State::Closed => return (pos, Event::Close),
-                State::Spooling => return (pos, Event::Paused),
-                State::Command if self.shutting_down && !self.transaction.is_open() => {
-                    reply::write_shutting_down(&self.config.hostname, out);
-                    self.state = State::Closed;
-                }
-                State::Command => match scan::command_line(rest) {
-                    Line::Partial => return (pos, Event::NeedInput),
-                    Line::TooLong => {
-                        pos += scan::MAX_LINE;
-                        self.state = State::LongLine;
-                    }
-                    Line::Complete(n) => {
-                        pos += n;
-                        let line = scan::trim_line(&rest[..n]);
-                        if let Some(event) = self.command(line, table, out, tally) {
-                            return (pos, event);
-                        }
-                    }
-                },
-                State::LongLine => match memchr::memchr(b'\n', rest) {
-                    None => return (input.len(), Event::NeedInput),
-                    Some(i) => {
-                        pos += i + 1;
-                        Reply::LineTooLong.write(out);
-                        self.state = State::Command;
-                    }
-                },
-                State::Data(mut scanner) => {
-                    let step = scanner.step(rest);
-                    self.state = State::Data(scanner);
-                    let (body, end) = match step {
-                        DataStep::NeedMore => return (pos, Event::NeedInput),
-                        DataStep::Body(n) => (n, None),
-                        DataStep::End { body, consumed } => (body, Some(consumed)),
-                    };
-                    if body > 0 {
-                        // The terminator, if any, is seen again next round.
-                        pos += body;
-                        if self.transaction.take_body(&rest[..body], &self.config) {
-                            return (pos, Event::Body(&rest[..body]));
-                        }
-                    } else if let Some(consumed) = end {
-                        pos += consumed;
-                        return (pos, self.end_of_body(out, tally));
-                    }
-                }
+            let (consumed, event) = match self.state {
+                State::Closed => (0, Some(Event::Close)),
+                State::Spooling => (0, Some(Event::Paused)),
+                State::Command => self.command_step(rest, table, out, tally),
+                State::LongLine => self.long_line_step(rest, out),
+                State::Data(scanner) => self.data_step(scanner, rest, out, tally),
                 State::Chunk {
                     size,
                     remaining,
                     last,
-                } => {
-                    if remaining == 0 {
-                        if last {
-                            return (pos, self.end_of_body(out, tally));
-                        }
-                        reply::write_chunk_received(size, out);
-                        self.state = State::Command;
-                        continue;
-                    }
-                    let Some(n) = chunk_part(rest, remaining) else {
-                        return (pos, Event::NeedInput);
-                    };
-                    pos += n;
-                    self.state = State::Chunk {
-                        size,
-                        remaining: remaining - n as u64,
-                        last,
-                    };
-                    if self.transaction.take_body(&rest[..n], &self.config) {
-                        return (pos, Event::Body(&rest[..n]));
-                    }
-                }
+                } => self.chunk_step(size, remaining, last, rest, out, tally),
                 State::SkipChunk { remaining, reply } => {
-                    if remaining == 0 {
-                        reply.write(out);
-                        self.state = State::Command;
-                        continue;
-                    }
-                    let Some(n) = chunk_part(rest, remaining) else {
-                        return (pos, Event::NeedInput);
-                    };
-                    pos += n;
-                    self.state = State::SkipChunk {
-                        remaining: remaining - n as u64,
-                        reply,
-                    };
+                    self.skip_chunk_step(remaining, reply, rest, out)
                 }
+            };
+            pos += consumed;
+            if let Some(event) = event {
+                return (pos, event);
             }
         }
+    }
+
+    /// Answers the next command line of `rest`, if complete.
+    #[inline]
+    fn command_step(
+        &mut self,
+        rest: &[u8],
+        table: &Table,
+        out: &mut Vec<u8>,
+        tally: &mut Tally,
+    ) -> Step<'static> {
+        if self.shutting_down && !self.transaction.is_open() {
+            reply::write_shutting_down(&self.config.hostname, out);
+            self.state = State::Closed;
+            return (0, None);
+        }
+        match scan::command_line(rest) {
+            Line::Partial => (0, Some(Event::NeedInput)),
+            Line::TooLong => {
+                self.state = State::LongLine;
+                (scan::MAX_LINE, None)
+            }
+            Line::Complete(n) => {
+                let line = scan::trim_line(&rest[..n]);
+                (n, self.command(line, table, out, tally))
+            }
+        }
+    }
+
+    /// Skips the rest of an over-long line, then answers it with 500.
+    #[inline]
+    fn long_line_step(&mut self, rest: &[u8], out: &mut Vec<u8>) -> Step<'static> {
+        match memchr::memchr(b'\n', rest) {
+            None => (rest.len(), Some(Event::NeedInput)),
+            Some(i) => {
+                Reply::LineTooLong.write(out);
+                self.state = State::Command;
+                (i + 1, None)
+            }
+        }
+    }
+
+    /// Passes on the DATA body in `rest` up to its end, then ends it.
+    #[inline]
+    fn data_step<'a>(
+        &mut self,
+        mut scanner: DataScanner,
+        rest: &'a [u8],
+        out: &mut Vec<u8>,
+        tally: &mut Tally,
+    ) -> Step<'a> {
+        let step = scanner.step(rest);
+        self.state = State::Data(scanner);
+        let (body, end) = match step {
+            DataStep::NeedMore => return (0, Some(Event::NeedInput)),
+            DataStep::Body(n) => (n, None),
+            DataStep::End { body, consumed } => (body, Some(consumed)),
+        };
+        if body > 0 {
+            // The terminator, if any, is seen again next round.
+            let taken = self.transaction.take_body(&rest[..body], &self.config);
+            (body, taken.then_some(Event::Body(&rest[..body])))
+        } else if let Some(consumed) = end {
+            (consumed, Some(self.end_of_body(out, tally)))
+        } else {
+            (0, None)
+        }
+    }
+
+    /// Passes on the part of an accepted BDAT chunk in `rest`; after the
+    /// chunk, ends the message (LAST) or acknowledges the chunk.
+    #[inline]
+    fn chunk_step<'a>(
+        &mut self,
+        size: u64,
+        remaining: u64,
+        last: bool,
+        rest: &'a [u8],
+        out: &mut Vec<u8>,
+        tally: &mut Tally,
+    ) -> Step<'a> {
+        if remaining == 0 {
+            if last {
+                return (0, Some(self.end_of_body(out, tally)));
+            }
+            reply::write_chunk_received(size, out);
+            self.state = State::Command;
+            return (0, None);
+        }
+        let Some(n) = chunk_part(rest, remaining) else {
+            return (0, Some(Event::NeedInput));
+        };
+        self.state = State::Chunk {
+            size,
+            remaining: remaining - n as u64,
+            last,
+        };
+        let taken = self.transaction.take_body(&rest[..n], &self.config);
+        (n, taken.then_some(Event::Body(&rest[..n])))
+    }
+
+    /// Discards the part of a refused BDAT chunk in `rest`; after the
+    /// chunk, answers it with `reply`.
+    #[inline]
+    fn skip_chunk_step(
+        &mut self,
+        remaining: u64,
+        reply: Reply,
+        rest: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Step<'static> {
+        if remaining == 0 {
+            reply.write(out);
+            self.state = State::Command;
+            return (0, None);
+        }
+        let Some(n) = chunk_part(rest, remaining) else {
+            return (0, Some(Event::NeedInput));
+        };
+        self.state = State::SkipChunk {
+            remaining: remaining - n as u64,
+            reply,
+        };
+        (n, None)
     }
 
     /// The envelope of the current message.
