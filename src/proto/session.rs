@@ -403,19 +403,8 @@ impl Session {
             }
         };
         match command {
-            Command::Ehlo(name) | Command::Helo(name) => {
-                let aborted = self.abort_transaction();
-                self.helo.clear();
-                self.helo.extend_from_slice(name);
-                match command {
-                    Command::Ehlo(_) => {
-                        let max = self.config.max_message_size;
-                        reply::write_ehlo(&self.config.hostname, max, out);
-                    }
-                    _ => reply::write_helo(&self.config.hostname, out),
-                }
-                return aborted;
-            }
+            Command::Ehlo(name) => return self.hello(name, true, out),
+            Command::Helo(name) => return self.hello(name, false, out),
             Command::Mail { .. } if self.helo.is_empty() => Reply::NeedHelo.write(out),
             Command::Mail { path, params } => {
                 self.transaction.mail(path, params, &self.config).write(out)
@@ -424,34 +413,8 @@ impl Session {
                 let outcome = self.transaction.rcpt(path, table, &self.config, out);
                 tally.rcpt(outcome);
             }
-            Command::Data => match self.transaction.body_refusal(BodyKind::Data) {
-                Some(reply) => reply.write(out),
-                None => {
-                    Reply::StartData.write(out);
-                    self.state = State::Data(DataScanner::new());
-                    self.transaction.start_body(BodyKind::Data);
-                    return Some(Event::Envelope);
-                }
-            },
-            Command::Bdat { size, last } => {
-                if let Some(reply) = self.transaction.body_refusal(BodyKind::Bdat) {
-                    self.state = State::SkipChunk {
-                        remaining: size,
-                        reply,
-                    };
-                    return None;
-                }
-                let first = !self.transaction.in_body();
-                self.state = State::Chunk {
-                    size,
-                    remaining: size,
-                    last,
-                };
-                if first {
-                    self.transaction.start_body(BodyKind::Bdat);
-                    return Some(Event::Envelope);
-                }
-            }
+            Command::Data => return self.data(out),
+            Command::Bdat { size, last } => return self.bdat(size, last),
             Command::Rset => {
                 let aborted = self.abort_transaction();
                 Reply::Ok.write(out);
@@ -466,6 +429,55 @@ impl Session {
                 self.state = State::Closed;
                 return Some(Event::Close);
             }
+        }
+        None
+    }
+
+    /// EHLO (`extended`) or HELO: ends any transaction, keeps the name.
+    fn hello(&mut self, name: &[u8], extended: bool, out: &mut Vec<u8>) -> Option<Event<'static>> {
+        let aborted = self.abort_transaction();
+        self.helo.clear();
+        self.helo.extend_from_slice(name);
+        if extended {
+            let max = self.config.max_message_size;
+            reply::write_ehlo(&self.config.hostname, max, out);
+        } else {
+            reply::write_helo(&self.config.hostname, out);
+        }
+        aborted
+    }
+
+    /// DATA: 354 and into the body, or the reason why not.
+    fn data(&mut self, out: &mut Vec<u8>) -> Option<Event<'static>> {
+        if let Some(reply) = self.transaction.body_refusal(BodyKind::Data) {
+            reply.write(out);
+            return None;
+        }
+        Reply::StartData.write(out);
+        self.state = State::Data(DataScanner::new());
+        self.transaction.start_body(BodyKind::Data);
+        Some(Event::Envelope)
+    }
+
+    /// BDAT: into the chunk (the first one starts the body), or skip the
+    /// chunk and then answer why not.
+    fn bdat(&mut self, size: u64, last: bool) -> Option<Event<'static>> {
+        if let Some(reply) = self.transaction.body_refusal(BodyKind::Bdat) {
+            self.state = State::SkipChunk {
+                remaining: size,
+                reply,
+            };
+            return None;
+        }
+        let first = !self.transaction.in_body();
+        self.state = State::Chunk {
+            size,
+            remaining: size,
+            last,
+        };
+        if first {
+            self.transaction.start_body(BodyKind::Bdat);
+            return Some(Event::Envelope);
         }
         None
     }
