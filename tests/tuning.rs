@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use mxgate::config::{self, Backend, Config};
+use mxgate::spool::SyncStrategy;
 use mxgate::tuning::{check, HostReading, Shortfall};
 
 use support::BinServer;
 
-const PROFILES: [&str; 4] = ["default", "throughput", "latency", "dense"];
+const PROFILES: [&str; 5] = ["default", "throughput", "latency", "dense", "shared"];
 
 fn with_profile(profile: &str, extra: &[&str]) -> Result<Config, config::ConfigError> {
     let mut args = vec![
@@ -45,6 +46,9 @@ fn every_shipped_profile_loads_and_validates() {
     assert_eq!(latency.accept_batch, 16);
     assert_eq!(latency.worker_sessions, 64);
     assert_eq!(latency.busy_poll.as_micros(), 50);
+    let shared = with_profile("shared", &[]).unwrap();
+    assert_eq!(shared.busy_poll.as_micros(), 0);
+    assert_eq!(shared.spool_sync, SyncStrategy::Parallel);
 }
 
 #[test]
