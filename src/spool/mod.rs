@@ -75,8 +75,9 @@ pub enum SyncStrategy {
     /// carries the whole batch. Measured little better than `PerFile`:
     /// each sync still flushes the device.
     Writeback,
-    /// `fdatasync(2)` each file from up to eight short-lived threads at
-    /// once, so concurrent syncs share journal commits and device flushes.
+    /// `fdatasync(2)` each file from eight helper threads at once (started
+    /// with each spool thread), so concurrent syncs share journal commits
+    /// and device flushes.
     Parallel,
     /// One `syncfs(2)` for the batch (the default: measured fastest, see
     /// `benches/spool.rs`). It also flushes whatever else is dirty on the
@@ -236,10 +237,11 @@ impl Spool {
         Ok(())
     }
 
-    /// A link for one worker; `notify` is called (from a spool thread, or
-    /// from `submit` itself when the outcome is immediate) after completions
-    /// are queued for it — once per batch, not per message — e.g. to wake
-    /// the worker's poll.
+    /// A link for one worker; `notify` is called from a spool thread after
+    /// completions are queued for it — once per batch, not per message —
+    /// e.g. to wake the worker's poll. Outcomes `submit` decides itself
+    /// (discard mode, a closed spool) are flagged on the link instead
+    /// ([`SpoolLink::take_immediate`]).
     pub fn link(&self, notify: Box<dyn Fn() + Send + Sync>) -> SpoolLink {
         SpoolLink::new(Arc::clone(&self.front), notify)
     }

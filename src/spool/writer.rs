@@ -8,12 +8,13 @@
 //! directory layout (`dir`).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::BufWriter;
+use std::io::{self, BufWriter};
 use std::path::Path;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 
 use super::bsmtp::{Bsmtp, Trace};
 use super::date::rfc5322;
@@ -26,8 +27,8 @@ use super::{Completion, SpoolError, SyncStrategy};
 /// Small messages go out in one `write(2)`; larger bodies bypass the buffer.
 const WRITE_BUFFER: usize = 16 * 1024;
 
-/// Helper threads of [`SyncStrategy::Parallel`].
-const PARALLEL_SYNCS: usize = 8;
+/// Helper threads of [`SyncStrategy::Parallel`], per spool thread.
+const SYNC_HELPERS: usize = 8;
 
 /// What every spool thread shares.
 pub struct Shared {
@@ -45,6 +46,9 @@ pub struct Writer {
     jobs: Receiver<Work>,
     bsmtp: Bsmtp,
     file_system: FileSystem,
+    /// Started once for [`SyncStrategy::Parallel`]: spawning them per
+    /// round cost ~0.3 ms of CPU (8 threads) on the 2-core VM.
+    helpers: Option<SyncHelpers>,
 }
 
 /// A message during its commit.
@@ -73,11 +77,22 @@ impl Entry {
 
 impl Writer {
     pub fn new(shared: Arc<Shared>, jobs: Receiver<Work>) -> Result<Writer, SpoolError> {
+        let helpers =
+            match shared.sync {
+                SyncStrategy::Parallel => Some(SyncHelpers::start(SYNC_HELPERS).map_err(
+                    |source| SpoolError::Io {
+                        path: "(sync helper thread)".into(),
+                        source,
+                    },
+                )?),
+                _ => None,
+            };
         Ok(Writer {
             file_system: shared.dir.file_system()?,
             shared,
             jobs,
             bsmtp: Bsmtp::default(),
+            helpers,
         })
     }
 
@@ -165,7 +180,10 @@ impl Writer {
                 start_writeback(entries);
                 self.sync_each(entries);
             }
-            SyncStrategy::Parallel => self.sync_in_parallel(entries),
+            SyncStrategy::Parallel => match &self.helpers {
+                Some(helpers) => self.sync_in_parallel(helpers, entries),
+                None => self.sync_each(entries),
+            },
             SyncStrategy::FileSystem => self.sync_file_system(entries),
         }
         for entry in entries {
@@ -185,13 +203,34 @@ impl Writer {
 
     /// `fdatasync` from several threads at once, so the file system can
     /// fold concurrent syncs into shared journal commits and device flushes.
-    fn sync_in_parallel(&self, entries: &mut [Entry]) {
-        let per_thread = entries.len().div_ceil(PARALLEL_SYNCS).max(1);
-        std::thread::scope(|scope| {
-            for chunk in entries.chunks_mut(per_thread) {
-                scope.spawn(|| self.sync_each(chunk));
+    /// Each file goes to the helpers and comes back with its outcome.
+    fn sync_in_parallel(&self, helpers: &SyncHelpers, entries: &mut [Entry]) {
+        let mut lent = 0;
+        for (index, entry) in entries.iter_mut().enumerate() {
+            if let Some(file) = entry.file.take() {
+                helpers.lend(index, file);
+                lent += 1;
             }
-        });
+        }
+        for _ in 0..lent {
+            let Some((index, file, result)) = helpers.take_back() else {
+                break;
+            };
+            let entry = &mut entries[index];
+            match result {
+                Ok(()) => entry.file = Some(file),
+                Err(error) => {
+                    let path = self.shared.dir.tmp_path(&entry.id);
+                    entry.fail(&path, io_error(&path)(error));
+                }
+            }
+        }
+        // Only if every helper died: what they held is not durable.
+        for entry in entries.iter_mut().filter(|e| e.ok() && e.file.is_none()) {
+            let path = self.shared.dir.tmp_path(&entry.id);
+            let gone = io::Error::other("sync helper threads stopped");
+            entry.fail(&path, io_error(&path)(gone));
+        }
     }
 
     fn sync_file_system(&self, entries: &mut [Entry]) {
@@ -232,6 +271,68 @@ impl Writer {
     }
 }
 
+/// A file lent to the sync helpers (its index in the round), and what
+/// comes back: the file and its `fdatasync` outcome.
+type Lent = (usize, File);
+type Synced = (usize, File, io::Result<()>);
+
+/// Threads that `fdatasync` files for one spool thread, started with it
+/// and stopped (joined) when it drops them.
+struct SyncHelpers {
+    /// `None` once dropping: closing it stops the threads.
+    files: Option<Sender<Lent>>,
+    synced: Receiver<Synced>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl SyncHelpers {
+    fn start(count: usize) -> io::Result<SyncHelpers> {
+        let (files, lent) = crossbeam_channel::unbounded::<Lent>();
+        let (done, synced) = crossbeam_channel::unbounded::<Synced>();
+        let mut helpers = SyncHelpers {
+            files: Some(files),
+            synced,
+            threads: Vec::with_capacity(count),
+        };
+        for n in 0..count {
+            let (lent, done) = (lent.clone(), done.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("mxgate-sync-{n}"))
+                .spawn(move || {
+                    for (index, file) in lent {
+                        let result = file.sync_data();
+                        let _ = done.send((index, file, result));
+                    }
+                })?;
+            helpers.threads.push(thread);
+        }
+        Ok(helpers)
+    }
+
+    /// Hands a file to whichever helper is free. If none is left, the file
+    /// is closed unsynced, and the round fails it.
+    fn lend(&self, index: usize, file: File) {
+        if let Some(files) = &self.files {
+            let _ = files.send((index, file));
+        }
+    }
+
+    /// The next file synced, with its outcome; blocks until one is, and
+    /// is `None` only if every helper has stopped.
+    fn take_back(&self) -> Option<Synced> {
+        self.synced.recv().ok()
+    }
+}
+
+impl Drop for SyncHelpers {
+    fn drop(&mut self) {
+        self.files = None;
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Asks the kernel to begin writing every file now. Only advice: a failure
 /// here shows up again, and is reported, at the `fdatasync`.
 fn start_writeback(entries: &[Entry]) {
@@ -260,5 +361,30 @@ fn report(entries: Vec<Entry>) {
     }
     for inbox in woken {
         inbox.notify();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_helpers_give_every_file_back_and_stop_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let helpers = SyncHelpers::start(3).unwrap();
+        for index in 0..10 {
+            let path = dir.path().join(index.to_string());
+            helpers.lend(index, File::create(path).unwrap());
+        }
+        let mut back: Vec<usize> = (0..10)
+            .map(|_| {
+                let (index, _, result) = helpers.take_back().expect("helpers run");
+                result.expect("fdatasync of a fresh file");
+                index
+            })
+            .collect();
+        back.sort_unstable();
+        assert_eq!(back, (0..10).collect::<Vec<_>>());
+        drop(helpers); // joins the threads: a hang here fails the test run
     }
 }
