@@ -77,16 +77,10 @@ impl Entry {
 
 impl Writer {
     pub fn new(shared: Arc<Shared>, jobs: Receiver<Work>) -> Result<Writer, SpoolError> {
-        let helpers =
-            match shared.sync {
-                SyncStrategy::Parallel => Some(SyncHelpers::start(SYNC_HELPERS).map_err(
-                    |source| SpoolError::Io {
-                        path: "(sync helper thread)".into(),
-                        source,
-                    },
-                )?),
-                _ => None,
-            };
+        let helpers = match shared.sync {
+            SyncStrategy::Parallel => Some(SyncHelpers::start(SYNC_HELPERS)?),
+            _ => None,
+        };
         Ok(Writer {
             file_system: shared.dir.file_system()?,
             shared,
@@ -286,7 +280,7 @@ struct SyncHelpers {
 }
 
 impl SyncHelpers {
-    fn start(count: usize) -> io::Result<SyncHelpers> {
+    fn start(count: usize) -> Result<SyncHelpers, SpoolError> {
         let (files, lent) = crossbeam_channel::unbounded::<Lent>();
         let (done, synced) = crossbeam_channel::unbounded::<Synced>();
         let mut helpers = SyncHelpers {
@@ -303,6 +297,10 @@ impl SyncHelpers {
                         let result = file.sync_data();
                         let _ = done.send((index, file, result));
                     }
+                })
+                .map_err(|source| SpoolError::Io {
+                    path: "(sync helper thread)".into(),
+                    source,
                 })?;
             helpers.threads.push(thread);
         }
