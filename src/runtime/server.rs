@@ -37,6 +37,21 @@ pub struct WorkerSet<'s> {
     pub recorders: Vec<Recorder>,
 }
 
+impl WorkerSet<'_> {
+    /// Each worker's own listeners and metrics recorder, in worker order
+    /// (taken out of the set; the rest stays shared).
+    pub fn take_workers(&mut self) -> Vec<(Vec<mio::net::TcpListener>, Recorder)> {
+        let mut recorders = std::mem::take(&mut self.recorders).into_iter();
+        std::mem::take(&mut self.listeners)
+            .into_iter()
+            .map(|listeners| {
+                let recorder = recorders.next().unwrap_or_else(Recorder::detached);
+                (listeners, recorder)
+            })
+            .collect()
+    }
+}
+
 /// State all workers share: the session count and the stop flag. Touched
 /// once per connection, never per byte.
 pub struct Shared {
@@ -143,55 +158,68 @@ impl Server {
 }
 
 /// Starts one mio worker per listener set.
-fn start_epoll(set: WorkerSet) -> (Vec<JoinHandle<()>>, Vec<Wake>, Option<io::Error>) {
-    let mut threads = Vec::new();
-    let mut wakers: Vec<Wake> = Vec::new();
+fn start_epoll(mut set: WorkerSet) -> (Vec<JoinHandle<()>>, Vec<Wake>, Option<io::Error>) {
     let mut workers = Vec::with_capacity(set.listeners.len());
-    let mut recorders = set.recorders.into_iter();
-    for worker_listeners in set.listeners {
-        let recorder = recorders.next().unwrap_or_else(Recorder::detached);
-        let started = (|| {
-            let poll = Poll::new()?;
-            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-            let wake: Wake = Arc::new(move || {
-                let _ = waker.wake();
-            });
-            let notify = Arc::clone(&wake);
-            let link = set.spool.link(Box::new(move || notify()));
-            let worker = Worker::new(
-                poll,
-                worker_listeners,
-                link,
-                Arc::clone(&set.table),
-                Arc::clone(&set.session_config),
-                Arc::clone(&set.shared),
-                set.read_buffer,
-            )?
-            .with_metrics(recorder);
-            Ok::<_, io::Error>((worker, wake))
-        })();
-        match started {
+    let mut wakers: Vec<Wake> = Vec::new();
+    for (listeners, recorder) in set.take_workers() {
+        match epoll_worker(&set, listeners, recorder) {
             Ok((worker, wake)) => {
                 workers.push(worker);
                 wakers.push(wake);
             }
-            Err(err) => return (threads, wakers, Some(err)),
+            Err(err) => return (Vec::new(), wakers, Some(err)),
         }
     }
+    let mut threads = Vec::new();
     for (index, worker) in workers.into_iter().enumerate() {
-        let core = set.cores.get(index % set.cores.len().max(1)).copied();
-        let spawned = std::thread::Builder::new()
-            .name(format!("mxgate-worker-{index}"))
-            .spawn(move || {
-                pin(index, core);
-                worker.run();
-            });
-        match spawned {
+        match spawn_worker("worker", index, &set.cores, move || worker.run()) {
             Ok(thread) => threads.push(thread),
             Err(err) => return (threads, wakers, Some(err)),
         }
     }
     (threads, wakers, None)
+}
+
+/// One mio worker over `listeners`, and how to wake it.
+fn epoll_worker(
+    set: &WorkerSet,
+    listeners: Vec<mio::net::TcpListener>,
+    recorder: Recorder,
+) -> io::Result<(Worker, Wake)> {
+    let poll = Poll::new()?;
+    let waker = Waker::new(poll.registry(), WAKER)?;
+    let wake: Wake = Arc::new(move || {
+        let _ = waker.wake();
+    });
+    let notify = Arc::clone(&wake);
+    let worker = Worker::new(
+        poll,
+        listeners,
+        set.spool.link(Box::new(move || notify())),
+        Arc::clone(&set.table),
+        Arc::clone(&set.session_config),
+        Arc::clone(&set.shared),
+        set.read_buffer,
+    )?
+    .with_metrics(recorder);
+    Ok((worker, wake))
+}
+
+/// Starts worker `index` of a backend (`kind` names its thread) on its own
+/// thread, pinned to its core of the plan.
+pub(super) fn spawn_worker(
+    kind: &str,
+    index: usize,
+    cores: &[core_affinity::CoreId],
+    run: impl FnOnce() + Send + 'static,
+) -> io::Result<JoinHandle<()>> {
+    let core = cores.get(index % cores.len().max(1)).copied();
+    std::thread::Builder::new()
+        .name(format!("mxgate-{kind}-{index}"))
+        .spawn(move || {
+            pin(index, core);
+            run();
+        })
 }
 
 /// The cores workers pin to, worker i on entry i: the configured list, or
@@ -208,7 +236,7 @@ fn pinning_plan(config: &Config) -> Vec<core_affinity::CoreId> {
     }
 }
 
-pub(super) fn pin(worker: usize, core: Option<core_affinity::CoreId>) {
+fn pin(worker: usize, core: Option<core_affinity::CoreId>) {
     match core {
         Some(core) if core_affinity::set_for_current(core) => {
             tracing::debug!(worker, core = core.id, "worker pinned");

@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 use crate::config::Backend;
 use crate::metrics::Recorder;
 
-use super::server::{pin, Wake, WorkerSet};
+use super::server::{spawn_worker, Wake, WorkerSet};
 
 pub use ring::probe;
 
@@ -49,60 +49,20 @@ pub fn choose_backend(requested: Backend) -> Result<Backend, String> {
 /// Starts one io_uring worker per listener set and waits until every ring
 /// is up. Threads started before a failure are returned with the error so
 /// the caller can stop and join them.
-pub(super) fn start(set: WorkerSet<'_>) -> (Vec<JoinHandle<()>>, Vec<Wake>, Option<io::Error>) {
-    let mut threads = Vec::new();
-    let mut wakers: Vec<Wake> = Vec::new();
+pub(super) fn start(mut set: WorkerSet<'_>) -> (Vec<JoinHandle<()>>, Vec<Wake>, Option<io::Error>) {
+    let (mut threads, mut wakers, mut failure) = (Vec::new(), Vec::new(), None);
     let (report, reports) = mpsc::channel();
-    let mut failure = None;
-    let cores = set.cores;
-    let mut recorders = set.recorders.into_iter();
-    for (index, listeners) in set.listeners.into_iter().enumerate() {
-        let waker = match wake::RingWaker::new() {
-            Ok(waker) => Arc::new(waker),
-            Err(err) => {
-                failure = Some(err);
-                break;
+    for (index, (listeners, recorder)) in set.take_workers().into_iter().enumerate() {
+        match start_worker(&set, index, listeners, recorder, report.clone()) {
+            Ok((thread, wake)) => {
+                threads.push(thread);
+                wakers.push(wake);
             }
-        };
-        let notify = Arc::clone(&waker);
-        let ring_wake: Wake = Arc::new(move || notify.wake());
-        let parts = worker::Parts {
-            listeners,
-            link: set.spool.link({
-                let wake = Arc::clone(&ring_wake);
-                Box::new(move || wake())
-            }),
-            table: Arc::clone(&set.table),
-            session_config: Arc::clone(&set.session_config),
-            shared: Arc::clone(&set.shared),
-            read_buffer: set.read_buffer,
-            waker,
-            metrics: recorders.next().unwrap_or_else(Recorder::detached),
-        };
-        let core = cores.get(index % cores.len().max(1)).copied();
-        let report = report.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("mxgate-uring-{index}"))
-            .spawn(move || {
-                pin(index, core);
-                match worker::Worker::new(parts) {
-                    Ok(worker) => {
-                        let _ = report.send(Ok(()));
-                        worker.run();
-                    }
-                    Err(err) => {
-                        let _ = report.send(Err(err));
-                    }
-                }
-            });
-        match spawned {
-            Ok(thread) => threads.push(thread),
             Err(err) => {
                 failure = Some(err);
                 break;
             }
         }
-        wakers.push(ring_wake);
     }
     for _ in 0..threads.len() {
         if let Ok(Err(err)) = reports.recv() {
@@ -110,4 +70,44 @@ pub(super) fn start(set: WorkerSet<'_>) -> (Vec<JoinHandle<()>>, Vec<Wake>, Opti
         }
     }
     (threads, wakers, failure)
+}
+
+/// Starts worker `index` over `listeners`. It builds its ring on its own
+/// thread (single issuer) and sends on `report` whether that worked.
+fn start_worker(
+    set: &WorkerSet,
+    index: usize,
+    listeners: Vec<mio::net::TcpListener>,
+    metrics: Recorder,
+    report: mpsc::Sender<io::Result<()>>,
+) -> io::Result<(JoinHandle<()>, Wake)> {
+    let waker = Arc::new(wake::RingWaker::new()?);
+    let notify = Arc::clone(&waker);
+    let wake: Wake = Arc::new(move || notify.wake());
+    let spool_wake = Arc::clone(&wake);
+    let parts = worker::Parts {
+        listeners,
+        link: set.spool.link(Box::new(move || spool_wake())),
+        table: Arc::clone(&set.table),
+        session_config: Arc::clone(&set.session_config),
+        shared: Arc::clone(&set.shared),
+        read_buffer: set.read_buffer,
+        waker,
+        metrics,
+    };
+    let thread = spawn_worker(
+        "uring",
+        index,
+        &set.cores,
+        move || match worker::Worker::new(parts) {
+            Ok(worker) => {
+                let _ = report.send(Ok(()));
+                worker.run();
+            }
+            Err(err) => {
+                let _ = report.send(Err(err));
+            }
+        },
+    )?;
+    Ok((thread, wake))
 }
