@@ -547,8 +547,6 @@ fn write_some(stream: &mut impl Write, buf: &[u8]) -> io::Result<usize> {
 mod tests {
     use super::*;
 
-    /// An idle session costs this struct (plus its slab slot) and nothing
-    /// else: the buffers are empty `Vec`s. Target: ≤ 1 KiB per idle session.
     #[test]
     fn tickets_round_trip() {
         for (key, generation) in [(0, 0), (5, 1), (123_456, u32::MAX)] {
@@ -654,6 +652,8 @@ mod tests {
         assert!(conn.stream.reads > reads, "reported input was not read");
     }
 
+    /// An idle session costs this struct (plus its slab slot) and nothing
+    /// else: the buffers are empty `Vec`s. Target: ≤ 1 KiB per idle session.
     #[test]
     fn an_idle_connection_is_a_small_struct() {
         assert!(
