@@ -43,7 +43,7 @@ impl Bucket {
     /// True if a record of `local` in `domain` is here; `header` is this
     /// bucket's first octet, already read.
     #[inline]
-    fn holds(&self, header: u8, domain: u32, local: &[u8], same: &impl Fn(&[u8]) -> bool) -> bool {
+    fn holds(&self, header: u8, domain: u32, local: &[u8]) -> bool {
         let records = &self.0[1..1 + usize::from(header & USED)];
         let want = record_header(domain, local);
         let mut pos = 0;
@@ -51,7 +51,7 @@ impl Bucket {
             let got = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
             let start = pos + RECORD_HEADER;
             pos = start + (got & 0xff) as usize;
-            if got == want && same(&records[start..pos]) {
+            if got == want && records[start..pos] == *local {
                 return true;
             }
         }
@@ -105,16 +105,10 @@ impl Buckets {
         self.buckets.capacity() * BUCKET + self.overflow.heap_bytes() + self.filter.heap_bytes()
     }
 
-    /// True if `local` in `domain` (hashed to `hash`) is stored; `same`
-    /// compares a stored key with `local`.
+    /// True if `local` in `domain` (hashed to `hash`) is stored, octet
+    /// for octet (the caller folds case, if it does, on both sides).
     #[inline]
-    pub fn contains(
-        &self,
-        hash: u64,
-        domain: u32,
-        local: &[u8],
-        same: impl Fn(&[u8]) -> bool,
-    ) -> bool {
+    pub fn contains(&self, hash: u64, domain: u32, local: &[u8]) -> bool {
         // The filter first, alone: touching the buckets too would make
         // every miss wait for them (a measured 3x slower unknown user).
         if !self.filter.may_contain(hash) {
@@ -123,13 +117,13 @@ impl Buckets {
         let (head1, head2) = self.touch(hash);
         let (first, second) = self.homes(hash);
         let (first, second) = (&self.buckets[first], &self.buckets[second]);
-        if first.holds(head1, domain, local, &same) || second.holds(head2, domain, local, &same) {
+        if first.holds(head1, domain, local) || second.holds(head2, domain, local) {
             return true;
         }
         head1 & OVERFLOW != 0
             && self
                 .overflow
-                .find(hash, |r| r.value == domain && same(r.key))
+                .find(hash, |r| r.value == domain && r.key == local)
                 .is_some()
     }
 
@@ -193,10 +187,6 @@ mod tests {
     use super::*;
     use crate::recipients::hash::hash_folded;
 
-    fn same(local: &[u8]) -> impl Fn(&[u8]) -> bool + '_ {
-        move |key: &[u8]| key == local
-    }
-
     #[test]
     fn stores_and_finds_with_overflow() {
         let keys: Vec<(u32, String)> = (0..20_000u32)
@@ -218,10 +208,10 @@ mod tests {
         assert!(buckets.overflow.len() > 5_000);
         for (d, l) in &keys {
             let l = l.as_bytes();
-            assert!(buckets.contains(hash(*d, l), *d, l, same(l)));
-            assert!(!buckets.contains(hash(d + 1, l), d + 1, l, same(l)));
+            assert!(buckets.contains(hash(*d, l), *d, l));
+            assert!(!buckets.contains(hash(d + 1, l), d + 1, l));
             let other = [l, b"x"].concat();
-            assert!(!buckets.contains(hash(*d, &other), *d, &other, same(&other)));
+            assert!(!buckets.contains(hash(*d, &other), *d, &other));
         }
     }
 
@@ -232,6 +222,6 @@ mod tests {
         let hash = hash_folded(0, &local);
         buckets.insert(hash, MAX_DOMAIN_ID, &local, |_| 0).unwrap();
         assert_eq!(buckets.overflow.len(), 1);
-        assert!(buckets.contains(hash, MAX_DOMAIN_ID, &local, same(&local)));
+        assert!(buckets.contains(hash, MAX_DOMAIN_ID, &local));
     }
 }

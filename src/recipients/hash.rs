@@ -1,7 +1,10 @@
 //! The table's hash: a seeded, non-cryptographic multiply-fold hash (in the
-//! style of wyhash) that folds ASCII case while it reads, 8 octets at a
-//! time, so `Bob@Example.COM` and `bob@example.com` hash alike without a
-//! lowercased copy. Equality is decided by the caller, not here.
+//! style of wyhash) over 8-octet words with ASCII case folded, so
+//! `Bob@Example.COM` and `bob@example.com` hash alike. Keys are hashed and
+//! compared as they are ([`hash_folded`], [`eq_folded`]), folding as they
+//! are read; a local part, which a lookup hashes and searches more than
+//! once, is folded once into a zero-padded [`Folded`] copy instead.
+//! Equality is decided by the caller, not here.
 
 const K0: u64 = 0xa076_1d64_78bd_642f;
 const K1: u64 = 0xe703_7ed1_a0b4_28db;
@@ -63,14 +66,28 @@ fn word_count(bytes: &[u8]) -> usize {
     bytes.len().div_ceil(8)
 }
 
-/// Hashes `bytes` with ASCII case folded, under `seed`.
+/// The hash's state before the first word: the seed and the length.
 #[inline]
+fn start(seed: u64, len: usize) -> u64 {
+    seed ^ fold_mul(len as u64 ^ K2, K0)
+}
+
+#[inline]
+fn mix(state: u64, word: u64) -> u64 {
+    fold_mul(state ^ word, K1)
+}
+
+#[inline]
+fn finish(state: u64) -> u64 {
+    fold_mul(state ^ K2, K0)
+}
+
+/// Hashes `bytes` with ASCII case folded, under `seed`: the hash of
+/// [`Folded::hash`], for keys of any length. Loading uses it; lookups fold
+/// once and hash the folded words.
 pub(crate) fn hash_folded(seed: u64, bytes: &[u8]) -> u64 {
-    let mut h = seed ^ fold_mul(bytes.len() as u64 ^ K2, K0);
-    for i in 0..word_count(bytes) {
-        h = fold_mul(h ^ fold_case(word(bytes, i)), K1);
-    }
-    fold_mul(h ^ K2, K0)
+    let words = (0..word_count(bytes)).map(|i| fold_case(word(bytes, i)));
+    finish(words.fold(start(seed, bytes.len()), mix))
 }
 
 /// True if `lower` (already lowercase) equals `bytes` with ASCII case
@@ -79,6 +96,90 @@ pub(crate) fn hash_folded(seed: u64, bytes: &[u8]) -> u64 {
 pub(crate) fn eq_folded(lower: &[u8], bytes: &[u8]) -> bool {
     lower.len() == bytes.len()
         && (0..word_count(bytes)).all(|i| word(lower, i) == fold_case(word(bytes, i)))
+}
+
+/// Up to `N` octets (a multiple of 8) of a key, folded to lowercase and
+/// zero-padded to whole words: hashing it, or a prefix of it, reads whole
+/// words with nothing left to fold, and comparing it with a stored
+/// (lowercase) key is a plain comparison of octets. A lookup folds a local
+/// part once, instead of once per hash (exact and base) and comparison.
+pub(crate) struct Folded<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> Folded<N> {
+    /// An empty key, to [`fold`](Self::fold) one into (built in place:
+    /// returning a filled one would copy all `N` octets).
+    #[inline]
+    pub fn new() -> Folded<N> {
+        Folded {
+            bytes: [0; N],
+            len: 0,
+        }
+    }
+
+    /// Folds `key` into this empty one; false if it is longer than `N`.
+    #[inline]
+    pub fn fold(&mut self, key: &[u8]) -> bool {
+        if key.len() > N {
+            return false;
+        }
+        self.len = key.len();
+        for i in 0..word_count(key) {
+            let word = fold_case(word(key, i));
+            self.bytes[i * 8..i * 8 + 8].copy_from_slice(&word.to_le_bytes());
+        }
+        true
+    }
+
+    /// The folded octets.
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// Word `i` of the folded key (zero past its end).
+    #[inline]
+    fn word(&self, i: usize) -> u64 {
+        let chunk = &self.bytes[i * 8..i * 8 + 8];
+        u64::from_le_bytes(chunk.try_into().expect("8 octets"))
+    }
+
+    /// The hash under `seed` of the key's first `len` octets (at most its
+    /// length): the same as hashing that prefix alone.
+    #[inline]
+    pub fn hash_prefix(&self, seed: u64, len: usize) -> u64 {
+        let mut state = start(seed, len);
+        for i in 0..len / 8 {
+            state = mix(state, self.word(i));
+        }
+        let tail = len % 8;
+        if tail > 0 {
+            state = mix(state, self.word(len / 8) & (u64::MAX >> (64 - 8 * tail)));
+        }
+        finish(state)
+    }
+
+    /// The position of the first `octet` in the (folded) key.
+    #[inline]
+    pub fn find(&self, octet: u8) -> Option<usize> {
+        let pattern = u64::from_le_bytes([octet; 8]);
+        let found = (0..self.len.div_ceil(8)).find_map(|i| {
+            let zeros = zero_octets(self.word(i) ^ pattern);
+            (zeros != 0).then(|| i * 8 + zeros.trailing_zeros() as usize / 8)
+        });
+        // Padding matches only a zero octet, and only past the end.
+        found.filter(|&at| at < self.len)
+    }
+}
+
+/// The high bit of each zero octet of `word`, and no other bit (no carry
+/// crosses octets, unlike the shorter `(w - 0x01…) & !w` test).
+#[inline]
+fn zero_octets(word: u64) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    !(((word & LOW7) + LOW7) | word) & !LOW7
 }
 
 /// Mixes two hashes into one (order matters).
@@ -124,6 +225,26 @@ mod tests {
     }
 
     #[test]
+    fn folded_agrees_with_hash_folded_on_every_prefix() {
+        let key: Vec<u8> = b"A.Long-Local+Part_With.MIXED.case\xc3\x96"
+            .iter()
+            .copied()
+            .cycle()
+            .take(70)
+            .collect();
+        for len in 0..=64 {
+            let mut folded = Folded::<64>::new();
+            assert!(folded.fold(&key[..len]));
+            assert_eq!(folded.as_bytes(), key[..len].to_ascii_lowercase());
+            for prefix in 0..=len {
+                let want = hash_folded(3, &key[..prefix]);
+                assert_eq!(folded.hash_prefix(3, prefix), want, "{len} {prefix}");
+            }
+        }
+        assert!(!Folded::<64>::new().fold(&key[..65]));
+    }
+
+    #[test]
     fn eq_folded_matches_std() {
         let cases: [(&[u8], &[u8]); 6] = [
             (b"alice", b"ALICE"),
@@ -144,6 +265,22 @@ mod tests {
             !eq_folded(b"Alice", b"alice"),
             "the stored side must be lowercase"
         );
+    }
+
+    #[test]
+    fn find_matches_std_at_every_position() {
+        for len in 0..=20 {
+            for at in 0..len {
+                let mut key = vec![b'a'; len];
+                key[at] = b'+';
+                key[len - 1] = if at == len - 1 { b'+' } else { b'A' };
+                let mut folded = Folded::<24>::new();
+                assert!(folded.fold(&key));
+                assert_eq!(folded.find(b'+'), Some(at), "{len} {at}");
+                assert_eq!(folded.find(b'A'), None, "only lowercase is left");
+                assert_eq!(folded.find(0), None, "padding is not the key");
+            }
+        }
     }
 
     #[test]

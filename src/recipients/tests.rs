@@ -281,9 +281,10 @@ impl Model {
             .and_then(|l| l.strip_suffix('"'))
             .unwrap_or(local);
         let has = |l: &str| self.addresses.contains(&(self.local(l), domain.clone()));
+        // Folding, a letter as delimiter matches in either case.
         let base = self
             .delimiter
-            .and_then(|d| local.find(d))
+            .and_then(|d| self.local(local).find(&*self.local(&d.to_string())))
             .filter(|&end| end > 0);
         if has(local)
             || base.is_some_and(|end| has(&local[..end]))
@@ -302,9 +303,9 @@ proptest::proptest! {
         entries in proptest::collection::vec(("[aAbB+]{0,3}", "(x|X|y|Y|z)\\.example"), 0..12),
         queries in proptest::collection::vec(("[aAbB+]{0,4}", "(x|X|y|z|w)\\.(example|EXAMPLE)", proptest::bool::ANY), 1..20),
         fold: bool,
-        plus: bool,
+        delimiter in 0..3usize,
     ) {
-        let options = TableOptions { fold_local_case: fold, delimiter: plus.then_some(b'+') };
+        let options = TableOptions { fold_local_case: fold, delimiter: [None, Some(b'+'), Some(b'B')][delimiter] };
         let text: String = entries.iter().map(|(l, d)| format!("{l}@{d}\n")).collect();
         let table = Table::parse(text.as_bytes(), options.clone()).unwrap();
         let model = Model::new(&options, &entries);
