@@ -140,6 +140,30 @@ fn any_bytes_are_safe() {
     assert_eq!(table.lookup(long.as_bytes()), UnknownUser);
 }
 
+/// Domains longer than 64 octets take the lookup's other path (hashed and
+/// compared as received, not folded into a copy): the same answers.
+#[test]
+fn long_domains_match_like_short_ones() {
+    let label = "d".repeat(60);
+    for labels in [1, 2, 3] {
+        let domain = vec![label.as_str(); labels].join(".") + ".example";
+        let text = format!("alice@{domain}\n@catch.{domain}\n");
+        let table = Table::parse(text.as_bytes(), TableOptions::default()).unwrap();
+        let upper = domain.to_ascii_uppercase();
+        check(
+            &table,
+            &[
+                (&format!("alice@{domain}"), Accept),
+                (&format!("Alice+tag@{upper}"), Accept),
+                (&format!("bob@{domain}"), UnknownUser),
+                (&format!("bob@catch.{upper}"), Accept),
+                (&format!("alice@{domain}x"), RelayDenied),
+                (&format!("alice@x{}", &domain[1..]), RelayDenied),
+            ],
+        );
+    }
+}
+
 #[test]
 fn duplicates_count_once_and_every_domain_is_local() {
     let text = b"a@x.example\nA@X.EXAMPLE\n@y.example\n@Y.example\nb@z.example\n";
