@@ -17,6 +17,7 @@
 use std::hint::black_box;
 
 use super::filter::Filter;
+use super::hash::eq_octets;
 use super::index::{KeyIndex, Record, TooLarge};
 
 const BUCKET: usize = 64;
@@ -51,7 +52,7 @@ impl Bucket {
             let got = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
             let start = pos + RECORD_HEADER;
             pos = start + (got & 0xff) as usize;
-            if got == want && records[start..pos] == *local {
+            if got == want && eq_octets(&records[start..pos], local) {
                 return true;
             }
         }
@@ -123,7 +124,7 @@ impl Buckets {
         head1 & OVERFLOW != 0
             && self
                 .overflow
-                .find(hash, |r| r.value == domain && r.key == local)
+                .find(hash, |r| r.value == domain && eq_octets(r.key, local))
                 .is_some()
     }
 

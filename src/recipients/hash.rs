@@ -3,8 +3,9 @@
 //! `Bob@Example.COM` and `bob@example.com` hash alike. Loading hashes and
 //! compares keys as they are ([`hash_folded`], [`eq_folded`]), folding as
 //! it reads; a lookup folds the address's parts once each into zero-padded
-//! [`Folded`] copies and hashes, searches and compares those. Equality is
-//! decided by the caller, not here.
+//! [`Folded`] copies and hashes, searches and compares those. Which keys
+//! are equal is the caller's to decide; the comparisons it uses
+//! ([`eq_folded`], [`eq_octets`]) are here.
 
 const K0: u64 = 0xa076_1d64_78bd_642f;
 const K1: u64 = 0xe703_7ed1_a0b4_28db;
@@ -96,6 +97,25 @@ pub(crate) fn hash_folded(seed: u64, bytes: &[u8]) -> u64 {
 pub(crate) fn eq_folded(lower: &[u8], bytes: &[u8]) -> bool {
     lower.len() == bytes.len()
         && (0..word_count(bytes)).all(|i| word(lower, i) == fold_case(word(bytes, i)))
+}
+
+/// `a == b` for keys, without the library call slice equality makes: whole
+/// words, then the last 8 octets again (overlapping); keys under 8 octets
+/// by two overlapping halves, or octet by octet under 4.
+#[inline]
+pub(crate) fn eq_octets(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    let load8 = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8"));
+    let load4 = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().expect("4"));
+    n == b.len()
+        && match n {
+            8.. => {
+                (0..n / 8).all(|i| load8(a, i * 8) == load8(b, i * 8))
+                    && load8(a, n - 8) == load8(b, n - 8)
+            }
+            4..=7 => load4(a, 0) == load4(b, 0) && load4(a, n - 4) == load4(b, n - 4),
+            _ => a.iter().zip(b).all(|(x, y)| x == y),
+        }
 }
 
 /// Up to `N` octets (a multiple of 8) of a key, folded to lowercase and
@@ -274,6 +294,20 @@ mod tests {
             !eq_folded(b"Alice", b"alice"),
             "the stored side must be lowercase"
         );
+    }
+
+    #[test]
+    fn eq_octets_matches_std_for_every_length_and_position() {
+        let a: Vec<u8> = (1..=40).collect();
+        for len in 0..=40 {
+            assert!(eq_octets(&a[..len], &a[..len]));
+            assert!(len == 0 || !eq_octets(&a[..len], &a[..len - 1]));
+            for at in 0..len {
+                let mut b = a[..len].to_vec();
+                b[at] ^= 0x20;
+                assert!(!eq_octets(&a[..len], &b), "{len} {at}");
+            }
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ use arc_swap::ArcSwap;
 
 use address::{unquote, MAX_DOMAIN, MAX_LOCAL_PART};
 use buckets::{record_len, Buckets, MAX_DOMAIN_ID};
-use hash::{combine, derive, eq_folded, hash_folded, Folded};
+use hash::{combine, derive, eq_folded, eq_octets, hash_folded, Folded};
 use index::{KeyIndex, Record, TooLarge};
 
 /// Answer of a table lookup.
@@ -227,7 +227,9 @@ impl Table {
             return self.domain_id(hash, domain).map(|id| (id, hash));
         }
         let hash = folded.hash_prefix(self.seed, domain.len());
-        let found = self.domains.find(hash, |r| r.key == folded.as_bytes());
+        let found = self
+            .domains
+            .find(hash, |r| eq_octets(r.key, folded.as_bytes()));
         found.map(|r| (r.value, hash))
     }
 
