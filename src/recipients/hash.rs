@@ -203,6 +203,23 @@ impl<const N: usize> Folded<N> {
     }
 }
 
+/// The position of the last `octet` in `bytes`, read 8 octets at a time
+/// from the end (an address's last `@` is usually a short domain away).
+#[inline]
+pub(crate) fn rfind_octet(bytes: &[u8], octet: u8) -> Option<usize> {
+    let pattern = u64::from_le_bytes([octet; 8]);
+    let mut end = bytes.len();
+    while end >= 8 {
+        let word = u64::from_le_bytes(bytes[end - 8..end].try_into().expect("8 octets"));
+        let found = zero_octets(word ^ pattern);
+        if found != 0 {
+            return Some(end - 8 + (63 - found.leading_zeros() as usize) / 8);
+        }
+        end -= 8;
+    }
+    bytes[..end].iter().rposition(|&b| b == octet)
+}
+
 /// The high bit of each zero octet of `word`, and no other bit (no carry
 /// crosses octets, unlike the shorter `(w - 0x01…) & !w` test).
 #[inline]
@@ -306,6 +323,19 @@ mod tests {
                 let mut b = a[..len].to_vec();
                 b[at] ^= 0x20;
                 assert!(!eq_octets(&a[..len], &b), "{len} {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn rfind_octet_matches_std() {
+        for len in 0..=30 {
+            let mut bytes = vec![b'a'; len];
+            assert_eq!(rfind_octet(&bytes, b'@'), None);
+            for at in 0..len {
+                bytes[at] = b'@';
+                let want = bytes.iter().rposition(|&b| b == b'@');
+                assert_eq!(rfind_octet(&bytes, b'@'), want, "{len} {at}");
             }
         }
     }

@@ -26,7 +26,7 @@ use arc_swap::ArcSwap;
 
 use address::{unquote, MAX_DOMAIN, MAX_LOCAL_PART};
 use buckets::{record_len, Buckets, MAX_DOMAIN_ID};
-use hash::{combine, derive, eq_folded, eq_octets, hash_folded, Folded};
+use hash::{combine, derive, eq_folded, eq_octets, hash_folded, rfind_octet, Folded};
 use index::{KeyIndex, Record, TooLarge};
 
 /// Answer of a table lookup.
@@ -130,7 +130,7 @@ impl Table {
     /// local parts allowed); allocates nothing and is safe for any bytes.
     /// Tries `local+ext@domain`, then `local@domain`, then `@domain`.
     pub fn lookup(&self, address: &[u8]) -> Lookup {
-        let Some(at) = memchr::memrchr(b'@', address) else {
+        let Some(at) = rfind_octet(address, b'@') else {
             return Lookup::RelayDenied;
         };
         let Some((domain, domain_hash)) = self.find_domain(&address[at + 1..]) else {
