@@ -83,9 +83,9 @@ fn finish(state: u64) -> u64 {
     fold_mul(state ^ K2, K0)
 }
 
-/// Hashes `bytes` with ASCII case folded, under `seed`: the hash of
-/// [`Folded::hash`], for keys of any length. Loading uses it; lookups fold
-/// once and hash the folded words.
+/// Hashes `bytes` with ASCII case folded, under `seed`: what
+/// [`Folded::hash_prefix`] gives over a whole key, for keys of any length.
+/// Loading uses it; lookups fold once and hash the folded words.
 pub(crate) fn hash_folded(seed: u64, bytes: &[u8]) -> u64 {
     let words = (0..word_count(bytes)).map(|i| fold_case(word(bytes, i)));
     finish(words.fold(start(seed, bytes.len()), mix))
