@@ -189,10 +189,16 @@ impl Writer {
         for entry in entries.iter_mut() {
             let Some(file) = &entry.file else { continue };
             if let Err(error) = file.sync_data() {
-                let path = self.shared.dir.tmp_path(&entry.id);
-                entry.fail(&path, io_error(&path)(error));
+                self.sync_failed(entry, error);
             }
         }
+    }
+
+    /// The `fdatasync` of `entry`'s file in `tmp/` failed: fail the entry
+    /// and remove the file.
+    fn sync_failed(&self, entry: &mut Entry, error: io::Error) {
+        let path = self.shared.dir.tmp_path(&entry.id);
+        entry.fail(&path, io_error(&path)(error));
     }
 
     /// `fdatasync` from several threads at once, so the file system can
@@ -213,17 +219,12 @@ impl Writer {
             let entry = &mut entries[index];
             match result {
                 Ok(()) => entry.file = Some(file),
-                Err(error) => {
-                    let path = self.shared.dir.tmp_path(&entry.id);
-                    entry.fail(&path, io_error(&path)(error));
-                }
+                Err(error) => self.sync_failed(entry, error),
             }
         }
         // Only if every helper died: what they held is not durable.
         for entry in entries.iter_mut().filter(|e| e.ok() && e.file.is_none()) {
-            let path = self.shared.dir.tmp_path(&entry.id);
-            let gone = io::Error::other("sync helper threads stopped");
-            entry.fail(&path, io_error(&path)(gone));
+            self.sync_failed(entry, io::Error::other("sync helper threads stopped"));
         }
     }
 
