@@ -5,14 +5,7 @@
 
 mod common;
 
-use common::{Outcome, HOST};
-
-const MAX: usize = 10_000;
-
-/// `EHLO`, then `commands`.
-fn session(commands: &[u8]) -> Vec<u8> {
-    [b"EHLO client.example\r\n".as_slice(), commands].concat()
-}
+use common::{session, Outcome, HOST, MAX};
 
 /// Reference for a DATA body: with a virtual CRLF before it, the first
 /// `\r\n.\r\n` ends it; returns the body and whether it holds a bare CR/LF.

@@ -6,9 +6,8 @@
 
 mod common;
 
-use common::{assert_replies, run_every_split, Outcome, Run};
+use common::{assert_replies, run_every_split, session, Outcome, Run, EHLO, MAX};
 
-const MAX: usize = 10_000;
 const TEN_MIB: usize = 10 << 20;
 
 fn check(input: &[u8], expected: &[&str]) -> Run {
@@ -18,7 +17,6 @@ fn check(input: &[u8], expected: &[&str]) -> Run {
 }
 
 const GREET: &str = "220 mx.test ESMTP mxgate";
-const EHLO: &[u8] = b"EHLO client.example\r\n";
 const EHLO_REPLY: [&str; 7] = [
     "250-mx.test",
     "250-PIPELINING",
@@ -37,17 +35,13 @@ fn after_ehlo<'a>(rest: &[&'a str]) -> Vec<&'a str> {
     all
 }
 
-fn session(commands: &[u8]) -> Vec<u8> {
-    [EHLO, commands].concat()
-}
-
 #[test]
 fn greeting_ehlo_and_quit() {
     let mut expected = after_ehlo(&["221 2.0.0 Bye"]);
     let run = check(&session(b"QUIT\r\n"), &expected);
     assert!(run.closed);
     expected.pop();
-    let run = check(b"EHLO client.example\r\n", &expected);
+    let run = check(EHLO, &expected);
     assert!(!run.closed);
 }
 

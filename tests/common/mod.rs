@@ -17,6 +17,15 @@ pub const HOST: &str = "mx.test";
 pub const QUEUE_ID: &str = "QID42";
 /// The most unconsumed input a driver may ever have to keep.
 pub const MAX_TAIL: usize = 1024;
+/// The message size limit the transcripts and property tests run with.
+pub const MAX: usize = 10_000;
+/// The EHLO every scripted session opens with.
+pub const EHLO: &[u8] = b"EHLO client.example\r\n";
+
+/// [`EHLO`], then `commands`.
+pub fn session(commands: &[u8]) -> Vec<u8> {
+    [EHLO, commands].concat()
+}
 
 /// The recipient table every transcript runs against.
 pub fn table() -> Table {
