@@ -41,7 +41,6 @@ SERVER_PID=
 trap 'stop_server; rm -rf "$WORK"' EXIT
 printf 'alice@example.com\n@example.com\nalice@reject.example\n' >"$WORK/table.txt"
 
-
 start_server() { # backend
     $(on_cpus "$SERVER_CPUS") "$MXGATE" --backend "$1" --workers "$WORKERS" --recipients "$WORK/table.txt" \
         --listen "127.0.0.1:$PORT" --spool "$WORK/spool-$1" --spool-mode "$SPOOL_MODE" \
