@@ -482,7 +482,7 @@ fn system_hostname() -> String {
 
 /// The soft open-file limit less a reserve: one descriptor per session.
 fn default_max_sessions() -> usize {
-    let limit = crate::runtime::limits::open_files_limit();
+    let limit = crate::tuning::open_files_limit();
     usize::try_from(limit.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX)
 }
 

@@ -81,7 +81,7 @@ fn run_sessions(
 }
 
 fn two_thousand_concurrent_sessions_each_complete_a_transaction(backend: Backend) {
-    let limit = mxgate::runtime::limits::raise_open_files_limit().unwrap();
+    let limit = mxgate::tuning::raise_open_files_limit().unwrap();
     assert!(
         limit > 2 * SESSIONS as u64 + 200,
         "open-file limit {limit} too low for this test"

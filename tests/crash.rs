@@ -97,7 +97,7 @@ fn assert_complete(path: &Path) -> Vec<u8> {
 }
 
 fn kill_9_loses_no_acknowledged_message_and_leaves_nothing_partial(backend: Backend) {
-    mxgate::runtime::limits::raise_open_files_limit().unwrap();
+    mxgate::tuning::raise_open_files_limit().unwrap();
     let server = BinServer::start(tempfile::tempdir().unwrap(), backend, &[]);
     let acked = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..CLIENTS)

@@ -13,7 +13,7 @@ use signal_hook::iterator::Signals;
 
 use mxgate::config::{Cli, Config, ConfigError};
 use mxgate::recipients::SharedTable;
-use mxgate::runtime::{self, limits, Server, ServerHandle};
+use mxgate::runtime::{self, Server, ServerHandle};
 use mxgate::spool::{Spool, SpoolMode};
 
 /// A reason to stop, with the exit status.
@@ -54,7 +54,7 @@ fn init_logging() {
 
 fn run() -> Result<(), Fatal> {
     // Before the defaults are computed: max-sessions derives from it.
-    if let Err(err) = limits::raise_open_files_limit() {
+    if let Err(err) = mxgate::tuning::raise_open_files_limit() {
         tracing::warn!(error = %err, "could not raise the open-file limit");
     }
     let mut config = parse_command_line()?;

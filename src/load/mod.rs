@@ -238,7 +238,7 @@ impl Config {
 /// Runs the load `config` describes and reports what it measured.
 pub fn run(config: &Config) -> Result<Report, LoadError> {
     config.check()?;
-    crate::runtime::limits::raise_open_files_limit()?;
+    crate::tuning::raise_open_files_limit()?;
     let (mode, total) = config.schedule();
     let epoch = Instant::now();
     let shared = Shared {

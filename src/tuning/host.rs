@@ -36,7 +36,7 @@ impl HostReading {
     /// Reads `/proc/sys`, `getrlimit` and the CPU affinity of this process.
     pub fn read() -> HostReading {
         HostReading {
-            nofile: crate::runtime::limits::open_files_limit(),
+            nofile: super::open_files_limit(),
             nr_open: sysctl_number("fs/nr_open"),
             file_max: sysctl_number("fs/file-max"),
             somaxconn: sysctl_number("net/core/somaxconn"),
