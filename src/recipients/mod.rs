@@ -21,6 +21,7 @@ mod hash;
 mod index;
 mod varint;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -158,6 +159,11 @@ impl Table {
 
     pub fn is_empty(&self) -> bool {
         self.entries == 0
+    }
+
+    /// Number of local domains (those with at least one entry).
+    pub fn domains(&self) -> usize {
+        self.catch_all.len()
     }
 
     /// Heap bytes held by the table's indexes.
@@ -373,12 +379,15 @@ const LOAD_BATCH: usize = 16;
 /// A table that can be swapped while sessions run (arc-swap).
 pub struct SharedTable {
     current: ArcSwap<Table>,
+    /// Reloads refused since start (the old table kept serving).
+    reload_failures: AtomicU64,
 }
 
 impl SharedTable {
     pub fn new(table: Table) -> SharedTable {
         SharedTable {
             current: ArcSwap::from_pointee(table),
+            reload_failures: AtomicU64::new(0),
         }
     }
 
@@ -390,6 +399,16 @@ impl SharedTable {
     /// Replaces the table; holders of older snapshots keep theirs.
     pub fn store(&self, table: Table) {
         self.current.store(Arc::new(table));
+    }
+
+    /// Counts a reload that was refused (the table in use stays).
+    pub fn count_reload_failure(&self) {
+        self.reload_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reloads refused since start.
+    pub fn reload_failures(&self) -> u64 {
+        self.reload_failures.load(Ordering::Relaxed)
     }
 }
 

@@ -1,0 +1,150 @@
+//! Every setting of the server, declared once: its doc line, its type in
+//! files and flags, its type once resolved, its default, its value name
+//! and the resolver that checks it (in `values.rs`). The flag is
+//! `--name-in-kebab-case`, the TOML key the same without the dashes.
+//! Comments above a declaration say why its default is what it is.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::declare::Fallback::{Computed, Off, Required, Value};
+use super::declare::Setting;
+use super::layer::{one_or_many, Rebase};
+use super::values::*;
+use super::ConfigError;
+use crate::spool::{SpoolMode, SyncStrategy};
+
+/// The `--config FILE` flag: not a layer key (a file cannot name another).
+pub const CONFIG: Setting = Setting {
+    name: "config",
+    value_name: "FILE",
+    default: Off,
+    doc: &["TOML config file; flags override it; relative paths in it are relative to its folder."],
+};
+
+/// The `--profile NAME|FILE` flag: not a layer key either.
+pub const PROFILE: Setting = Setting {
+    name: "profile",
+    value_name: "NAME|FILE",
+    default: Off,
+    doc: &[
+        "Tuning profile: a TOML file, or NAME for NAME.toml in tuning/profiles/",
+        "(of the working directory, /etc/mxgate/profiles/, or the source tree).",
+    ],
+};
+
+/// The declaration of the setting called `name` (a field of [`Layer`]).
+fn setting(name: &str) -> &'static Setting {
+    SETTINGS
+        .iter()
+        .find(|setting| setting.name == name)
+        .expect("every Layer field is declared in SETTINGS")
+}
+
+settings! {
+    /// Recipient table file.
+    recipients: PathBuf => PathBuf = Required, "FILE", required;
+
+    /// Address to listen on; repeat for several (in a file: one or a list).
+    #[serde(default, deserialize_with = "one_or_many")]
+    listen: Vec<SocketAddr> => Vec<SocketAddr> = Value("127.0.0.1:2525"), "ADDR", addresses;
+
+    /// Spool directory.
+    spool: PathBuf => PathBuf = Value("./spool"), "DIR", required;
+
+    /// Durable, or discard to accept and drop (benchmarks only).
+    spool_mode: SpoolModeName => SpoolMode = Value("durable"), "MODE", named;
+
+    // With the spool's syncfs group commit one thread gathers the most
+    // messages per sync: 10,000 1,024-octet messages from 200 concurrent
+    // smtp-source sessions on the 2-core dev VM took 5.5 s with 1 thread,
+    // 10.6 s with 2, 11.7 s with 8.
+    /// Spool writer threads.
+    spool_threads: usize => usize = Value("1"), "N", positive;
+
+    /// How a commit round is made durable: syncfs (one sync of the spool's
+    /// file system) or fdatasync (each file; for a file system shared with
+    /// busy writers).
+    spool_sync: SpoolSyncName => SyncStrategy = Value("syncfs"), "HOW", named;
+
+    /// Worker threads.
+    workers: usize => usize = Computed("one per online core"), "N", workers;
+
+    /// Cores to pin workers to, worker i on the i-th.
+    #[arg(value_delimiter = ',')]
+    cores: Vec<usize> => Vec<usize> = Computed("the allowed cores in order"), "LIST", cores;
+
+    /// I/O backend: epoll, uring, or auto (uring if the kernel allows it).
+    backend: Backend => Backend = Value("auto"), "NAME", required;
+
+    /// Name in the greeting, EHLO and Received line.
+    hostname: String => String = Computed("the system hostname"), "NAME", hostname;
+
+    /// Largest message accepted, in octets (25 MiB).
+    max_message_size: usize => usize = Value("26214400"), "BYTES", positive;
+
+    /// Recipients per transaction before 452 4.5.3; at least 100.
+    max_recipients: usize => usize = Value("100"), "N", recipient_limit;
+
+    /// Seconds to wait for a command (RFC 5321 §4.5.3.2).
+    command_timeout: u64 => Duration = Value("300"), "SECS", seconds;
+
+    /// Seconds to wait for the next block of message data.
+    data_timeout: u64 => Duration = Value("180"), "SECS", seconds;
+
+    /// Concurrent sessions before 421 4.3.2 at connect.
+    max_sessions: usize => usize = Computed("the open-file limit - 128"), "N", max_sessions;
+
+    /// Subaddress delimiter; empty disables.
+    subaddress_delimiter: String => Option<u8> = Value("+"), "CHAR", delimiter;
+
+    /// Compare local parts case-insensitively.
+    #[arg(action = clap::ArgAction::Set)]
+    fold_local_case: bool => bool = Value("true"), "BOOL", required;
+
+    /// Start, and take reloads, with a recipient table of no entries, which
+    /// refuses every recipient (a table truncated in a deploy is refused).
+    #[arg(num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    allow_empty_table: bool => bool = Value("false"), "BOOL", required;
+
+    /// Seconds a graceful shutdown waits for transactions in flight.
+    drain_timeout: u64 => Duration = Value("30"), "SECS", seconds;
+
+    /// Listen backlog per listener.
+    listen_backlog: u32 => u32 = Value("4096"), "N", required;
+
+    /// SO_RCVBUF of every session, set on the listener and inherited; 0
+    /// leaves the kernel's autotuning (tcp_rmem).
+    socket_receive_buffer: usize => usize = Value("0"), "BYTES", socket_buffer;
+
+    /// SO_SNDBUF of every session, like socket-receive-buffer.
+    socket_send_buffer: usize => usize = Value("0"), "BYTES", socket_buffer;
+
+    // Enough to drain a burst in few wake-ups, few enough that open
+    // sessions still get their turn within one loop.
+    /// Connections accepted from one listener per wake-up.
+    accept_batch: usize => usize = Value("256"), "N", positive;
+
+    /// Sessions one worker serves at once; further connections wait in the
+    /// listen backlog until one ends, so the sessions in progress keep
+    /// getting quick replies. 0: no limit but max-sessions.
+    worker_sessions: usize => usize = Value("0"), "N", required;
+
+    // A client's next command usually arrives within 50 us on a LAN or
+    // loopback, so most replies go out without a wake-up. Measured on the
+    // 2-core dev VM against smtp-sink: 0.96x -> 1.10x in discard mode,
+    // 0.78x -> 0.85x durable; the price is CPU while traffic flows (a
+    // worker at 1,000 sessions/s: 19 % -> 31 % of its core), none when idle.
+    /// Microseconds a worker keeps polling, without sleeping, after its
+    /// last event: replies leave sooner and clients pay no wake-up of an
+    /// idle core, for a core kept busy while traffic flows. 0: sleep at
+    /// once.
+    busy_poll: u64 => Duration = Value("50"), "MICROS", micros;
+
+    /// Per-worker read buffer, in octets; at least 4096.
+    read_buffer: usize => usize = Value("65536"), "BYTES", read_buffer;
+
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    metrics: SocketAddr => Option<SocketAddr> = Off, "ADDR", optional;
+}
