@@ -1,5 +1,7 @@
-//! The real `mxgate` binary: exit status 2 and one line on bad input,
-//! SIGHUP reloading the table under open sessions, SIGTERM draining
+//! The real `mxgate` binary: exit status 2 and one line on bad input and
+//! on every start-up failure (empty table, spool, port in use), a config
+//! file's single listen string and relative paths, SIGHUP reloading the
+//! table under open sessions (and refusing an empty one), SIGTERM draining
 //! transactions in flight and exiting 0.
 
 mod support;
@@ -12,11 +14,13 @@ use std::time::Duration;
 
 use support::{files_in, queue_id, wait_until, BinServer, Client};
 
-/// Runs the binary to completion; returns (status, stderr).
+/// Runs the binary to completion, logging errors only; returns (status,
+/// stderr).
 fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_mxgate"))
         .args(args)
         .env("NO_COLOR", "1")
+        .env("RUST_LOG", "error")
         .output()
         .expect("run mxgate");
     (
@@ -58,6 +62,86 @@ fn bad_input_exits_2_with_one_line() {
         &["--recipients", table, "--config", config.to_str().unwrap()],
         "listen-prot",
     );
+    assert_one_line_exit_2(
+        &["--recipients", table, "--allow-empty-table", "maybe"],
+        "maybe",
+    );
+}
+
+#[test]
+fn start_up_failures_exit_2_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("table.txt");
+    std::fs::write(&table, support::TABLE).unwrap();
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "# nothing yet\n").unwrap();
+    let spool = dir.path().join("spool").display().to_string();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = busy.local_addr().unwrap().to_string();
+    let start = |recipients: &std::path::Path, spool: &str, listen: &str| {
+        let recipients = recipients.to_str().unwrap();
+        let args = [
+            "--recipients",
+            recipients,
+            "--spool",
+            spool,
+            "--listen",
+            listen,
+        ];
+        let more = ["--workers", "1", "--backend", "epoll"];
+        let args: Vec<&str> = args.iter().chain(&more).copied().collect();
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let check = |args: Vec<String>, names: &str| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_one_line_exit_2(&args, names);
+    };
+    check(start(&empty, &spool, "127.0.0.1:0"), "has no entries");
+    check(start(&table, &spool, &busy), &busy);
+    // A spool directory that cannot be created: its parent is a file.
+    let unusable = table.join("spool").display().to_string();
+    check(start(&table, &unusable, "127.0.0.1:0"), &unusable);
+}
+
+#[test]
+fn a_config_file_takes_one_listen_string_and_paths_relative_to_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    std::fs::write(etc.join("table.txt"), support::TABLE).unwrap();
+    let config = etc.join("mx.toml");
+    let text =
+        "listen = \"127.0.0.1:0\"\nrecipients = \"table.txt\"\nspool = \"spool\"\nworkers = 1\n";
+    std::fs::write(&config, text).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mxgate"))
+        .args(["--config", config.to_str().unwrap(), "--backend", "epoll"])
+        .current_dir(elsewhere.path())
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("mxgate ready") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(log.contains("entries=3 domains=2"), "{log}");
+    let ready = log
+        .lines()
+        .find(|l| l.contains("mxgate ready"))
+        .unwrap_or("");
+    let files = format!("config {}, profile none", config.display());
+    assert!(ready.contains(&files), "{log}");
+    assert!(etc.join("spool/new").is_dir(), "spool not beside the file");
+    assert!(!elsewhere.path().join("spool").exists());
 }
 
 #[test]
@@ -176,7 +260,11 @@ fn sighup_reloads_the_table_under_open_sessions(backend: Backend) {
         "reload not seen"
     );
 
-    // A table that cannot be read: the old one stays.
+    // A table emptied by a deploy, then one that cannot be read: the old
+    // one stays.
+    std::fs::write(&table, "# truncated\n").unwrap();
+    server.signal("HUP");
+    assert!(rcpt_until(&mut session, "carol@example.com", 250));
     std::fs::remove_file(&table).unwrap();
     server.signal("HUP");
     let mut other = server.client();
@@ -193,10 +281,11 @@ fn sighup_reloads_the_table_under_open_sessions(backend: Backend) {
     let (status, log) = server.wait();
     assert_eq!(status, Some(0), "{log}");
     assert!(log.contains("recipient table reloaded"), "{log}");
-    assert!(
-        log.contains("reload failed; keeping the old table"),
-        "{log}"
-    );
+    let failed = log
+        .lines()
+        .filter(|l| l.contains("reload failed; keeping the old table"));
+    assert_eq!(failed.count(), 2, "{log}");
+    assert!(log.contains("has no entries"), "{log}");
 }
 
 fn sigterm_drains_transactions_in_flight_then_exits_0(backend: Backend) {

@@ -1,7 +1,9 @@
 //! The `mxgate` server command: configuration, start-up and signals. Every
 //! decision lives in the library (`mxgate::config`, `mxgate::runtime`); this
-//! file only wires them to the process: exit status 2 with one line on bad
-//! input, SIGTERM/SIGINT drain and exit 0, SIGHUP reloads the table.
+//! file only wires them to the process: exit status 2 with one line for
+//! anything that stops the start-up (a bad flag, file or value, a spool
+//! that cannot be opened, a port in use), SIGTERM/SIGINT drain and exit 0,
+//! SIGHUP reloads the table ([`Config::reload_table`]).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -11,9 +13,9 @@ use clap::Parser;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use mxgate::config::{Cli, Config, ConfigError};
+use mxgate::config::{Cli, Config, ConfigError, Sources};
 use mxgate::recipients::SharedTable;
-use mxgate::runtime::{self, Server, ServerHandle};
+use mxgate::runtime::{self, Server};
 use mxgate::spool::{Spool, SpoolMode};
 
 /// A reason to stop, with the exit status.
@@ -22,12 +24,19 @@ struct Fatal {
     status: u8,
 }
 
-impl From<ConfigError> for Fatal {
-    fn from(err: ConfigError) -> Fatal {
+impl Fatal {
+    /// The configuration cannot be served: exit status 2.
+    fn start_up(err: impl std::fmt::Display) -> Fatal {
         Fatal {
             message: err.to_string(),
             status: 2,
         }
+    }
+}
+
+impl From<ConfigError> for Fatal {
+    fn from(err: ConfigError) -> Fatal {
+        Fatal::start_up(err)
     }
 }
 
@@ -57,11 +66,9 @@ fn run() -> Result<(), Fatal> {
     if let Err(err) = mxgate::tuning::raise_open_files_limit() {
         tracing::warn!(error = %err, "could not raise the open-file limit");
     }
-    let mut config = parse_command_line()?;
-    config.backend = runtime::choose_backend(config.backend).map_err(|why| Fatal {
-        message: format!("backend uring: {why}"),
-        status: 2,
-    })?;
+    let (mut config, sources) = parse_command_line()?;
+    config.backend = runtime::choose_backend(config.backend)
+        .map_err(|why| Fatal::start_up(format!("backend uring: {why}")))?;
     let table = Arc::new(SharedTable::new(config.load_table()?));
     if config.spool_mode == SpoolMode::Discard {
         tracing::warn!("SPOOL MODE DISCARD: every accepted message is DROPPED (benchmarks only)");
@@ -70,27 +77,22 @@ fn run() -> Result<(), Fatal> {
         tracing::warn!("{shortfall}");
     }
     let spool =
-        Spool::open_tuned(config.spool_config(), config.spool_tuning()).map_err(|err| Fatal {
-            message: err.to_string(),
-            status: 1,
-        })?;
+        Spool::open_tuned(config.spool_config(), config.spool_tuning()).map_err(Fatal::start_up)?;
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|err| Fatal {
         message: format!("signal handlers: {err}"),
         status: 1,
     })?;
-    let server = Server::start(&config, table, spool).map_err(|err| Fatal {
-        message: err.to_string(),
-        status: 1,
-    })?;
+    let server = Server::start(&config, Arc::clone(&table), spool).map_err(Fatal::start_up)?;
     tracing::info!(
         listen = ?server.local_addrs(),
         workers = config.workers,
         backend = ?server.backend(),
         max_sessions = config.max_sessions,
         spool = %config.spool.display(),
+        files = %sources,
         "mxgate ready"
     );
-    serve_signals(&mut signals, &server, &config);
+    serve_signals(&mut signals, &table, &config);
     tracing::info!(
         drain_timeout_secs = config.drain_timeout.as_secs(),
         "draining sessions; a second SIGTERM/SIGINT stops at once"
@@ -103,9 +105,9 @@ fn run() -> Result<(), Fatal> {
 }
 
 /// `--help`/`--version` print and exit 0; any other problem is one line.
-fn parse_command_line() -> Result<Config, Fatal> {
+fn parse_command_line() -> Result<(Config, Sources), Fatal> {
     match Cli::try_parse() {
-        Ok(cli) => Ok(cli.resolve()?),
+        Ok(cli) => Ok(cli.resolve_with_sources()?),
         Err(err) => match ConfigError::from(err) {
             ConfigError::Usage {
                 exit_code: 0, full, ..
@@ -118,19 +120,14 @@ fn parse_command_line() -> Result<Config, Fatal> {
     }
 }
 
-/// Blocks until SIGTERM or SIGINT; reloads the table on SIGHUP.
-fn serve_signals(signals: &mut Signals, server: &ServerHandle, config: &Config) {
+/// Blocks until SIGTERM or SIGINT; reloads the table on SIGHUP (a table
+/// that cannot be used is logged and counted there, and the old one kept).
+fn serve_signals(signals: &mut Signals, table: &SharedTable, config: &Config) {
     for signal in signals.forever() {
         if signal != SIGHUP {
             return;
         }
-        match config.load_table() {
-            Ok(table) => {
-                server.reload(table);
-                tracing::info!(file = %config.recipients.display(), "recipient table reloaded");
-            }
-            Err(err) => tracing::error!(error = %err, "reload failed; keeping the old table"),
-        }
+        let _ = config.reload_table(table);
     }
 }
 

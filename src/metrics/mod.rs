@@ -96,6 +96,11 @@ pub struct Metrics {
     /// Message handed to the spool to its completion (file and directory
     /// synced) seen by the worker.
     pub spool_commit: Latency,
+    /// The recipient table in use: its entries and domains, and the
+    /// reloads refused since start. Filled in by the scrape, not by workers.
+    pub table_entries: u64,
+    pub table_domains: u64,
+    pub table_reload_failures: u64,
 }
 
 impl Default for Metrics {
@@ -114,6 +119,9 @@ impl Default for Metrics {
             service: std::array::from_fn(|_| Latency::new()),
             session_duration: Latency::new(),
             spool_commit: Latency::new(),
+            table_entries: 0,
+            table_domains: 0,
+            table_reload_failures: 0,
         }
     }
 }

@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::{Class, Metrics};
 use crate::proto::Tally;
+use crate::recipients::SharedTable;
 
 /// Wakes one worker so it answers a scrape.
 pub type Wake = Arc<dyn Fn() + Send + Sync>;
@@ -31,6 +32,8 @@ pub struct Recorder {
 pub struct Scraper {
     requests: Vec<Sender<Request>>,
     wakers: Vec<Wake>,
+    /// The recipient table whose size and reload failures are reported.
+    table: Option<Arc<SharedTable>>,
 }
 
 /// One recorder per worker and the scraper that reaches them all.
@@ -48,6 +51,7 @@ pub fn channels(workers: usize) -> (Vec<Recorder>, Scraper) {
     let scraper = Scraper {
         requests: senders,
         wakers: Vec::new(),
+        table: None,
     };
     (recorders, scraper)
 }
@@ -115,6 +119,11 @@ impl Scraper {
         self.wakers = wakers;
     }
 
+    /// The recipient table to report on.
+    pub fn set_table(&mut self, table: Arc<SharedTable>) {
+        self.table = Some(table);
+    }
+
     pub fn workers(&self) -> usize {
         self.requests.len()
     }
@@ -144,6 +153,12 @@ impl Scraper {
                 }
                 Err(_) => break,
             }
+        }
+        if let Some(shared) = &self.table {
+            let table = shared.load();
+            merged.table_entries = table.len() as u64;
+            merged.table_domains = table.domains() as u64;
+            merged.table_reload_failures = shared.reload_failures();
         }
         (merged, answered)
     }

@@ -18,6 +18,7 @@ pub fn render(m: &Metrics, answered: usize, workers: usize) -> String {
     let help = "Workers whose metrics are in this scrape.";
     gauge(&mut out, "workers_scraped", help, answered as u64);
     sessions(&mut out, m);
+    recipient_table(&mut out, m);
     transactions(&mut out, m);
     latencies(&mut out, m);
     out
@@ -39,6 +40,21 @@ fn sessions(o: &mut String, m: &Metrics) {
         "Command lines, by verb.",
         "verb",
         &verbs,
+    );
+}
+
+fn recipient_table(o: &mut String, m: &Metrics) {
+    let help = "Entries (addresses and catch-alls) of the recipient table in use.";
+    gauge(o, "recipient_table_entries", help, m.table_entries);
+    let help = "Domains of the recipient table in use.";
+    gauge(o, "recipient_table_domains", help, m.table_domains);
+    let help =
+        "Table reloads refused (unreadable, malformed or empty); the old table kept serving.";
+    total(
+        o,
+        "recipient_table_reload_failures_total",
+        help,
+        m.table_reload_failures,
     );
 }
 

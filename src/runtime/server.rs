@@ -133,6 +133,7 @@ impl Server {
             _ => start_epoll(set),
         };
         scraper.set_wakers(wakers.clone());
+        scraper.set_table(Arc::clone(&table));
         let mut handle = ServerHandle {
             addrs,
             wakers,
