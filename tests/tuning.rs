@@ -59,6 +59,18 @@ fn the_default_profile_is_the_defaults() {
 }
 
 #[test]
+fn the_default_profile_sets_only_declared_defaults() {
+    let defaults = config::Layer::defaults();
+    let profile = config::Layer::from_file(Path::new("tuning/profiles/default.toml")).unwrap();
+    let merged = profile.clone().over(defaults.clone());
+    assert_eq!(format!("{merged:?}"), format!("{defaults:?}"));
+    assert!(
+        profile.busy_poll.is_some(),
+        "the profile writes the defaults out"
+    );
+}
+
+#[test]
 fn every_profile_setting_says_why() {
     for name in PROFILES {
         let path = format!("tuning/profiles/{name}.toml");
