@@ -1,8 +1,8 @@
 //! The real `mxgate` binary: exit status 2 and one line on bad input and
 //! on every start-up failure (empty table, spool, port in use), a config
 //! file's single listen string and relative paths, SIGHUP reloading the
-//! table under open sessions (and refusing an empty one), SIGTERM draining
-//! transactions in flight and exiting 0.
+//! table under open sessions, SIGTERM draining transactions in flight and
+//! exiting 0.
 
 mod support;
 
@@ -114,25 +114,13 @@ fn a_config_file_takes_one_listen_string_and_paths_relative_to_itself() {
         "listen = \"127.0.0.1:0\"\nrecipients = \"table.txt\"\nspool = \"spool\"\nworkers = 1\n";
     std::fs::write(&config, text).unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mxgate"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mxgate"));
+    command
         .args(["--config", config.to_str().unwrap(), "--backend", "epoll"])
         .current_dir(elsewhere.path())
         .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut log = String::new();
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        let line = line.unwrap();
-        log.push_str(&line);
-        log.push('\n');
-        if line.contains("mxgate ready") {
-            break;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+        .env("RUST_LOG", "info");
+    let log = log_until_ready(command);
     assert!(log.contains("entries=3 domains=2"), "{log}");
     let ready = log
         .lines()
@@ -216,9 +204,19 @@ fn backend_auto_without_io_uring_says_so_once_and_runs_on_epoll() {
     std::fs::write(&table, support::TABLE).unwrap();
     let args = support::base_args(dir.path(), &[]);
     let args: Vec<&str> = args[1..].iter().map(String::as_str).collect();
-    let Some(mut command) = mxgate_without_io_uring(&args) else {
+    let Some(command) = mxgate_without_io_uring(&args) else {
         return;
     };
+    let log = log_until_ready(command);
+    let said = log.lines().filter(|l| l.contains("io_uring unavailable"));
+    assert_eq!(said.count(), 1, "{log}");
+    assert!(log.contains("using epoll"), "{log}");
+    assert!(log.contains("backend=Epoll"), "{log}");
+}
+
+/// Runs `command` until its log says `mxgate ready`, then kills it;
+/// returns the log up to there.
+fn log_until_ready(mut command: Command) -> String {
     let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
     let mut log = String::new();
     for line in BufReader::new(child.stderr.take().unwrap()).lines() {
@@ -231,10 +229,7 @@ fn backend_auto_without_io_uring_says_so_once_and_runs_on_epoll() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    let said = log.lines().filter(|l| l.contains("io_uring unavailable"));
-    assert_eq!(said.count(), 1, "{log}");
-    assert!(log.contains("using epoll"), "{log}");
-    assert!(log.contains("backend=Epoll"), "{log}");
+    log
 }
 
 /// Asks RCPT for `address` in `session` until the reply code is `code`.
@@ -260,11 +255,9 @@ fn sighup_reloads_the_table_under_open_sessions(backend: Backend) {
         "reload not seen"
     );
 
-    // A table emptied by a deploy, then one that cannot be read: the old
-    // one stays.
-    std::fs::write(&table, "# truncated\n").unwrap();
-    server.signal("HUP");
-    assert!(rcpt_until(&mut session, "carol@example.com", 250));
+    // A table that cannot be read: the old one stays. (An empty table is
+    // refused the same way: tests/reload.rs; two SIGHUPs in a row may
+    // arrive as one, so this test sends one per refusal it can observe.)
     std::fs::remove_file(&table).unwrap();
     server.signal("HUP");
     let mut other = server.client();
@@ -281,11 +274,10 @@ fn sighup_reloads_the_table_under_open_sessions(backend: Backend) {
     let (status, log) = server.wait();
     assert_eq!(status, Some(0), "{log}");
     assert!(log.contains("recipient table reloaded"), "{log}");
-    let failed = log
-        .lines()
-        .filter(|l| l.contains("reload failed; keeping the old table"));
-    assert_eq!(failed.count(), 2, "{log}");
-    assert!(log.contains("has no entries"), "{log}");
+    assert!(
+        log.contains("reload failed; keeping the old table"),
+        "{log}"
+    );
 }
 
 fn sigterm_drains_transactions_in_flight_then_exits_0(backend: Backend) {
