@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mxgate::config::{Setting, CONFIG, PROFILE, SETTINGS};
+use mxgate::config::{flags, Setting};
 
 /// A documented flag: where, its flag and value name, its default cell.
 struct Row {
@@ -58,10 +58,7 @@ fn rows(path: &Path) -> Vec<Row> {
 
 fn declared(flag: &str) -> Option<&'static Setting> {
     let key = flag.strip_prefix("--")?;
-    SETTINGS
-        .iter()
-        .chain([&CONFIG, &PROFILE])
-        .find(|setting| setting.key() == key)
+    flags().find(|setting| setting.key() == key)
 }
 
 fn documents() -> Vec<PathBuf> {
@@ -108,7 +105,7 @@ fn the_configuration_reference_has_every_flag() {
         .into_iter()
         .map(|row| row.flag)
         .collect();
-    for setting in SETTINGS.iter().chain([&CONFIG, &PROFILE]) {
+    for setting in flags() {
         let flag = format!("--{}", setting.key());
         assert!(
             documented.contains(&flag),

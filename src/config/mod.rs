@@ -37,7 +37,7 @@ use crate::spool::{SpoolConfig, SpoolTuning};
 
 pub use declare::{Fallback, Setting};
 pub use error::ConfigError;
-pub use settings::{Config, Layer, CONFIG, PROFILE, SETTINGS};
+pub use settings::{flags, Config, Layer, CONFIG_FLAG, PROFILE_FLAG, SETTINGS};
 pub use values::{Backend, SpoolModeName, SpoolSyncName};
 
 /// Fewest recipients per transaction a server may limit to (RFC 5321 §4.5.3.1.8).
@@ -55,9 +55,9 @@ pub const RESERVED_FDS: u64 = 128;
     about = "A strict, fast SMTP receiver for inbound MX hosts"
 )]
 pub struct Cli {
-    #[arg(long, value_name = CONFIG.value_name, help = CONFIG.help())]
+    #[arg(long, value_name = CONFIG_FLAG.value_name, help = CONFIG_FLAG.help())]
     pub config: Option<PathBuf>,
-    #[arg(long, value_name = PROFILE.value_name, help = PROFILE.help())]
+    #[arg(long, value_name = PROFILE_FLAG.value_name, help = PROFILE_FLAG.help())]
     pub profile: Option<String>,
     #[command(flatten)]
     pub flags: Layer,

@@ -16,7 +16,7 @@ use super::ConfigError;
 use crate::spool::{SpoolMode, SyncStrategy};
 
 /// The `--config FILE` flag: not a layer key (a file cannot name another).
-pub const CONFIG: Setting = Setting {
+pub const CONFIG_FLAG: Setting = Setting {
     name: "config",
     value_name: "FILE",
     default: Off,
@@ -24,7 +24,7 @@ pub const CONFIG: Setting = Setting {
 };
 
 /// The `--profile NAME|FILE` flag: not a layer key either.
-pub const PROFILE: Setting = Setting {
+pub const PROFILE_FLAG: Setting = Setting {
     name: "profile",
     value_name: "NAME|FILE",
     default: Off,
@@ -33,6 +33,11 @@ pub const PROFILE: Setting = Setting {
         "(of the working directory, /etc/mxgate/profiles/, or the source tree).",
     ],
 };
+
+/// Every flag of the command line: `--config`, `--profile`, the settings.
+pub fn flags() -> impl Iterator<Item = &'static Setting> {
+    [&CONFIG_FLAG, &PROFILE_FLAG].into_iter().chain(SETTINGS)
+}
 
 /// The declaration of the setting called `name` (a field of [`Layer`]).
 fn setting(name: &str) -> &'static Setting {

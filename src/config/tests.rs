@@ -160,7 +160,7 @@ fn every_declared_default_is_in_the_defaults_layer() {
 fn help_shows_every_declared_default() {
     use clap::CommandFactory;
     let help = Cli::command().render_long_help().to_string();
-    for setting in SETTINGS.iter().chain([&CONFIG, &PROFILE]) {
+    for setting in flags() {
         let flag = format!("--{} <{}>", setting.key(), setting.value_name);
         let flag_optional = format!("--{} [<{}>]", setting.key(), setting.value_name);
         assert!(
