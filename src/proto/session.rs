@@ -115,9 +115,9 @@ enum State {
     Closed,
 }
 
-/// What one step of [`Session::feed`] did: the input octets it consumed,
+/// How far one step of [`Session::feed`] got: the input octets it consumed,
 /// and the event that ends the call, if any (else the next step follows).
-type Step<'a> = (usize, Option<Event<'a>>);
+type Progress<'a> = (usize, Option<Event<'a>>);
 
 /// One SMTP server session.
 pub struct Session {
@@ -208,7 +208,7 @@ impl Session {
         table: &Table,
         out: &mut Vec<u8>,
         tally: &mut Tally,
-    ) -> Step<'static> {
+    ) -> Progress<'static> {
         if self.shutting_down && !self.transaction.is_open() {
             reply::write_shutting_down(&self.config.hostname, out);
             self.state = State::Closed;
@@ -229,7 +229,7 @@ impl Session {
 
     /// Skips the rest of an over-long line, then answers it with 500.
     #[inline]
-    fn long_line_step(&mut self, rest: &[u8], out: &mut Vec<u8>) -> Step<'static> {
+    fn long_line_step(&mut self, rest: &[u8], out: &mut Vec<u8>) -> Progress<'static> {
         match memchr::memchr(b'\n', rest) {
             None => (rest.len(), Some(Event::NeedInput)),
             Some(i) => {
@@ -248,7 +248,7 @@ impl Session {
         rest: &'a [u8],
         out: &mut Vec<u8>,
         tally: &mut Tally,
-    ) -> Step<'a> {
+    ) -> Progress<'a> {
         let step = scanner.step(rest);
         self.state = State::Data(scanner);
         let (body, end) = match step {
@@ -278,7 +278,7 @@ impl Session {
         rest: &'a [u8],
         out: &mut Vec<u8>,
         tally: &mut Tally,
-    ) -> Step<'a> {
+    ) -> Progress<'a> {
         if remaining == 0 {
             if last {
                 return (0, Some(self.end_of_body(out, tally)));
@@ -308,7 +308,7 @@ impl Session {
         reply: Reply,
         rest: &[u8],
         out: &mut Vec<u8>,
-    ) -> Step<'static> {
+    ) -> Progress<'static> {
         if remaining == 0 {
             reply.write(out);
             self.state = State::Command;

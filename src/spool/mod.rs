@@ -44,7 +44,7 @@ use crate::proto::Envelope;
 use dir::SpoolDir;
 use gate::Gate;
 use link::{Front, Work};
-use writer::{Shared, Writer};
+use writer::{DurableSpool, Writer};
 
 /// Durable (the default) or the benchmark-only discard mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,7 +156,7 @@ impl SpoolError {
 pub struct Spool {
     front: Arc<Front>,
     /// `None` in discard mode.
-    shared: Option<Arc<Shared>>,
+    durable: Option<Arc<DurableSpool>>,
     jobs: Receiver<Work>,
     threads: Vec<JoinHandle<()>>,
     wanted_threads: usize,
@@ -192,9 +192,9 @@ impl Spool {
     /// Everything but the threads.
     fn prepare(config: SpoolConfig, tuning: SpoolTuning) -> Result<Spool, SpoolError> {
         let ids = Arc::new(QueueIds::new());
-        let shared = match config.mode {
+        let durable = match config.mode {
             SpoolMode::Discard => None,
-            SpoolMode::Durable => Some(Arc::new(Shared {
+            SpoolMode::Durable => Some(Arc::new(DurableSpool {
                 dir: SpoolDir::prepare(&config.dir)?,
                 ids: Arc::clone(&ids),
                 hostname: config.hostname,
@@ -212,7 +212,7 @@ impl Spool {
         });
         Ok(Spool {
             front,
-            shared,
+            durable,
             jobs,
             threads: Vec::new(),
             wanted_threads: config.threads.max(1),
@@ -220,11 +220,11 @@ impl Spool {
     }
 
     fn start(&mut self) -> Result<(), SpoolError> {
-        let Some(shared) = &self.shared else {
+        let Some(durable) = &self.durable else {
             return Ok(());
         };
         for n in 0..self.wanted_threads {
-            let writer = Writer::new(Arc::clone(shared), self.jobs.clone())?;
+            let writer = Writer::new(Arc::clone(durable), self.jobs.clone())?;
             let thread = std::thread::Builder::new()
                 .name(format!("mxgate-spool-{n}"))
                 .spawn(move || writer.run())
@@ -248,9 +248,9 @@ impl Spool {
 
     /// The counters so far (all zero in discard mode).
     pub fn stats(&self) -> SpoolStats {
-        self.shared
+        self.durable
             .as_ref()
-            .map(|shared| shared.counters.snapshot())
+            .map(|durable| durable.counters.snapshot())
             .unwrap_or_default()
     }
 
