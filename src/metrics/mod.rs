@@ -28,6 +28,7 @@ pub use text::render;
 
 use crate::proto::command::Verb;
 use crate::proto::{RcptOutcome, Refusal, Tally};
+use crate::spool::SpoolDepth;
 
 /// What a command's service time is filed under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +97,9 @@ pub struct Metrics {
     /// Message handed to the spool to its completion (file and directory
     /// synced) seen by the worker.
     pub spool_commit: Latency,
+    /// What waits in the spool's `new/`: read by the scraper from the
+    /// spool, not kept by workers (a merge leaves it as it is).
+    pub spool_depth: Option<SpoolDepth>,
 }
 
 impl Default for Metrics {
@@ -114,6 +118,7 @@ impl Default for Metrics {
             service: std::array::from_fn(|_| Latency::new()),
             session_duration: Latency::new(),
             spool_commit: Latency::new(),
+            spool_depth: None,
         }
     }
 }

@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::{Class, Metrics};
 use crate::proto::Tally;
+use crate::spool::DepthGauge;
 
 /// Wakes one worker so it answers a scrape.
 pub type Wake = Arc<dyn Fn() + Send + Sync>;
@@ -31,6 +32,7 @@ pub struct Recorder {
 pub struct Scraper {
     requests: Vec<Sender<Request>>,
     wakers: Vec<Wake>,
+    spool_depth: Option<DepthGauge>,
 }
 
 /// One recorder per worker and the scraper that reaches them all.
@@ -48,6 +50,7 @@ pub fn channels(workers: usize) -> (Vec<Recorder>, Scraper) {
     let scraper = Scraper {
         requests: senders,
         wakers: Vec::new(),
+        spool_depth: None,
     };
     (recorders, scraper)
 }
@@ -115,6 +118,11 @@ impl Scraper {
         self.wakers = wakers;
     }
 
+    /// Where scrapes read the spool's depth.
+    pub fn set_spool_depth(&mut self, depth: DepthGauge) {
+        self.spool_depth = Some(depth);
+    }
+
     pub fn workers(&self) -> usize {
         self.requests.len()
     }
@@ -145,6 +153,7 @@ impl Scraper {
                 Err(_) => break,
             }
         }
+        merged.spool_depth = self.spool_depth.as_ref().map(DepthGauge::read);
         (merged, answered)
     }
 }

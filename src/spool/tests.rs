@@ -250,11 +250,62 @@ fn spool_recovers_once_the_directory_is_back() {
     let worker = WatchedLink::new(&spool);
     worker.link.submit(1, message(1));
     assert!(worker.collect(1)[0].result.is_err());
+    assert_eq!(
+        spool.depth().read().messages,
+        0,
+        "a failed message is not queued"
+    );
     fs::remove_file(root.path().join("new")).unwrap();
     fs::create_dir(root.path().join("new")).unwrap();
     worker.link.submit(2, message(2));
     let id = expect_id(&worker.collect(1)[0]).to_string();
     assert_eq!(names(&root.path().join("new")), [format!("{id}.bsmtp")]);
+    assert_eq!(spool.depth().read().messages, 1);
+}
+
+/// Octets of the files in `dir`.
+fn bytes_in(dir: &Path) -> u64 {
+    let files = fs::read_dir(dir).unwrap().map(|e| e.unwrap());
+    files.map(|e| e.metadata().unwrap().len()).sum()
+}
+
+#[test]
+fn the_depth_counts_what_new_holds() {
+    let root = tempfile::tempdir().unwrap();
+    let new = root.path().join("new");
+    fs::create_dir_all(&new).unwrap();
+    fs::write(
+        new.join("left-by-an-earlier-run.bsmtp"),
+        b"MAIL FROM:<>\r\n",
+    )
+    .unwrap();
+    let spool = Spool::open(config(root.path(), 2)).unwrap();
+    let depth = spool.depth();
+    assert_eq!(
+        depth.read(),
+        SpoolDepth {
+            messages: 1,
+            bytes: 14
+        }
+    );
+
+    let worker = WatchedLink::new(&spool);
+    for n in 0..20 {
+        worker.link.submit(n, message(n as usize));
+    }
+    worker.collect(20);
+    let expected = SpoolDepth {
+        messages: 21,
+        bytes: bytes_in(&new),
+    };
+    assert_eq!(depth.read(), expected, "counted before the completions");
+
+    let removed = fs::metadata(new.join("left-by-an-earlier-run.bsmtp"))
+        .unwrap()
+        .len();
+    depth.removed(removed);
+    assert_eq!(depth.read().messages, 20);
+    assert_eq!(spool.depth().read().bytes, expected.bytes - removed);
 }
 
 #[test]
@@ -285,6 +336,7 @@ fn discard_mode_completes_at_once_and_writes_nothing() {
     assert_eq!(expect_id(&done).len(), ID_LEN);
     assert_eq!(worker.notified(), 0, "no wake-up for the worker itself");
     assert!(!dir.exists());
+    assert_eq!(spool.depth().read(), SpoolDepth::default());
 }
 
 #[test]

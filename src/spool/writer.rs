@@ -8,7 +8,7 @@
 //! directory layout (`dir`).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter};
+use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -21,7 +21,7 @@ use super::date::rfc5322;
 use super::dir::{io_error, FileSystem, SpoolDir};
 use super::id::{QueueId, QueueIds};
 use super::link::{Inbox, Job, Work};
-use super::stats::Counters;
+use super::stats::{Counters, DepthGauge};
 use super::{Completion, SpoolError, SyncStrategy};
 
 /// Small messages go out in one `write(2)`; larger bodies bypass the buffer.
@@ -31,9 +31,11 @@ const WRITE_BUFFER: usize = 16 * 1024;
 const SYNC_HELPERS: usize = 8;
 
 /// The durable spool as its threads share it: the directory, the id
-/// source, the commit settings and the counters (absent in discard mode).
+/// source, the commit settings, the counters and the depth of `new/`
+/// (absent in discard mode).
 pub struct DurableSpool {
     pub dir: SpoolDir,
+    pub depth: DepthGauge,
     pub ids: Arc<QueueIds>,
     pub hostname: String,
     pub sync: SyncStrategy,
@@ -59,6 +61,8 @@ struct Staged {
     id: QueueId,
     /// Open between writing and syncing.
     file: Option<File>,
+    /// Octets written.
+    size: u64,
     /// Set once a step fails; the message takes no further steps.
     error: Option<SpoolError>,
 }
@@ -146,26 +150,32 @@ impl Writer {
             job,
             id,
             file: None,
+            size: 0,
             error: None,
         };
         let path = self.durable.dir.tmp_path(&id);
         match self.write_file(&path, &entry, date) {
-            Ok(file) => entry.file = Some(file),
+            Ok((file, size)) => (entry.file, entry.size) = (Some(file), size),
             Err(error) => entry.fail(&path, io_error(&path)(error)),
         }
         entry
     }
 
-    fn write_file(&self, path: &Path, entry: &Staged, date: &str) -> std::io::Result<File> {
+    /// Writes the file; returns it with its size.
+    fn write_file(&self, path: &Path, entry: &Staged, date: &str) -> io::Result<(File, u64)> {
         let file = OpenOptions::new().write(true).create_new(true).open(path)?;
-        let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
+        let mut out = Counted {
+            inner: BufWriter::with_capacity(WRITE_BUFFER, file),
+            written: 0,
+        };
         let trace = Trace {
             id: entry.id.as_str(),
             date,
             hostname: &self.durable.hostname,
         };
         self.bsmtp.write(&mut out, &entry.job.message, &trace)?;
-        out.into_inner().map_err(|e| e.into_error())
+        let file = out.inner.into_inner().map_err(|e| e.into_error())?;
+        Ok((file, out.written))
     }
 
     /// Makes the written data durable, then closes the files.
@@ -253,6 +263,9 @@ impl Writer {
                 self.fail_all(entries, |id| dir.new_path(id), &error);
             }
         }
+        let published = entries.iter().filter(|e| e.ok());
+        let (files, bytes) = published.fold((0, 0), |(n, sum), e| (n + 1, sum + e.size));
+        self.durable.depth.added(files, bytes);
     }
 
     /// Fails every entry still going, removing its file at `place(id)`.
@@ -265,6 +278,24 @@ impl Writer {
         for entry in entries.iter_mut().filter(|e| e.ok()) {
             entry.fail(&place(&entry.id), error.duplicate());
         }
+    }
+}
+
+/// An `io::Write` that counts the octets it passes on.
+struct Counted<W> {
+    inner: W,
+    written: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
