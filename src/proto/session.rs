@@ -443,15 +443,7 @@ impl Session {
             Command::Ehlo(name) => return self.hello(name, true, out),
             Command::Helo(name) => return self.hello(name, false, out),
             Command::Mail { path, params } => self.mail(path, params, out, tally),
-            Command::Rcpt(path) => {
-                let start = out.len();
-                let outcome = self.transaction.rcpt(path, table, &self.config, out);
-                tally.rcpt(outcome);
-                if outcome != RcptOutcome::Accepted {
-                    let to = [path_bytes(&path)];
-                    tally.reject(Stage::Rcpt, &out[start..], &self.helo, self.sender(), &to);
-                }
-            }
+            Command::Rcpt(path) => self.rcpt(path, table, out, tally),
             Command::Data => return self.data(out, tally),
             Command::Bdat { size, last } => return self.bdat(size, last),
             Command::Rset => {
@@ -482,7 +474,22 @@ impl Session {
         reply.write(out);
         if reply != Reply::SenderOk {
             let from = Some(path_bytes(&path));
-            tally.reject(Stage::Mail, reply.text(), &self.helo, from, NOBODY);
+            tally
+                .rejections_mut()
+                .push(Stage::Mail, reply.text(), &self.helo, from, NOBODY);
+        }
+    }
+
+    /// RCPT TO: answers from the table, counting how.
+    fn rcpt(&mut self, path: Path<'_>, table: &Table, out: &mut Vec<u8>, tally: &mut Tally) {
+        let start = out.len();
+        let outcome = self.transaction.rcpt(path, table, &self.config, out);
+        tally.rcpt(outcome);
+        if outcome != RcptOutcome::Accepted {
+            let (reply, to) = (&out[start..], [path_bytes(&path)]);
+            let from = self.sender();
+            let rejections = tally.rejections_mut();
+            rejections.push(Stage::Rcpt, reply, &self.helo, from, &to);
         }
     }
 
@@ -495,14 +502,18 @@ impl Session {
             Verb::Data | Verb::Bdat => (Stage::Data, self.sender()),
             _ => return,
         };
-        tally.reject(stage, reply.text(), &self.helo, from, NOBODY);
+        tally
+            .rejections_mut()
+            .push(stage, reply.text(), &self.helo, from, NOBODY);
     }
 
     /// Records the refusal of the transaction's message, or of its DATA or
     /// BDAT command, with the whole envelope.
     fn reject_message(&self, stage: Stage, reply: Reply, tally: &mut Tally) {
         let rcpts = &self.transaction.envelope.rcpts;
-        tally.reject(stage, reply.text(), &self.helo, self.sender(), rcpts);
+        tally
+            .rejections_mut()
+            .push(stage, reply.text(), &self.helo, self.sender(), rcpts);
     }
 
     /// The transaction's sender, if MAIL was accepted.

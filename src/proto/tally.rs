@@ -11,7 +11,7 @@
 
 use super::command::Verb;
 use super::reply::Reply;
-use super::verdict::{Rejections, Stage};
+use super::verdict::Rejections;
 
 /// How one RCPT command was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,16 +107,9 @@ impl Tally {
         bump(&mut self.refused[refusal as usize]);
     }
 
-    /// Records a refusal for the mail log; see [`Rejections::push`].
-    pub(super) fn reject<R: AsRef<[u8]>>(
-        &mut self,
-        stage: Stage,
-        reply: &[u8],
-        helo: &[u8],
-        from: Option<&[u8]>,
-        to: &[R],
-    ) {
-        self.rejections.push(stage, reply, helo, from, to);
+    /// Where the session records its refusals.
+    pub(super) fn rejections_mut(&mut self) -> &mut Rejections {
+        &mut self.rejections
     }
 
     /// Command lines with this verb (whatever their reply).

@@ -71,23 +71,24 @@ impl<'a> Rejection<'a> {
 
     /// The log line, naming the client as `client`: `reject: RCPT from
     /// [client] helo=<…>: 550 5.1.1 …; from=<…> to=<…>`.
-    pub fn line<C: Display>(self, client: C) -> RejectionLine<'a, C> {
-        RejectionLine {
-            rejection: self,
+    pub fn line<C: Display>(self, client: C) -> Line<Self, C> {
+        Line {
+            record: self,
             client,
         }
     }
 }
 
-/// A [`Rejection`]'s log line; see [`Rejection::line`].
-pub struct RejectionLine<'a, C> {
-    rejection: Rejection<'a>,
+/// A record's log line, naming the client; see [`Rejection::line`] and
+/// [`Queued::line`].
+pub struct Line<T, C> {
+    record: T,
     client: C,
 }
 
-impl<C: Display> Display for RejectionLine<'_, C> {
+impl<C: Display> Display for Line<Rejection<'_>, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let r = &self.rejection;
+        let r = &self.record;
         write!(
             f,
             "reject: {} from [{}] helo=<{}>: {}",
@@ -243,23 +244,17 @@ pub struct Queued<'a> {
 impl<'a> Queued<'a> {
     /// The log line, naming the client as `client`: `queued as ID: from
     /// [client] helo=<…>; from=<…> nrcpt=N size=S`.
-    pub fn line<C: Display>(self, client: C) -> QueuedLine<'a, C> {
-        QueuedLine {
-            queued: self,
+    pub fn line<C: Display>(self, client: C) -> Line<Self, C> {
+        Line {
+            record: self,
             client,
         }
     }
 }
 
-/// A [`Queued`] message's log line; see [`Queued::line`].
-pub struct QueuedLine<'a, C> {
-    queued: Queued<'a>,
-    client: C,
-}
-
-impl<C: Display> Display for QueuedLine<'_, C> {
+impl<C: Display> Display for Line<Queued<'_>, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let q = &self.queued;
+        let q = &self.record;
         write!(
             f,
             "queued as {}: from [{}] helo=<{}>; from=<{}> nrcpt={} size={}",
