@@ -118,6 +118,13 @@ fn counts_after_a_few_transactions(backend: Backend) {
         assert_eq!(get(&samples, &name), n, "{name}");
     }
     assert_eq!(get(&samples, "mxgate_messages_spooled_total"), 2.0);
+    assert_eq!(get(&samples, "mxgate_spool_depth_messages"), 2.0);
+    let bytes: u64 = server
+        .spooled()
+        .iter()
+        .map(|f| f.metadata().unwrap().len())
+        .sum();
+    assert_eq!(get(&samples, "mxgate_spool_depth_bytes"), bytes as f64);
     assert_eq!(get(&samples, "mxgate_spool_failures_total"), 0.0);
     let bare = "mxgate_messages_refused_total{reason=\"bare_cr_lf\"}";
     assert_eq!(get(&samples, bare), 1.0);

@@ -28,6 +28,7 @@ pub use text::render;
 
 use crate::proto::command::Verb;
 use crate::proto::{RcptOutcome, Refusal, Tally};
+use crate::spool::SpoolDepth;
 
 /// What a command's service time is filed under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +102,9 @@ pub struct Metrics {
     pub table_entries: u64,
     pub table_domains: u64,
     pub table_reload_failures: u64,
+    /// What waits in the spool's `new/`: read by the scraper from the
+    /// spool, not kept by workers (a merge leaves it as it is).
+    pub spool_depth: Option<SpoolDepth>,
 }
 
 impl Default for Metrics {
@@ -122,6 +126,7 @@ impl Default for Metrics {
             table_entries: 0,
             table_domains: 0,
             table_reload_failures: 0,
+            spool_depth: None,
         }
     }
 }

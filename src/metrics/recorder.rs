@@ -15,6 +15,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::{Class, Metrics};
 use crate::proto::Tally;
 use crate::recipients::SharedTable;
+use crate::spool::DepthGauge;
 
 /// Wakes one worker so it answers a scrape.
 pub type Wake = Arc<dyn Fn() + Send + Sync>;
@@ -34,6 +35,7 @@ pub struct Scraper {
     wakers: Vec<Wake>,
     /// The recipient table whose size and reload failures are reported.
     table: Option<Arc<SharedTable>>,
+    spool_depth: Option<DepthGauge>,
 }
 
 /// One recorder per worker and the scraper that reaches them all.
@@ -52,6 +54,7 @@ pub fn channels(workers: usize) -> (Vec<Recorder>, Scraper) {
         requests: senders,
         wakers: Vec::new(),
         table: None,
+        spool_depth: None,
     };
     (recorders, scraper)
 }
@@ -124,6 +127,11 @@ impl Scraper {
         self.table = Some(table);
     }
 
+    /// Where scrapes read the spool's depth.
+    pub fn set_spool_depth(&mut self, depth: DepthGauge) {
+        self.spool_depth = Some(depth);
+    }
+
     pub fn workers(&self) -> usize {
         self.requests.len()
     }
@@ -160,6 +168,7 @@ impl Scraper {
             merged.table_domains = table.domains() as u64;
             merged.table_reload_failures = shared.reload_failures();
         }
+        merged.spool_depth = self.spool_depth.as_ref().map(DepthGauge::read);
         (merged, answered)
     }
 }

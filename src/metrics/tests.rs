@@ -121,6 +121,23 @@ fn exposition_has_help_type_and_every_quantile() {
     assert_families_are_declared(&text);
 }
 
+#[test]
+fn the_spool_depth_is_shown_when_the_scraper_reads_it() {
+    let mut m = Metrics::default();
+    let text = render(&m, 1, 1);
+    assert_eq!(sample(&text, "mxgate_spool_depth_messages"), None);
+    let depth = crate::spool::DepthGauge::default();
+    depth.added(3, 4096);
+    let (_, mut scraper) = channels(0);
+    scraper.set_spool_depth(depth.clone());
+    depth.removed(1000);
+    m = scraper.collect(Duration::from_millis(10)).0;
+    let text = render(&m, 1, 1);
+    assert_eq!(sample(&text, "mxgate_spool_depth_messages"), Some(2.0));
+    assert_eq!(sample(&text, "mxgate_spool_depth_bytes"), Some(3096.0));
+    assert_families_are_declared(&text);
+}
+
 /// Every sample belongs to a family announced just before by HELP and TYPE.
 fn assert_families_are_declared(text: &str) {
     let mut family = String::new();

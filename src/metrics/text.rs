@@ -20,6 +20,7 @@ pub fn render(m: &Metrics, answered: usize, workers: usize) -> String {
     sessions(&mut out, m);
     recipient_table(&mut out, m);
     transactions(&mut out, m);
+    spool_depth(&mut out, m);
     latencies(&mut out, m);
     out
 }
@@ -79,6 +80,14 @@ fn transactions(o: &mut String, m: &Metrics) {
     let refused = labelled(&Refusal::ALL.map(Refusal::name), &m.refused);
     let help = "Messages refused at the end of their data, by reason.";
     counter(o, "messages_refused_total", help, "reason", &refused);
+}
+
+fn spool_depth(o: &mut String, m: &Metrics) {
+    let Some(depth) = m.spool_depth else { return };
+    let help = "Messages waiting in the spool's new/ directory.";
+    gauge(o, "spool_depth_messages", help, depth.messages);
+    let help = "Octets of the files waiting in the spool's new/ directory.";
+    gauge(o, "spool_depth_bytes", help, depth.bytes);
 }
 
 fn latencies(o: &mut String, m: &Metrics) {

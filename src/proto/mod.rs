@@ -2,8 +2,9 @@
 //! per-connection [`Session`] state machine.
 //!
 //! Owns every protocol decision. Does not touch sockets, files, clocks or
-//! threads: the driver hands in bytes and a timestamp and gets back replies
-//! and [`Event`]s.
+//! threads: the driver hands in bytes and a timestamp and gets back replies,
+//! [`Event`]s, and what it decided for the metrics and the mail log
+//! ([`Tally`], [`Rejections`], [`Queued`]).
 
 pub mod command;
 pub mod reply;
@@ -11,6 +12,8 @@ pub mod scan;
 pub mod session;
 pub mod tally;
 mod transaction;
+pub mod verdict;
 
 pub use session::{BodyKind, Envelope, Event, Session, SessionConfig};
 pub use tally::{RcptOutcome, Refusal, Tally};
+pub use verdict::{Queued, Rejection, Rejections, Stage};

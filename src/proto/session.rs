@@ -2,7 +2,8 @@
 //! PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8 and CHUNKING).
 //!
 //! Owns: the order of commands, the envelope, body bookkeeping (size limit,
-//! bare CR/LF verdict), which reply goes out when, and the timeout deadline.
+//! bare CR/LF verdict), which reply goes out when, the timeout deadline, and
+//! the record of each refusal for the mail log (in the driver's `Tally`).
 //! Does not own: sockets, clocks, files or the spool. The driver feeds bytes
 //! and the current time, writes out what lands in `out`, and reacts to the
 //! [`Event`]s (collect `Body` slices, spool on `MessageReady` and report with
@@ -18,13 +19,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::recipients::address::Path;
 use crate::recipients::Table;
 
-use super::command::{self, Command, Verb};
+use super::command::{self, Command, MailParams, Verb};
 use super::reply::{self, Reply};
 use super::scan::{self, DataScanner, DataStep, Line};
 use super::tally::{RcptOutcome, Tally};
-use super::transaction::Transaction;
+use super::transaction::{path_bytes, Transaction};
+use super::verdict::{Queued, Stage};
 
 /// Per-listener settings a session needs. Shared by all sessions of a worker.
 #[derive(Debug, Clone)]
@@ -115,9 +118,12 @@ enum State {
     Closed,
 }
 
-/// What one step of [`Session::feed`] did: the input octets it consumed,
+/// How far one step of [`Session::feed`] got: the input octets it consumed,
 /// and the event that ends the call, if any (else the next step follows).
-type Step<'a> = (usize, Option<Event<'a>>);
+type Progress<'a> = (usize, Option<Event<'a>>);
+
+/// No recipients, for refusals that concern none.
+const NOBODY: &[&[u8]] = &[];
 
 /// One SMTP server session.
 pub struct Session {
@@ -190,7 +196,7 @@ impl Session {
                     last,
                 } => self.chunk_step(size, remaining, last, rest, out, tally),
                 State::SkipChunk { remaining, reply } => {
-                    self.skip_chunk_step(remaining, reply, rest, out)
+                    self.skip_chunk_step(remaining, reply, rest, out, tally)
                 }
             };
             pos += consumed;
@@ -208,7 +214,7 @@ impl Session {
         table: &Table,
         out: &mut Vec<u8>,
         tally: &mut Tally,
-    ) -> Step<'static> {
+    ) -> Progress<'static> {
         if self.shutting_down && !self.transaction.is_open() {
             reply::write_shutting_down(&self.config.hostname, out);
             self.state = State::Closed;
@@ -229,7 +235,7 @@ impl Session {
 
     /// Skips the rest of an over-long line, then answers it with 500.
     #[inline]
-    fn long_line_step(&mut self, rest: &[u8], out: &mut Vec<u8>) -> Step<'static> {
+    fn long_line_step(&mut self, rest: &[u8], out: &mut Vec<u8>) -> Progress<'static> {
         match memchr::memchr(b'\n', rest) {
             None => (rest.len(), Some(Event::NeedInput)),
             Some(i) => {
@@ -248,7 +254,7 @@ impl Session {
         rest: &'a [u8],
         out: &mut Vec<u8>,
         tally: &mut Tally,
-    ) -> Step<'a> {
+    ) -> Progress<'a> {
         let step = scanner.step(rest);
         self.state = State::Data(scanner);
         let (body, end) = match step {
@@ -278,7 +284,7 @@ impl Session {
         rest: &'a [u8],
         out: &mut Vec<u8>,
         tally: &mut Tally,
-    ) -> Step<'a> {
+    ) -> Progress<'a> {
         if remaining == 0 {
             if last {
                 return (0, Some(self.end_of_body(out, tally)));
@@ -308,9 +314,11 @@ impl Session {
         reply: Reply,
         rest: &[u8],
         out: &mut Vec<u8>,
-    ) -> Step<'static> {
+        tally: &mut Tally,
+    ) -> Progress<'static> {
         if remaining == 0 {
             reply.write(out);
+            self.reject_message(Stage::Data, reply, tally);
             self.state = State::Command;
             return (0, None);
         }
@@ -338,14 +346,42 @@ impl Session {
     /// `Some(id)` → `250 2.0.0 Ok: queued as <id>`, `None` → `451 4.3.0`.
     /// Ignored at any other time.
     pub fn spool_done(&mut self, queue_id: Option<&str>, out: &mut Vec<u8>) {
+        self.spool_done_tallied(queue_id, out, &mut Tally::default());
+    }
+
+    /// [`Session::spool_done`], also recording a 451 in the driver's
+    /// `tally` for the mail log.
+    pub fn spool_done_tallied(
+        &mut self,
+        queue_id: Option<&str>,
+        out: &mut Vec<u8>,
+        tally: &mut Tally,
+    ) {
         if !matches!(self.state, State::Spooling) {
             return;
         }
         match queue_id {
             Some(id) => reply::write_queued(id, out),
-            None => Reply::SpoolFailed.write(out),
+            None => {
+                Reply::SpoolFailed.write(out);
+                self.reject_message(Stage::EndOfMessage, Reply::SpoolFailed, tally);
+            }
         }
         self.reset_transaction();
+    }
+
+    /// The message waiting for the spool (after [`Event::MessageReady`],
+    /// before [`Session::spool_done`]) as the mail log shows it once queued
+    /// as `queue_id`.
+    pub fn queued<'a>(&'a self, queue_id: &'a str) -> Queued<'a> {
+        let envelope = &self.transaction.envelope;
+        Queued {
+            queue_id,
+            helo: &self.helo,
+            from: &envelope.mail_from,
+            rcpts: envelope.rcpts.len(),
+            size: self.transaction.received(),
+        }
     }
 
     /// When the session times out if no further input arrives.
@@ -399,21 +435,16 @@ impl Session {
                     tally.rcpt(RcptOutcome::Syntax);
                 }
                 e.reply().write(out);
+                self.reject_unparsed(verb, e.reply(), tally);
                 return None;
             }
         };
         match command {
             Command::Ehlo(name) => return self.hello(name, true, out),
             Command::Helo(name) => return self.hello(name, false, out),
-            Command::Mail { .. } if self.helo.is_empty() => Reply::NeedHelo.write(out),
-            Command::Mail { path, params } => {
-                self.transaction.mail(path, params, &self.config).write(out)
-            }
-            Command::Rcpt(path) => {
-                let outcome = self.transaction.rcpt(path, table, &self.config, out);
-                tally.rcpt(outcome);
-            }
-            Command::Data => return self.data(out),
+            Command::Mail { path, params } => self.mail(path, params, out, tally),
+            Command::Rcpt(path) => self.rcpt(path, table, out, tally),
+            Command::Data => return self.data(out, tally),
             Command::Bdat { size, last } => return self.bdat(size, last),
             Command::Rset => {
                 let aborted = self.abort_transaction();
@@ -433,6 +464,64 @@ impl Session {
         None
     }
 
+    /// MAIL FROM: opens the transaction, or says why not.
+    fn mail(&mut self, path: Path<'_>, params: MailParams, out: &mut Vec<u8>, tally: &mut Tally) {
+        let reply = if self.helo.is_empty() {
+            Reply::NeedHelo
+        } else {
+            self.transaction.mail(path, params, &self.config)
+        };
+        reply.write(out);
+        if reply != Reply::SenderOk {
+            let from = Some(path_bytes(&path));
+            tally
+                .rejections_mut()
+                .push(Stage::Mail, reply.text(), &self.helo, from, NOBODY);
+        }
+    }
+
+    /// RCPT TO: answers from the table, counting how.
+    fn rcpt(&mut self, path: Path<'_>, table: &Table, out: &mut Vec<u8>, tally: &mut Tally) {
+        let start = out.len();
+        let outcome = self.transaction.rcpt(path, table, &self.config, out);
+        tally.rcpt(outcome);
+        if outcome != RcptOutcome::Accepted {
+            let (reply, to) = (&out[start..], [path_bytes(&path)]);
+            let from = self.sender();
+            let rejections = tally.rejections_mut();
+            rejections.push(Stage::Rcpt, reply, &self.helo, from, &to);
+        }
+    }
+
+    /// Records the refusal of a MAIL, RCPT, DATA or BDAT line whose
+    /// arguments did not parse (other verbs are not mail refusals).
+    fn reject_unparsed(&self, verb: Verb, reply: Reply, tally: &mut Tally) {
+        let (stage, from) = match verb {
+            Verb::Mail => (Stage::Mail, None),
+            Verb::Rcpt => (Stage::Rcpt, self.sender()),
+            Verb::Data | Verb::Bdat => (Stage::Data, self.sender()),
+            _ => return,
+        };
+        tally
+            .rejections_mut()
+            .push(stage, reply.text(), &self.helo, from, NOBODY);
+    }
+
+    /// Records the refusal of the transaction's message, or of its DATA or
+    /// BDAT command, with the whole envelope.
+    fn reject_message(&self, stage: Stage, reply: Reply, tally: &mut Tally) {
+        let rcpts = &self.transaction.envelope.rcpts;
+        tally
+            .rejections_mut()
+            .push(stage, reply.text(), &self.helo, self.sender(), rcpts);
+    }
+
+    /// The transaction's sender, if MAIL was accepted.
+    fn sender(&self) -> Option<&[u8]> {
+        let open = self.transaction.is_open();
+        open.then_some(&self.transaction.envelope.mail_from[..])
+    }
+
     /// EHLO (`extended`) or HELO: ends any transaction, keeps the name.
     fn hello(&mut self, name: &[u8], extended: bool, out: &mut Vec<u8>) -> Option<Event<'static>> {
         let aborted = self.abort_transaction();
@@ -448,9 +537,10 @@ impl Session {
     }
 
     /// DATA: 354 and into the body, or the reason why not.
-    fn data(&mut self, out: &mut Vec<u8>) -> Option<Event<'static>> {
+    fn data(&mut self, out: &mut Vec<u8>, tally: &mut Tally) -> Option<Event<'static>> {
         if let Some(reply) = self.transaction.body_refusal(BodyKind::Data) {
             reply.write(out);
+            self.reject_message(Stage::Data, reply, tally);
             return None;
         }
         Reply::StartData.write(out);
@@ -492,6 +582,7 @@ impl Session {
             Err(refusal) => {
                 refusal.reply().write(out);
                 tally.refused(refusal);
+                self.reject_message(Stage::EndOfMessage, refusal.reply(), tally);
                 self.reset_transaction();
                 Event::MessageDiscarded
             }

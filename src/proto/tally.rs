@@ -1,14 +1,17 @@
 //! Per-session counts of what the session decided, for the driver's metrics
-//! and log line: commands by verb, RCPT outcomes by reason, and messages
-//! refused at the end of their body.
+//! and log lines: commands by verb, RCPT outcomes by reason, messages
+//! refused at the end of their body, and the refusals themselves for the
+//! mail log ([`Rejections`], bounded).
 //!
-//! Owns counting only: no allocation, no clock. The driver owns the tally
-//! and lends it to `Session::feed_tallied` (the runtime uses a fresh one per
-//! feed), so it never has to parse replies and an idle session carries no
-//! counters. Counts wrap instead of panicking.
+//! Owns counting only: no clock, and no allocation unless something is
+//! refused. The driver owns the tally and lends it to
+//! `Session::feed_tallied` (the runtime uses a fresh one per feed), so it
+//! never has to parse replies and an idle session carries no counters.
+//! Counts wrap instead of panicking.
 
 use super::command::Verb;
 use super::reply::Reply;
+use super::verdict::Rejections;
 
 /// How one RCPT command was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,11 +86,12 @@ impl Refusal {
 }
 
 /// Counts since the driver last took them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tally {
     commands: [u32; Verb::ALL.len()],
     rcpts: [u32; RcptOutcome::ALL.len()],
     refused: [u32; Refusal::ALL.len()],
+    rejections: Rejections,
 }
 
 impl Tally {
@@ -101,6 +105,11 @@ impl Tally {
 
     pub(super) fn refused(&mut self, refusal: Refusal) {
         bump(&mut self.refused[refusal as usize]);
+    }
+
+    /// Where the session records its refusals.
+    pub(super) fn rejections_mut(&mut self) -> &mut Rejections {
+        &mut self.rejections
     }
 
     /// Command lines with this verb (whatever their reply).
@@ -124,9 +133,18 @@ impl Tally {
         self.refused[refusal as usize]
     }
 
+    /// The refusals of MAIL, RCPT, DATA/BDAT and messages, for the log.
+    pub fn rejections(&self) -> &Rejections {
+        &self.rejections
+    }
+
     /// Nothing was counted.
     pub fn is_empty(&self) -> bool {
-        *self == Tally::default()
+        let zero = |counts: &[u32]| counts.iter().all(|&n| n == 0);
+        zero(&self.commands)
+            && zero(&self.rcpts)
+            && zero(&self.refused)
+            && self.rejections.is_empty()
     }
 }
 
@@ -138,6 +156,17 @@ fn bump(count: &mut u32) {
 /// messages), answering every spool hand-off with a queue id.
 #[cfg(test)]
 pub(crate) fn tally_of(input: &[u8]) -> Tally {
+    run_session(input, Some("ID"), |_| {})
+}
+
+/// [`tally_of`], answering every spool hand-off with `queue_id` (`None`:
+/// the spool failed) after showing the waiting session to `ready`.
+#[cfg(test)]
+pub(crate) fn run_session(
+    input: &[u8],
+    queue_id: Option<&str>,
+    mut ready: impl FnMut(&super::Session),
+) -> Tally {
     use super::{Event, Session, SessionConfig};
     use crate::recipients::{Table, TableOptions};
     use std::sync::Arc;
@@ -159,7 +188,10 @@ pub(crate) fn tally_of(input: &[u8]) -> Tally {
         let (n, event) = session.feed_tallied(rest, now, &table, &mut out, &mut tally);
         pos += n;
         match event {
-            Event::MessageReady => session.spool_done(Some("ID"), &mut out),
+            Event::MessageReady => {
+                ready(&session);
+                session.spool_done_tallied(queue_id, &mut out, &mut tally);
+            }
             Event::NeedInput | Event::Close => return tally,
             _ => {}
         }

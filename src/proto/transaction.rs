@@ -134,6 +134,11 @@ impl Transaction {
         }
     }
 
+    /// Body octets received so far, in wire form.
+    pub(super) fn received(&self) -> u64 {
+        self.received
+    }
+
     pub(super) fn start_body(&mut self, kind: BodyKind) {
         self.envelope.body_kind = Some(kind);
         self.received = 0;
@@ -173,7 +178,7 @@ impl Transaction {
 }
 
 /// A path as it goes into the envelope and replies.
-fn path_bytes<'a>(path: &Path<'a>) -> &'a [u8] {
+pub(super) fn path_bytes<'a>(path: &Path<'a>) -> &'a [u8] {
     match *path {
         Path::Null => b"",
         Path::Postmaster => b"Postmaster",

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
+use super::mail_log;
 use super::timer::{Entry, TimerWheel};
 use crate::metrics::Recorder;
 use crate::proto::{Event, Session, Tally};
@@ -306,6 +307,7 @@ impl<S: Socket> Conn<S> {
         }
         self.log.rejected_rcpts = self.log.rejected_rcpts.wrapping_add(tally.rejected_rcpts());
         cx.metrics.tally(tally, cx.now.elapsed());
+        mail_log::rejections(self.peer, tally.rejections());
     }
 
     /// Hands the finished message to the spool; the session stays paused
@@ -339,8 +341,10 @@ impl<S: Socket> Conn<S> {
         let end_of_data = self.end_of_data.elapsed();
         let lag = Duration::from_nanos(u64::from(self.submit_lag_ns));
         metrics.message(result.is_ok(), end_of_data, end_of_data.saturating_sub(lag));
+        let mut tally = Tally::default();
         match result {
             Ok(id) => {
+                mail_log::queued(self.peer, self.session.queued(&id));
                 self.session.spool_done(Some(&id), out);
                 self.log.messages += 1;
                 if self.log.messages <= LOGGED_IDS {
@@ -353,9 +357,10 @@ impl<S: Socket> Conn<S> {
             Err(err) => {
                 tracing::warn!(client = %self.peer, error = %err, "spool failed; replying 451");
                 self.log.spool_failures += 1;
-                self.session.spool_done(None, out);
+                self.session.spool_done_tallied(None, out, &mut tally);
             }
         }
+        mail_log::rejections(self.peer, tally.rejections());
     }
 
     /// Sends `out` (replies of this drive) after anything still queued;

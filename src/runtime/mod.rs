@@ -12,6 +12,7 @@
 mod conn;
 pub mod limits;
 mod listener;
+mod mail_log;
 mod server;
 mod sessions;
 mod timer;

@@ -117,6 +117,7 @@ impl Server {
         let (listeners, addrs) =
             bind_all(&config.listen, config.workers, ListenOptions::of(config))?;
         let (recorders, mut scraper) = metrics::channels(listeners.len());
+        scraper.set_spool_depth(spool.depth());
         let shared = Arc::new(Shared::new(config));
         let set = WorkerSet {
             listeners,

@@ -9,6 +9,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::id::QueueId;
+use super::stats::SpoolDepth;
 use super::SpoolError;
 
 /// The two directories of a prepared spool.
@@ -66,6 +67,21 @@ impl SpoolDir {
     /// reaches the directory the renames went to.
     pub fn sync_new(&self) -> Result<(), SpoolError> {
         sync_dir(&self.new).map_err(io_error(&self.new))
+    }
+
+    /// The messages already in `new/` (left by an earlier run) and their
+    /// octets.
+    pub fn count_new(&self) -> Result<SpoolDepth, SpoolError> {
+        let mut depth = SpoolDepth::default();
+        for entry in fs::read_dir(&self.new).map_err(io_error(&self.new))? {
+            let entry = entry.map_err(io_error(&self.new))?;
+            if entry.path().extension().is_some_and(|ext| ext == "bsmtp") {
+                let metadata = entry.metadata().map_err(io_error(&entry.path()))?;
+                depth.messages += 1;
+                depth.bytes += metadata.len();
+            }
+        }
+        Ok(depth)
     }
 
     /// A fresh handle for [`FileSystem::sync`].
@@ -165,6 +181,18 @@ mod tests {
         SpoolDir::prepare(root.path()).unwrap();
         assert_eq!(fs::read_dir(root.path().join("tmp")).unwrap().count(), 0);
         assert!(root.path().join("new/done.bsmtp").exists());
+    }
+
+    #[test]
+    fn counts_the_messages_already_in_new() {
+        let root = tempfile::tempdir().unwrap();
+        SpoolDir::prepare(root.path()).unwrap();
+        fs::write(root.path().join("new/a.bsmtp"), b"12345").unwrap();
+        fs::write(root.path().join("new/b.bsmtp"), b"678").unwrap();
+        fs::write(root.path().join("new/notes.txt"), b"not a message").unwrap();
+        let dir = SpoolDir::prepare(root.path()).unwrap();
+        let depth = dir.count_new().unwrap();
+        assert_eq!((depth.messages, depth.bytes), (2, 8));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! in `new/`. The parts: `id` (queue ids), `date` (the Received line's date),
 //! `bsmtp` (the file format), `dir` (the directory and its preparation),
 //! `writer` (the threads and group commit), `link` (the worker hand-off),
-//! `gate` (a shutdown that loses nothing) and `stats` (counters).
+//! `gate` (a shutdown that loses nothing) and `stats` (counters and the
+//! depth of `new/`).
 //!
 //! Lifecycle for a driver:
 //! 1. [`Spool::open`] prepares the directory and starts the threads.
@@ -38,13 +39,13 @@ use crossbeam_channel::{Receiver, Sender};
 
 pub use id::{QueueId, QueueIds, ID_LEN};
 pub use link::SpoolLink;
-pub use stats::SpoolStats;
+pub use stats::{DepthGauge, SpoolDepth, SpoolStats};
 
 use crate::proto::Envelope;
 use dir::SpoolDir;
 use gate::Gate;
 use link::{Front, Work};
-use writer::{Shared, Writer};
+use writer::{DurableSpool, Writer};
 
 /// Durable (the default) or the benchmark-only discard mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,7 +157,8 @@ impl SpoolError {
 pub struct Spool {
     front: Arc<Front>,
     /// `None` in discard mode.
-    shared: Option<Arc<Shared>>,
+    durable: Option<Arc<DurableSpool>>,
+    depth: DepthGauge,
     jobs: Receiver<Work>,
     threads: Vec<JoinHandle<()>>,
     wanted_threads: usize,
@@ -192,10 +194,12 @@ impl Spool {
     /// Everything but the threads.
     fn prepare(config: SpoolConfig, tuning: SpoolTuning) -> Result<Spool, SpoolError> {
         let ids = Arc::new(QueueIds::new());
-        let shared = match config.mode {
+        let depth = DepthGauge::default();
+        let durable = match config.mode {
             SpoolMode::Discard => None,
-            SpoolMode::Durable => Some(Arc::new(Shared {
+            SpoolMode::Durable => Some(Arc::new(DurableSpool {
                 dir: SpoolDir::prepare(&config.dir)?,
+                depth: depth.clone(),
                 ids: Arc::clone(&ids),
                 hostname: config.hostname,
                 sync: tuning.sync,
@@ -203,6 +207,10 @@ impl Spool {
                 counters: Default::default(),
             })),
         };
+        if let Some(durable) = &durable {
+            let found = durable.dir.count_new()?;
+            depth.added(found.messages, found.bytes);
+        }
         let (sender, jobs): (Sender<Work>, _) = crossbeam_channel::unbounded();
         let front = Arc::new(Front {
             mode: config.mode,
@@ -212,7 +220,8 @@ impl Spool {
         });
         Ok(Spool {
             front,
-            shared,
+            durable,
+            depth,
             jobs,
             threads: Vec::new(),
             wanted_threads: config.threads.max(1),
@@ -220,11 +229,11 @@ impl Spool {
     }
 
     fn start(&mut self) -> Result<(), SpoolError> {
-        let Some(shared) = &self.shared else {
+        let Some(durable) = &self.durable else {
             return Ok(());
         };
         for n in 0..self.wanted_threads {
-            let writer = Writer::new(Arc::clone(shared), self.jobs.clone())?;
+            let writer = Writer::new(Arc::clone(durable), self.jobs.clone())?;
             let thread = std::thread::Builder::new()
                 .name(format!("mxgate-spool-{n}"))
                 .spawn(move || writer.run())
@@ -248,10 +257,16 @@ impl Spool {
 
     /// The counters so far (all zero in discard mode).
     pub fn stats(&self) -> SpoolStats {
-        self.shared
+        self.durable
             .as_ref()
-            .map(|shared| shared.counters.snapshot())
+            .map(|durable| durable.counters.snapshot())
             .unwrap_or_default()
+    }
+
+    /// The depth of `new/`, live (always zero in discard mode). The relay
+    /// counts its removals on it.
+    pub fn depth(&self) -> DepthGauge {
+        self.depth.clone()
     }
 
     /// Refuses new messages, commits and reports every message already

@@ -1,9 +1,11 @@
 //! Spool counters, shared by the spool threads and read by anyone: how many
 //! messages were committed or failed, in how many sync rounds (group
-//! commit), and how long the rounds took. Not a histogram: per-worker
-//! latency histograms belong to the metrics module.
+//! commit), and how long the rounds took; and the spool's depth, what waits
+//! in `new/` ([`DepthGauge`]). Not a histogram: per-worker latency
+//! histograms belong to the metrics module.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A snapshot of the spool's counters since open.
@@ -61,4 +63,51 @@ impl Counters {
             max_round: Duration::from_nanos(self.max_round_nanos.load(Relaxed)),
         }
     }
+}
+
+/// What waits in `new/`: messages and the octets of their files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpoolDepth {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+/// The spool's depth, live: counted from `new/` at open, raised by every
+/// commit, lowered by whoever removes a file from `new/` (the relay). A
+/// cheap handle; clones share the count.
+#[derive(Debug, Clone, Default)]
+pub struct DepthGauge {
+    counts: Arc<DepthCounts>,
+}
+
+#[derive(Debug, Default)]
+struct DepthCounts {
+    messages: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl DepthGauge {
+    /// `files` files of `bytes` octets in all arrived in `new/`.
+    pub fn added(&self, files: u64, bytes: u64) {
+        self.counts.messages.fetch_add(files, Relaxed);
+        self.counts.bytes.fetch_add(bytes, Relaxed);
+    }
+
+    /// A file of `bytes` octets left `new/`.
+    pub fn removed(&self, bytes: u64) {
+        saturating_sub(&self.counts.messages, 1);
+        saturating_sub(&self.counts.bytes, bytes);
+    }
+
+    pub fn read(&self) -> SpoolDepth {
+        SpoolDepth {
+            messages: self.counts.messages.load(Relaxed),
+            bytes: self.counts.bytes.load(Relaxed),
+        }
+    }
+}
+
+/// Never below zero, even if a removal is counted for a file that was not.
+fn saturating_sub(count: &AtomicU64, n: u64) {
+    let _ = count.fetch_update(Relaxed, Relaxed, |now| Some(now.saturating_sub(n)));
 }

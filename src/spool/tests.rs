@@ -36,15 +36,16 @@ fn message(n: usize) -> Message {
     }
 }
 
-/// A link plus a count of its notify calls and a channel that ticks on each.
-struct Worker {
+/// A link as one worker holds it, plus a count of its notify calls and a
+/// channel that ticks on each.
+struct WatchedLink {
     link: SpoolLink,
     notified: Arc<AtomicUsize>,
     wakes: Receiver<()>,
 }
 
-impl Worker {
-    fn new(spool: &Spool) -> Worker {
+impl WatchedLink {
+    fn new(spool: &Spool) -> WatchedLink {
         let notified = Arc::new(AtomicUsize::new(0));
         let (tick, wakes) = crossbeam_channel::unbounded();
         let count = Arc::clone(&notified);
@@ -52,7 +53,7 @@ impl Worker {
             count.fetch_add(1, Ordering::SeqCst);
             let _ = tick.send(());
         }));
-        Worker {
+        WatchedLink {
             link,
             notified,
             wakes,
@@ -96,7 +97,7 @@ fn expect_id(completion: &Completion) -> &str {
 fn durable_round_trip() {
     let root = tempfile::tempdir().unwrap();
     let spool = Spool::open(config(root.path(), 1)).unwrap();
-    let worker = Worker::new(&spool);
+    let worker = WatchedLink::new(&spool);
     worker.link.submit(7, message(1));
     assert_eq!(worker.link.in_flight(), 1);
     let done = worker.collect(1);
@@ -125,7 +126,7 @@ fn durable_round_trip() {
 fn many_messages_get_distinct_sorted_files() {
     let root = tempfile::tempdir().unwrap();
     let spool = Spool::open(config(root.path(), 2)).unwrap();
-    let worker = Worker::new(&spool);
+    let worker = WatchedLink::new(&spool);
     for n in 0..200 {
         worker.link.submit(n, message(n as usize));
     }
@@ -147,7 +148,7 @@ fn group_commit_syncs_a_backlog_in_one_round_and_wakes_once() {
     let root = tempfile::tempdir().unwrap();
     let tuning = SpoolTuning::default();
     let mut spool = Spool::prepare(config(root.path(), 1), tuning).unwrap();
-    let (first, second) = (Worker::new(&spool), Worker::new(&spool));
+    let (first, second) = (WatchedLink::new(&spool), WatchedLink::new(&spool));
     for n in 0..50 {
         first.link.submit(n, message(n as usize));
         second.link.submit(n, message(n as usize));
@@ -170,7 +171,7 @@ fn batch_limit_splits_rounds() {
         ..SpoolTuning::default()
     };
     let mut spool = Spool::prepare(config(root.path(), 1), tuning).unwrap();
-    let worker = Worker::new(&spool);
+    let worker = WatchedLink::new(&spool);
     for n in 0..25 {
         worker.link.submit(n, message(n as usize));
     }
@@ -193,7 +194,7 @@ fn every_sync_strategy_commits() {
             ..SpoolTuning::default()
         };
         let spool = Spool::open_tuned(config(root.path(), 2), tuning).unwrap();
-        let worker = Worker::new(&spool);
+        let worker = WatchedLink::new(&spool);
         for n in 0..20 {
             worker.link.submit(n, message(n as usize));
         }
@@ -216,7 +217,7 @@ fn rename_failure_reports_errors_and_leaves_nothing() {
     let root = tempfile::tempdir().unwrap();
     let spool = Spool::open(config(root.path(), 1)).unwrap();
     break_dir(root.path(), "new");
-    let worker = Worker::new(&spool);
+    let worker = WatchedLink::new(&spool);
     for n in 0..5 {
         worker.link.submit(n, message(n as usize));
     }
@@ -234,7 +235,7 @@ fn write_failure_reports_errors_and_leaves_nothing() {
     let root = tempfile::tempdir().unwrap();
     let spool = Spool::open(config(root.path(), 1)).unwrap();
     break_dir(root.path(), "tmp");
-    let worker = Worker::new(&spool);
+    let worker = WatchedLink::new(&spool);
     worker.link.submit(3, message(3));
     let done = worker.collect(1);
     assert!(matches!(done[0].result, Err(SpoolError::Io { .. })));
@@ -246,14 +247,65 @@ fn spool_recovers_once_the_directory_is_back() {
     let root = tempfile::tempdir().unwrap();
     let spool = Spool::open(config(root.path(), 1)).unwrap();
     break_dir(root.path(), "new");
-    let worker = Worker::new(&spool);
+    let worker = WatchedLink::new(&spool);
     worker.link.submit(1, message(1));
     assert!(worker.collect(1)[0].result.is_err());
+    assert_eq!(
+        spool.depth().read().messages,
+        0,
+        "a failed message is not queued"
+    );
     fs::remove_file(root.path().join("new")).unwrap();
     fs::create_dir(root.path().join("new")).unwrap();
     worker.link.submit(2, message(2));
     let id = expect_id(&worker.collect(1)[0]).to_string();
     assert_eq!(names(&root.path().join("new")), [format!("{id}.bsmtp")]);
+    assert_eq!(spool.depth().read().messages, 1);
+}
+
+/// Octets of the files in `dir`.
+fn bytes_in(dir: &Path) -> u64 {
+    let files = fs::read_dir(dir).unwrap().map(|e| e.unwrap());
+    files.map(|e| e.metadata().unwrap().len()).sum()
+}
+
+#[test]
+fn the_depth_counts_what_new_holds() {
+    let root = tempfile::tempdir().unwrap();
+    let new = root.path().join("new");
+    fs::create_dir_all(&new).unwrap();
+    fs::write(
+        new.join("left-by-an-earlier-run.bsmtp"),
+        b"MAIL FROM:<>\r\n",
+    )
+    .unwrap();
+    let spool = Spool::open(config(root.path(), 2)).unwrap();
+    let depth = spool.depth();
+    assert_eq!(
+        depth.read(),
+        SpoolDepth {
+            messages: 1,
+            bytes: 14
+        }
+    );
+
+    let worker = WatchedLink::new(&spool);
+    for n in 0..20 {
+        worker.link.submit(n, message(n as usize));
+    }
+    worker.collect(20);
+    let expected = SpoolDepth {
+        messages: 21,
+        bytes: bytes_in(&new),
+    };
+    assert_eq!(depth.read(), expected, "counted before the completions");
+
+    let removed = fs::metadata(new.join("left-by-an-earlier-run.bsmtp"))
+        .unwrap()
+        .len();
+    depth.removed(removed);
+    assert_eq!(depth.read().messages, 20);
+    assert_eq!(spool.depth().read().bytes, expected.bytes - removed);
 }
 
 #[test]
@@ -272,7 +324,7 @@ fn discard_mode_completes_at_once_and_writes_nothing() {
     let mut cfg = config(&dir, 1);
     cfg.mode = SpoolMode::Discard;
     let spool = Spool::open(cfg).unwrap();
-    let worker = Worker::new(&spool);
+    let worker = WatchedLink::new(&spool);
     worker.link.submit(9, message(9));
     assert!(
         worker.link.take_immediate(),
@@ -284,13 +336,14 @@ fn discard_mode_completes_at_once_and_writes_nothing() {
     assert_eq!(expect_id(&done).len(), ID_LEN);
     assert_eq!(worker.notified(), 0, "no wake-up for the worker itself");
     assert!(!dir.exists());
+    assert_eq!(spool.depth().read(), SpoolDepth::default());
 }
 
 #[test]
 fn shutdown_commits_what_was_submitted_then_refuses() {
     let root = tempfile::tempdir().unwrap();
     let spool = Spool::open(config(root.path(), 2)).unwrap();
-    let worker = Worker::new(&spool);
+    let worker = WatchedLink::new(&spool);
     for n in 0..40 {
         worker.link.submit(n, message(n as usize));
     }
@@ -308,7 +361,7 @@ fn shutdown_commits_what_was_submitted_then_refuses() {
 fn drop_is_shutdown() {
     let root = tempfile::tempdir().unwrap();
     let spool = Spool::open(config(root.path(), 1)).unwrap();
-    let worker = Worker::new(&spool);
+    let worker = WatchedLink::new(&spool);
     worker.link.submit(1, message(1));
     drop(spool);
     assert!(worker
@@ -323,7 +376,7 @@ fn drop_is_shutdown() {
 fn producers_on_many_threads() {
     let root = tempfile::tempdir().unwrap();
     let spool = Spool::open(config(root.path(), 2)).unwrap();
-    let workers: Vec<Worker> = (0..4).map(|_| Worker::new(&spool)).collect();
+    let workers: Vec<WatchedLink> = (0..4).map(|_| WatchedLink::new(&spool)).collect();
     std::thread::scope(|scope| {
         for worker in &workers {
             scope.spawn(move || {

@@ -8,7 +8,7 @@
 //! directory layout (`dir`).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter};
+use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -21,7 +21,7 @@ use super::date::rfc5322;
 use super::dir::{io_error, FileSystem, SpoolDir};
 use super::id::{QueueId, QueueIds};
 use super::link::{Inbox, Job, Work};
-use super::stats::Counters;
+use super::stats::{Counters, DepthGauge};
 use super::{Completion, SpoolError, SyncStrategy};
 
 /// Small messages go out in one `write(2)`; larger bodies bypass the buffer.
@@ -30,9 +30,12 @@ const WRITE_BUFFER: usize = 16 * 1024;
 /// Helper threads of [`SyncStrategy::Parallel`], per spool thread.
 const SYNC_HELPERS: usize = 8;
 
-/// What every spool thread shares.
-pub struct Shared {
+/// The durable spool as its threads share it: the directory, the id
+/// source, the commit settings, the counters and the depth of `new/`
+/// (absent in discard mode).
+pub struct DurableSpool {
     pub dir: SpoolDir,
+    pub depth: DepthGauge,
     pub ids: Arc<QueueIds>,
     pub hostname: String,
     pub sync: SyncStrategy,
@@ -42,7 +45,7 @@ pub struct Shared {
 
 /// One spool thread's state.
 pub struct Writer {
-    shared: Arc<Shared>,
+    durable: Arc<DurableSpool>,
     jobs: Receiver<Work>,
     bsmtp: Bsmtp,
     file_system: FileSystem,
@@ -51,17 +54,20 @@ pub struct Writer {
     helpers: Option<SyncHelpers>,
 }
 
-/// A message during its commit.
-struct Entry {
+/// A message staged for its commit round: written under `tmp/`, then
+/// synced and renamed into `new/` unless a step fails.
+struct Staged {
     job: Job,
     id: QueueId,
     /// Open between writing and syncing.
     file: Option<File>,
+    /// Octets written.
+    size: u64,
     /// Set once a step fails; the message takes no further steps.
     error: Option<SpoolError>,
 }
 
-impl Entry {
+impl Staged {
     fn ok(&self) -> bool {
         self.error.is_none()
     }
@@ -76,14 +82,14 @@ impl Entry {
 }
 
 impl Writer {
-    pub fn new(shared: Arc<Shared>, jobs: Receiver<Work>) -> Result<Writer, SpoolError> {
-        let helpers = match shared.sync {
+    pub fn new(durable: Arc<DurableSpool>, jobs: Receiver<Work>) -> Result<Writer, SpoolError> {
+        let helpers = match durable.sync {
             SyncStrategy::Parallel => Some(SyncHelpers::start(SYNC_HELPERS)?),
             _ => None,
         };
         Ok(Writer {
-            file_system: shared.dir.file_system()?,
-            shared,
+            file_system: durable.dir.file_system()?,
+            durable,
             jobs,
             bsmtp: Bsmtp::default(),
             helpers,
@@ -113,7 +119,7 @@ impl Writer {
                 Work::Stop => return (batch, true),
                 Work::Job(job) => batch.push(job),
             }
-            if batch.len() >= self.shared.max_batch {
+            if batch.len() >= self.durable.max_batch {
                 break;
             }
             next = self.jobs.try_recv().ok();
@@ -124,7 +130,7 @@ impl Writer {
     fn commit(&self, batch: Vec<Job>) {
         let started = Instant::now();
         let date = rfc5322(SystemTime::now());
-        let mut entries: Vec<Entry> = batch
+        let mut entries: Vec<Staged> = batch
             .into_iter()
             .map(|job| self.write(job, &date))
             .collect();
@@ -132,43 +138,49 @@ impl Writer {
         self.publish(&mut entries);
         let committed = entries.iter().filter(|e| e.ok()).count() as u64;
         let failed = entries.len() as u64 - committed;
-        let counters = &self.shared.counters;
+        let counters = &self.durable.counters;
         counters.record_round(committed, failed, started.elapsed());
         report(entries);
     }
 
     /// Writes one message to `tmp/`; the file stays open for the sync.
-    fn write(&self, job: Job, date: &str) -> Entry {
-        let id = self.shared.ids.next_id();
-        let mut entry = Entry {
+    fn write(&self, job: Job, date: &str) -> Staged {
+        let id = self.durable.ids.next_id();
+        let mut entry = Staged {
             job,
             id,
             file: None,
+            size: 0,
             error: None,
         };
-        let path = self.shared.dir.tmp_path(&id);
+        let path = self.durable.dir.tmp_path(&id);
         match self.write_file(&path, &entry, date) {
-            Ok(file) => entry.file = Some(file),
+            Ok((file, size)) => (entry.file, entry.size) = (Some(file), size),
             Err(error) => entry.fail(&path, io_error(&path)(error)),
         }
         entry
     }
 
-    fn write_file(&self, path: &Path, entry: &Entry, date: &str) -> std::io::Result<File> {
+    /// Writes the file; returns it with its size.
+    fn write_file(&self, path: &Path, entry: &Staged, date: &str) -> io::Result<(File, u64)> {
         let file = OpenOptions::new().write(true).create_new(true).open(path)?;
-        let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
+        let mut out = Counted {
+            inner: BufWriter::with_capacity(WRITE_BUFFER, file),
+            written: 0,
+        };
         let trace = Trace {
             id: entry.id.as_str(),
             date,
-            hostname: &self.shared.hostname,
+            hostname: &self.durable.hostname,
         };
         self.bsmtp.write(&mut out, &entry.job.message, &trace)?;
-        out.into_inner().map_err(|e| e.into_error())
+        let file = out.inner.into_inner().map_err(|e| e.into_error())?;
+        Ok((file, out.written))
     }
 
     /// Makes the written data durable, then closes the files.
-    fn sync(&self, entries: &mut [Entry]) {
-        match self.shared.sync {
+    fn sync(&self, entries: &mut [Staged]) {
+        match self.durable.sync {
             SyncStrategy::PerFile => self.sync_each(entries),
             SyncStrategy::Writeback => {
                 start_writeback(entries);
@@ -185,7 +197,7 @@ impl Writer {
         }
     }
 
-    fn sync_each(&self, entries: &mut [Entry]) {
+    fn sync_each(&self, entries: &mut [Staged]) {
         for entry in entries.iter_mut() {
             let Some(file) = &entry.file else { continue };
             if let Err(error) = file.sync_data() {
@@ -196,15 +208,15 @@ impl Writer {
 
     /// The `fdatasync` of `entry`'s file in `tmp/` failed: fail the entry
     /// and remove the file.
-    fn sync_failed(&self, entry: &mut Entry, error: io::Error) {
-        let path = self.shared.dir.tmp_path(&entry.id);
+    fn sync_failed(&self, entry: &mut Staged, error: io::Error) {
+        let path = self.durable.dir.tmp_path(&entry.id);
         entry.fail(&path, io_error(&path)(error));
     }
 
     /// `fdatasync` from several threads at once, so the file system can
     /// fold concurrent syncs into shared journal commits and device flushes.
     /// Each file goes to the helpers and comes back with its outcome.
-    fn sync_in_parallel(&self, helpers: &SyncHelpers, entries: &mut [Entry]) {
+    fn sync_in_parallel(&self, helpers: &SyncHelpers, entries: &mut [Staged]) {
         let mut lent = 0;
         for (index, entry) in entries.iter_mut().enumerate() {
             if let Some(file) = entry.file.take() {
@@ -228,41 +240,62 @@ impl Writer {
         }
     }
 
-    fn sync_file_system(&self, entries: &mut [Entry]) {
-        if entries.iter().any(Entry::ok) {
+    fn sync_file_system(&self, entries: &mut [Staged]) {
+        if entries.iter().any(Staged::ok) {
             if let Err(error) = self.file_system.sync() {
-                self.fail_all(entries, |id| self.shared.dir.tmp_path(id), &error);
+                self.fail_all(entries, |id| self.durable.dir.tmp_path(id), &error);
             }
         }
     }
 
     /// Renames the synced files into `new/`, then syncs `new/` once.
-    fn publish(&self, entries: &mut [Entry]) {
-        let dir = &self.shared.dir;
+    fn publish(&self, entries: &mut [Staged]) {
+        let dir = &self.durable.dir;
         for entry in entries.iter_mut().filter(|e| e.ok()) {
             let (from, to) = (dir.tmp_path(&entry.id), dir.new_path(&entry.id));
             if let Err(error) = fs::rename(&from, &to) {
                 entry.fail(&from, io_error(&to)(error));
             }
         }
-        if entries.iter().any(Entry::ok) {
+        if entries.iter().any(Staged::ok) {
             if let Err(error) = dir.sync_new() {
                 // Not durable, so not accepted: take the files back out.
                 self.fail_all(entries, |id| dir.new_path(id), &error);
             }
         }
+        let published = entries.iter().filter(|e| e.ok());
+        let (files, bytes) = published.fold((0, 0), |(n, sum), e| (n + 1, sum + e.size));
+        self.durable.depth.added(files, bytes);
     }
 
     /// Fails every entry still going, removing its file at `place(id)`.
     fn fail_all(
         &self,
-        entries: &mut [Entry],
+        entries: &mut [Staged],
         place: impl Fn(&QueueId) -> std::path::PathBuf,
         error: &SpoolError,
     ) {
         for entry in entries.iter_mut().filter(|e| e.ok()) {
             entry.fail(&place(&entry.id), error.duplicate());
         }
+    }
+}
+
+/// An `io::Write` that counts the octets it passes on.
+struct Counted<W> {
+    inner: W,
+    written: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -334,7 +367,7 @@ impl Drop for SyncHelpers {
 
 /// Asks the kernel to begin writing every file now. Only advice: a failure
 /// here shows up again, and is reported, at the `fdatasync`.
-fn start_writeback(entries: &[Entry]) {
+fn start_writeback(entries: &[Staged]) {
     use rustix::fs::{fadvise, Advice};
     for file in entries.iter().filter_map(|e| e.file.as_ref()) {
         let _ = fadvise(file, 0, None, Advice::DontNeed);
@@ -342,7 +375,7 @@ fn start_writeback(entries: &[Entry]) {
 }
 
 /// Delivers every outcome, then wakes each worker once.
-fn report(entries: Vec<Entry>) {
+fn report(entries: Vec<Staged>) {
     let mut woken: Vec<Arc<Inbox>> = Vec::new();
     for entry in entries {
         let result = match entry.error {

@@ -1,0 +1,28 @@
+//! The mail log: one line per refusal (Postfix's `reject:` lines) and one
+//! per queued message, written for a connection with its client's address.
+//!
+//! Owns only the writing: what was refused or queued, and the words of
+//! each line, come from the session ([`crate::proto::verdict`]). Knows no
+//! backend; a connection calls it after each feed and spool completion.
+
+use std::net::IpAddr;
+
+use crate::proto::{Queued, Rejections};
+
+/// Logs every refusal of a feed, then how many were not itemised.
+pub fn rejections(client: IpAddr, rejections: &Rejections) {
+    for rejection in rejections.iter() {
+        tracing::info!("{}", rejection.line(client));
+    }
+    let more = rejections.unlisted();
+    if more > 0 {
+        tracing::info!(
+            "reject: {more} more refusals from [{client}] in the same read, not itemised"
+        );
+    }
+}
+
+/// Logs a message the spool committed.
+pub fn queued(client: IpAddr, queued: Queued) {
+    tracing::info!("{}", queued.line(client));
+}
