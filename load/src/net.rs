@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use nix::sys::resource::{getrusage, UsageWho};
+use nix::sys::resource::{getrlimit, getrusage, setrlimit, Resource, UsageWho};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// How many distinct loopback sources to try for one connect.
@@ -101,6 +101,14 @@ fn start_connect(target: SocketAddr, source: Option<IpAddr>) -> io::Result<mio::
     Ok(mio::net::TcpStream::from_std(socket.into()))
 }
 
+/// Raises the soft open-file limit to the hard one: every session is a
+/// descriptor, and the default soft limit (1024) is below a busy run.
+pub fn raise_open_files_limit() -> io::Result<()> {
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    Ok(())
+}
+
 /// CPU time used so far by this process, all threads: (user, system).
 pub fn cpu_time() -> io::Result<(Duration, Duration)> {
     let usage = getrusage(UsageWho::RUSAGE_SELF).map_err(io::Error::from)?;
@@ -174,6 +182,13 @@ mod tests {
         let _stream = start_connect(target, Sources::address(3)).unwrap();
         let (_, peer) = listener.accept().unwrap();
         assert_eq!(peer.ip(), Sources::address(3).unwrap());
+    }
+
+    #[test]
+    fn raising_reaches_the_hard_limit() {
+        raise_open_files_limit().unwrap();
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!(soft, hard);
     }
 
     #[test]

@@ -39,9 +39,9 @@ pub enum Mode {
     Open { rate: f64, max_open: usize },
 }
 
-/// What all threads share.
+/// One load run: what every thread reads, and the two counters they share.
 #[derive(Debug)]
-pub struct Shared {
+pub struct Run {
     pub plan: Arc<Plan>,
     pub target: SocketAddr,
     pub sources: Sources,
@@ -59,7 +59,7 @@ pub struct Shared {
     pub claimed: AtomicU64,
 }
 
-impl Shared {
+impl Run {
     fn micros(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.epoch).as_micros() as u64
     }
@@ -74,7 +74,8 @@ impl Shared {
     }
 }
 
-struct Conn {
+/// A client session and its socket.
+struct ClientConn {
     stream: TcpStream,
     client: Client,
     connected: bool,
@@ -85,15 +86,16 @@ struct Conn {
 }
 
 /// Runs thread `id`'s share of the load; returns what it measured.
-pub fn run(shared: &Shared, id: usize) -> io::Result<Stats> {
-    Worker::new(shared, id)?.run()
+pub fn run(run: &Run, id: usize) -> io::Result<Stats> {
+    Driver::new(run, id)?.event_loop()
 }
 
-struct Worker<'a> {
-    shared: &'a Shared,
+/// One thread's event loop and the sessions it drives.
+struct Driver<'a> {
+    run: &'a Run,
     id: usize,
     poll: Poll,
-    conns: Slab<Conn>,
+    conns: Slab<ClientConn>,
     stats: Stats,
     scratch: Vec<u8>,
     /// Open loop: this thread's next schedule slot (session id + k × threads).
@@ -104,10 +106,10 @@ struct Worker<'a> {
     greeting: usize,
 }
 
-impl<'a> Worker<'a> {
-    fn new(shared: &'a Shared, id: usize) -> io::Result<Self> {
-        Ok(Worker {
-            shared,
+impl<'a> Driver<'a> {
+    fn new(run: &'a Run, id: usize) -> io::Result<Self> {
+        Ok(Driver {
+            run,
             id,
             poll: Poll::new()?,
             conns: Slab::new(),
@@ -119,7 +121,7 @@ impl<'a> Worker<'a> {
         })
     }
 
-    fn run(mut self) -> io::Result<Stats> {
+    fn event_loop(mut self) -> io::Result<Stats> {
         let mut events = Events::with_capacity(1024);
         let mut next_sweep = Instant::now() + SWEEP;
         loop {
@@ -150,7 +152,7 @@ impl<'a> Worker<'a> {
     fn wait(&self, next_sweep: Instant) -> Duration {
         let now = Instant::now();
         let mut until = next_sweep;
-        if let Mode::Open { max_open, .. } = self.shared.mode {
+        if let Mode::Open { max_open, .. } = self.run.mode {
             if !self.exhausted && self.conns.len() < self.share(max_open).max(1) {
                 until = until.min(self.due(self.next_slot));
             }
@@ -160,24 +162,24 @@ impl<'a> Worker<'a> {
 
     /// Intended start of open-loop session `slot`.
     fn due(&self, slot: u64) -> Instant {
-        let Mode::Open { rate, .. } = self.shared.mode else {
-            return self.shared.epoch;
+        let Mode::Open { rate, .. } = self.run.mode else {
+            return self.run.epoch;
         };
-        self.shared.epoch + Duration::from_secs_f64(slot as f64 / rate)
+        self.run.epoch + Duration::from_secs_f64(slot as f64 / rate)
     }
 
     /// This thread's part of `n` split over all threads.
     fn share(&self, n: usize) -> usize {
-        let threads = self.shared.threads;
+        let threads = self.run.threads;
         n / threads + usize::from(self.id < n % threads)
     }
 
     /// Starts every session that is due now.
     fn launch(&mut self, now: Instant) {
-        if self.shared.past_deadline(now) {
+        if self.run.past_deadline(now) {
             self.exhausted = true;
         }
-        match self.shared.mode {
+        match self.run.mode {
             Mode::Closed {
                 concurrency,
                 window,
@@ -190,7 +192,7 @@ impl<'a> Worker<'a> {
         let slots = self.share(concurrency);
         let window = self.share(window).max(1);
         while !self.exhausted && self.conns.len() < slots && self.greeting < window {
-            if self.shared.claim() {
+            if self.run.claim() {
                 self.start(now, now);
             } else {
                 self.exhausted = true;
@@ -201,7 +203,7 @@ impl<'a> Worker<'a> {
     fn launch_open(&mut self, now: Instant, max_open: usize) {
         let max_open = self.share(max_open).max(1);
         while !self.exhausted && self.conns.len() < max_open {
-            if self.next_slot >= self.shared.total {
+            if self.next_slot >= self.run.total {
                 self.exhausted = true;
                 break;
             }
@@ -209,7 +211,7 @@ impl<'a> Worker<'a> {
             if due > now {
                 break;
             }
-            self.next_slot += self.shared.threads as u64;
+            self.next_slot += self.run.threads as u64;
             self.start(now, due);
         }
     }
@@ -217,7 +219,7 @@ impl<'a> Worker<'a> {
     /// Opens one session whose clock started at `intended`.
     fn start(&mut self, now: Instant, intended: Instant) {
         self.stats.counts.sessions_started += 1;
-        let mut stream = match self.shared.sources.connect(self.shared.target) {
+        let mut stream = match self.run.sources.connect(self.run.target) {
             Ok(stream) => stream,
             Err(_) => return self.stats.failed(Failure::Connect),
         };
@@ -232,9 +234,9 @@ impl<'a> Worker<'a> {
         {
             return self.stats.failed(Failure::Connect);
         }
-        let client = Client::new(self.shared.plan.clone(), self.shared.micros(intended));
+        let client = Client::new(self.run.plan.clone(), self.run.micros(intended));
         self.greeting += 1;
-        entry.insert(Conn {
+        entry.insert(ClientConn {
             stream,
             client,
             connected: false,
@@ -249,7 +251,7 @@ impl<'a> Worker<'a> {
             return;
         };
         let greeting = conn.client.awaiting_greeting();
-        let status = pump(conn, self.shared, &mut self.scratch, &mut self.stats);
+        let status = pump(conn, self.run, &mut self.scratch, &mut self.stats);
         if greeting && !conn.client.awaiting_greeting() {
             self.greeting -= 1;
         }
@@ -273,7 +275,7 @@ impl<'a> Worker<'a> {
 
     /// Ends sessions that made no progress within the timeout.
     fn sweep(&mut self, now: Instant) {
-        let timeout = self.shared.timeout;
+        let timeout = self.run.timeout;
         let stale: Vec<usize> = self
             .conns
             .iter()
@@ -289,8 +291,8 @@ impl<'a> Worker<'a> {
 
 /// Moves bytes both ways until the socket would block.
 fn pump(
-    conn: &mut Conn,
-    shared: &Shared,
+    conn: &mut ClientConn,
+    run: &Run,
     scratch: &mut [u8],
     stats: &mut Stats,
 ) -> Result<Status, Failure> {
@@ -300,7 +302,7 @@ fn pump(
         }
         conn.connected = true;
     }
-    flush(conn, shared)?;
+    flush(conn, run)?;
     loop {
         let n = match conn.stream.read(scratch) {
             Ok(0) => return Err(Failure::Io),
@@ -313,12 +315,12 @@ fn pump(
         conn.last_io = now;
         let status = conn
             .client
-            .input(&scratch[..n], shared.micros(now), stats)
+            .input(&scratch[..n], run.micros(now), stats)
             .map_err(|_| Failure::Protocol)?;
         if status == Status::Finished {
             return Ok(status);
         }
-        flush(conn, shared)?;
+        flush(conn, run)?;
         // A short read emptied the socket: what arrives next is a new edge,
         // so the read that would only say WouldBlock is skipped.
         if n < scratch.len() && !conn.hang_up {
@@ -340,7 +342,7 @@ fn is_connected(stream: &TcpStream) -> Result<bool, Failure> {
 }
 
 /// Writes what the client has queued until done or the socket is full.
-fn flush(conn: &mut Conn, shared: &Shared) -> Result<(), Failure> {
+fn flush(conn: &mut ClientConn, run: &Run) -> Result<(), Failure> {
     loop {
         let [body, commands] = conn.client.output();
         if body.is_empty() && commands.is_empty() {
@@ -348,7 +350,7 @@ fn flush(conn: &mut Conn, shared: &Shared) -> Result<(), Failure> {
         }
         let out = [IoSlice::new(body), IoSlice::new(commands)];
         match conn.stream.write_vectored(&out) {
-            Ok(n) => conn.client.wrote(n, shared.micros(Instant::now())),
+            Ok(n) => conn.client.wrote(n, run.micros(Instant::now())),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return Err(Failure::Io),

@@ -76,7 +76,7 @@ pub fn make_body(size: usize) -> Arc<[u8]> {
 
 /// A command awaiting its reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
+enum Awaited {
     /// A command whose reply time is a [`Phase`] sample.
     Timed(Phase),
     Rset,
@@ -108,7 +108,7 @@ pub struct Client {
     parser: ReplyParser,
     /// When the session started (intended start, in open loop), µs.
     start: u64,
-    pending: VecDeque<(Step, u64)>,
+    pending: VecDeque<(Awaited, u64)>,
     out: Vec<u8>,
     out_pos: usize,
     /// Next body octet to send; `body.len()` when no body is due.
@@ -129,7 +129,7 @@ impl Client {
             plan,
             parser: ReplyParser::default(),
             start,
-            pending: VecDeque::from([(Step::Timed(Banner), start)]),
+            pending: VecDeque::from([(Awaited::Timed(Banner), start)]),
             out: Vec::with_capacity(256),
             out_pos: 0,
             body_pos,
@@ -160,7 +160,7 @@ impl Client {
                 let end = self
                     .pending
                     .iter_mut()
-                    .rfind(|p| p.0 == Step::Timed(EndOfData));
+                    .rfind(|p| p.0 == Awaited::Timed(EndOfData));
                 if let Some(end) = end {
                     end.1 = now;
                 }
@@ -177,7 +177,7 @@ impl Client {
     pub fn awaiting_greeting(&self) -> bool {
         self.pending
             .front()
-            .is_some_and(|p| p.0 == Step::Timed(Banner))
+            .is_some_and(|p| p.0 == Awaited::Timed(Banner))
     }
 
     /// Whether QUIT has been answered.
@@ -207,25 +207,25 @@ impl Client {
     }
 
     fn on_reply(&mut self, reply: Reply, now: u64, stats: &mut Stats) -> Result<(), ClientError> {
-        let (step, sent) = self.pending.pop_front().ok_or(ClientError::Unsolicited)?;
+        let (awaited, sent) = self.pending.pop_front().ok_or(ClientError::Unsolicited)?;
         let ok = reply.is_positive();
-        if let Step::Timed(phase) = step {
+        if let Awaited::Timed(phase) = awaited {
             stats.record(phase, now.saturating_sub(sent));
             if !ok {
                 stats.refused(phase, reply.code);
             }
         }
-        match step {
-            Step::Timed(Banner) if ok => self.send(Step::Timed(Ehlo), now),
-            Step::Timed(Ehlo) if ok => {
+        match awaited {
+            Awaited::Timed(Banner) if ok => self.send(Awaited::Timed(Ehlo), now),
+            Awaited::Timed(Ehlo) if ok => {
                 self.pipelining = self.plan.pipelining && reply.pipelining;
                 self.next_message(now, stats);
             }
-            Step::Timed(Banner | Ehlo) => self.send(Step::Quit, now),
-            Step::Timed(Mail) => self.after_mail(ok, now, stats),
-            Step::Timed(Rcpt) => self.after_rcpt(ok, now, stats),
-            Step::Timed(Data) => self.after_data(reply.code, now, stats),
-            Step::Timed(EndOfData) => {
+            Awaited::Timed(Banner | Ehlo) => self.send(Awaited::Quit, now),
+            Awaited::Timed(Mail) => self.after_mail(ok, now, stats),
+            Awaited::Timed(Rcpt) => self.after_rcpt(ok, now, stats),
+            Awaited::Timed(Data) => self.after_data(reply.code, now, stats),
+            Awaited::Timed(EndOfData) => {
                 let counter = if ok {
                     &mut stats.counts.messages_accepted
                 } else {
@@ -236,9 +236,9 @@ impl Client {
                     self.next_message(now, stats);
                 } // else the next group followed the message.
             }
-            Step::Rset => self.next_message(now, stats),
+            Awaited::Rset => self.next_message(now, stats),
             // QUIT ends the session phase; nothing else waits on `Session`.
-            Step::Quit | Step::Timed(Session) => self.on_quit(reply, now, stats),
+            Awaited::Quit | Awaited::Timed(Session) => self.on_quit(reply, now, stats),
         }
         Ok(())
     }
@@ -248,7 +248,7 @@ impl Client {
             return; // RCPTs and DATA are already on their way.
         }
         if ok && self.rcpts_unsent > 0 {
-            self.send(Step::Timed(Rcpt), now);
+            self.send(Awaited::Timed(Rcpt), now);
         } else {
             self.abort(now, stats);
         }
@@ -265,9 +265,9 @@ impl Client {
             return;
         }
         if self.rcpts_unsent > 0 {
-            self.send(Step::Timed(Rcpt), now);
+            self.send(Awaited::Timed(Rcpt), now);
         } else if self.accepted > 0 {
-            self.send(Step::Timed(Data), now);
+            self.send(Awaited::Timed(Data), now);
         } else {
             self.abort(now, stats);
         }
@@ -276,7 +276,7 @@ impl Client {
     fn after_data(&mut self, code: u16, now: u64, stats: &mut Stats) {
         if code == 354 {
             self.body_pos = 0;
-            self.pending.push_back((Step::Timed(EndOfData), now));
+            self.pending.push_back((Awaited::Timed(EndOfData), now));
             if self.pipelining {
                 // Queued behind the message: they leave with its end.
                 self.next_message(now, stats);
@@ -299,38 +299,38 @@ impl Client {
     /// The transaction ends without a message: reset it.
     fn abort(&mut self, now: u64, stats: &mut Stats) {
         stats.counts.transactions_aborted += 1;
-        self.send(Step::Rset, now);
+        self.send(Awaited::Rset, now);
     }
 
     /// Starts the next transaction, or QUIT when all are done.
     fn next_message(&mut self, now: u64, stats: &mut Stats) {
         if self.messages_begun == self.plan.messages {
-            self.send(Step::Quit, now);
+            self.send(Awaited::Quit, now);
             return;
         }
         self.messages_begun += 1;
         self.accepted = 0;
         self.rcpts_unsent = self.plan.rcpts;
         stats.counts.transactions += 1;
-        self.send(Step::Timed(Mail), now);
+        self.send(Awaited::Timed(Mail), now);
         if self.pipelining {
             while self.rcpts_unsent > 0 {
-                self.send(Step::Timed(Rcpt), now);
+                self.send(Awaited::Timed(Rcpt), now);
             }
-            self.send(Step::Timed(Data), now);
+            self.send(Awaited::Timed(Data), now);
         }
         stats.counts.rcpt_sent += u64::from(self.plan.rcpts);
     }
 
     /// Queues one command and remembers it awaits a reply.
-    fn send(&mut self, step: Step, now: u64) {
+    fn send(&mut self, awaited: Awaited, now: u64) {
         let plan = &*self.plan;
         let out = &mut self.out;
         // Writing into a Vec cannot fail.
-        let _ = match step {
-            Step::Timed(Ehlo) => write!(out, "EHLO {}\r\n", plan.helo),
-            Step::Timed(Mail) => write!(out, "MAIL FROM:<{}>\r\n", plan.from),
-            Step::Timed(Rcpt) => {
+        let _ = match awaited {
+            Awaited::Timed(Ehlo) => write!(out, "EHLO {}\r\n", plan.helo),
+            Awaited::Timed(Mail) => write!(out, "MAIL FROM:<{}>\r\n", plan.from),
+            Awaited::Timed(Rcpt) => {
                 let seq = self.rcpt_seq;
                 self.rcpt_seq += 1;
                 self.rcpts_unsent -= 1;
@@ -341,12 +341,12 @@ impl Client {
                     write!(out, "RCPT TO:<user{user}@{}>\r\n", plan.rcpt_domain)
                 }
             }
-            Step::Timed(Data) => write!(out, "DATA\r\n"),
-            Step::Rset => write!(out, "RSET\r\n"),
-            Step::Quit => write!(out, "QUIT\r\n"),
-            Step::Timed(Banner | EndOfData | Session) => Ok(()),
+            Awaited::Timed(Data) => write!(out, "DATA\r\n"),
+            Awaited::Rset => write!(out, "RSET\r\n"),
+            Awaited::Quit => write!(out, "QUIT\r\n"),
+            Awaited::Timed(Banner | EndOfData | Session) => Ok(()),
         };
-        self.pending.push_back((step, now));
+        self.pending.push_back((awaited, now));
     }
 }
 

@@ -1,7 +1,7 @@
 //! What one load-generator thread measured: per-phase latency histograms in
 //! microseconds and counters by outcome and error kind.
 //!
-//! Owns: the [`Phase`] list, recording and merging. Each worker thread has
+//! Owns: the [`Phase`] list, recording and merging. Each load thread has
 //! its own [`Stats`]; they are merged once, at the end, so nothing is shared
 //! while the load runs. Does not print or serialise (see `report`).
 

@@ -1,8 +1,11 @@
 //! `mxgate-load`: an SMTP load generator for any SMTP server (mxgate,
 //! Postfix, Postfix's smtp-sink).
 //!
+//! A crate of its own, beside the server's: it needs none of mxgate's code,
+//! and the server needs none of its dependencies (plotters, serde_json, nix).
+//!
 //! Owns: the command-line [`Config`], starting one mio event-loop thread per
-//! core ([`worker`]), merging their [`Stats`] and producing the [`Report`].
+//! core ([`driver`]), merging their [`Stats`] and producing the [`Report`].
 //! Each session is a sans-IO [`client::Client`]: banner, EHLO, then
 //! `--messages` transactions (MAIL, `--rcpts` RCPT, DATA, `--size` octets),
 //! QUIT. Closed loop (default): `--sessions` sessions open at once until
@@ -22,12 +25,12 @@
 //! Does not interpret what the server does with the mail.
 
 pub mod client;
+pub mod driver;
 pub mod hgrm;
 pub mod net;
 pub mod reply;
 pub mod report;
 pub mod stats;
-pub mod worker;
 
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -42,7 +45,7 @@ pub use report::{PhaseSummary, Report, RunFacts};
 pub use stats::{Counts, Phase, Stats};
 
 use client::{make_body, Plan};
-use worker::{Mode, Shared};
+use driver::{Mode, Run};
 
 /// The default concurrency cap of the open loop (one process, loopback).
 const MAX_OPEN: usize = 19_000;
@@ -238,10 +241,10 @@ impl Config {
 /// Runs the load `config` describes and reports what it measured.
 pub fn run(config: &Config) -> Result<Report, LoadError> {
     config.check()?;
-    crate::runtime::limits::raise_open_files_limit()?;
+    net::raise_open_files_limit()?;
     let (mode, total) = config.schedule();
     let epoch = Instant::now();
-    let shared = Shared {
+    let run = Run {
         plan: Arc::new(config.plan()),
         target: config.target,
         sources: Default::default(),
@@ -254,22 +257,22 @@ pub fn run(config: &Config) -> Result<Report, LoadError> {
         claimed: Default::default(),
     };
     let cpu_before = net::cpu_time()?;
-    let stats = run_threads(&shared)?;
+    let stats = run_threads(&run)?;
     let elapsed = epoch.elapsed();
     let cpu_after = net::cpu_time()?;
     let facts = RunFacts {
         elapsed,
         cpu_user: cpu_after.0.saturating_sub(cpu_before.0),
         cpu_system: cpu_after.1.saturating_sub(cpu_before.1),
-        extra_sources: shared.sources.spread(),
+        extra_sources: run.sources.spread(),
     };
     Ok(Report::new(config.target.to_string(), stats, facts))
 }
 
-fn run_threads(shared: &Shared) -> Result<Stats, LoadError> {
+fn run_threads(run: &Run) -> Result<Stats, LoadError> {
     thread::scope(|scope| {
-        let handles: Vec<_> = (0..shared.threads)
-            .map(|id| scope.spawn(move || worker::run(shared, id)))
+        let handles: Vec<_> = (0..run.threads)
+            .map(|id| scope.spawn(move || driver::run(run, id)))
             .collect();
         let mut total = Stats::default();
         for handle in handles {

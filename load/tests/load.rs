@@ -1,4 +1,4 @@
-//! `mxgate::load` end to end over loopback TCP, against a minimal SMTP
+//! `mxgate_load` end to end over loopback TCP, against a minimal SMTP
 //! server written here (std::net, one thread per connection or one
 //! connection at a time), which counts what it saw so the load generator's
 //! own counts can be checked against it.
@@ -11,7 +11,7 @@ use std::thread;
 use std::time::Duration;
 
 use clap::Parser;
-use mxgate::load::{self, Config, Phase, Report};
+use mxgate_load::{self as load, Config, Phase, Report};
 
 /// Longest any single load run in these tests may take.
 const BOUND: Duration = Duration::from_secs(60);
