@@ -5,7 +5,7 @@
 //! and the server needs none of its dependencies (plotters, serde_json, nix).
 //!
 //! Owns: the command-line [`Config`], starting one mio event-loop thread per
-//! core ([`driver`]), merging their [`Stats`] and producing the [`Report`].
+//! core ([`load_thread`]), merging their [`Stats`] and producing the [`Report`].
 //! Each session is a sans-IO [`client::Client`]: banner, EHLO, then
 //! `--messages` transactions (MAIL, `--rcpts` RCPT, DATA, `--size` octets),
 //! QUIT. Closed loop (default): `--sessions` sessions open at once until
@@ -25,8 +25,8 @@
 //! Does not interpret what the server does with the mail.
 
 pub mod client;
-pub mod driver;
 pub mod hgrm;
+pub mod load_thread;
 pub mod net;
 pub mod reply;
 pub mod report;
@@ -45,7 +45,7 @@ pub use report::{PhaseSummary, Report, RunFacts};
 pub use stats::{Counts, Phase, Stats};
 
 use client::{make_body, Plan};
-use driver::{Mode, Run};
+use load_thread::{Mode, Run};
 
 /// The default concurrency cap of the open loop (one process, loopback).
 const MAX_OPEN: usize = 19_000;
@@ -138,7 +138,7 @@ fn parse_target(s: &str) -> Result<SocketAddr, String> {
 
 /// Why a run could not happen.
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+pub enum RunError {
     #[error("invalid option: {0}")]
     Invalid(&'static str),
     #[error("{0}")]
@@ -148,12 +148,12 @@ pub enum LoadError {
 }
 
 impl Config {
-    fn check(&self) -> Result<(), LoadError> {
+    fn check(&self) -> Result<(), RunError> {
         let bad = |ok: bool, why| {
             if ok {
                 Ok(())
             } else {
-                Err(LoadError::Invalid(why))
+                Err(RunError::Invalid(why))
             }
         };
         bad(
@@ -239,7 +239,7 @@ impl Config {
 }
 
 /// Runs the load `config` describes and reports what it measured.
-pub fn run(config: &Config) -> Result<Report, LoadError> {
+pub fn run(config: &Config) -> Result<Report, RunError> {
     config.check()?;
     net::raise_open_files_limit()?;
     let (mode, total) = config.schedule();
@@ -269,14 +269,14 @@ pub fn run(config: &Config) -> Result<Report, LoadError> {
     Ok(Report::new(config.target.to_string(), stats, facts))
 }
 
-fn run_threads(run: &Run) -> Result<Stats, LoadError> {
+fn run_threads(run: &Run) -> Result<Stats, RunError> {
     thread::scope(|scope| {
         let handles: Vec<_> = (0..run.threads)
-            .map(|id| scope.spawn(move || driver::run(run, id)))
+            .map(|id| scope.spawn(move || load_thread::run(run, id)))
             .collect();
         let mut total = Stats::default();
         for handle in handles {
-            total.merge(&handle.join().map_err(|_| LoadError::Panicked)??);
+            total.merge(&handle.join().map_err(|_| RunError::Panicked)??);
         }
         Ok(total)
     })
@@ -290,14 +290,14 @@ pub fn main(config: &Config) -> i32 {
         Err(e) => {
             eprintln!("mxgate-load: {e}");
             match e {
-                LoadError::Invalid(_) => 2,
+                RunError::Invalid(_) => 2,
                 _ => 1,
             }
         }
     }
 }
 
-fn run_and_print(config: &Config) -> Result<(), LoadError> {
+fn run_and_print(config: &Config) -> Result<(), RunError> {
     let report = run(config)?;
     if let Some(dir) = &config.hgrm_dir {
         hgrm::write_dir(dir, &report.stats)?;

@@ -87,11 +87,11 @@ struct ClientConn {
 
 /// Runs thread `id`'s share of the load; returns what it measured.
 pub fn run(run: &Run, id: usize) -> io::Result<Stats> {
-    Driver::new(run, id)?.event_loop()
+    LoadThread::new(run, id)?.event_loop()
 }
 
 /// One thread's event loop and the sessions it drives.
-struct Driver<'a> {
+struct LoadThread<'a> {
     run: &'a Run,
     id: usize,
     poll: Poll,
@@ -106,9 +106,9 @@ struct Driver<'a> {
     greeting: usize,
 }
 
-impl<'a> Driver<'a> {
+impl<'a> LoadThread<'a> {
     fn new(run: &'a Run, id: usize) -> io::Result<Self> {
-        Ok(Driver {
+        Ok(LoadThread {
             run,
             id,
             poll: Poll::new()?,
