@@ -5,13 +5,13 @@
 //! sans-IO SMTP engine, [`recipients`] the recipient table it consults,
 //! [`spool`] the durable queue, [`runtime`] the event loops that move bytes,
 //! [`metrics`] the per-worker counters and histograms behind `--metrics`,
-//! [`config`] the merged configuration, [`tuning`] the profiles' lookup and
-//! the start-up host check, and [`load`] the `mxgate-load` generator.
+//! [`config`] the merged configuration, and [`tuning`] the profiles' lookup
+//! and the start-up host check. The `mxgate-load` generator is the `load/`
+//! crate of the workspace.
 //! Nothing here is specific to the binaries: every test drives these
 //! modules directly or over TCP.
 
 pub mod config;
-pub mod load;
 pub mod metrics;
 pub mod proto;
 pub mod recipients;
