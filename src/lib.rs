@@ -12,6 +12,7 @@
 //! modules directly or over TCP.
 
 pub mod config;
+pub mod logging;
 pub mod metrics;
 pub mod proto;
 pub mod recipients;

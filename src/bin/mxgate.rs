@@ -41,7 +41,9 @@ impl From<ConfigError> for Fatal {
 }
 
 fn main() -> ExitCode {
-    init_logging();
+    mxgate::logging::init(
+        std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    );
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(fatal) => {
@@ -49,16 +51,6 @@ fn main() -> ExitCode {
             ExitCode::from(fatal.status)
         }
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 fn run() -> Result<(), Fatal> {
