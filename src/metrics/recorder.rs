@@ -7,16 +7,13 @@
 //! empty-channel check when nobody scrapes). A worker that does not answer
 //! in time is left out of that scrape and the text says how many answered.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use super::{Class, Metrics};
 use crate::proto::Tally;
-
-/// Wakes one worker so it answers a scrape.
-pub type Wake = Arc<dyn Fn() + Send + Sync>;
+use crate::runtime::Wake;
 
 /// Where a worker sends its copy of the metrics.
 type Request = Sender<Box<Metrics>>;
