@@ -450,3 +450,134 @@ fn lend(buf: &mut Vec<u8>) -> &mut Vec<u8> {
     }
     buf
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipients::TableOptions;
+    use crate::spool::Spool;
+
+    const MESSAGE: &[u8] = b"MAIL FROM:<s@example.net>\r\nRCPT TO:<alice@example.com>\r\n\
+        DATA\r\nbody\r\n.\r\n";
+
+    /// Drives `conn` as a backend would, with a spool that answers at once
+    /// and a table that knows alice@example.com.
+    struct Rig {
+        spool: Spool,
+        table: Table,
+        metrics: Recorder,
+    }
+
+    impl Rig {
+        fn new() -> Rig {
+            Rig {
+                spool: Spool::discard_for_tests(),
+                table: Table::parse(b"alice@example.com\n", TableOptions::default()).unwrap(),
+                metrics: Recorder::detached(),
+            }
+        }
+
+        fn with_cx(&mut self, link: &SpoolLink, turn: impl FnOnce(&mut Cx)) {
+            let mut cx = Cx {
+                now: Instant::now(),
+                table: &self.table,
+                link,
+                ticket: 0,
+                metrics: &mut self.metrics,
+            };
+            turn(&mut cx);
+        }
+    }
+
+    fn sent(conn: &mut Conn) -> String {
+        let text = String::from_utf8_lossy(conn.poll_output()).into_owned();
+        let n = conn.poll_output().len();
+        conn.advance_output(n);
+        text
+    }
+
+    /// Input behind a message at the spool is held, not fed, and answered
+    /// once the spool has answered; meanwhile the session wants no input.
+    #[test]
+    fn input_behind_a_message_waits_for_the_spool() {
+        let mut rig = Rig::new();
+        let link = rig.spool.link(Box::new(|| {}));
+        let mut conn = Conn::greeted_for_tests();
+        let mut input = b"EHLO c\r\n".to_vec();
+        input.extend_from_slice(MESSAGE);
+        input.extend_from_slice(b"NOOP\r\nQUIT\r\n");
+        rig.with_cx(&link, |cx| conn.handle_input(&input, cx));
+        assert!(!conn.wants_input() && conn.has_unseen_input());
+        assert!(!sent(&mut conn).contains("queued"));
+
+        let done = link.try_complete().expect("discard answers at once");
+        conn.spool_done(done.result, &mut rig.metrics);
+        rig.with_cx(&link, |cx| conn.resume(cx));
+        let replies = sent(&mut conn);
+        assert!(replies.starts_with("250 2.0.0 Ok: queued as "), "{replies}");
+        assert!(
+            replies.ends_with("250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n"),
+            "{replies}"
+        );
+        assert_eq!(conn.ended(), Some(Outcome::Closed));
+    }
+
+    /// The end of the client's input ends the session only once what was
+    /// held back has been answered.
+    #[test]
+    fn end_of_input_waits_for_held_input() {
+        let mut rig = Rig::new();
+        let link = rig.spool.link(Box::new(|| {}));
+        let mut conn = Conn::greeted_for_tests();
+        let mut input = b"EHLO c\r\n".to_vec();
+        input.extend_from_slice(MESSAGE);
+        input.extend_from_slice(b"NOOP\r\n");
+        rig.with_cx(&link, |cx| conn.handle_input(&input, cx));
+        conn.handle_eof();
+        assert_eq!(conn.ended(), None, "the message is at the spool");
+
+        let done = link.try_complete().expect("discard answers at once");
+        conn.spool_done(done.result, &mut rig.metrics);
+        rig.with_cx(&link, |cx| conn.resume(cx));
+        assert!(sent(&mut conn).ends_with("250 2.0.0 Ok\r\n"));
+        assert_eq!(conn.ended(), Some(Outcome::Disconnected));
+    }
+
+    /// A partial line is held across inputs; what arrives while the
+    /// session waits is held too, up to a bound past which the backend is
+    /// told to stop receiving.
+    #[test]
+    fn held_input_is_bounded() {
+        let mut rig = Rig::new();
+        let link = rig.spool.link(Box::new(|| {}));
+        let mut conn = Conn::greeted_for_tests();
+        rig.with_cx(&link, |cx| conn.handle_input(b"EHLO c\r\nNO", cx));
+        assert!(conn.wants_input() && !conn.has_unseen_input());
+        rig.with_cx(&link, |cx| conn.handle_input(b"OP\r\n", cx));
+        assert!(sent(&mut conn).ends_with("250 2.0.0 Ok\r\n"));
+
+        rig.with_cx(&link, |cx| conn.handle_input(MESSAGE, cx));
+        let noops = b"NOOP\r\n".repeat(1000);
+        while !conn.holds_too_much() {
+            rig.with_cx(&link, |cx| conn.handle_input(&noops, cx));
+        }
+        assert!(conn.held.len() < HELD_CAP + noops.len());
+        assert!(!sent(&mut conn).contains("queued"));
+    }
+
+    /// Once its replies are sent and nothing is held, a connection gives
+    /// its buffers back.
+    #[test]
+    fn an_idle_connection_holds_no_buffer() {
+        let mut rig = Rig::new();
+        let link = rig.spool.link(Box::new(|| {}));
+        let mut conn = Conn::greeted_for_tests();
+        rig.with_cx(&link, |cx| conn.handle_input(b"EHLO c\r\nNOOP\r\n", cx));
+        let mut sending = Vec::new();
+        conn.take_output(&mut sending);
+        assert!(sending.ends_with(b"250 2.0.0 Ok\r\n"), "swapped out whole");
+        conn.trim();
+        assert_eq!((conn.held.capacity(), conn.out.capacity()), (0, 0));
+        assert_eq!(conn.body.capacity(), 0);
+    }
+}
