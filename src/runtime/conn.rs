@@ -451,42 +451,64 @@ fn lend(buf: &mut Vec<u8>) -> &mut Vec<u8> {
     buf
 }
 
+/// What a backend lends a connection, for tests: a spool that answers at
+/// once and a table that knows alice@example.com.
+#[cfg(test)]
+pub struct Rig {
+    pub spool: crate::spool::Spool,
+    pub table: Table,
+    pub metrics: Recorder,
+}
+
+#[cfg(test)]
+impl Rig {
+    pub fn new() -> Rig {
+        let table = Table::parse(b"alice@example.com\n", Default::default());
+        Rig {
+            spool: crate::spool::Spool::discard_for_tests(),
+            table: table.unwrap(),
+            metrics: Recorder::detached(),
+        }
+    }
+
+    /// Runs `turn` with the context a worker would lend.
+    pub fn with_cx(&mut self, link: &SpoolLink, turn: impl FnOnce(&mut Cx)) {
+        let mut cx = Cx {
+            now: Instant::now(),
+            table: &self.table,
+            link,
+            ticket: 0,
+            metrics: &mut self.metrics,
+        };
+        turn(&mut cx);
+    }
+
+    /// The spool answers `conn`'s message and `conn` takes its next turn.
+    pub fn spool_answers(&mut self, link: &SpoolLink, conn: &mut Conn) {
+        let done = link.try_complete().expect("discard answers at once");
+        conn.spool_done(done.result, &mut self.metrics);
+        self.with_cx(link, |cx| conn.resume(cx));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recipients::TableOptions;
-    use crate::spool::Spool;
 
-    const MESSAGE: &[u8] = b"MAIL FROM:<s@example.net>\r\nRCPT TO:<alice@example.com>\r\n\
-        DATA\r\nbody\r\n.\r\n";
-
-    /// Drives `conn` as a backend would, with a spool that answers at once
-    /// and a table that knows alice@example.com.
-    struct Rig {
-        spool: Spool,
-        table: Table,
-        metrics: Recorder,
+    /// A greeting, a message, then `rest`.
+    fn message_then(rest: &[u8]) -> Vec<u8> {
+        let mut input = b"EHLO c\r\nMAIL FROM:<s@example.net>\r\n\
+            RCPT TO:<alice@example.com>\r\nDATA\r\nbody\r\n.\r\n"
+            .to_vec();
+        input.extend_from_slice(rest);
+        input
     }
 
-    impl Rig {
-        fn new() -> Rig {
-            Rig {
-                spool: Spool::discard_for_tests(),
-                table: Table::parse(b"alice@example.com\n", TableOptions::default()).unwrap(),
-                metrics: Recorder::detached(),
-            }
-        }
-
-        fn with_cx(&mut self, link: &SpoolLink, turn: impl FnOnce(&mut Cx)) {
-            let mut cx = Cx {
-                now: Instant::now(),
-                table: &self.table,
-                link,
-                ticket: 0,
-                metrics: &mut self.metrics,
-            };
-            turn(&mut cx);
-        }
+    /// A rig, its spool link and a greeted connection.
+    fn start() -> (Rig, SpoolLink, Conn) {
+        let rig = Rig::new();
+        let link = rig.spool.link(Box::new(|| {}));
+        (rig, link, Conn::greeted_for_tests())
     }
 
     fn sent(conn: &mut Conn) -> String {
@@ -500,19 +522,13 @@ mod tests {
     /// once the spool has answered; meanwhile the session wants no input.
     #[test]
     fn input_behind_a_message_waits_for_the_spool() {
-        let mut rig = Rig::new();
-        let link = rig.spool.link(Box::new(|| {}));
-        let mut conn = Conn::greeted_for_tests();
-        let mut input = b"EHLO c\r\n".to_vec();
-        input.extend_from_slice(MESSAGE);
-        input.extend_from_slice(b"NOOP\r\nQUIT\r\n");
+        let (mut rig, link, mut conn) = start();
+        let input = message_then(b"NOOP\r\nQUIT\r\n");
         rig.with_cx(&link, |cx| conn.handle_input(&input, cx));
         assert!(!conn.wants_input() && conn.has_unseen_input());
         assert!(!sent(&mut conn).contains("queued"));
 
-        let done = link.try_complete().expect("discard answers at once");
-        conn.spool_done(done.result, &mut rig.metrics);
-        rig.with_cx(&link, |cx| conn.resume(cx));
+        rig.spool_answers(&link, &mut conn);
         let replies = sent(&mut conn);
         assert!(replies.starts_with("250 2.0.0 Ok: queued as "), "{replies}");
         assert!(
@@ -526,19 +542,13 @@ mod tests {
     /// held back has been answered.
     #[test]
     fn end_of_input_waits_for_held_input() {
-        let mut rig = Rig::new();
-        let link = rig.spool.link(Box::new(|| {}));
-        let mut conn = Conn::greeted_for_tests();
-        let mut input = b"EHLO c\r\n".to_vec();
-        input.extend_from_slice(MESSAGE);
-        input.extend_from_slice(b"NOOP\r\n");
+        let (mut rig, link, mut conn) = start();
+        let input = message_then(b"NOOP\r\n");
         rig.with_cx(&link, |cx| conn.handle_input(&input, cx));
         conn.handle_eof();
         assert_eq!(conn.ended(), None, "the message is at the spool");
 
-        let done = link.try_complete().expect("discard answers at once");
-        conn.spool_done(done.result, &mut rig.metrics);
-        rig.with_cx(&link, |cx| conn.resume(cx));
+        rig.spool_answers(&link, &mut conn);
         assert!(sent(&mut conn).ends_with("250 2.0.0 Ok\r\n"));
         assert_eq!(conn.ended(), Some(Outcome::Disconnected));
     }
@@ -548,15 +558,13 @@ mod tests {
     /// told to stop receiving.
     #[test]
     fn held_input_is_bounded() {
-        let mut rig = Rig::new();
-        let link = rig.spool.link(Box::new(|| {}));
-        let mut conn = Conn::greeted_for_tests();
+        let (mut rig, link, mut conn) = start();
         rig.with_cx(&link, |cx| conn.handle_input(b"EHLO c\r\nNO", cx));
         assert!(conn.wants_input() && !conn.has_unseen_input());
         rig.with_cx(&link, |cx| conn.handle_input(b"OP\r\n", cx));
         assert!(sent(&mut conn).ends_with("250 2.0.0 Ok\r\n"));
 
-        rig.with_cx(&link, |cx| conn.handle_input(MESSAGE, cx));
+        rig.with_cx(&link, |cx| conn.handle_input(&message_then(b""), cx));
         let noops = b"NOOP\r\n".repeat(1000);
         while !conn.holds_too_much() {
             rig.with_cx(&link, |cx| conn.handle_input(&noops, cx));
@@ -569,9 +577,7 @@ mod tests {
     /// its buffers back.
     #[test]
     fn an_idle_connection_holds_no_buffer() {
-        let mut rig = Rig::new();
-        let link = rig.spool.link(Box::new(|| {}));
-        let mut conn = Conn::greeted_for_tests();
+        let (mut rig, link, mut conn) = start();
         rig.with_cx(&link, |cx| conn.handle_input(b"EHLO c\r\nNOOP\r\n", cx));
         let mut sending = Vec::new();
         conn.take_output(&mut sending);

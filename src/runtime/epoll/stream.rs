@@ -115,12 +115,9 @@ fn write_some(socket: &mut impl Write, buf: &[u8]) -> io::Result<usize> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
     use super::*;
-    use crate::metrics::Recorder;
-    use crate::recipients::{Table, TableOptions};
-    use crate::spool::Spool;
+    use crate::runtime::conn::Rig;
+    use crate::spool::SpoolLink;
 
     /// A socket the test fills, counting reads; like a `TcpStream`, it
     /// says `WouldBlock` when empty (0 once the peer closed) and new input
@@ -162,9 +159,7 @@ mod tests {
         conn: Conn,
         stream: Stream<Scripted>,
         scratch: Vec<u8>,
-        table: Table,
-        metrics: Recorder,
-        spool: Spool,
+        rig: Rig,
     }
 
     impl Fixture {
@@ -173,24 +168,23 @@ mod tests {
                 conn: Conn::greeted_for_tests(),
                 stream: Stream::new(Scripted::default()),
                 scratch: vec![0; 8192],
-                table: Table::parse(b"alice@example.com\n", TableOptions::default()).unwrap(),
-                metrics: Recorder::detached(),
-                spool: Spool::discard_for_tests(),
+                rig: Rig::new(),
             }
         }
 
         /// One turn as the worker takes it: held input first, then the
         /// socket.
-        fn turn(&mut self, link: &crate::spool::SpoolLink) {
-            let mut cx = Cx {
-                now: Instant::now(),
-                table: &self.table,
-                link,
-                ticket: 0,
-                metrics: &mut self.metrics,
-            };
-            self.conn.resume(&mut cx);
-            self.stream.pump(&mut self.conn, &mut self.scratch, &mut cx);
+        fn turn(&mut self, link: &SpoolLink) {
+            let Fixture {
+                conn,
+                stream,
+                scratch,
+                rig,
+            } = self;
+            rig.with_cx(link, |cx| {
+                conn.resume(cx);
+                stream.pump(conn, scratch, cx);
+            });
         }
     }
 
@@ -200,7 +194,7 @@ mod tests {
     #[test]
     fn no_read_of_a_drained_socket_until_input_is_reported() {
         let mut f = Fixture::new();
-        let link = f.spool.link(Box::new(|| {}));
+        let link = f.rig.spool.link(Box::new(|| {}));
         f.stream.socket.input = b"EHLO c\r\nMAIL FROM:<s@example.net>\r\n\
             RCPT TO:<alice@example.com>\r\nDATA\r\nbody\r\n.\r\nQUIT\r\n"
             .to_vec();
@@ -208,8 +202,7 @@ mod tests {
         assert!(!f.conn.wants_input(), "the message went to the spool");
         let reads = f.stream.socket.reads;
 
-        let done = link.try_complete().expect("discard answers at once");
-        f.conn.spool_done(done.result, &mut f.metrics);
+        f.rig.spool_answers(&link, &mut f.conn);
         f.turn(&link);
         assert_eq!(f.conn.ended(), Some(Outcome::Closed));
         assert_eq!(
@@ -227,7 +220,7 @@ mod tests {
     #[test]
     fn reported_input_and_hang_ups_are_read() {
         let mut f = Fixture::new();
-        let link = f.spool.link(Box::new(|| {}));
+        let link = f.rig.spool.link(Box::new(|| {}));
         f.stream.socket.input = b"NOOP\r\n".to_vec();
         f.turn(&link);
         let reads = f.stream.socket.reads;

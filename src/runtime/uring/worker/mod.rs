@@ -34,10 +34,10 @@ mod ending;
 const RING_ENTRIES: u32 = 1024;
 /// Receive buffers in the pool, and their size. The pool bounds what is
 /// received between two turns of the loop; every delivery is handed to its
-/// connection in the turn it arrives and a used-up buffer given back. Consumed a receive
-/// at a time (kernel 6.12), 32 buffers hold 512 KiB per turn in memory that
-/// stays in cache; otherwise each receive takes a whole buffer, and 512 let
-/// as many connections receive per turn.
+/// connection in the turn it arrives and a used-up buffer given back.
+/// Consumed a receive at a time (kernel 6.12), 32 buffers hold 512 KiB per
+/// turn in memory that stays in cache; otherwise each receive takes a
+/// whole buffer, and 512 let as many connections receive per turn.
 const BUFFERS_INCREMENTAL: u16 = 32;
 const BUFFERS_WHOLE: u16 = 512;
 const BUFFER_SIZE: usize = 16 << 10;
