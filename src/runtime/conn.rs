@@ -30,6 +30,10 @@ const OUT_CAP: usize = 64 << 10;
 /// replies). A backend that reads only when [`Conn::wants_input`] holds at
 /// most one read and a line.
 const HELD_CAP: usize = 256 << 10;
+/// Octets of new input copied behind held-back input to complete it: more
+/// than a command line (512) and its line end, far more than a data
+/// terminator. The rest of the input is read in place.
+const STITCH: usize = 1024;
 /// Queue IDs listed in one log line; later ones are only counted.
 const LOGGED_IDS: u32 = 8;
 
@@ -183,15 +187,45 @@ impl Conn {
     /// now if it can, and what it cannot use yet is held back.
     pub fn handle_input(&mut self, input: &[u8], cx: &mut Cx) {
         cx.metrics.received(input.len());
-        if !self.held.is_empty() || !self.can_feed() {
+        let input = self.stitch(input, cx);
+        if !self.can_feed() {
             self.hold(input);
-            self.held_unseen = true;
-            return self.resume(cx);
+            self.held_unseen |= !input.is_empty();
+            return;
         }
-        let consumed = self.feed(input, cx);
-        self.hold(&input[consumed..]);
-        self.held_unseen = self.awaiting_spool;
+        if !input.is_empty() {
+            let consumed = self.feed(input, cx);
+            self.hold(&input[consumed..]);
+            self.held_unseen = self.awaiting_spool;
+        }
         self.note_eof();
+    }
+
+    /// Completes what is held back (a partial line, the start of a
+    /// terminator) with the first octets of `input` and feeds it; returns
+    /// the rest of `input`, for the session to read in place. Only those
+    /// first octets are copied, unless the held unit is still incomplete
+    /// after them (then `input` joins it whole) or the session cannot read
+    /// now (then the caller holds the rest).
+    fn stitch<'i>(&mut self, input: &'i [u8], cx: &mut Cx) -> &'i [u8] {
+        if self.held.is_empty() || !self.can_feed() {
+            return input;
+        }
+        let (first, rest) = input.split_at(input.len().min(STITCH));
+        self.hold(first);
+        self.held_unseen = true;
+        self.resume(cx);
+        let left = self.held.len();
+        if left > first.len() {
+            self.hold(rest);
+            self.held_unseen = true;
+            self.resume(cx);
+            return &[];
+        }
+        // What is left of the held octets is the end of `first`.
+        self.held.clear();
+        self.held_unseen = false;
+        &input[first.len() - left..]
     }
 
     /// The client closed its sending side: once the session has seen what
@@ -571,6 +605,37 @@ mod tests {
         }
         assert!(conn.held.len() < HELD_CAP + noops.len());
         assert!(!sent(&mut conn).contains("queued"));
+    }
+
+    /// Input split anywhere gets the replies it gets whole, and only the
+    /// unfinished line stays held.
+    #[test]
+    fn input_split_anywhere_is_answered_alike() {
+        let mut input = b"EHLO c\r\nNOOP\r\n".to_vec();
+        input.extend_from_slice(&[b'x'; 600]);
+        input.extend_from_slice(b"\r\nRSET\r\nMAIL FROM:<s@example.net>\r\nNOOP\r\nQUIT\r\n");
+        let (mut rig, link, mut whole) = start();
+        rig.with_cx(&link, |cx| whole.handle_input(&input, cx));
+        let expected = sent(&mut whole);
+        for at in 0..input.len() {
+            let (_, _, mut conn) = start();
+            rig.with_cx(&link, |cx| {
+                conn.handle_input(&input[..at], cx);
+                let line_start = input[..at].iter().rposition(|&b| b == b'\n');
+                let partial = at - line_start.map_or(0, |i| i + 1);
+                assert!(conn.held.len() <= partial.min(512), "{at}");
+                conn.handle_input(&input[at..], cx);
+            });
+            assert_eq!(sent(&mut conn), expected, "split at {at}");
+            assert_eq!(conn.ended(), Some(Outcome::Closed));
+        }
+        let (_, _, mut conn) = start();
+        rig.with_cx(&link, |cx| {
+            for octet in input.chunks(1) {
+                conn.handle_input(octet, cx);
+            }
+        });
+        assert_eq!(sent(&mut conn), expected, "octet by octet");
     }
 
     /// Once its replies are sent and nothing is held, a connection gives

@@ -5,7 +5,8 @@
 //! registering sockets and dispatching readiness to connections. Spool
 //! completions, second turns, deadlines and the shutdown drain are the
 //! [`Driver`] turns shared with the io_uring backend. Shares nothing with
-//! other workers but the recipient table snapshot and the [`Control`].
+//! other workers but the recipient table snapshot and the
+//! [`Control`](super::backend::Control).
 
 mod stream;
 
@@ -22,9 +23,6 @@ use super::backend::{AcceptPause, Driver, Wake};
 use super::conn::Outcome;
 use super::sessions::Sessions;
 pub(crate) use stream::Stream;
-
-#[cfg(doc)]
-use super::backend::Control;
 
 /// Token of the waker (spool completions, shutdown, scrapes).
 const WAKER: Token = Token(usize::MAX);
