@@ -106,8 +106,11 @@ pub struct Conn {
     eof: bool,
     /// Set once the session is over; the backend then closes.
     ended: Option<Outcome>,
-    /// `held` holds octets the session has not been shown yet.
-    held_unseen: bool,
+    /// The session is due a feed of `held` (which may be empty) that it
+    /// has not had: input arrived while it could not read, or the spool
+    /// answered (the session may have more to say, like the 421 after a
+    /// shutdown).
+    feed_due: bool,
     /// Input the session has not consumed: a partial line, or what arrived
     /// behind a message that went to the spool.
     held: Vec<u8>,
@@ -140,7 +143,7 @@ impl Conn {
             awaiting_spool: false,
             eof: false,
             ended: None,
-            held_unseen: false,
+            feed_due: false,
             held: Vec::new(),
             out,
             body: Vec::new(),
@@ -168,10 +171,10 @@ impl Conn {
         self.eof
     }
 
-    /// Input is held back that the session has not seen: a turn would
-    /// feed it.
-    pub fn has_unseen_input(&self) -> bool {
-        self.held_unseen
+    /// The session is due a feed of what is held back: a turn would give
+    /// it.
+    pub fn feed_due(&self) -> bool {
+        self.feed_due
     }
 
     /// Why the session ended, once it has: the backend closes then.
@@ -190,13 +193,13 @@ impl Conn {
         let input = self.stitch(input, cx);
         if !self.can_feed() {
             self.hold(input);
-            self.held_unseen |= !input.is_empty();
+            self.feed_due |= !input.is_empty();
             return;
         }
         if !input.is_empty() {
             let consumed = self.feed(input, cx);
             self.hold(&input[consumed..]);
-            self.held_unseen = self.awaiting_spool;
+            self.feed_due = self.awaiting_spool;
         }
         self.note_eof();
     }
@@ -213,18 +216,18 @@ impl Conn {
         }
         let (first, rest) = input.split_at(input.len().min(STITCH));
         self.hold(first);
-        self.held_unseen = true;
+        self.feed_due = true;
         self.resume(cx);
         let left = self.held.len();
         if left > first.len() {
             self.hold(rest);
-            self.held_unseen = true;
+            self.feed_due = true;
             self.resume(cx);
             return &[];
         }
         // What is left of the held octets is the end of `first`.
         self.held.clear();
-        self.held_unseen = false;
+        self.feed_due = self.awaiting_spool;
         &input[first.len() - left..]
     }
 
@@ -235,21 +238,21 @@ impl Conn {
         self.note_eof();
     }
 
-    /// Feeds held-back input the session has not seen (after a spool
+    /// Feeds held-back input when the session is due it (after a spool
     /// answer, or once replies stopped backing up).
     pub fn resume(&mut self, cx: &mut Cx) {
-        if self.held_unseen && self.can_feed() {
+        if self.feed_due && self.can_feed() {
             let mut held = std::mem::take(&mut self.held);
             let consumed = self.feed(&held, cx);
             held.drain(..consumed);
             self.held = held;
-            self.held_unseen = self.awaiting_spool;
+            self.feed_due = self.awaiting_spool;
         }
         self.note_eof();
     }
 
     fn note_eof(&mut self) {
-        if self.eof && self.ended.is_none() && !self.awaiting_spool && !self.held_unseen {
+        if self.eof && self.ended.is_none() && !self.awaiting_spool && !self.feed_due {
             self.ended = Some(Outcome::Disconnected);
         }
     }
@@ -329,6 +332,7 @@ impl Conn {
     /// connection's next turn.
     pub fn spool_done(&mut self, result: Result<String, SpoolError>, metrics: &mut Recorder) {
         self.awaiting_spool = false;
+        self.feed_due = true;
         let data_ended = Duration::from_nanos(self.data_ended_ns);
         let end_of_data = self.opened.elapsed().saturating_sub(data_ended);
         let lag = Duration::from_nanos(u64::from(self.submit_lag_ns));
@@ -559,7 +563,7 @@ mod tests {
         let (mut rig, link, mut conn) = start();
         let input = message_then(b"NOOP\r\nQUIT\r\n");
         rig.with_cx(&link, |cx| conn.handle_input(&input, cx));
-        assert!(!conn.wants_input() && conn.has_unseen_input());
+        assert!(!conn.wants_input() && conn.feed_due());
         assert!(!sent(&mut conn).contains("queued"));
 
         rig.spool_answers(&link, &mut conn);
@@ -569,6 +573,20 @@ mod tests {
             replies.ends_with("250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n"),
             "{replies}"
         );
+        assert_eq!(conn.ended(), Some(Outcome::Closed));
+    }
+
+    /// A shutdown lets the message in flight finish; once the spool has
+    /// answered, the 421 follows with no further input.
+    #[test]
+    fn a_shutdown_closes_after_the_message_in_flight() {
+        let (mut rig, link, mut conn) = start();
+        rig.with_cx(&link, |cx| conn.handle_input(&message_then(b""), cx));
+        assert!(!conn.shut_down(), "inside a transaction");
+        rig.spool_answers(&link, &mut conn);
+        let replies = sent(&mut conn);
+        assert!(replies.contains("250 2.0.0 Ok: queued as "), "{replies}");
+        assert!(replies.contains("\r\n421 4.3.2 mx.test "), "{replies}");
         assert_eq!(conn.ended(), Some(Outcome::Closed));
     }
 
@@ -594,7 +612,7 @@ mod tests {
     fn held_input_is_bounded() {
         let (mut rig, link, mut conn) = start();
         rig.with_cx(&link, |cx| conn.handle_input(b"EHLO c\r\nNO", cx));
-        assert!(conn.wants_input() && !conn.has_unseen_input());
+        assert!(conn.wants_input() && !conn.feed_due());
         rig.with_cx(&link, |cx| conn.handle_input(b"OP\r\n", cx));
         assert!(sent(&mut conn).ends_with("250 2.0.0 Ok\r\n"));
 

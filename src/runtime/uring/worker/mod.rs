@@ -423,7 +423,7 @@ impl RingWorker {
         }
         // Input held back while replies backed up is fed again; otherwise
         // the session has nothing to do: only the requests are settled.
-        if conn.ended().is_none() && conn.has_unseen_input() {
+        if conn.ended().is_none() && conn.feed_due() {
             return self.drive(key, now);
         }
         conn.trim();
