@@ -116,7 +116,7 @@ fn write_some(socket: &mut impl Write, buf: &[u8]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::conn::Rig;
+    use crate::runtime::conn::tests::Rig;
     use crate::spool::SpoolLink;
 
     /// A socket the test fills, counting reads; like a `TcpStream`, it
