@@ -141,8 +141,9 @@ impl Driver for EpollWorker {
     fn settle(&mut self, key: usize, now: Instant) {
         let slot = &mut self.sessions.conns[key];
         slot.io.send(&mut slot.conn);
-        if let Some(outcome) = slot.conn.ended() {
-            self.close(key, outcome, now);
+        match slot.conn.ended() {
+            Some(outcome) => self.close(key, outcome, now),
+            None => slot.conn.trim(),
         }
     }
 
