@@ -15,10 +15,8 @@ use crossbeam_channel::{Receiver, Sender};
 use super::{Class, Metrics};
 use crate::proto::Tally;
 use crate::recipients::SharedTable;
+use crate::runtime::Wake;
 use crate::spool::DepthGauge;
-
-/// Wakes one worker so it answers a scrape.
-pub type Wake = Arc<dyn Fn() + Send + Sync>;
 
 /// Where a worker sends its copy of the metrics.
 type Request = Sender<Box<Metrics>>;

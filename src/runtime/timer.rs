@@ -14,7 +14,7 @@ const SLOTS: u64 = 512;
 
 /// A scheduled wake-up for connection `key`, generation `generation`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Entry {
+pub struct Expiry {
     pub key: usize,
     pub generation: u32,
     pub tick: u64,
@@ -23,7 +23,7 @@ pub struct Entry {
 /// The wheel. Ticks count whole seconds since `epoch`.
 pub struct TimerWheel {
     epoch: Instant,
-    slots: Vec<Vec<Entry>>,
+    slots: Vec<Vec<Expiry>>,
     /// Every tick up to and including this one has been fired.
     done: u64,
 }
@@ -46,7 +46,7 @@ impl TimerWheel {
     /// Schedules a wake-up at `at`; returns its tick.
     pub fn schedule(&mut self, key: usize, generation: u32, at: Instant) -> u64 {
         let tick = self.tick_of(at).max(self.done + 1);
-        self.slots[(tick % SLOTS) as usize].push(Entry {
+        self.slots[(tick % SLOTS) as usize].push(Expiry {
             key,
             generation,
             tick,
@@ -55,7 +55,7 @@ impl TimerWheel {
     }
 
     /// Fires every entry due at `now`, in no particular order.
-    pub fn expire(&mut self, now: Instant, mut fire: impl FnMut(Entry)) {
+    pub fn expire(&mut self, now: Instant, mut fire: impl FnMut(Expiry)) {
         let now_tick = now.saturating_duration_since(self.epoch).as_secs();
         if now_tick <= self.done {
             return;
@@ -118,7 +118,7 @@ mod tests {
         w.expire(t0 + Duration::from_secs(far), |e| got.push(e));
         assert_eq!(
             got,
-            vec![Entry {
+            vec![Expiry {
                 key: 7,
                 generation: 3,
                 tick: far

@@ -9,10 +9,10 @@
 //! few hot cache lines instead of at the start of a different buffer each
 //! time, cycling through the whole pool (twice the copy cost in the
 //! profile). A buffer belongs to the kernel while it sits in the ring; the
-//! octets a completion names are the worker's to copy out at once (the
+//! octets a completion names are the worker's to take at once (the
 //! kernel only writes further on); the buffer comes back to the worker
 //! with its last completion (no `BUF_MORE` flag) and is given back to the
-//! kernel by [`BufRing::deliver`] after the copy.
+//! kernel by [`BufRing::recycle`] once its octets were taken.
 //! Memory is released only after the ring is unregistered (see `Drop`);
 //! the owner must have seen every receive complete before dropping it.
 
@@ -117,21 +117,27 @@ impl BufRing {
         Ok(this)
     }
 
-    /// Hands the `len` octets a receive completion (`flags`) delivered into
-    /// buffer `bid` to `copy`, then gives the buffer back to the kernel if
-    /// this completion used it up.
-    pub fn deliver(&mut self, bid: u16, len: usize, flags: u32, copy: impl FnOnce(&[u8])) {
+    /// The `len` octets a receive completion delivered into buffer `bid`
+    /// (empty for an unknown buffer).
+    pub fn octets(&self, bid: u16, len: usize) -> &[u8] {
+        let Some(&filled) = self.filled.get(usize::from(bid)) else {
+            return &[];
+        };
+        let from = filled as usize;
+        let to = (from + len).min(self.buf_size);
+        let start = usize::from(bid) * self.buf_size;
+        &self.buffers[start + from..start + to]
+    }
+
+    /// The octets of a receive completion (`flags`) into buffer `bid` were
+    /// taken: gives the buffer back to the kernel if this completion used
+    /// it up.
+    pub fn recycle(&mut self, bid: u16, len: usize, flags: u32) {
         let Some(filled) = self.filled.get_mut(usize::from(bid)) else {
             return;
         };
-        let from = *filled as usize;
-        let to = (from + len).min(self.buf_size);
-        let start = usize::from(bid) * self.buf_size;
-        if to > from {
-            copy(&self.buffers[start + from..start + to]);
-        }
         if cqueue::buffer_more(flags) {
-            *filled = to as u32;
+            *filled = (*filled as usize + len).min(self.buf_size) as u32;
         } else {
             *filled = 0;
             self.push(bid);
@@ -218,7 +224,8 @@ mod tests {
             for cqe in unsafe { ring.completion_shared() } {
                 let bid = cqueue::buffer_select(cqe.flags()).unwrap();
                 let len = usize::try_from(cqe.result()).unwrap();
-                pool.deliver(bid, len, cqe.flags(), |o| got.push((bid, o.to_vec())));
+                got.push((bid, pool.octets(bid, len).to_vec()));
+                pool.recycle(bid, len, cqe.flags());
             }
         }
         pool.unregister(&ring).unwrap();

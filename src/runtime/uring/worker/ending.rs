@@ -1,7 +1,7 @@
 //! How connections and the worker end: a session's close (last replies,
 //! cancellation of its requests, release of its slot once the kernel is
 //! done with its buffers) and the worker's exit. The shutdown drain itself
-//! is the shared [`Driver::drain`](crate::runtime::sessions::Driver::drain).
+//! is the shared [`Driver::drain`](crate::runtime::backend::Driver::drain).
 
 use std::os::fd::IntoRawFd;
 use std::time::{Duration, Instant};
@@ -9,26 +9,25 @@ use std::time::{Duration, Instant};
 use io_uring::opcode;
 use io_uring::types::Fd;
 
-use super::{user_data, Worker, IGNORE, LINGER, RECV, SEND, WAKE};
+use super::{user_data, RingWorker, IGNORE, LINGER, RECV, SEND, WAKE};
 use crate::runtime::conn::Outcome;
 
-impl Worker {
+impl RingWorker {
     /// Ends the session. Its receive is cancelled; replies still queued go
     /// out (a client that sent QUIT reads them) unless the connection
     /// failed, for at most [`LINGER`]. The slot is released once every
     /// request's completion is in.
     pub(super) fn close_session(&mut self, key: usize, outcome: Outcome, now: Instant) {
         self.sessions.end(key, outcome);
-        let conn = &mut self.sessions.conns[key];
+        let slot = &mut self.sessions.conns[key];
+        let conn = &mut slot.conn;
         conn.timer_tick = self
             .sessions
             .wheel
             .schedule(key, conn.generation, now + LINGER);
-        let socket = &mut conn.stream;
-        socket.closing = true;
-        let receiving = socket.recv_armed;
+        let receiving = slot.io.recv_armed;
         if matches!(outcome, Outcome::Reset | Outcome::Aborted | Outcome::Failed) {
-            socket.failed = true;
+            slot.io.failed = true;
         }
         if receiving {
             self.cancel(user_data(RECV, key));
@@ -39,8 +38,8 @@ impl Worker {
     /// A closing connection that failed or lingered too long: drop what it
     /// has not sent, cancelling the send in flight.
     pub(super) fn stop_sending_if_failed(&mut self, key: usize) {
-        let socket = &mut self.sessions.conns[key].stream;
-        if socket.failed && socket.send_in_flight {
+        let io = &mut self.sessions.conns[key].io;
+        if io.failed && io.send_in_flight {
             self.cancel(user_data(SEND, key));
         }
         self.settle_requests(key);
@@ -49,15 +48,15 @@ impl Worker {
     /// The kernel is done with the connection: close its descriptor through
     /// the ring and free the slot.
     pub(super) fn release(&mut self, key: usize) {
-        let mut conn = self.sessions.conns.remove(key);
-        if let Some(fd) = conn.stream.take_fd() {
+        let mut slot = self.sessions.conns.remove(key);
+        if let Some(fd) = slot.io.take_fd() {
             let entry = opcode::Close::new(Fd(fd.into_raw_fd()))
                 .build()
                 .user_data(user_data(IGNORE, 0));
             self.push(entry);
         }
-        self.sessions.shared.close_one();
-        if self.accept_blocked_until.take().is_some() {
+        self.sessions.control.close_one();
+        if self.pause.descriptor_freed() {
             tracing::debug!("a descriptor was freed; accepting again");
         }
     }
@@ -92,7 +91,7 @@ impl Worker {
     }
 }
 
-impl Drop for Worker {
+impl Drop for RingWorker {
     /// A worker that did not finish cleanly (a panic, requests still in
     /// flight) leaks the memory requests may point at instead of freeing
     /// it under the kernel: the buffer pool, the wake-up buffer and the

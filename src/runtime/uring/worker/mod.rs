@@ -6,9 +6,11 @@
 //! connection (replies stay in order), a read of the wake-up eventfd
 //! (spool completions, shutdown), and the cancellations that let a closing
 //! connection's slot go only once the kernel has finished with its buffers.
-//! Everything else — feeding the session, the spool hand-off, deadlines,
-//! the drain — is shared with the epoll backend through [`Sessions`] and
-//! its [`Driver`] turns, over a [`RingSocket`]. Ending a connection and
+//! Received octets go from the provided buffers straight to the
+//! connection's [`Conn`](crate::runtime::conn::Conn); replies are swapped
+//! out of it into the send buffer ([`RingIo`]). Everything else — the
+//! spool hand-off, deadlines, the drain — is shared with the epoll backend
+//! through [`Sessions`] and the [`Driver`] turns. Ending a connection and
 //! the worker is in `ending`.
 
 use std::io;
@@ -18,16 +20,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::bufring::BufRing;
-use super::socket::{RingSocket, RX_CAP};
 use super::wake::RingWaker;
-use crate::metrics::Recorder;
-use crate::proto::SessionConfig;
-use crate::recipients::SharedTable;
+use super::RingIo;
+use crate::runtime::backend::{AcceptPause, Driver, Wake};
 use crate::runtime::conn::Outcome;
-use crate::runtime::limits::is_out_of_descriptors;
-use crate::runtime::server::Shared;
-use crate::runtime::sessions::{Driver, Sessions};
-use crate::spool::SpoolLink;
+use crate::runtime::sessions::Sessions;
 use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
@@ -36,11 +33,11 @@ mod ending;
 /// Submission slots; completions get four times as many.
 const RING_ENTRIES: u32 = 1024;
 /// Receive buffers in the pool, and their size. The pool bounds what is
-/// received between two turns of the loop; every delivery is copied out in
-/// the turn it arrives and a used-up buffer given back. Consumed a receive
-/// at a time (kernel 6.12), 32 buffers hold 512 KiB per turn in memory that
-/// stays in cache; otherwise each receive takes a whole buffer, and 512 let
-/// as many connections receive per turn.
+/// received between two turns of the loop; every delivery is handed to its
+/// connection in the turn it arrives and a used-up buffer given back.
+/// Consumed a receive at a time (kernel 6.12), 32 buffers hold 512 KiB per
+/// turn in memory that stays in cache; otherwise each receive takes a
+/// whole buffer, and 512 let as many connections receive per turn.
 const BUFFERS_INCREMENTAL: u16 = 32;
 const BUFFERS_WHOLE: u16 = 512;
 const BUFFER_SIZE: usize = 16 << 10;
@@ -79,41 +76,39 @@ struct Listener {
     accepts: usize,
 }
 
-/// Everything a worker needs apart from the ring, which is created on the
-/// worker's own thread (single issuer).
-pub struct Parts {
-    pub listeners: Vec<mio::net::TcpListener>,
-    pub link: SpoolLink,
-    pub table: Arc<SharedTable>,
-    pub session_config: Arc<SessionConfig>,
-    pub shared: Arc<Shared>,
-    pub read_buffer: usize,
-    /// How the spool and the server wake this worker.
-    pub waker: Arc<RingWaker>,
-    pub metrics: Recorder,
-}
-
-pub struct Worker {
+pub struct RingWorker {
     ring: IoUring,
-    /// `None` only once leaked at exit (see [`Worker::finish`]).
+    /// `None` only once leaked at exit (see [`RingWorker::finish`]).
     buffers: Option<BufRing>,
     listeners: Vec<Listener>,
-    sessions: Sessions<RingSocket>,
+    sessions: Sessions<RingIo>,
     waker: Arc<RingWaker>,
     /// The eventfd read's target: the kernel owns it while `wake_armed`.
     wake_buf: Box<u64>,
     wake_armed: bool,
-    /// Out of descriptors: accept again only after a close or this instant.
-    accept_blocked_until: Option<Instant>,
-    accept_paused: bool,
+    pause: AcceptPause,
     /// Completions of the current turn, copied out of the ring.
     cqes: Vec<(u64, i32, u32)>,
 }
 
-impl Worker {
-    /// Creates the ring and registers the buffer pool; call on the thread
-    /// that will run the worker.
-    pub fn new(parts: Parts) -> io::Result<Worker> {
+impl Driver for RingWorker {
+    type Io = RingIo;
+    type Prepared = Arc<RingWaker>;
+    const KIND: &'static str = "uring";
+
+    fn prepare() -> io::Result<(Arc<RingWaker>, Wake)> {
+        let waker = Arc::new(RingWaker::new()?);
+        let notify = Arc::clone(&waker);
+        Ok((waker, Arc::new(move || notify.wake())))
+    }
+
+    /// Creates the ring and registers the buffer pool, on the thread that
+    /// will run the worker.
+    fn build(
+        waker: Arc<RingWaker>,
+        listeners: Vec<mio::net::TcpListener>,
+        sessions: Sessions<RingIo>,
+    ) -> io::Result<RingWorker> {
         let (ring, mode) = super::ring::build(RING_ENTRIES)?;
         tracing::debug!(mode, "io_uring worker ring ready");
         let buffers = BufRing::register(
@@ -126,8 +121,7 @@ impl Worker {
             incremental = buffers.is_incremental(),
             "receive buffers ready"
         );
-        let listeners = parts
-            .listeners
+        let listeners = listeners
             .into_iter()
             .map(|socket| {
                 // Accepted sockets inherit it: no setsockopt per session.
@@ -138,29 +132,20 @@ impl Worker {
                 }
             })
             .collect();
-        Ok(Worker {
+        Ok(RingWorker {
             ring,
             buffers: Some(buffers),
             listeners,
-            sessions: Sessions::new(
-                parts.link,
-                parts.table,
-                parts.session_config,
-                parts.shared,
-                parts.read_buffer,
-                parts.metrics,
-            ),
-            waker: parts.waker,
+            sessions,
+            waker,
             wake_buf: Box::new(0),
             wake_armed: false,
-            accept_blocked_until: None,
-            accept_paused: false,
+            pause: AcceptPause::default(),
             cqes: Vec::with_capacity(1024),
         })
     }
 
-    /// The event loop; returns once shutdown has drained every session.
-    pub fn run(mut self) {
+    fn run(mut self) {
         loop {
             let now = Instant::now();
             self.complete_immediate(now);
@@ -172,16 +157,56 @@ impl Worker {
             }
             let now = Instant::now();
             self.reap(now);
-            self.run_ready(now);
-            self.expire_timers(now);
-            self.sessions.metrics.answer_scrapes();
-            if self.sessions.shared.stopping() && self.drain(now) {
+            if self.end_pass(now) {
                 break;
             }
         }
         self.finish();
     }
 
+    fn sessions(&mut self) -> &mut Sessions<RingIo> {
+        &mut self.sessions
+    }
+
+    /// Feeds the session what it held back, then settles the connection's
+    /// requests with the ring.
+    fn drive(&mut self, key: usize, now: Instant) {
+        let Some(slot) = self.sessions.conns.get(key) else {
+            return;
+        };
+        if slot.conn.ended().is_none() {
+            if let Some(outcome) = self.sessions.drive(key, now, |_, _| false) {
+                return self.close(key, outcome, now);
+            }
+        }
+        self.settle_requests(key);
+    }
+
+    fn close(&mut self, key: usize, outcome: Outcome, now: Instant) {
+        self.close_session(key, outcome, now);
+    }
+
+    fn settle(&mut self, key: usize, _now: Instant) {
+        self.settle_requests(key);
+    }
+
+    fn cut_off(&mut self, key: usize) {
+        self.sessions.conns[key].io.failed = true;
+        self.stop_sending_if_failed(key);
+    }
+
+    fn stop_listening(&mut self) {
+        for index in 0..self.listeners.len() {
+            // The socket stops listening once its accept request is gone.
+            self.listeners[index].socket = None;
+            if self.listeners[index].accepts > 0 {
+                self.cancel_all(user_data(ACCEPT, index));
+            }
+        }
+    }
+}
+
+impl RingWorker {
     /// One `io_uring_enter`: submits what is queued and waits for at least
     /// one completion, or for the next timer tick, or not at all when
     /// `Sessions::wait_time` says so (ready connections, a spool completion
@@ -189,6 +214,8 @@ impl Worker {
     /// It always asks for completions (deferred task work runs only then),
     /// so a connection on the ready list never starves the others.
     fn submit_and_wait(&mut self, now: Instant) -> io::Result<()> {
+        // No log line waits while the worker sleeps.
+        crate::logging::flush();
         let timeout = self.sessions.wait_time(now);
         let ts = Timespec::new()
             .sec(timeout.as_secs())
@@ -238,11 +265,8 @@ impl Worker {
     }
 
     fn arm_accepts(&mut self, now: Instant) {
-        if let Some(until) = self.accept_blocked_until {
-            if now < until {
-                return;
-            }
-            self.accept_blocked_until = None;
+        if !self.pause.allows(now) {
+            return;
         }
         let room = self.sessions.room();
         if room == 0 {
@@ -251,8 +275,8 @@ impl Worker {
         // Under a cap, each listener keeps its share of the free slots in
         // single accepts (at least one, so none starves: with several
         // listeners the cap may be passed by one connection per listener).
-        let capped = self.sessions.shared.worker_sessions > 0;
-        let batch = self.sessions.shared.accept_batch;
+        let capped = self.sessions.control.worker_sessions > 0;
+        let batch = self.sessions.control.accept_batch;
         let share = (room.min(batch) / self.listeners.len()).max(1);
         for index in 0..self.listeners.len() {
             let Some(socket) = &self.listeners[index].socket else {
@@ -328,22 +352,13 @@ impl Worker {
             // SAFETY: the kernel just created this descriptor for us;
             // nothing else owns it.
             let fd = unsafe { OwnedFd::from_raw_fd(result) };
-            if std::mem::take(&mut self.accept_paused) {
-                tracing::info!("file descriptors available again; accepting");
-            }
+            self.pause.accepted();
             if self.sessions.drain_deadline.is_none() {
                 self.admit(fd, now);
             }
-        } else if is_out_of_descriptors(-result) {
-            if !self.accept_paused {
-                let err = io::Error::from_raw_os_error(-result);
-                tracing::warn!(error = %err, "out of file descriptors; accepting paused");
-            }
-            self.accept_paused = true;
-            self.accept_blocked_until = Some(now + Duration::from_secs(1));
         } else if result != -libc::ECANCELED {
-            let err = io::Error::from_raw_os_error(-result);
-            tracing::debug!(error = %err, "accept failed");
+            self.pause
+                .failed(&io::Error::from_raw_os_error(-result), now);
         }
     }
 
@@ -356,66 +371,77 @@ impl Worker {
         if !self.sessions.try_open(peer, send) {
             return;
         }
-        let key = self.sessions.conns.vacant_key();
-        let conn = self.sessions.new_conn(key, RingSocket::new(fd), peer, now);
-        self.sessions.conns.insert(conn);
-        self.drive(key, now);
+        let key = self.sessions.insert(RingIo::new(fd), peer, now);
+        self.settle_requests(key);
     }
 
+    /// A receive completed: its octets go from the provided buffer
+    /// straight to the connection, and the buffer back to the kernel.
     fn received(&mut self, key: usize, result: i32, flags: u32, now: Instant) {
-        let conn = self.sessions.conns.get_mut(key);
-        let (Some(conn), Some(buffers)) = (conn, self.buffers.as_mut()) else {
+        let (Some(slot), Some(buffers)) = (self.sessions.conns.get_mut(key), self.buffers.as_mut())
+        else {
             return;
         };
-        let socket = &mut conn.stream;
         if !cqueue::more(flags) {
-            socket.recv_armed = false;
+            slot.io.recv_armed = false;
         }
-        // The octets are ours from this completion on: copy them out (the
-        // buffer goes straight back once used up), so an idle connection
-        // never holds one.
-        if let Some(bid) = cqueue::buffer_select(flags) {
-            let len = usize::try_from(result).unwrap_or(0);
-            buffers.deliver(bid, len, flags, |octets| socket.received(octets));
+        if result < 0 && result != -libc::ENOBUFS && result != -libc::ECANCELED {
+            slot.io.failed = true;
         }
-        match result {
-            0 => socket.eof = true,
-            r if r == -libc::ENOBUFS || r == -libc::ECANCELED => {}
-            r if r < 0 => socket.failed = true,
-            _ => {}
+        let len = usize::try_from(result).unwrap_or(0);
+        let bid = cqueue::buffer_select(flags);
+        let octets = bid.map_or(&[][..], |bid| buffers.octets(bid, len));
+        let mut ended = None;
+        if slot.conn.ended().is_none() {
+            ended = self.sessions.drive(key, now, |slot, cx| {
+                if !octets.is_empty() {
+                    slot.conn.handle_input(octets, cx);
+                }
+                if result == 0 {
+                    slot.conn.handle_eof();
+                } else if slot.io.failed {
+                    slot.conn.end(Outcome::Reset);
+                }
+                false
+            });
         }
-        if socket.eof || socket.failed {
-            // A short read no longer means "nothing more": read to the end.
-            conn.hang_up_seen();
+        if let Some(bid) = bid {
+            buffers.recycle(bid, len, flags);
         }
-        self.drive(key, now);
+        match ended {
+            Some(outcome) => self.close(key, outcome, now),
+            None => self.settle_requests(key),
+        }
     }
 
     fn sent(&mut self, key: usize, result: i32, now: Instant) {
-        let Some(conn) = self.sessions.conns.get_mut(key) else {
+        let Some(slot) = self.sessions.conns.get_mut(key) else {
             return;
         };
-        let socket = &mut conn.stream;
-        socket.send_done(result);
-        // With nothing received waiting behind the replies (reads pause
-        // while too many are queued), the session has nothing to do: only
-        // the socket's requests are settled, and its buffers let go.
-        if socket.rx_len() == 0 && !socket.eof && !socket.failed && !socket.closing {
-            conn.trim();
-            return self.settle_requests(key);
+        slot.io.send_done(result);
+        let conn = &mut slot.conn;
+        if conn.ended().is_none() && slot.io.failed {
+            return self.close(key, Outcome::Reset, now);
         }
-        self.drive(key, now);
+        // Input held back while replies backed up is fed again; otherwise
+        // the session has nothing to do: only the requests are settled.
+        if conn.ended().is_none() && conn.feed_due() {
+            return self.drive(key, now);
+        }
+        conn.trim();
+        self.settle_requests(key);
     }
 
     /// Brings the connection's requests in line with its state: start the
     /// next send, arm a receive when it wants input, stop receiving when it
-    /// holds too much; a closing connection is released once quiet.
+    /// holds too much; a closed connection is released once quiet.
     fn settle_requests(&mut self, key: usize) {
-        let socket = &mut self.sessions.conns[key].stream;
-        let fd = Fd(socket.raw_fd());
-        let send = socket.start_send();
-        if socket.closing {
-            let done = send.is_none() && socket.quiet() && (socket.failed || socket.all_sent());
+        let slot = &mut self.sessions.conns[key];
+        let (io, conn) = (&mut slot.io, &mut slot.conn);
+        let fd = Fd(io.raw_fd());
+        let send = io.start_send(conn);
+        if conn.ended().is_some() {
+            let done = send.is_none() && io.quiet() && (io.failed || io.all_sent(conn));
             if let Some((buf, len)) = send {
                 self.push_send(fd, buf, len, key);
             } else if done {
@@ -423,9 +449,9 @@ impl Worker {
             }
             return;
         }
-        let recv = socket.wants_recv();
-        let stop = socket.recv_armed && socket.rx_len() >= RX_CAP;
-        socket.recv_armed |= recv;
+        let recv = !io.recv_armed && !io.failed && !conn.input_ended() && !conn.holds_too_much();
+        let stop = io.recv_armed && conn.holds_too_much();
+        io.recv_armed |= recv;
         if let Some((buf, len)) = send {
             self.push_send(fd, buf, len, key);
         }
@@ -461,51 +487,6 @@ impl Worker {
             .build()
             .user_data(user_data(IGNORE, 0));
         self.push(entry);
-    }
-}
-
-impl Driver for Worker {
-    type Socket = RingSocket;
-
-    fn sessions(&mut self) -> &mut Sessions<RingSocket> {
-        &mut self.sessions
-    }
-
-    /// Runs the connection's session over what it received, then settles
-    /// its requests with the ring.
-    fn drive(&mut self, key: usize, now: Instant) {
-        let Some(conn) = self.sessions.conns.get(key) else {
-            return;
-        };
-        if !conn.stream.closing {
-            if let Some(outcome) = self.sessions.drive_once(key, now) {
-                return self.close(key, outcome, now);
-            }
-        }
-        self.settle_requests(key);
-    }
-
-    fn close(&mut self, key: usize, outcome: Outcome, now: Instant) {
-        self.close_session(key, outcome, now);
-    }
-
-    fn settle(&mut self, key: usize) {
-        self.settle_requests(key);
-    }
-
-    fn cut_off(&mut self, key: usize) {
-        self.sessions.conns[key].stream.failed = true;
-        self.stop_sending_if_failed(key);
-    }
-
-    fn stop_listening(&mut self) {
-        for index in 0..self.listeners.len() {
-            // The socket stops listening once its accept request is gone.
-            self.listeners[index].socket = None;
-            if self.listeners[index].accepts > 0 {
-                self.cancel_all(user_data(ACCEPT, index));
-            }
-        }
     }
 }
 
