@@ -9,6 +9,11 @@
 //! events again, so no line waits while the worker sleeps) or until the
 //! buffer holds [`BATCH_LIMIT`] octets. Every other thread writes each line
 //! at once. Owns the subscriber's set-up; what is logged is the callers'.
+//!
+//! tracing's own escaping of control characters is off: it handles a line
+//! a character at a time, which cost more per queued message than the rest
+//! of the line. Text a client sent reaches the log only through
+//! [`crate::proto::Printable`], which escapes it.
 
 use std::cell::RefCell;
 use std::io::{self, Write};
@@ -32,6 +37,7 @@ pub fn init(ansi: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
+        .with_ansi_sanitization(false)
         .with_writer(Stderr)
         .init();
 }

@@ -16,4 +16,4 @@ pub mod verdict;
 
 pub use session::{BodyKind, Envelope, Event, Session, SessionConfig};
 pub use tally::{RcptOutcome, Refusal, Tally};
-pub use verdict::{Queued, Rejection, Rejections, Stage};
+pub use verdict::{Printable, Queued, Rejection, Rejections, Stage};

@@ -270,19 +270,24 @@ impl<C: Display> Display for Line<Queued<'_>, C> {
 
 /// Client-sent octets made safe for a log line: UTF-8 as is (invalid
 /// sequences replaced), control characters escaped so a client cannot
-/// forge lines.
-struct Printable<'a>(&'a [u8]);
+/// forge lines or drive a terminal. Every client-sent text that reaches the
+/// log goes through this: the log's own sanitizer is off (see
+/// [`crate::logging`]).
+pub struct Printable<'a>(pub &'a [u8]);
 
 impl Display for Printable<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for chunk in self.0.utf8_chunks() {
-            for c in chunk.valid().chars() {
-                if c.is_control() {
-                    write!(f, "{}", c.escape_default())?;
-                } else {
-                    f.write_char(c)?;
-                }
+            // Runs of plain characters go out whole: a log line is mostly
+            // plain, and one write per character costs more than the rest.
+            let mut rest = chunk.valid();
+            while let Some(at) = rest.find(char::is_control) {
+                f.write_str(&rest[..at])?;
+                let c = rest[at..].chars().next().expect("found at `at`");
+                write!(f, "{}", c.escape_default())?;
+                rest = &rest[at + c.len_utf8()..];
             }
+            f.write_str(rest)?;
             if !chunk.invalid().is_empty() {
                 f.write_char(char::REPLACEMENT_CHARACTER)?;
             }

@@ -223,3 +223,17 @@ fn client_octets_cannot_forge_log_lines() {
         "{line}"
     );
 }
+
+#[test]
+fn printable_escapes_controls_between_plain_runs() {
+    let cases: [(&[u8], &str); 5] = [
+        (b"", ""),
+        (b"plain.example", "plain.example"),
+        (b"a\x07b\xc3\xa9\x1b", "a\\u{7}b\u{e9}\\u{1b}"),
+        (b"\r\n", "\\r\\n"),
+        (b"\xffok\xc2\x85", "\u{fffd}ok\\u{85}"),
+    ];
+    for (raw, shown) in cases {
+        assert_eq!(Printable(raw).to_string(), shown, "{raw:?}");
+    }
+}

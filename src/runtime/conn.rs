@@ -19,7 +19,7 @@ use super::mail_log;
 use super::spare;
 use super::timer::{Expiry, TimerWheel};
 use crate::metrics::Recorder;
-use crate::proto::{Event, Session, Tally};
+use crate::proto::{Event, Printable, Session, Tally};
 use crate::recipients::Table;
 use crate::spool::{Message, SpoolError, SpoolLink};
 
@@ -456,7 +456,7 @@ impl Conn {
         metrics.session_closed(outcome.as_str(), self.opened.elapsed());
         tracing::info!(
             client = %self.peer,
-            helo = %String::from_utf8_lossy(self.session.helo()),
+            helo = %Printable(self.session.helo()),
             accepted_rcpts = self.log.accepted_rcpts,
             rejected_rcpts = self.log.rejected_rcpts,
             messages = self.log.messages,
