@@ -96,10 +96,22 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// The rustls configuration every TLS connection of this process shares.
+/// The rustls configuration every TLS connection of this process shares,
+/// on the process-wide crypto provider if one was installed, else rustls'
+/// default (aws-lc-rs).
 pub fn server_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
+    server_config_with_provider(store, provider())
+}
+
+/// [`server_config`] on a given crypto provider (tests measure ring's).
+pub fn server_config_with_provider(
+    store: Arc<CertStore>,
+    provider: Arc<CryptoProvider>,
+) -> Arc<ServerConfig> {
     let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
-    let mut config = ServerConfig::builder_with_protocol_versions(&versions)
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&versions)
+        .expect("rustls' providers all speak TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(store);
     // No resumption: a cache or tickets cost memory per session and per
@@ -126,8 +138,9 @@ fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey,
     })
 }
 
-/// The process-wide provider if one was installed, else rustls' default
-/// (aws-lc-rs), the same one [`server_config`] ends up with.
+/// The process-wide provider if one was installed, else aws-lc-rs (named,
+/// not left to rustls to pick: with the ring feature also compiled in, as
+/// in tests, rustls would refuse to choose).
 fn provider() -> Arc<CryptoProvider> {
     CryptoProvider::get_default()
         .cloned()

@@ -136,6 +136,15 @@ pub enum State {
     Failed(Failure),
 }
 
+/// [`State`] as stored: the names are read from rustls when asked, which
+/// keeps the struct small (it is per idle session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Handshaking,
+    Established,
+    Failed(Failure),
+}
+
 /// What one pass over rustls' states is for.
 #[derive(Clone, Copy)]
 enum Goal<'a> {
@@ -160,7 +169,7 @@ enum Goal<'a> {
 /// [`advance_output`](Self::advance_output).
 pub struct TlsLayer {
     conn: UnbufferedServerConnection,
-    state: State,
+    phase: Phase,
     /// Ciphertext holding no whole record yet. rustls may rewrite it in
     /// place (it joins handshake fragments), so it is never re-read from
     /// the caller.
@@ -169,7 +178,8 @@ pub struct TlsLayer {
     outgoing: Vec<u8>,
     peer_closed: bool,
     close_queued: bool,
-    detail: Option<rustls::Error>,
+    /// Boxed: it is rare, and rustls' error is large.
+    detail: Option<Box<rustls::Error>>,
 }
 
 impl TlsLayer {
@@ -177,7 +187,7 @@ impl TlsLayer {
     pub fn new(config: Arc<ServerConfig>) -> Result<Self, rustls::Error> {
         Ok(Self {
             conn: UnbufferedServerConnection::new(config)?,
-            state: State::Handshaking,
+            phase: Phase::Handshaking,
             incoming: Vec::new(),
             plaintext: Vec::new(),
             outgoing: Vec::new(),
@@ -192,7 +202,7 @@ impl TlsLayer {
     /// input is not an error. After `Err`, the layer stays failed: write out
     /// [`poll_output`](Self::poll_output) (an alert) and close.
     pub fn handle_input(&mut self, ciphertext: &[u8]) -> Result<usize, Failure> {
-        if let State::Failed(f) = self.state {
+        if let Phase::Failed(f) = self.phase {
             return Err(f);
         }
         let take = ciphertext
@@ -205,8 +215,8 @@ impl TlsLayer {
             // cannot consume is a handshake message too large to hold.
             self.fail(Failure::Oversized, None);
         }
-        match self.state {
-            State::Failed(f) => Err(f),
+        match self.phase {
+            Phase::Failed(f) => Err(f),
             _ => Ok(take),
         }
     }
@@ -215,7 +225,7 @@ impl TlsLayer {
     /// is a failure ([`Failure::PeerClosed`]); afterwards it is just the end.
     pub fn peer_eof(&mut self) {
         self.peer_closed = true;
-        if self.state == State::Handshaking {
+        if self.phase == Phase::Handshaking {
             self.fail(Failure::PeerClosed, None);
         }
     }
@@ -261,18 +271,22 @@ impl TlsLayer {
 
     /// Where the handshake stands.
     pub fn state(&self) -> State {
-        self.state
+        match self.phase {
+            Phase::Handshaking => State::Handshaking,
+            Phase::Established => State::Established(negotiated(&self.conn)),
+            Phase::Failed(f) => State::Failed(f),
+        }
     }
 
     /// True until the handshake has succeeded or failed.
     pub fn is_handshaking(&self) -> bool {
-        self.state == State::Handshaking
+        self.phase == Phase::Handshaking
     }
 
     /// Version and cipher, once established.
     pub fn negotiated(&self) -> Option<Negotiated> {
-        match self.state {
-            State::Established(n) => Some(n),
+        match self.phase {
+            Phase::Established => Some(negotiated(&self.conn)),
             _ => None,
         }
     }
@@ -290,15 +304,15 @@ impl TlsLayer {
 
     /// rustls' own error behind a failure, for the log line.
     pub fn detail(&self) -> Option<&rustls::Error> {
-        self.detail.as_ref()
+        self.detail.as_deref()
     }
 
     fn writable(&self) -> Result<(), WriteError> {
-        match self.state {
-            State::Failed(f) => Err(WriteError::Failed(f)),
-            State::Handshaking => Err(WriteError::NotEstablished),
-            State::Established(_) if self.close_queued => Err(WriteError::Closed),
-            State::Established(_) => Ok(()),
+        match self.phase {
+            Phase::Failed(f) => Err(WriteError::Failed(f)),
+            Phase::Handshaking => Err(WriteError::NotEstablished),
+            Phase::Established if self.close_queued => Err(WriteError::Closed),
+            Phase::Established => Ok(()),
         }
     }
 
@@ -343,11 +357,11 @@ impl TlsLayer {
 
     /// Notices the end of the handshake, or a close in the middle of it.
     fn after_progress(&mut self) {
-        if self.state != State::Handshaking {
+        if self.phase != Phase::Handshaking {
             return;
         }
         if !self.conn.is_handshaking() {
-            self.state = State::Established(negotiated(&self.conn));
+            self.phase = Phase::Established;
         } else if self.peer_closed {
             self.fail(Failure::PeerClosed, None);
         }
@@ -356,11 +370,11 @@ impl TlsLayer {
     /// Marks the layer failed and frees its buffers. When rustls failed, it
     /// has queued an alert: that is let out, so the client learns why.
     fn fail(&mut self, reason: Failure, detail: Option<rustls::Error>) {
-        self.state = State::Failed(reason);
+        self.phase = Phase::Failed(reason);
         if detail.is_some() {
             self.take_alert();
         }
-        self.detail = detail;
+        self.detail = detail.map(Box::new);
         self.incoming = Vec::new();
         self.plaintext = Vec::new();
     }

@@ -16,5 +16,5 @@ mod testkit;
 #[cfg(test)]
 mod tests;
 
-pub use config::{server_config, CertStore, TlsConfigError};
+pub use config::{server_config, server_config_with_provider, CertStore, TlsConfigError};
 pub use layer::{Failure, Negotiated, State, TlsLayer, WriteError};

@@ -81,7 +81,10 @@ pub fn client_config(
 ) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(trusted.clone()).expect("trust anchor");
-    let config = ClientConfig::builder_with_protocol_versions(versions)
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .expect("versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
     Arc::new(config)
