@@ -52,6 +52,8 @@ pub enum Failure {
     PeerAlert,
     /// A record or handshake message larger than the layer holds.
     Oversized,
+    /// The caller's handshake timer ran out ([`TlsLayer::handshake_timed_out`]).
+    Timeout,
     /// Anything else rustls refused (its message is in [`TlsLayer::detail`]).
     Other,
 }
@@ -66,6 +68,7 @@ impl Failure {
             Failure::PeerClosed => "peer_closed",
             Failure::PeerAlert => "peer_alert",
             Failure::Oversized => "oversized",
+            Failure::Timeout => "timeout",
             Failure::Other => "other",
         }
     }
@@ -227,6 +230,15 @@ impl TlsLayer {
         self.peer_closed = true;
         if self.phase == Phase::Handshaking {
             self.fail(Failure::PeerClosed, None);
+        }
+    }
+
+    /// The caller's handshake timer (the command timeout) ran out: if the
+    /// handshake has not ended, it has failed with [`Failure::Timeout`], so
+    /// that timeouts are logged and counted under the same labels.
+    pub fn handshake_timed_out(&mut self) {
+        if self.phase == Phase::Handshaking {
+            self.fail(Failure::Timeout, None);
         }
     }
 

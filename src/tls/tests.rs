@@ -315,6 +315,68 @@ fn close_notify_both_ways() {
 }
 
 #[test]
+fn a_command_sent_with_the_clients_finished_is_not_lost() {
+    let cert = make_cert(KeyKind::EcdsaP256);
+    let (_files, _store, config) = server(&cert);
+    let mut layer = TlsLayer::new(config).unwrap();
+    let mut client = client(&client_config(&cert.der, &[&TLS13]));
+    let hello = client_output(&mut client);
+    feed(&mut layer, &hello).unwrap();
+    deliver_to_client(&mut layer, &mut client);
+    // rustls sends this right behind its Finished, in the same flight.
+    client.writer().write_all(b"EHLO client.test\r\n").unwrap();
+    let flight = client_output(&mut client);
+    feed(&mut layer, &flight).unwrap();
+    assert!(layer.negotiated().is_some());
+    assert_eq!(layer.plaintext(), b"EHLO client.test\r\n");
+}
+
+#[test]
+fn a_reply_longer_than_a_record() {
+    let (mut layer, mut client) = established(KeyKind::EcdsaP256, &[&TLS13]);
+    let reply: Vec<u8> = (0..40_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    layer.write_plaintext(&reply).unwrap();
+    let out = layer.poll_output().to_vec();
+    layer.advance_output(out.len());
+    assert!(layer.poll_output().is_empty());
+    // The client's own plaintext buffer is small: read as records arrive.
+    let mut rd: &[u8] = &out;
+    let mut got = Vec::new();
+    while !rd.is_empty() {
+        client.read_tls(&mut rd).unwrap();
+        client.process_new_packets().unwrap();
+        let _ = client.reader().read_to_end(&mut got);
+    }
+    assert_eq!(got, reply);
+}
+
+#[test]
+fn a_key_update_from_the_client_is_answered() {
+    let (mut layer, mut client) = established(KeyKind::EcdsaP256, &[&TLS13]);
+    client.refresh_traffic_keys().unwrap();
+    assert_eq!(
+        client_says(&mut layer, &mut client, b"NOOP\r\n"),
+        b"NOOP\r\n"
+    );
+    assert_eq!(
+        server_says(&mut layer, &mut client, b"250 2.0.0 Ok\r\n"),
+        b"250 2.0.0 Ok\r\n"
+    );
+    smtp_exchange(&mut layer, &mut client);
+}
+
+#[test]
+fn the_callers_timeout_fails_only_a_handshake() {
+    let mut layer = fresh_layer();
+    layer.handshake_timed_out();
+    assert_eq!(layer.state(), State::Failed(Failure::Timeout));
+    assert_eq!(Failure::Timeout.as_str(), "timeout");
+    let (mut layer, _client) = established(KeyKind::EcdsaP256, &[&TLS13]);
+    layer.handshake_timed_out();
+    assert!(layer.negotiated().is_some());
+}
+
+#[test]
 fn writing_before_the_handshake_is_refused() {
     let mut layer = fresh_layer();
     assert_eq!(
