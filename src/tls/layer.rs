@@ -127,6 +127,14 @@ pub struct Negotiated {
     pub cipher: &'static str,
 }
 
+/// As the Received line's comment wants it, after "using ":
+/// "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384".
+impl std::fmt::Display for Negotiated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} with cipher {}", self.version, self.cipher)
+    }
+}
+
 /// The handshake's progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -201,8 +209,9 @@ impl TlsLayer {
     }
 
     /// Takes ciphertext from the peer and returns how much of it was taken
-    /// (less than all only when the layer's buffer is full). Running out of
-    /// input is not an error. After `Err`, the layer stays failed: write out
+    /// (less than all only when the layer's buffer is full: `Ok(0)` with
+    /// input left means the session must take plaintext first). Running out
+    /// of input is not an error. After `Err`, the layer stays failed: write out
     /// [`poll_output`](Self::poll_output) (an alert) and close.
     pub fn handle_input(&mut self, ciphertext: &[u8]) -> Result<usize, Failure> {
         if let Phase::Failed(f) = self.phase {
@@ -509,16 +518,23 @@ fn encrypt_into(
     Err(rustls::Error::EncryptError)
 }
 
-/// Removes the first `n` octets; an emptied buffer gives its memory back,
-/// which is what keeps an idle session small.
+/// Removes the first `n` octets. An emptied buffer gives its memory back,
+/// and so does one left holding a short remainder (a partial command line
+/// or record, which may wait a long time): that keeps an idle session small.
 fn drain_front(buf: &mut Vec<u8>, n: usize) {
     let n = n.min(buf.len());
     if n == buf.len() {
         *buf = Vec::new();
-    } else {
-        buf.drain(..n);
+        return;
+    }
+    buf.drain(..n);
+    if buf.capacity() > SHRINK_ABOVE && buf.capacity() / 4 > buf.len() {
+        buf.shrink_to_fit();
     }
 }
+
+/// Buffers this small are not worth a reallocation to shrink.
+const SHRINK_ABOVE: usize = 1024;
 
 fn negotiated(conn: &UnbufferedServerConnection) -> Negotiated {
     Negotiated {

@@ -296,6 +296,29 @@ fn plaintext_the_session_does_not_take_stays_bounded() {
 }
 
 #[test]
+fn a_partial_line_left_behind_does_not_pin_a_large_buffer() {
+    let (mut layer, mut client) = established(KeyKind::EcdsaP256, &[&TLS13]);
+    let mut body = vec![b'x'; 16_000];
+    body.extend_from_slice(b"\r\nRCPT T");
+    client.writer().write_all(&body).unwrap();
+    let bytes = client_output(&mut client);
+    feed(&mut layer, &bytes).unwrap();
+    // The session takes the complete line and leaves "RCPT T" for later.
+    layer.consume_plaintext(16_002);
+    assert_eq!(layer.plaintext(), b"RCPT T");
+    assert!(layer.buffered_bytes() <= 1024, "{}", layer.buffered_bytes());
+}
+
+#[test]
+fn negotiated_reads_as_the_received_line_wants_it() {
+    let (layer, _client) = established(KeyKind::EcdsaP256, &[&TLS13]);
+    assert_eq!(
+        layer.negotiated().unwrap().to_string(),
+        "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384"
+    );
+}
+
+#[test]
 fn close_notify_both_ways() {
     let (mut layer, mut client) = established(KeyKind::EcdsaP256, &[&TLS13]);
     client.send_close_notify();
