@@ -86,9 +86,12 @@ impl Failure {
             | E::InappropriateHandshakeMessage { .. }
             | E::DecryptError
             | E::PeerMisbehaved(_) => Failure::BadRecord,
+            // A ClientHello without signature_algorithms is what TLS 1.0 and
+            // 1.1 clients send (OpenSSL's -tls1_1 gets exactly this error).
             E::PeerIncompatible(
                 P::ServerTlsVersionIsDisabledByOurConfig
                 | P::SupportedVersionsExtensionRequired
+                | P::SignatureAlgorithmsExtensionRequired
                 | P::Tls12NotOffered
                 | P::Tls12NotOfferedOrEnabled,
             ) => Failure::NoSharedVersion,

@@ -197,6 +197,32 @@ fn garbage_instead_of_a_client_hello_is_a_bad_record() {
     }
 }
 
+/// A TLS 1.1 ClientHello as old clients send it: no extensions at all.
+fn tls11_client_hello() -> Vec<u8> {
+    let mut body = vec![0x03, 0x02]; // client_version TLS 1.1
+    body.extend_from_slice(&[0x5a; 32]); // random
+    body.push(0); // no session id
+    body.extend_from_slice(&[0x00, 0x04, 0xc0, 0x13, 0x00, 0x2f]); // two suites
+    body.extend_from_slice(&[0x01, 0x00]); // null compression
+    let mut hs = vec![0x01, 0x00, 0x00, body.len() as u8];
+    hs.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x01, 0x00, hs.len() as u8];
+    record.extend_from_slice(&hs);
+    record
+}
+
+#[test]
+fn a_tls11_client_finds_no_shared_version() {
+    let mut layer = fresh_layer();
+    assert_eq!(
+        layer.handle_input(&tls11_client_hello()),
+        Err(Failure::NoSharedVersion),
+        "{:?}",
+        layer.detail()
+    );
+    assert_eq!(layer.poll_output().first(), Some(&0x15), "an alert");
+}
+
 #[test]
 fn a_bad_record_gets_an_alert_before_the_close() {
     let mut layer = fresh_layer();
@@ -438,6 +464,10 @@ fn failure_labels() {
         ),
         (
             E::PeerIncompatible(rustls::PeerIncompatible::SupportedVersionsExtensionRequired),
+            Failure::NoSharedVersion,
+        ),
+        (
+            E::PeerIncompatible(rustls::PeerIncompatible::SignatureAlgorithmsExtensionRequired),
             Failure::NoSharedVersion,
         ),
         (
