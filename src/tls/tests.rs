@@ -563,3 +563,104 @@ fn a_handshake_in_flight_keeps_the_certificate_it_started_with() {
         first.der.to_vec()
     );
 }
+
+mod random_input {
+    //! Whatever arrives, the layer neither panics nor grows past its bounds.
+
+    use std::sync::{Arc, OnceLock};
+
+    use proptest::prelude::*;
+
+    use super::super::testkit::*;
+    use super::super::TlsLayer;
+    use super::super::{Failure, State};
+
+    /// One certificate for every case: making keys is the slow part.
+    fn shared() -> &'static (TestCert, Arc<rustls::ServerConfig>) {
+        static SHARED: OnceLock<(TestCert, Arc<rustls::ServerConfig>)> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let cert = make_cert(KeyKind::EcdsaP256);
+            let (files, _store, config) = server(&cert);
+            drop(files);
+            (cert, config)
+        })
+    }
+
+    const BOUND: usize = 2 * (super::MAX_CIPHERTEXT_BUFFER + 2 * super::PLAINTEXT_HIGH_WATER);
+
+    /// Feeds `bytes` in chunks of the given sizes, as reads would deliver them.
+    fn feed_chunks(layer: &mut TlsLayer, bytes: &[u8], sizes: &[usize]) {
+        let mut rest = bytes;
+        for &size in sizes.iter().cycle() {
+            if rest.is_empty() {
+                return;
+            }
+            let chunk = &rest[..size.min(rest.len())];
+            match layer.handle_input(chunk) {
+                Ok(n) => rest = &rest[n..],
+                Err(_) => return,
+            }
+            assert!(layer.buffered_bytes() <= BOUND);
+            let n = layer.plaintext().len();
+            layer.consume_plaintext(n);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn garbage_before_the_handshake(
+            bytes in prop::collection::vec(any::<u8>(), 0..40_000),
+            sizes in prop::collection::vec(1usize..5000, 1..8),
+        ) {
+            let mut layer = TlsLayer::new(shared().1.clone()).unwrap();
+            feed_chunks(&mut layer, &bytes, &sizes);
+            prop_assert!(matches!(layer.state(), State::Handshaking | State::Failed(_)));
+        }
+
+        #[test]
+        fn a_handshake_record_headed_garbage(
+            body in prop::collection::vec(any::<u8>(), 0..20_000),
+            sizes in prop::collection::vec(1usize..5000, 1..8),
+        ) {
+            // Starts like a ClientHello record so rustls reads further in.
+            let mut bytes = vec![0x16, 0x03, 0x01];
+            bytes.extend_from_slice(&(body.len().min(0xffff) as u16).to_be_bytes());
+            bytes.extend_from_slice(&body);
+            let mut layer = TlsLayer::new(shared().1.clone()).unwrap();
+            feed_chunks(&mut layer, &bytes, &sizes);
+            prop_assert!(matches!(layer.state(), State::Handshaking | State::Failed(_)));
+        }
+
+        #[test]
+        fn garbage_after_the_handshake(
+            bytes in prop::collection::vec(any::<u8>(), 1..40_000),
+            sizes in prop::collection::vec(1usize..5000, 1..8),
+        ) {
+            let (cert, config) = shared();
+            let mut layer = TlsLayer::new(config.clone()).unwrap();
+            let mut client = client(&client_config(&cert.der, &[&rustls::version::TLS13]));
+            handshake(&mut layer, &mut client);
+            feed_chunks(&mut layer, &bytes, &sizes);
+            let state = layer.state();
+            prop_assert!(matches!(
+                state,
+                State::Established(_) | State::Failed(Failure::BadRecord | Failure::Oversized | Failure::PeerAlert)
+            ), "{:?}", state);
+        }
+
+        #[test]
+        fn one_flipped_octet_in_the_client_hello(at in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let (cert, config) = shared();
+            let mut layer = TlsLayer::new(config.clone()).unwrap();
+            let mut client = client(&client_config(&cert.der, &[&rustls::version::TLS13]));
+            let mut hello = client_output(&mut client);
+            let i = at.index(hello.len());
+            hello[i] ^= 1 << bit;
+            feed_chunks(&mut layer, &hello, &[hello.len()]);
+            // Whatever the flip did, the layer is in a state it can report.
+            let _ = layer.state();
+        }
+    }
+}
