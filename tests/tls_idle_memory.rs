@@ -4,7 +4,9 @@
 //!
 //! 1,000 sessions are held at once, each after a handshake and an SMTP
 //! exchange, then again after each also received one full-size (16 KiB)
-//! record; with aws-lc-rs (the default provider) and with ring. Each case
+//! record; with aws-lc-rs (the default provider) and with ring; TLS 1.3
+//! with an ECDSA P-256 certificate, and for the layer mxgate uses also
+//! TLS 1.2 and RSA 2048. Each case
 //! runs in a fresh child process (this binary again, one ignored test) and
 //! gives two figures per session: Rust heap bytes still held (a counting
 //! global allocator) and the growth of resident memory, which also sees
@@ -182,14 +184,49 @@ fn provider(name: &str) -> Arc<rustls::crypto::CryptoProvider> {
     })
 }
 
+/// A case: which API, provider, whether a full record arrives, the TLS
+/// version the client allows, and the certificate's key type.
+struct Case<'a> {
+    api: &'a str,
+    provider: &'a str,
+    big: bool,
+    version: &'a str,
+    key: &'a str,
+}
+
+impl Case<'_> {
+    fn parse(s: &str) -> Case<'_> {
+        let w: Vec<&str> = s.split(' ').collect();
+        Case {
+            api: w[0],
+            provider: w[1],
+            big: w[2] == "1",
+            version: w[3],
+            key: w[4],
+        }
+    }
+
+    fn encode(&self) -> String {
+        let big = self.big as u8;
+        format!(
+            "{} {} {big} {} {}",
+            self.api, self.provider, self.version, self.key
+        )
+    }
+}
+
 fn configs(
-    provider_name: &str,
+    case: &Case<'_>,
 ) -> (
     tempfile::TempDir,
     Arc<rustls::ServerConfig>,
     Arc<ClientConfig>,
 ) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let alg = match case.key {
+        "rsa2048" => &rcgen::PKCS_RSA_SHA256,
+        _ => &rcgen::PKCS_ECDSA_P256_SHA256,
+    };
+    let key = rcgen::KeyPair::generate_for(alg).unwrap();
     let cert = rcgen::CertificateParams::new(vec!["mx.test".to_string()])
         .unwrap()
         .self_signed(&key)
@@ -201,39 +238,38 @@ fn configs(
     let store = Arc::new(CertStore::load(&cert_path, &key_path).unwrap());
     let mut roots = RootCertStore::empty();
     roots.add(cert.der().clone()).unwrap();
-    let client = ClientConfig::builder_with_provider(provider(provider_name))
-        .with_safe_default_protocol_versions()
+    let versions: &[&rustls::SupportedProtocolVersion] = match case.version {
+        "1.2" => &[&rustls::version::TLS12],
+        _ => &[&rustls::version::TLS13],
+    };
+    let client = ClientConfig::builder_with_provider(provider(case.provider))
+        .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let server = server_config_with_provider(store, provider(provider_name));
+    let server = server_config_with_provider(store, provider(case.provider));
     (dir, server, Arc::new(client))
 }
 
 const CASE_VAR: &str = "MXGATE_TLS_MEMORY_CASE";
 
-/// One case, in a child process: "api provider big", e.g. "unbuffered ring 1".
+/// One case, in a child process (see [`Case::encode`]).
 #[test]
 #[ignore = "run by idle_session_memory_after_starttls in a child process"]
 fn one_case() {
-    let case = std::env::var(CASE_VAR).expect("run by the parent test");
-    let mut words = case.split(' ');
-    let (api, provider_name, big) = (
-        words.next().unwrap(),
-        words.next().unwrap(),
-        words.next() == Some("1"),
-    );
-    let (_dir, config, client_cfg) = configs(provider_name);
-    let f = match api {
+    let encoded = std::env::var(CASE_VAR).expect("run by the parent test");
+    let case = Case::parse(&encoded);
+    let (_dir, config, client_cfg) = configs(&case);
+    let f = match case.api {
         "unbuffered" => measure(
             || Box::new(TlsLayer::new(config.clone()).unwrap()),
             &client_cfg,
-            big,
+            case.big,
         ),
         _ => measure(
             || Box::new(ServerConnection::new(config.clone()).unwrap()),
             &client_cfg,
-            big,
+            case.big,
         ),
     };
     println!("RESULT {} {} {}", f.heap, f.allocs, f.rss);
@@ -264,26 +300,68 @@ fn run_case(case: &str) -> Figures {
     }
 }
 
+fn all_cases() -> Vec<Case<'static>> {
+    let mut cases = Vec::new();
+    for api in ["unbuffered", "buffered"] {
+        for provider in ["aws-lc-rs", "ring"] {
+            for big in [false, true] {
+                let (version, key) = ("1.3", "p256");
+                cases.push(Case {
+                    api,
+                    provider,
+                    big,
+                    version,
+                    key,
+                });
+            }
+        }
+    }
+    // The other version and key type, for the layer mxgate uses.
+    let (api, provider, big) = ("unbuffered", "aws-lc-rs", false);
+    cases.push(Case {
+        api,
+        provider,
+        big,
+        version: "1.2",
+        key: "p256",
+    });
+    cases.push(Case {
+        api,
+        provider,
+        big,
+        version: "1.3",
+        key: "rsa2048",
+    });
+    cases.push(Case {
+        api,
+        provider,
+        big,
+        version: "1.2",
+        key: "rsa2048",
+    });
+    cases
+}
+
 #[test]
 fn idle_session_memory_after_starttls() {
+    println!("per idle TLS session, {SESSIONS} held, each case in a fresh process:");
     println!(
-        "per idle TLS 1.3 session, {SESSIONS} held, ECDSA P-256, each case in a fresh process:"
+        "api        | provider  | TLS | key     | after           | Rust heap B | allocs | RSS B"
     );
-    println!("api        | provider  | after         | Rust heap B | allocs | RSS B");
     let mut chosen = Vec::new();
-    for api in ["unbuffered", "buffered"] {
-        for provider_name in ["aws-lc-rs", "ring"] {
-            for big in [false, true] {
-                let f = run_case(&format!("{api} {provider_name} {}", big as u8));
-                let after = if big { "a 16 KiB record" } else { "EHLO only" };
-                println!(
-                    "{api:<10} | {provider_name:<9} | {after:<13} | {:>11} | {:>6} | {:>5}",
-                    f.heap, f.allocs, f.rss
-                );
-                if api == "unbuffered" && provider_name == "aws-lc-rs" {
-                    chosen.push(f);
-                }
-            }
+    for case in all_cases() {
+        let f = run_case(&case.encode());
+        let after = if case.big {
+            "a 16 KiB record"
+        } else {
+            "EHLO only"
+        };
+        println!(
+            "{:<10} | {:<9} | {} | {:<7} | {after:<15} | {:>11} | {:>6} | {:>5}",
+            case.api, case.provider, case.version, case.key, f.heap, f.allocs, f.rss
+        );
+        if case.api == "unbuffered" && case.provider == "aws-lc-rs" {
+            chosen.push(f);
         }
     }
     println!(
