@@ -165,9 +165,17 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsConfigErro
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsConfigError> {
     let bytes = read_file(path)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        // rustls reads no encrypted keys; say so rather than "no key".
+        pem::Error::NoItemsFound if contains(&bytes, b"-----BEGIN ENCRYPTED PRIVATE KEY") => {
+            TlsConfigError::new(path, "encrypted private key: store it decrypted")
+        }
         pem::Error::NoItemsFound => TlsConfigError::new(path, "no private key in file"),
         other => TlsConfigError::new(path, format!("bad PEM: {}", pem_problem(&other))),
     })
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 /// pki-types' messages can span lines (base64 errors); keep ours to one.

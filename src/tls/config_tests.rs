@@ -55,6 +55,20 @@ fn each_bad_file_is_one_line_naming_it() {
         )
     );
 
+    let encrypted = files.dir.path().join("encrypted.pem");
+    std::fs::write(
+        &encrypted,
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMAA=\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    assert_eq!(
+        load_err(&files.cert, &encrypted),
+        format!(
+            "{}: encrypted private key: store it decrypted",
+            encrypted.display()
+        )
+    );
+
     let broken = files.dir.path().join("broken.pem");
     std::fs::write(
         &broken,
@@ -67,6 +81,16 @@ fn each_bad_file_is_one_line_naming_it() {
         "{e}"
     );
     assert!(!e.contains('\n'), "{e}");
+}
+
+#[test]
+fn one_file_holding_both_certificate_and_key_serves_for_both_flags() {
+    let c = make_cert(KeyKind::Rsa2048);
+    let files = CertFiles::new(&c);
+    let both = files.dir.path().join("both.pem");
+    std::fs::write(&both, format!("{}{}", c.cert_pem, c.key_pem)).unwrap();
+    let store = CertStore::load(&both, &both).unwrap();
+    assert_eq!(store.current().cert[0], c.der);
 }
 
 #[test]
