@@ -14,7 +14,7 @@
 //! gives its allocation back when it empties, so an idle session holds only
 //! the layer and rustls' state: about 2.3 KB of Rust heap, plus aws-lc's two
 //! AES-GCM contexts in C; about 3.8 KB resident in all
-//! (`tests/tls_idle_memory.rs` measures it). The unbuffered API is used
+//! (`cargo bench --bench tls_idle` measures it). The unbuffered API is used
 //! because rustls' buffered `ServerConnection` keeps a 4 KiB read buffer
 //! while idle, and one grown to a full record after a large one arrived
 //! (6.4 KB and 35 KB of heap in the same measurement).

@@ -11,8 +11,8 @@
 //! gives two figures per session: Rust heap bytes still held (a counting
 //! global allocator) and the growth of resident memory, which also sees
 //! aws-lc's own C allocations (its AES-GCM contexts) and malloc's overhead.
-//! `cargo test --test tls_idle_memory -- --nocapture` prints the table;
-//! the assertions hold the unbuffered layer to the budget.
+//! `cargo bench --bench tls_idle` prints the table. A bench, not a test:
+//! memory targets are read off figures, not asserted on a shared machine.
 
 use std::alloc::System;
 use std::io::{Read, Write};
@@ -254,11 +254,8 @@ fn configs(
 const CASE_VAR: &str = "MXGATE_TLS_MEMORY_CASE";
 
 /// One case, in a child process (see [`Case::encode`]).
-#[test]
-#[ignore = "run by idle_session_memory_after_starttls in a child process"]
-fn one_case() {
-    let encoded = std::env::var(CASE_VAR).expect("run by the parent test");
-    let case = Case::parse(&encoded);
+fn one_case(encoded: &str) {
+    let case = Case::parse(encoded);
     let (_dir, config, client_cfg) = configs(&case);
     let f = match case.api {
         "unbuffered" => measure(
@@ -277,13 +274,6 @@ fn one_case() {
 
 fn run_case(case: &str) -> Figures {
     let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "one_case",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
         .env(CASE_VAR, case)
         .output()
         .unwrap();
@@ -342,13 +332,14 @@ fn all_cases() -> Vec<Case<'static>> {
     cases
 }
 
-#[test]
-fn idle_session_memory_after_starttls() {
+fn main() {
+    if let Ok(case) = std::env::var(CASE_VAR) {
+        return one_case(&case);
+    }
     println!("per idle TLS session, {SESSIONS} held, each case in a fresh process:");
     println!(
         "api        | provider  | TLS | key     | after           | Rust heap B | allocs | RSS B"
     );
-    let mut chosen = Vec::new();
     for case in all_cases() {
         let f = run_case(&case.encode());
         let after = if case.big {
@@ -360,9 +351,6 @@ fn idle_session_memory_after_starttls() {
             "{:<10} | {:<9} | {} | {:<7} | {after:<15} | {:>11} | {:>6} | {:>5}",
             case.api, case.provider, case.version, case.key, f.heap, f.allocs, f.rss
         );
-        if case.api == "unbuffered" && case.provider == "aws-lc-rs" {
-            chosen.push(f);
-        }
     }
     println!(
         "inline sizes: TlsLayer {} B (UnbufferedServerConnection {} B), ServerConnection {} B",
@@ -370,11 +358,4 @@ fn idle_session_memory_after_starttls() {
         std::mem::size_of::<rustls::server::UnbufferedServerConnection>(),
         std::mem::size_of::<ServerConnection>(),
     );
-    // Regression guards for the layer mxgate uses: the budget is
-    // 4 KiB a session with the kernel's ~400 B, which these figures
-    // (about 3.9 KB resident) come within a few percent of, not under.
-    for f in chosen {
-        assert!(f.heap < 3 * 1024, "{f:?}");
-        assert!(f.rss < 4096, "{f:?}");
-    }
 }
