@@ -18,4 +18,5 @@ pub mod proto;
 pub mod recipients;
 pub mod runtime;
 pub mod spool;
+pub mod tls;
 pub mod tuning;
