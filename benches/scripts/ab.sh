@@ -65,20 +65,16 @@ start_source_servers() {
     start_mx after "$((PORT + 3))" "$AFTER" --spool "$WORK/spool/after"
 }
 
-# timed NAME UNITS OUT COMMAND...: runs a client, appends the rate and the
-# server's CPU per unit to RESULTS' last columns (printed, not appended).
+# timed NAME UNITS OUT COMMAND...: runs a client against server NAME;
+# prints its rate (UNITS per second) and the server's CPU µs per unit.
 timed() {
-    local name=$1 units=$2 out=$3 pid t0 cpu0 rc=0
+    local name=$1 units=$2 out=$3 rc=0
     shift 3
-    pid=${PID_OF[$name]}
-    alive "$pid" || die "$name died (log: $WORK/$name.log)"
-    cpu0=$(cpu_ticks "$pid")
-    t0=$(date +%s.%N)
-    run_client "$RUN_TIMEOUT" "$out" "$out.err" "$@" || rc=$?
+    alive "${PID_OF[$name]}" || die "$name died (log: $WORK/$name.log)"
+    timed_client "${PID_OF[$name]}" "$out" "$out.err" "$@" || rc=$?
     [[ $rc == 0 ]] || die "$name: client failed ($rc): $(tail -n1 "$out.err")"
-    awk -v a="$t0" -v b="$(date +%s.%N)" -v c0="$cpu0" -v c1="$(cpu_ticks "$pid")" \
-        -v hz="$(getconf CLK_TCK)" -v n="$units" \
-        'BEGIN { printf "%.1f\t%.1f\n", n / (b - a), (c1 - c0) / hz * 1e6 / n }'
+    awk -v s="$RUN_SECS" -v c="$RUN_SERVER_CPU" -v n="$units" \
+        'BEGIN { printf "%.1f\t%.1f\n", n / s, c * 1e6 / n }'
 }
 
 source_round() { # case round
@@ -134,30 +130,14 @@ pipelined_round() { # round
     done
 }
 
-# RSS growth per idle session of server NAME.
+# RSS growth per idle session of server NAME (benches/scripts/idle_hold.py
+# holds the sessions and reads the server's memory).
 idle_bytes() {
-    $(on_cpus "$CLIENT_CPUS") python3 - "${PID_OF[$1]}" "${PORT_OF[$1]}" "$IDLE" <<'EOF'
-import socket, sys, time
-pid, port, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-def rss():
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-time.sleep(0.2)
-before = rss()
-socks = []
-for i in range(n):
-    socks.append(socket.create_connection(("127.0.0.1", port)))
-    if len(socks) % 256 == 0:
-        for t in socks[-256:]:
-            t.recv(128)
-for t in socks[len(socks) // 256 * 256:]:
-    t.recv(128)
-time.sleep(0.5)
-print(round((rss() - before) / n))
-for s in socks:
-    s.close()
-EOF
+    local out=$WORK/idle-$1
+    run_client 300 "$out" "$out.err" python3 "$BENCH_DIR/idle_hold.py" \
+        --target "127.0.0.1:${PORT_OF[$1]}" --pid "${PID_OF[$1]}" --sessions "$IDLE" ||
+        log "$1: not every idle session was held: $(cat "$out")"
+    grep -o 'bytes_per_session=[0-9.]*' "$out" | cut -d= -f2
 }
 
 summarize() {

@@ -144,20 +144,6 @@ servers_for() {
 
 # --- one smtp-source run ----------------------------------------------------
 
-# timed_client SERVER_PID OUT ERR COMMAND...: run_client under the wall clock
-# and the server's CPU clock; sets RUN_SECS and RUN_SERVER_CPU (seconds).
-timed_client() {
-    local pid=$1 t0 cpu0 rc=0
-    shift
-    cpu0=$(cpu_ticks "$pid")
-    t0=$(date +%s.%N)
-    run_client "$RUN_TIMEOUT" "$@" || rc=$?
-    RUN_SECS=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
-    RUN_SERVER_CPU=$(awk -v a="$cpu0" -v b="$(cpu_ticks "$pid")" -v hz="$(getconf CLK_TCK)" \
-        'BEGIN { print (b - a) / hz }')
-    return "$rc"
-}
-
 # Messages in the durable spool's new/. They stay there until the end: on an
 # ext4 without a journal (this machine's), deleting thousands of files makes
 # the next creates slow (the inode allocator skips recently deleted inodes,

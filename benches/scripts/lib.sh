@@ -202,6 +202,20 @@ run_client() {
     return "$rc"
 }
 
+# timed_client SERVER_PID OUT ERR COMMAND...: run_client under the wall clock
+# and the server's CPU clock; sets RUN_SECS and RUN_SERVER_CPU (seconds).
+timed_client() {
+    local pid=$1 t0 cpu0 rc=0
+    shift
+    cpu0=$(cpu_ticks "$pid")
+    t0=$(date +%s.%N)
+    run_client "${RUN_TIMEOUT:-300}" "$@" || rc=$?
+    RUN_SECS=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
+    RUN_SERVER_CPU=$(awk -v a="$cpu0" -v b="$(cpu_ticks "$pid")" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { print (b - a) / hz }')
+    return "$rc"
+}
+
 # CPU time (user+system, all threads) of a process, in clock ticks.
 cpu_ticks() {
     # Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
