@@ -147,7 +147,8 @@ settings! {
     /// once.
     busy_poll: u64 => Duration = Value("50"), "MICROS", micros;
 
-    /// Per-worker read buffer, in octets; at least 4096.
+    /// Per-worker read buffer of the epoll backend, in octets; at least
+    /// 4096 (io_uring receives into its own pool of 16 KiB buffers).
     read_buffer: usize => usize = Value("65536"), "BYTES", read_buffer;
 
     /// Serve Prometheus metrics at http://ADDR/metrics.
