@@ -79,18 +79,12 @@ timed() {
 
 source_round() { # case round
     local case=$1 round=$2 name peer=sink out
-    local -a cmd=(smtp-source -s "$CONCURRENCY" -m "$MESSAGES" -l "$SIZE" -M client.example.net
-        -f sender@example.com)
-    if [[ $case == accept ]]; then
-        cmd+=(-t user@example.com)
-    else
-        cmd+=(-A -t nosuchuser@example.com)
-        peer=sink-reject
-    fi
+    [[ $case == reject ]] && peer=sink-reject
+    smtp_source_cmd "$case"
     for name in "$peer" before after; do
         out=$WORK/source-$case-$name-$round
         local row
-        row=$(timed "$name" "$MESSAGES" "$out" "${cmd[@]}" "127.0.0.1:${PORT_OF[$name]}")
+        row=$(timed "$name" "$MESSAGES" "$out" "${SOURCE_CMD[@]}" "127.0.0.1:${PORT_OF[$name]}")
         if [[ $case == reject ]] && [[ $(grep -c 'recipient rejected' "$out.err" || true) != "$MESSAGES" ]]; then
             die "$case/$name round $round: not every RCPT was refused"
         fi

@@ -158,14 +158,8 @@ run_source() {
     local scenario=$1 server=$2 round=$3
     local port=${PORT_OF[$server]} pid=${PID_OF[$server]}
     local out=$WORK/source-$scenario-$server-$round
-    local -a cmd=(smtp-source -s "$CONCURRENCY" -m "$MESSAGES" -l "$SIZE" -M client.example.net
-        -f sender@example.com)
-    if [[ $scenario == accept ]]; then
-        cmd+=(-t user@example.com)
-    else
-        cmd+=(-A -t nosuchuser@example.com)
-    fi
-    cmd+=("127.0.0.1:$port")
+    smtp_source_cmd "$scenario"
+    local -a cmd=("${SOURCE_CMD[@]}" "127.0.0.1:$port")
 
     alive "$pid" || die "$(server_label "$server") died before round $round (log: $WORK/$server.log)"
     local rc=0 spooled_before

@@ -202,6 +202,19 @@ run_client() {
     return "$rc"
 }
 
+# smtp_source_cmd SCENARIO: sets SOURCE_CMD to smtp-source's command line
+# for a scenario, target left off: accept sends one message to a known user
+# per connection, reject one RCPT to an unknown user (-A: no DATA).
+smtp_source_cmd() {
+    SOURCE_CMD=(smtp-source -s "$CONCURRENCY" -m "$MESSAGES" -l "$SIZE" -M client.example.net
+        -f sender@example.com)
+    if [[ $1 == accept ]]; then
+        SOURCE_CMD+=(-t user@example.com)
+    else
+        SOURCE_CMD+=(-A -t nosuchuser@example.com)
+    fi
+}
+
 # timed_client SERVER_PID OUT ERR COMMAND...: run_client under the wall clock
 # and the server's CPU clock; sets RUN_SECS and RUN_SERVER_CPU (seconds).
 timed_client() {
