@@ -353,7 +353,8 @@ impl Conn {
             self.eof |= tls.layer.is_peer_closed();
             if !self.session.in_tls() {
                 if let Some(negotiated) = tls.layer.negotiated() {
-                    cx.metrics.tls_handshake(negotiated, cx.now - tls.started);
+                    let took = cx.now.saturating_duration_since(tls.started);
+                    cx.metrics.tls_handshake(negotiated, took);
                     self.session.start_tls(cx.now);
                 }
             }
