@@ -11,8 +11,8 @@
 
 mod support;
 
-use support::peers::{self, Cert, Postfix};
-use support::{files_in, BinServer};
+use support::peers::{self, Cert, Postfix, DELIVERY_LIMIT};
+use support::{files_in, wait_until, BinServer};
 
 use mxgate::config::Backend;
 
@@ -66,6 +66,67 @@ fn swaks_tls_fails_cleanly_without_a_certificate(backend: Backend) {
     assert!(done.stderr.contains(refusal), "{}", done.stderr);
     assert!(done.stdout.contains("221 2.0.0 Bye"), "{}", done.stdout);
     assert!(files_in(&server.path().join("spool").join("new")).is_empty());
+}
+
+// ---- Python's smtplib ----
+
+/// Prints `key=value` lines: what EHLO offered before and after
+/// `starttls()`, the negotiated version and cipher, and refused recipients.
+const SMTPLIB_STARTTLS: &str = r#"
+import smtplib, ssl, sys
+host, port, cafile = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+context = ssl.create_default_context(cafile=cafile)
+with smtplib.SMTP(host, port, local_hostname="python.example", timeout=30) as smtp:
+    smtp.ehlo()
+    print("offered_before=%s" % smtp.has_extn("starttls"))
+    smtp.starttls(context=context)
+    smtp.ehlo()
+    print("offered_after=%s" % smtp.has_extn("starttls"))
+    print("version=%s" % smtp.sock.version())
+    print("cipher=%s" % smtp.sock.cipher()[0])
+    refused = smtp.sendmail("s@remote.example", ["alice@example.com"], "Subject: smtplib\r\n\r\nhello\r\n")
+    print("refused=%s" % refused)
+"#;
+
+fn python(script: &str, args: &[String]) -> String {
+    let mut command = peers::peer("python3");
+    command.args(["-c", script]).args(args);
+    let done = peers::run(command, "");
+    assert!(
+        done.success,
+        "python3 failed:\n{}{}",
+        done.stdout, done.stderr
+    );
+    done.stdout
+}
+
+/// The benchmarks' peer (benches/scripts/postfix.sh: Postfix's smtpd with
+/// TLS) offers STARTTLS with the given certificate and holds what it takes.
+#[test]
+fn postfix_smtpd_of_the_benchmarks_serves_starttls() {
+    let cert = Cert::new();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let postfix = Postfix::serving(addr, &cert);
+    let (host, port) = (addr.ip().to_string(), addr.port().to_string());
+    let out = python(
+        SMTPLIB_STARTTLS,
+        &[host, port, cert.cert.display().to_string()],
+    );
+    for expected in [
+        "offered_before=True",
+        "offered_after=False",
+        "version=TLSv1.3",
+        "refused={}",
+    ] {
+        assert!(out.lines().any(|l| l == expected), "{expected} in:\n{out}");
+    }
+    assert!(
+        wait_until(DELIVERY_LIMIT, || postfix.held() == 1),
+        "{}",
+        postfix.log()
+    );
 }
 
 support::backend_tests!(

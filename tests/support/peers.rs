@@ -226,6 +226,30 @@ impl Postfix {
         postfix
     }
 
+    /// Starts an instance whose smtpd listens on `addr` and offers STARTTLS
+    /// with `cert`, as the benchmarks run it: accepted mail is held.
+    pub fn serving(addr: SocketAddr, cert: &Cert) -> Postfix {
+        require("postfix");
+        let postfix = Postfix {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        let (cert, key) = (
+            cert.cert.display().to_string(),
+            cert.key.display().to_string(),
+        );
+        postfix.lib("postfix_init", &[]);
+        postfix.lib("postfix_listen", &[&addr.to_string()]);
+        postfix.lib("postfix_tls_server", &[&cert, &key]);
+        postfix.lib("postfix_start", &[]);
+        postfix
+    }
+
+    /// How many messages wait in its hold queue.
+    pub fn held(&self) -> usize {
+        let hold = self.dir.path().join("queue").join("hold");
+        std::fs::read_dir(hold).map(|d| d.count()).unwrap_or(0)
+    }
+
     /// Hands a message to this instance's sendmail.
     pub fn send(&self, sender: &str, recipient: &str, message: &str) {
         self.lib_with_input("postfix_sendmail", &[sender, recipient], message);
