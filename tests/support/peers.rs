@@ -52,6 +52,16 @@ pub fn peer(tool: &str) -> Command {
     command
 }
 
+/// Starts `command` with pipes for stdin, stdout and stderr.
+fn spawn_piped(mut command: Command) -> Child {
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn a peer")
+}
+
 /// What a peer command did.
 #[derive(Debug)]
 pub struct Finished {
@@ -61,13 +71,8 @@ pub struct Finished {
 }
 
 /// Runs `command` to its end with `input` on its stdin.
-pub fn run(mut command: Command, input: &str) -> Finished {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn a peer");
+pub fn run(command: Command, input: &str) -> Finished {
+    let mut child = spawn_piped(command);
     child
         .stdin
         .take()
@@ -131,13 +136,8 @@ pub struct Interactive {
 }
 
 impl Interactive {
-    pub fn spawn(mut command: Command) -> Interactive {
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn a peer");
+    pub fn spawn(command: Command) -> Interactive {
+        let mut child = spawn_piped(command);
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
