@@ -18,6 +18,7 @@ impl Conn {
             max_recipients: 100,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
+            starttls: false,
         });
         let session = Session::new(config, Instant::now());
         Conn::new(session, IpAddr::from([127, 0, 0, 1]), 0)
@@ -30,6 +31,8 @@ pub struct Rig {
     pub spool: crate::spool::Spool,
     pub table: Table,
     pub metrics: Recorder,
+    /// For TLS tests: the configuration STARTTLS uses.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl Rig {
@@ -39,6 +42,7 @@ impl Rig {
             spool: crate::spool::Spool::discard_for_tests(),
             table: table.unwrap(),
             metrics: Recorder::detached(),
+            tls: None,
         }
     }
 
@@ -50,6 +54,7 @@ impl Rig {
             link,
             ticket: 0,
             metrics: &mut self.metrics,
+            tls: self.tls.as_ref(),
         };
         turn(&mut cx);
     }
