@@ -6,12 +6,12 @@
 //! time), or without them for the refusals.
 //!
 //! A peer that is not installed fails its test with what to install; .ci/run
-//! installs them. The in-process TLS tests (injection, split records,
-//! timeouts) live with the server's own tests.
+//! installs them. The loopback TLS tests with an in-process rustls client
+//! (injection, split records, stalls, reload) are tests/starttls.rs.
 
 mod support;
 
-use support::peers::{self, Cert, Postfix, DELIVERY_LIMIT};
+use support::peers::{self, Cert, Interactive, Postfix, DELIVERY_LIMIT};
 use support::{files_in, wait_until, BinServer};
 
 use std::net::SocketAddr;
@@ -28,7 +28,35 @@ fn start(backend: Backend, cert: Option<&Cert>) -> BinServer {
     BinServer::start(tempfile::tempdir().expect("temp dir"), backend, &extra)
 }
 
-/// The text after `key` in `text`, up to the next space, comma or paren.
+/// The files in the server's `spool/new/`.
+fn spooled(server: &BinServer) -> Vec<std::path::PathBuf> {
+    files_in(&server.path().join("spool").join("new"))
+}
+
+/// The Received line of the one message the server spooled, waiting
+/// (bounded) for it to arrive.
+fn received_line(server: &BinServer) -> String {
+    let arrived = wait_until(DELIVERY_LIMIT, || spooled(server).len() == 1);
+    assert!(
+        arrived,
+        "expected one spooled message: {:?}",
+        spooled(server)
+    );
+    let text = std::fs::read_to_string(&spooled(server)[0]).expect("read the spool file");
+    let line = text.lines().find(|l| l.starts_with("Received: from"));
+    line.expect("a Received line").to_string()
+}
+
+/// Stops the server (SIGTERM) and returns its log.
+fn stop(mut server: BinServer) -> String {
+    server.signal("TERM");
+    let (status, log) = server.wait();
+    assert_eq!(status, Some(0), "mxgate exit; log:\n{log}");
+    log
+}
+
+/// The text after `key` in `text`, up to the next space, comma, paren or
+/// line end.
 fn word_after<'a>(text: &'a str, key: &str) -> &'a str {
     let start = text
         .find(key)
@@ -40,6 +68,33 @@ fn word_after<'a>(text: &'a str, key: &str) -> &'a str {
 }
 
 // ---- Postfix's SMTP client as a relay in front of mxgate ----
+
+/// `smtp_tls_security_level = encrypt`: Postfix insists on STARTTLS, and
+/// the protocol and cipher it logs are the ones mxgate's Received line names.
+fn postfix_relays_over_starttls(backend: Backend) {
+    let cert = Cert::new();
+    let server = start(backend, Some(&cert));
+    let postfix = Postfix::relaying_to(server.addr, "encrypt");
+    postfix.send(SENDER, RCPT, "Subject: via Postfix\n\nhello over TLS\n");
+    let established = postfix.log_line("TLS connection established to");
+    let sent = postfix.log_line("status=sent");
+    assert!(sent.contains("250 2.0.0 Ok: queued as"), "{sent}");
+    let received = received_line(&server);
+    assert!(received.contains("with ESMTPS id"), "{received}");
+    // "...: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) ..."
+    let version = format!("TLSv1.{}", word_after(&established, ": TLSv1."));
+    let cipher = word_after(&established, " with cipher ");
+    let using = format!("(127.0.0.1) (using {version} with cipher {cipher}) by");
+    assert!(
+        received.contains(&using),
+        "{received}\nPostfix: {established}"
+    );
+    let log = stop(server);
+    assert!(
+        log.contains(&format!("tls={version} cipher={cipher}")),
+        "{log}"
+    );
+}
 
 /// `smtp_tls_security_level = encrypt` against a server without a
 /// certificate: STARTTLS is not offered, Postfix defers, nothing is spooled.
@@ -56,7 +111,111 @@ fn postfix_requiring_tls_defers_when_not_offered(backend: Backend) {
         deferred.contains("TLS is required, but was not offered"),
         "{deferred}"
     );
-    assert!(files_in(&server.path().join("spool").join("new")).is_empty());
+    assert!(spooled(&server).is_empty());
+}
+
+/// `smtp_tls_security_level = none` against a server offering STARTTLS:
+/// Postfix does not use it, and the message arrives in plain text.
+fn postfix_without_tls_still_delivers_in_plain_text(backend: Backend) {
+    let cert = Cert::new();
+    let server = start(backend, Some(&cert));
+    let postfix = Postfix::relaying_to(server.addr, "none");
+    postfix.send(SENDER, RCPT, "Subject: plain\n\nno TLS asked for\n");
+    postfix.log_line("status=sent");
+    let received = received_line(&server);
+    assert!(
+        received.contains("(127.0.0.1) by mx.test (mxgate) with ESMTP id"),
+        "{received}"
+    );
+    assert!(!postfix.log().contains("TLS connection established"));
+}
+
+// ---- openssl s_client ----
+
+/// `openssl s_client -starttls smtp` trusting only the test certificate
+/// (so the handshake proves mxgate served it), plus `extra` flags.
+fn s_client(server: &BinServer, cert: &Cert, extra: &[&str]) -> Interactive {
+    let mut command = peers::peer("openssl");
+    command
+        .args(["s_client", "-starttls", "smtp", "-name", "client.example"])
+        .args(["-connect", &server.addr.to_string()])
+        .arg("-CAfile")
+        .arg(&cert.cert)
+        .args(["-verify_return_error", "-verify_hostname", "mx.test"])
+        .args(["-quiet", "-brief"])
+        .args(extra);
+    Interactive::spawn(command)
+}
+
+/// After the handshake: EHLO (no STARTTLS any more), one message, QUIT.
+/// Returns s_client's report (stderr).
+fn message_after_handshake(mut client: Interactive) -> String {
+    let ehlo = client.cmd("EHLO after.example", 250);
+    assert!(ehlo.lines[0].contains("mx.test"), "{:?}", ehlo.lines);
+    assert!(
+        !ehlo.lines.iter().any(|l| l.contains("STARTTLS")),
+        "{:?}",
+        ehlo.lines
+    );
+    client.cmd(&format!("MAIL FROM:<{SENDER}>"), 250);
+    client.cmd(&format!("RCPT TO:<{RCPT}>"), 250);
+    client.cmd("DATA", 354);
+    client.send("Subject: via openssl s_client\r\n\r\nhello");
+    client.cmd(".", 250);
+    client.cmd("QUIT", 221);
+    client.finish()
+}
+
+fn openssl_s_client_sends_a_message_over_tls13(backend: Backend) {
+    let cert = Cert::new();
+    let server = start(backend, Some(&cert));
+    let report = message_after_handshake(s_client(&server, &cert, &[]));
+    assert!(report.contains("Protocol version: TLSv1.3"), "{report}");
+    let cipher = word_after(&report, "Ciphersuite: ");
+    let received = received_line(&server);
+    let using = format!("from after.example (127.0.0.1) (using TLSv1.3 with cipher {cipher}) by");
+    assert!(received.contains(&using), "{received}");
+    assert!(received.contains("with ESMTPS id"), "{received}");
+    let log = stop(server);
+    let session = log
+        .lines()
+        .find(|l| l.contains("session end") && l.contains("helo=after.example"));
+    let session = session.unwrap_or_else(|| panic!("no session line:\n{log}"));
+    assert!(
+        session.contains(&format!("tls=TLSv1.3 cipher={cipher}")),
+        "{session}"
+    );
+}
+
+/// TLS 1.2 works too; the Received line names its cipher the IANA way.
+fn openssl_s_client_sends_a_message_over_tls12(backend: Backend) {
+    let cert = Cert::new();
+    let server = start(backend, Some(&cert));
+    let report = message_after_handshake(s_client(&server, &cert, &["-tls1_2"]));
+    assert!(report.contains("Protocol version: TLSv1.2"), "{report}");
+    let received = received_line(&server);
+    assert!(
+        received.contains("(using TLSv1.2 with cipher TLS_ECDHE_ECDSA_WITH_"),
+        "{received}"
+    );
+}
+
+/// A TLS 1.1 client gets no session: the handshake fails, the connection
+/// closes and the failure is logged with its reason.
+fn openssl_s_client_with_tls11_is_refused_and_logged(backend: Backend) {
+    let cert = Cert::new();
+    let server = start(backend, Some(&cert));
+    // OpenSSL 3 offers TLS 1.1 only at security level 0.
+    let extra = ["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"];
+    let mut client = s_client(&server, &cert, &extra);
+    assert!(client.reply().is_none(), "no SMTP after a failed handshake");
+    let report = client.finish();
+    assert!(!report.contains("CONNECTION ESTABLISHED"), "{report}");
+    let log = stop(server);
+    assert!(
+        log.contains("TLS handshake failed client=127.0.0.1 reason=no_shared_version"),
+        "{log}"
+    );
 }
 
 // ---- swaks ----
@@ -69,6 +228,25 @@ fn swaks(server: &BinServer) -> peers::Finished {
     peers::run(command, "")
 }
 
+fn swaks_sends_a_message_over_starttls(backend: Backend) {
+    let cert = Cert::new();
+    let server = start(backend, Some(&cert));
+    let done = swaks(&server);
+    assert!(done.success, "{}{}", done.stdout, done.stderr);
+    assert!(done.stdout.contains("=== TLS started"), "{}", done.stdout);
+    assert!(
+        done.stdout.contains("250 2.0.0 Ok: queued as"),
+        "{}",
+        done.stdout
+    );
+    let received = received_line(&server);
+    assert!(
+        received.contains("from swaks.example (127.0.0.1) (using TLSv1."),
+        "{received}"
+    );
+    assert!(received.contains("with ESMTPS id"), "{received}");
+}
+
 /// Without a certificate STARTTLS is not offered: `swaks --tls` gives up
 /// cleanly (QUIT, 221) and nothing is spooled.
 fn swaks_tls_fails_cleanly_without_a_certificate(backend: Backend) {
@@ -78,7 +256,7 @@ fn swaks_tls_fails_cleanly_without_a_certificate(backend: Backend) {
     let refusal = "*** Host did not advertise STARTTLS";
     assert!(done.stderr.contains(refusal), "{}", done.stderr);
     assert!(done.stdout.contains("221 2.0.0 Bye"), "{}", done.stdout);
-    assert!(files_in(&server.path().join("spool").join("new")).is_empty());
+    assert!(spooled(&server).is_empty());
 }
 
 // ---- Python's smtplib ----
@@ -98,6 +276,25 @@ with smtplib.SMTP(host, port, local_hostname="python.example", timeout=30) as sm
     print("version=%s" % smtp.sock.version())
     print("cipher=%s" % smtp.sock.cipher()[0])
     refused = smtp.sendmail("s@remote.example", ["alice@example.com"], "Subject: smtplib\r\n\r\nhello\r\n")
+    print("refused=%s" % refused)
+"#;
+
+/// Against a server without a certificate: STARTTLS not offered, so
+/// `starttls()` refuses; sent anyway it gets 502; plain text still works.
+const SMTPLIB_NOT_CONFIGURED: &str = r#"
+import smtplib, sys
+host, port = sys.argv[1], int(sys.argv[2])
+with smtplib.SMTP(host, port, local_hostname="python.example", timeout=30) as smtp:
+    smtp.ehlo()
+    print("offered=%s" % smtp.has_extn("starttls"))
+    try:
+        smtp.starttls()
+        print("starttls=done")
+    except smtplib.SMTPNotSupportedError:
+        print("starttls=not supported")
+    code, text = smtp.docmd("STARTTLS")
+    print("forced=%d %s" % (code, text.decode()))
+    refused = smtp.sendmail("s@remote.example", ["alice@example.com"], "Subject: plain\r\n\r\nhello\r\n")
     print("refused=%s" % refused)
 "#;
 
@@ -143,6 +340,28 @@ fn smtplib_starttls(addr: SocketAddr, cert: &Cert) -> String {
     word_after(&out, "cipher=").to_string()
 }
 
+fn python_smtplib_starttls(backend: Backend) {
+    let cert = Cert::new();
+    let server = start(backend, Some(&cert));
+    let cipher = smtplib_starttls(server.addr, &cert);
+    let received = received_line(&server);
+    let using = format!("from python.example (127.0.0.1) (using TLSv1.3 with cipher {cipher}) by");
+    assert!(received.contains(&using), "{received}");
+}
+
+fn python_smtplib_without_a_certificate(backend: Backend) {
+    let server = start(backend, None);
+    let out = python(SMTPLIB_NOT_CONFIGURED, server.addr, &[]);
+    assert_lines(
+        &out,
+        &["offered=False", "starttls=not supported", "refused={}"],
+    );
+    assert!(out.contains("forced=502 5.5.1"), "{out}");
+    let received = received_line(&server);
+    let plain = "(127.0.0.1) by mx.test (mxgate) with ESMTP id";
+    assert!(received.contains(plain), "{received}");
+}
+
 /// The benchmarks' peer (benches/scripts/postfix.sh: Postfix's smtpd with
 /// TLS) offers STARTTLS with the given certificate and holds what it takes.
 #[test]
@@ -158,6 +377,14 @@ fn postfix_smtpd_of_the_benchmarks_serves_starttls() {
 }
 
 support::backend_tests!(
+    postfix_relays_over_starttls,
     postfix_requiring_tls_defers_when_not_offered,
+    postfix_without_tls_still_delivers_in_plain_text,
+    openssl_s_client_sends_a_message_over_tls13,
+    openssl_s_client_sends_a_message_over_tls12,
+    openssl_s_client_with_tls11_is_refused_and_logged,
+    swaks_sends_a_message_over_starttls,
     swaks_tls_fails_cleanly_without_a_certificate,
+    python_smtplib_starttls,
+    python_smtplib_without_a_certificate,
 );
