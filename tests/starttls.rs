@@ -1,8 +1,9 @@
 //! STARTTLS over loopback on both backends, with an in-process rustls
 //! client: a message delivered inside TLS (its Received line), the discard
 //! of what was pipelined after STARTTLS, every refusal, and the bad inputs
-//! of issue #13 (garbage instead of a ClientHello, a stalled handshake, a
-//! client closing mid-handshake, records written an octet at a time), plus
+//! of issue #13 (garbage instead of a ClientHello, an oversized record, a
+//! stalled handshake, a client closing mid-handshake, records written an
+//! octet at a time), plus
 //! the certificate reload on SIGHUP and the start-up checks of the two
 //! flags, with the real binary. Certificates are made at test time.
 
@@ -301,6 +302,17 @@ fn garbage_instead_of_a_client_hello_closes(backend: Backend) {
     server.stop();
 }
 
+/// A record header announcing more than TLS allows closes at once.
+fn an_oversized_record_closes(backend: Backend) {
+    let (server, _cert, _config) = tls_server(backend, &[]);
+    let mut socket = start_tls(&server);
+    socket.write_all(b"\x16\x03\x01\x48\x06").unwrap();
+    socket.write_all(&[0; 4096]).unwrap();
+    assert!(closed_by_server(socket));
+    assert!(failure_counted(&server, "oversized"));
+    server.stop();
+}
+
 fn a_stalled_handshake_times_out(backend: Backend) {
     let (server, _cert, _config) = tls_server(backend, &["--command-timeout", "1"]);
     let socket = start_tls(&server);
@@ -344,6 +356,7 @@ backend_tests!(
     pipelined_commands_after_starttls_are_discarded,
     starttls_refusals,
     garbage_instead_of_a_client_hello_closes,
+    an_oversized_record_closes,
     a_stalled_handshake_times_out,
     a_client_closing_mid_handshake_is_counted,
     records_written_an_octet_at_a_time,

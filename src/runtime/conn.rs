@@ -331,6 +331,8 @@ impl Conn {
                 return input.len();
             };
             taken += n;
+            // close_notify: no more input comes, as at the end of TCP.
+            self.eof |= tls.layer.is_peer_closed();
             if !self.session.in_tls() {
                 if let Some(negotiated) = tls.layer.negotiated() {
                     cx.metrics.tls_handshake(negotiated, cx.now - tls.started);
@@ -706,3 +708,5 @@ fn lend(buf: &mut Vec<u8>) -> &mut Vec<u8> {
 
 #[cfg(test)]
 pub mod tests;
+#[cfg(test)]
+mod tls_tests;
