@@ -215,12 +215,8 @@ impl Postfix {
     /// Starts an instance relaying to `relay_host` with
     /// `smtp_tls_security_level = level` (none, may, encrypt).
     pub fn relaying_to(relay_host: SocketAddr, level: &str) -> Postfix {
-        require("postfix");
         require("sendmail");
-        let postfix = Postfix {
-            dir: tempfile::tempdir().expect("temp dir"),
-        };
-        postfix.lib("postfix_init", &[]);
+        let postfix = Postfix::init();
         postfix.lib("postfix_relay_to", &[&relay_host.to_string(), level]);
         postfix.lib("postfix_start", &[]);
         postfix
@@ -229,18 +225,30 @@ impl Postfix {
     /// Starts an instance whose smtpd listens on `addr` and offers STARTTLS
     /// with `cert`, as the benchmarks run it: accepted mail is held.
     pub fn serving(addr: SocketAddr, cert: &Cert) -> Postfix {
-        require("postfix");
-        let postfix = Postfix {
-            dir: tempfile::tempdir().expect("temp dir"),
-        };
+        let postfix = Postfix::init();
         let (cert, key) = (
             cert.cert.display().to_string(),
             cert.key.display().to_string(),
         );
-        postfix.lib("postfix_init", &[]);
         postfix.lib("postfix_listen", &[&addr.to_string()]);
         postfix.lib("postfix_tls_server", &[&cert, &key]);
         postfix.lib("postfix_start", &[]);
+        postfix
+    }
+
+    /// A configured, not yet started instance in a new temporary directory.
+    fn init() -> Postfix {
+        require("postfix");
+        // Its master starts as root and its daemons switch to the postfix user.
+        let root = rustix::process::geteuid().is_root();
+        assert!(
+            root,
+            "a private Postfix instance needs root; run the tests as root"
+        );
+        let postfix = Postfix {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        postfix.lib("postfix_init", &[]);
         postfix
     }
 
