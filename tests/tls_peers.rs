@@ -74,7 +74,7 @@ fn word_after<'a>(text: &'a str, key: &str) -> &'a str {
 fn postfix_relays_over_starttls(backend: Backend) {
     let cert = Cert::new();
     let server = start(backend, Some(&cert));
-    let postfix = Postfix::relaying_to(server.addr, "encrypt");
+    let postfix = Postfix::relaying_to(server.addr, "encrypt", &[]);
     postfix.send(SENDER, RCPT, "Subject: via Postfix\n\nhello over TLS\n");
     let established = postfix.log_line("TLS connection established to");
     let sent = postfix.log_line("status=sent");
@@ -96,11 +96,30 @@ fn postfix_relays_over_starttls(backend: Backend) {
     );
 }
 
+/// Postfix held to TLS 1.2, against an RSA 2048 certificate: the
+/// Received line names the ECDHE-RSA suite the IANA way.
+fn postfix_relays_over_tls12_with_an_rsa_certificate(backend: Backend) {
+    let cert = Cert::rsa();
+    let server = start(backend, Some(&cert));
+    let tls12 = "smtp_tls_mandatory_protocols = >=TLSv1.2, <=TLSv1.2";
+    let postfix = Postfix::relaying_to(server.addr, "encrypt", &[tls12]);
+    postfix.send(SENDER, RCPT, "Subject: via Postfix\n\nTLS 1.2, RSA\n");
+    let established = postfix.log_line("TLS connection established to");
+    assert!(
+        established.contains(": TLSv1.2 with cipher ECDHE-RSA-"),
+        "{established}"
+    );
+    postfix.log_line("status=sent");
+    let received = received_line(&server);
+    let using = "(127.0.0.1) (using TLSv1.2 with cipher TLS_ECDHE_RSA_WITH_";
+    assert!(received.contains(using), "{received}");
+}
+
 /// `smtp_tls_security_level = encrypt` against a server without a
 /// certificate: STARTTLS is not offered, Postfix defers, nothing is spooled.
 fn postfix_requiring_tls_defers_when_not_offered(backend: Backend) {
     let server = start(backend, None);
-    let postfix = Postfix::relaying_to(server.addr, "encrypt");
+    let postfix = Postfix::relaying_to(server.addr, "encrypt", &[]);
     postfix.send(
         SENDER,
         RCPT,
@@ -119,7 +138,7 @@ fn postfix_requiring_tls_defers_when_not_offered(backend: Backend) {
 fn postfix_without_tls_still_delivers_in_plain_text(backend: Backend) {
     let cert = Cert::new();
     let server = start(backend, Some(&cert));
-    let postfix = Postfix::relaying_to(server.addr, "none");
+    let postfix = Postfix::relaying_to(server.addr, "none", &[]);
     postfix.send(SENDER, RCPT, "Subject: plain\n\nno TLS asked for\n");
     postfix.log_line("status=sent");
     let received = received_line(&server);
@@ -378,6 +397,7 @@ fn postfix_smtpd_of_the_benchmarks_serves_starttls() {
 
 support::backend_tests!(
     postfix_relays_over_starttls,
+    postfix_relays_over_tls12_with_an_rsa_certificate,
     postfix_requiring_tls_defers_when_not_offered,
     postfix_without_tls_still_delivers_in_plain_text,
     openssl_s_client_sends_a_message_over_tls13,

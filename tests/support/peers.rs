@@ -87,7 +87,8 @@ pub fn run(command: Command, input: &str) -> Finished {
     }
 }
 
-/// A self-signed ECDSA P-256 certificate for `mx.test` and 127.0.0.1 (so a
+/// A self-signed certificate (ECDSA P-256 unless said otherwise) for
+/// `mx.test` and 127.0.0.1 (so a
 /// client connecting to the address can verify it), as PEM files in its own
 /// temporary directory.
 pub struct Cert {
@@ -98,7 +99,16 @@ pub struct Cert {
 
 impl Cert {
     pub fn new() -> Cert {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        Cert::with_key(&rcgen::PKCS_ECDSA_P256_SHA256)
+    }
+
+    /// The same with an RSA 2048 key.
+    pub fn rsa() -> Cert {
+        Cert::with_key(&rcgen::PKCS_RSA_SHA256)
+    }
+
+    fn with_key(algorithm: &'static rcgen::SignatureAlgorithm) -> Cert {
+        let key = rcgen::KeyPair::generate_for(algorithm).expect("key");
         let names = vec![super::HOST.to_string(), "127.0.0.1".to_string()];
         let params = rcgen::CertificateParams::new(names).expect("certificate names");
         let cert = params.self_signed(&key).expect("self-signed certificate");
@@ -213,11 +223,15 @@ pub struct Postfix {
 
 impl Postfix {
     /// Starts an instance relaying to `relay_host` with
-    /// `smtp_tls_security_level = level` (none, may, encrypt).
-    pub fn relaying_to(relay_host: SocketAddr, level: &str) -> Postfix {
+    /// `smtp_tls_security_level = level` (none, may, encrypt) and the
+    /// main.cf `settings` (`name = value`).
+    pub fn relaying_to(relay_host: SocketAddr, level: &str, settings: &[&str]) -> Postfix {
         require("sendmail");
         let postfix = Postfix::init();
         postfix.lib("postfix_relay_to", &[&relay_host.to_string(), level]);
+        if !settings.is_empty() {
+            postfix.lib("postfix_set", settings);
+        }
         postfix.lib("postfix_start", &[]);
         postfix
     }
