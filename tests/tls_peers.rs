@@ -166,9 +166,10 @@ fn s_client(server: &BinServer, cert: &Cert, extra: &[&str]) -> Interactive {
     Interactive::spawn(command)
 }
 
-/// After the handshake: EHLO (no STARTTLS any more), one message, QUIT.
+/// After the handshake: EHLO (no STARTTLS any more), one message with
+/// `body` (CRLF line ends, no final one), QUIT.
 /// Returns s_client's report (stderr).
-fn message_after_handshake(mut client: Interactive) -> String {
+fn message_after_handshake(mut client: Interactive, body: &str) -> String {
     let ehlo = client.cmd("EHLO after.example", 250);
     assert!(ehlo.lines[0].contains("mx.test"), "{:?}", ehlo.lines);
     assert!(
@@ -179,7 +180,7 @@ fn message_after_handshake(mut client: Interactive) -> String {
     client.cmd(&format!("MAIL FROM:<{SENDER}>"), 250);
     client.cmd(&format!("RCPT TO:<{RCPT}>"), 250);
     client.cmd("DATA", 354);
-    client.send("Subject: via openssl s_client\r\n\r\nhello");
+    client.send(&format!("Subject: via openssl s_client\r\n\r\n{body}"));
     client.cmd(".", 250);
     client.cmd("QUIT", 221);
     client.finish()
@@ -188,7 +189,7 @@ fn message_after_handshake(mut client: Interactive) -> String {
 fn openssl_s_client_sends_a_message_over_tls13(backend: Backend) {
     let cert = Cert::new();
     let server = start(backend, Some(&cert));
-    let report = message_after_handshake(s_client(&server, &cert, &[]));
+    let report = message_after_handshake(s_client(&server, &cert, &[]), "hello");
     assert!(report.contains("Protocol version: TLSv1.3"), "{report}");
     let cipher = word_after(&report, "Ciphersuite: ");
     let received = received_line(&server);
@@ -210,12 +211,30 @@ fn openssl_s_client_sends_a_message_over_tls13(backend: Backend) {
 fn openssl_s_client_sends_a_message_over_tls12(backend: Backend) {
     let cert = Cert::new();
     let server = start(backend, Some(&cert));
-    let report = message_after_handshake(s_client(&server, &cert, &["-tls1_2"]));
+    let report = message_after_handshake(s_client(&server, &cert, &["-tls1_2"]), "hello");
     assert!(report.contains("Protocol version: TLSv1.2"), "{report}");
     let received = received_line(&server);
     assert!(
         received.contains("(using TLSv1.2 with cipher TLS_ECDHE_ECDSA_WITH_"),
         "{received}"
+    );
+}
+
+/// A body of some 260 KiB arrives in many full-size TLS records from OpenSSL and
+/// is spooled exactly as sent.
+fn openssl_s_client_sends_a_large_message(backend: Backend) {
+    let cert = Cert::new();
+    let server = start(backend, Some(&cert));
+    let lines: Vec<String> = (0..3449)
+        .map(|i| format!("line {i:05} {}", "x".repeat(64)))
+        .collect();
+    let body = lines.join("\r\n");
+    message_after_handshake(s_client(&server, &cert, &[]), &body);
+    received_line(&server);
+    let spooled = std::fs::read_to_string(&spooled(&server)[0]).expect("read the spool file");
+    assert!(
+        spooled.contains(&format!("{body}\r\n.\r\n")),
+        "the body arrived changed"
     );
 }
 
@@ -239,18 +258,20 @@ fn openssl_s_client_with_tls11_is_refused_and_logged(backend: Backend) {
 
 // ---- swaks ----
 
-fn swaks(server: &BinServer) -> peers::Finished {
+/// `swaks --tls` with `extra` flags.
+fn swaks(server: &BinServer, extra: &[&str]) -> peers::Finished {
     let mut command = peers::peer("swaks");
     command
         .args(["--server", &server.addr.to_string(), "--tls"])
-        .args(["--helo", "swaks.example", "--from", SENDER, "--to", RCPT]);
+        .args(["--helo", "swaks.example", "--from", SENDER, "--to", RCPT])
+        .args(extra);
     peers::run(command, "")
 }
 
 fn swaks_sends_a_message_over_starttls(backend: Backend) {
     let cert = Cert::new();
     let server = start(backend, Some(&cert));
-    let done = swaks(&server);
+    let done = swaks(&server, &[]);
     assert!(done.success, "{}{}", done.stdout, done.stderr);
     assert!(done.stdout.contains("=== TLS started"), "{}", done.stdout);
     assert!(
@@ -266,11 +287,22 @@ fn swaks_sends_a_message_over_starttls(backend: Backend) {
     assert!(received.contains("with ESMTPS id"), "{received}");
 }
 
+/// `--pipeline`: MAIL, RCPT and DATA in one flight inside TLS.
+fn swaks_pipelines_inside_tls(backend: Backend) {
+    let cert = Cert::new();
+    let server = start(backend, Some(&cert));
+    let done = swaks(&server, &["--pipeline"]);
+    assert!(done.success, "{}{}", done.stdout, done.stderr);
+    let flight = format!(" ~> MAIL FROM:<{SENDER}>\n ~> RCPT TO:<{RCPT}>\n ~> DATA\n");
+    assert!(done.stdout.contains(&flight), "{}", done.stdout);
+    assert!(received_line(&server).contains("with ESMTPS id"));
+}
+
 /// Without a certificate STARTTLS is not offered: `swaks --tls` gives up
 /// cleanly (QUIT, 221) and nothing is spooled.
 fn swaks_tls_fails_cleanly_without_a_certificate(backend: Backend) {
     let server = start(backend, None);
-    let done = swaks(&server);
+    let done = swaks(&server, &[]);
     assert!(!done.success, "{}", done.stdout);
     let refusal = "*** Host did not advertise STARTTLS";
     assert!(done.stderr.contains(refusal), "{}", done.stderr);
@@ -402,8 +434,10 @@ support::backend_tests!(
     postfix_without_tls_still_delivers_in_plain_text,
     openssl_s_client_sends_a_message_over_tls13,
     openssl_s_client_sends_a_message_over_tls12,
+    openssl_s_client_sends_a_large_message,
     openssl_s_client_with_tls11_is_refused_and_logged,
     swaks_sends_a_message_over_starttls,
+    swaks_pipelines_inside_tls,
     swaks_tls_fails_cleanly_without_a_certificate,
     python_smtplib_starttls,
     python_smtplib_without_a_certificate,
