@@ -349,6 +349,51 @@ with smtplib.SMTP(host, port, local_hostname="python.example", timeout=30) as sm
     print("refused=%s" % refused)
 "#;
 
+/// CVE-2011-0411 with OpenSSL (Python's ssl) as the client's TLS: EHLO and
+/// MAIL in the same packet as STARTTLS, then the handshake and, inside TLS,
+/// RCPT alone. Prints the STARTTLS reply and the first reply inside TLS:
+/// 503 if the injected commands were discarded, as they must be (a server
+/// that ran them in the TLS session answers 250).
+const INJECTION: &str = r#"
+import socket, ssl, sys
+host, port, cafile = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+
+def reply(stream):
+    while True:
+        line = stream.readline().decode().rstrip("\r\n")
+        if line[3:4] != "-":
+            return line
+
+sock = socket.create_connection((host, port), timeout=30)
+plain = sock.makefile("rb", buffering=0)
+reply(plain)
+sock.sendall(b"EHLO python.example\r\n")
+reply(plain)
+sock.sendall(b"STARTTLS\r\nEHLO evil.example\r\nMAIL FROM:<injected@evil.example>\r\n")
+print("starttls=%s" % reply(plain))
+tls = ssl.create_default_context(cafile=cafile).wrap_socket(sock, server_hostname=host)
+stream = tls.makefile("rb")
+tls.sendall(b"RCPT TO:<alice@example.com>\r\n")
+print("rcpt=%s" % reply(stream))
+"#;
+
+fn python_ssl_commands_injected_after_starttls_are_discarded(backend: Backend) {
+    let cert = Cert::new();
+    let server = start(backend, Some(&cert));
+    let out = python(INJECTION, server.addr, &[&cert.cert.display().to_string()]);
+    let starttls = out.lines().find(|l| l.starts_with("starttls="));
+    assert_eq!(
+        starttls,
+        Some("starttls=220 2.0.0 Ready to start TLS"),
+        "{out}"
+    );
+    let rcpt = out.lines().find(|l| l.starts_with("rcpt="));
+    assert!(
+        rcpt.is_some_and(|l| l.starts_with("rcpt=503 5.5.1")),
+        "{out}"
+    );
+}
+
 /// Runs `script` with the server's host and port, then `extra`, as its
 /// arguments; returns what it printed.
 fn python(script: &str, addr: SocketAddr, extra: &[&str]) -> String {
@@ -441,4 +486,5 @@ support::backend_tests!(
     swaks_tls_fails_cleanly_without_a_certificate,
     python_smtplib_starttls,
     python_smtplib_without_a_certificate,
+    python_ssl_commands_injected_after_starttls_are_discarded,
 );
