@@ -52,6 +52,24 @@ const STITCH: usize = 1024;
 /// Queue IDs listed in one log line; later ones are only counted.
 const LOGGED_IDS: u32 = 8;
 
+/// The `session end` line of `conn`, with `extra` fields at its end.
+macro_rules! session_end {
+    ($conn:expr, $outcome:expr $(, $key:ident = $($value:tt)+)?) => {
+        tracing::info!(
+            client = %$conn.peer,
+            helo = %Printable($conn.session.helo()),
+            accepted_rcpts = $conn.log.accepted_rcpts,
+            rejected_rcpts = $conn.log.rejected_rcpts,
+            messages = $conn.log.messages,
+            spool_failures = $conn.log.spool_failures,
+            outcome = $outcome.as_str(),
+            queue_ids = %$conn.log.queue_ids,
+            $($key = $($value)+,)?
+            "session end"
+        )
+    };
+}
+
 /// Why a session ended, for the log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -335,7 +353,8 @@ impl Conn {
             self.eof |= tls.layer.is_peer_closed();
             if !self.session.in_tls() {
                 if let Some(negotiated) = tls.layer.negotiated() {
-                    cx.metrics.tls_handshake(negotiated, cx.now - tls.started);
+                    let took = cx.now.saturating_duration_since(tls.started);
+                    cx.metrics.tls_handshake(negotiated, took);
                     self.session.start_tls(cx.now);
                 }
             }
@@ -623,25 +642,15 @@ impl Conn {
         }
     }
 
-    /// The one log line of a finished session; also counts it in the
-    /// metrics.
+    /// The one log line of a finished session (with the TLS version and
+    /// cipher if it ran inside TLS); also counts it in the metrics.
     pub fn log_end(&self, outcome: Outcome, metrics: &mut Recorder) {
         metrics.session_closed(outcome.as_str(), self.opened.elapsed());
         self.log_tls_failure(metrics);
-        if let Some(negotiated) = self.negotiated() {
-            return self.log_tls_end(outcome, negotiated);
+        match self.negotiated() {
+            Some(tls) => session_end!(self, outcome, tls = %tls.version, cipher = %tls.cipher),
+            None => session_end!(self, outcome),
         }
-        tracing::info!(
-            client = %self.peer,
-            helo = %Printable(self.session.helo()),
-            accepted_rcpts = self.log.accepted_rcpts,
-            rejected_rcpts = self.log.rejected_rcpts,
-            messages = self.log.messages,
-            spool_failures = self.log.spool_failures,
-            outcome = outcome.as_str(),
-            queue_ids = %self.log.queue_ids,
-            "session end"
-        );
     }
 }
 
@@ -670,23 +679,6 @@ impl Conn {
             reason = %failure,
             detail = %detail,
             "TLS handshake failed"
-        );
-    }
-
-    /// The session log line of a session that ran inside TLS.
-    fn log_tls_end(&self, outcome: Outcome, negotiated: Negotiated) {
-        tracing::info!(
-            client = %self.peer,
-            helo = %Printable(self.session.helo()),
-            accepted_rcpts = self.log.accepted_rcpts,
-            rejected_rcpts = self.log.rejected_rcpts,
-            messages = self.log.messages,
-            spool_failures = self.log.spool_failures,
-            outcome = outcome.as_str(),
-            queue_ids = %self.log.queue_ids,
-            tls = %negotiated.version,
-            cipher = %negotiated.cipher,
-            "session end"
         );
     }
 }

@@ -58,8 +58,12 @@ fn handshake(
 
 /// Gives the client what the connection sent; returns the plaintext.
 fn to_client(conn: &mut Conn, client: &mut ClientConnection) -> String {
-    let records = take(conn);
-    let mut rd = &records[..];
+    decrypt(&take(conn), client)
+}
+
+/// The plaintext of `records` as `client` reads it.
+fn decrypt(records: &[u8], client: &mut ClientConnection) -> String {
+    let mut rd = records;
     while !rd.is_empty() {
         client.read_tls(&mut rd).unwrap();
         client.process_new_packets().unwrap();
@@ -144,58 +148,60 @@ fn a_session_inside_tls_split_at_every_octet() {
     let mut records = Vec::new();
     conn.take_output(&mut records);
     assert!(conn.poll_output().is_empty(), "swapped out, not copied");
-    let mut rd = &records[..];
-    while !rd.is_empty() {
-        c.read_tls(&mut rd).unwrap();
-        c.process_new_packets().unwrap();
-    }
-    let mut text = String::new();
-    let _ = std::io::Read::read_to_string(&mut c.reader(), &mut text);
+    let text = decrypt(&records, &mut c);
     assert!(!text.contains("STARTTLS"), "{text}");
     assert!(text.contains("250 2.0.0 Ok: queued as "), "{text}");
     assert!(text.ends_with("221 2.0.0 Bye\r\n"), "{text}");
     assert_eq!(rig.metrics.metrics().tls_handshake.count(), 1);
 }
 
+/// [`start`], then STARTTLS answered (its 220 taken): the handshake is
+/// next.
+fn handshaking() -> (Rig, SpoolLink, Conn, Arc<ClientConfig>) {
+    let (mut rig, link, mut conn, config) = start();
+    rig.with_cx(&link, |cx| conn.handle_input(b"STARTTLS\r\n", cx));
+    take(&mut conn);
+    (rig, link, conn, config)
+}
+
+/// The connection ended as `outcome`; its end is logged, and the handshake
+/// failures counted are returned.
+fn failures_counted(rig: &mut Rig, conn: &Conn, outcome: Outcome) -> Vec<(&'static str, u64)> {
+    assert_eq!(conn.ended(), Some(outcome));
+    conn.log_end(outcome, &mut rig.metrics);
+    rig.metrics.metrics().tls_failures.clone()
+}
+
 /// Garbage instead of a ClientHello ends the connection; the alert goes
 /// out and the failure is counted under its reason.
 #[test]
 fn garbage_ends_the_connection_and_is_counted() {
-    let (mut rig, link, mut conn, _) = start();
-    rig.with_cx(&link, |cx| conn.handle_input(b"STARTTLS\r\n", cx));
-    take(&mut conn);
+    let (mut rig, link, mut conn, _) = handshaking();
     rig.with_cx(&link, |cx| conn.handle_input(b"GET / HTTP/1.0\r\n\r\n", cx));
-    assert_eq!(conn.ended(), Some(Outcome::TlsFailed));
     assert!(!take(&mut conn).is_empty(), "an alert");
-    conn.log_end(Outcome::TlsFailed, &mut rig.metrics);
-    assert_eq!(rig.metrics.metrics().tls_failures, [("bad_record", 1)]);
+    let counted = failures_counted(&mut rig, &conn, Outcome::TlsFailed);
+    assert_eq!(counted, [("bad_record", 1)]);
 }
 
 /// A handshake not done within the command timeout ends as timed out,
 /// counted as a `timeout` failure; nothing is sent in the clear.
 #[test]
 fn a_stalled_handshake_times_out() {
-    let (mut rig, link, mut conn, _) = start();
-    rig.with_cx(&link, |cx| conn.handle_input(b"STARTTLS\r\n", cx));
-    take(&mut conn);
+    let (mut rig, _link, mut conn, _) = handshaking();
     let late = Instant::now() + Duration::from_secs(301);
-    let mut wheel = TimerWheel::new(Instant::now());
-    conn.timer_fired(0, late, &mut wheel);
-    assert_eq!(conn.ended(), Some(Outcome::TimedOut));
+    conn.timer_fired(0, late, &mut TimerWheel::new(Instant::now()));
     assert!(take(&mut conn).is_empty(), "no 421 in the clear");
-    conn.log_end(Outcome::TimedOut, &mut rig.metrics);
-    assert_eq!(rig.metrics.metrics().tls_failures, [("timeout", 1)]);
+    let counted = failures_counted(&mut rig, &conn, Outcome::TimedOut);
+    assert_eq!(counted, [("timeout", 1)]);
 }
 
 /// The client closing in the middle of the handshake ends it at once.
 #[test]
 fn a_close_mid_handshake_is_a_failure() {
-    let (mut rig, link, mut conn, config) = start();
-    rig.with_cx(&link, |cx| conn.handle_input(b"STARTTLS\r\n", cx));
+    let (mut rig, link, mut conn, config) = handshaking();
     let hello = testkit::client_output(&mut client(&config));
     rig.with_cx(&link, |cx| conn.handle_input(&hello[..hello.len() / 2], cx));
     conn.handle_eof();
-    assert_eq!(conn.ended(), Some(Outcome::TlsFailed));
-    conn.log_end(Outcome::TlsFailed, &mut rig.metrics);
-    assert_eq!(rig.metrics.metrics().tls_failures, [("peer_closed", 1)]);
+    let counted = failures_counted(&mut rig, &conn, Outcome::TlsFailed);
+    assert_eq!(counted, [("peer_closed", 1)]);
 }
