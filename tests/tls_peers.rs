@@ -55,6 +55,18 @@ fn stop(mut server: BinServer) -> String {
     log
 }
 
+/// Stops the server and returns its session-end line for the client that
+/// said `helo`.
+fn session_line(server: BinServer, helo: &str) -> String {
+    let log = stop(server);
+    let helo = format!("helo={helo} ");
+    let line = log
+        .lines()
+        .find(|l| l.contains("session end") && l.contains(&helo));
+    let line = line.unwrap_or_else(|| panic!("no session line with {helo}:\n{log}"));
+    line.to_string()
+}
+
 /// The text after `key` in `text`, up to the next space, comma, paren or
 /// line end.
 fn word_after<'a>(text: &'a str, key: &str) -> &'a str {
@@ -89,11 +101,9 @@ fn postfix_relays_over_starttls(backend: Backend) {
         received.contains(&using),
         "{received}\nPostfix: {established}"
     );
-    let log = stop(server);
-    assert!(
-        log.contains(&format!("tls={version} cipher={cipher}")),
-        "{log}"
-    );
+    let session = session_line(server, "postfix.test");
+    let tls = format!("tls={version} cipher={cipher}");
+    assert!(session.contains(&tls), "{session}");
 }
 
 /// Postfix held to TLS 1.2, against an RSA 2048 certificate: the
@@ -196,15 +206,9 @@ fn openssl_s_client_sends_a_message_over_tls13(backend: Backend) {
     let using = format!("from after.example (127.0.0.1) (using TLSv1.3 with cipher {cipher}) by");
     assert!(received.contains(&using), "{received}");
     assert!(received.contains("with ESMTPS id"), "{received}");
-    let log = stop(server);
-    let session = log
-        .lines()
-        .find(|l| l.contains("session end") && l.contains("helo=after.example"));
-    let session = session.unwrap_or_else(|| panic!("no session line:\n{log}"));
-    assert!(
-        session.contains(&format!("tls=TLSv1.3 cipher={cipher}")),
-        "{session}"
-    );
+    let session = session_line(server, "after.example");
+    let tls = format!("tls=TLSv1.3 cipher={cipher}");
+    assert!(session.contains(&tls), "{session}");
 }
 
 /// TLS 1.2 works too; the Received line names its cipher the IANA way.
@@ -220,8 +224,8 @@ fn openssl_s_client_sends_a_message_over_tls12(backend: Backend) {
     );
 }
 
-/// A body of some 260 KiB arrives in many full-size TLS records from OpenSSL and
-/// is spooled exactly as sent.
+/// A body of some 260 KiB arrives in many full-size TLS records from
+/// OpenSSL and is spooled exactly as sent.
 fn openssl_s_client_sends_a_large_message(backend: Backend) {
     let cert = Cert::new();
     let server = start(backend, Some(&cert));
