@@ -19,6 +19,8 @@ use mxgate::recipients::SharedTable;
 use mxgate::runtime::{Server, ServerHandle};
 use mxgate::spool::Spool;
 
+pub mod peers;
+
 pub const HOST: &str = "mx.test";
 pub const TABLE: &str = "# test table\nalice@example.com\nbob@example.com OK\n@catchall.example\n";
 /// Longest any single reply may take to arrive.

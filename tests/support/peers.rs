@@ -1,0 +1,329 @@
+//! Real peers for the TLS tests (tests/tls_peers.rs): a certificate made at
+//! test time, command-line clients no one here wrote (openssl s_client,
+//! swaks, python3) run under a deadline, and a private Postfix instance
+//! whose SMTP client relays to the server under test.
+//!
+//! Owns plumbing only; the assertions live in the test files. A peer that is
+//! not installed fails the test, naming it: `.ci/run` installs them all.
+//! The Postfix instance is made by benches/scripts/postfix.sh, the same
+//! library the benchmarks use, so one place knows how to run Postfix.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::{wait_until, Reply, READ_TIMEOUT};
+
+/// The shell library that makes private Postfix instances.
+const POSTFIX_LIB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/scripts/postfix.sh");
+/// Seconds any peer command may run before timeout(1) ends it.
+const PEER_DEADLINE_SECS: &str = "60";
+/// How long Postfix gets to deliver a message it was handed.
+pub const DELIVERY_LIMIT: Duration = Duration::from_secs(30);
+
+/// `PATH` plus the sbin directories, where Debian puts Postfix's commands.
+fn search_path() -> String {
+    let path = std::env::var("PATH").unwrap_or_default();
+    format!("{path}:/usr/sbin:/sbin")
+}
+
+/// Fails the test unless `tool` is installed.
+pub fn require(tool: &str) {
+    let found = search_path()
+        .split(':')
+        .any(|dir| Path::new(dir).join(tool).is_file());
+    assert!(
+        found,
+        "`{tool}` is not installed; the real-peer TLS tests need it \
+         (.ci/run installs postfix, swaks, openssl and python3)"
+    );
+}
+
+/// A command running `tool` under timeout(1), so no peer can hang a test.
+pub fn peer(tool: &str) -> Command {
+    require(tool);
+    let mut command = Command::new("timeout");
+    command
+        .args([PEER_DEADLINE_SECS, tool])
+        .env("PATH", search_path());
+    command
+}
+
+/// Starts `command` with pipes for stdin, stdout and stderr.
+fn spawn_piped(mut command: Command) -> Child {
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn a peer")
+}
+
+/// What a peer command did.
+#[derive(Debug)]
+pub struct Finished {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `command` to its end with `input` on its stdin.
+pub fn run(command: Command, input: &str) -> Finished {
+    let mut child = spawn_piped(command);
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write to a peer");
+    let output = child.wait_with_output().expect("wait for a peer");
+    Finished {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A self-signed certificate (ECDSA P-256 unless said otherwise) for
+/// `mx.test` and 127.0.0.1 (so a
+/// client connecting to the address can verify it), as PEM files in its own
+/// temporary directory.
+pub struct Cert {
+    _dir: tempfile::TempDir,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Cert {
+    pub fn new() -> Cert {
+        Cert::with_key(&rcgen::PKCS_ECDSA_P256_SHA256)
+    }
+
+    /// The same with an RSA 2048 key.
+    pub fn rsa() -> Cert {
+        Cert::with_key(&rcgen::PKCS_RSA_SHA256)
+    }
+
+    fn with_key(algorithm: &'static rcgen::SignatureAlgorithm) -> Cert {
+        let key = rcgen::KeyPair::generate_for(algorithm).expect("key");
+        let names = vec![super::HOST.to_string(), "127.0.0.1".to_string()];
+        let params = rcgen::CertificateParams::new(names).expect("certificate names");
+        let cert = params.self_signed(&key).expect("self-signed certificate");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = Cert {
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+            _dir: dir,
+        };
+        std::fs::write(&files.cert, cert.pem()).expect("write cert");
+        std::fs::write(&files.key, key.serialize_pem()).expect("write key");
+        files
+    }
+
+    /// `--tls-cert FILE --tls-key FILE`.
+    pub fn flags(&self) -> Vec<String> {
+        let path = |p: &Path| p.display().to_string();
+        vec![
+            "--tls-cert".to_string(),
+            path(&self.cert),
+            "--tls-key".to_string(),
+            path(&self.key),
+        ]
+    }
+}
+
+/// An interactive client on a child's stdin and stdout (openssl s_client
+/// after its handshake): lines out, SMTP replies in, each within
+/// [`READ_TIMEOUT`].
+pub struct Interactive {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Interactive {
+    pub fn spawn(command: Command) -> Interactive {
+        let mut child = spawn_piped(command);
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stderr = child.stderr.take().expect("stderr");
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        Interactive {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// Sends one command line (CRLF added).
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin
+            .write_all(format!("{line}\r\n").as_bytes())
+            .expect("write to the peer");
+        stdin.flush().expect("flush to the peer");
+    }
+
+    /// The next SMTP reply; `None` if the peer's output ended first.
+    pub fn reply(&mut self) -> Option<Reply> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.lines.recv_timeout(READ_TIMEOUT).ok()?;
+            let line = line.trim_end_matches('\r').to_string();
+            let code = line.get(..3).and_then(|c| c.parse().ok());
+            let Some(code) = code else {
+                panic!("not an SMTP reply line: {line:?}");
+            };
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line);
+            if last {
+                return Some(Reply { code, lines });
+            }
+        }
+    }
+
+    /// Sends `line` and returns the reply, which must have code `code`.
+    pub fn cmd(&mut self, line: &str, code: u16) -> Reply {
+        self.send(line);
+        let reply = self.reply().unwrap_or_else(|| panic!("no reply to {line}"));
+        assert_eq!(reply.code, code, "{line}: {:?}", reply.lines);
+        reply
+    }
+
+    /// Closes stdin, waits for the peer to exit and returns its stderr.
+    pub fn finish(mut self) -> String {
+        drop(self.stdin.take());
+        self.child.wait().expect("wait for the peer");
+        self.stderr.join().unwrap_or_default()
+    }
+}
+
+/// A private Postfix instance (see benches/scripts/postfix.sh) whose SMTP
+/// client relays every message to one address; stopped when dropped.
+pub struct Postfix {
+    dir: tempfile::TempDir,
+}
+
+impl Postfix {
+    /// Starts an instance relaying to `relay_host` with
+    /// `smtp_tls_security_level = level` (none, may, encrypt) and the
+    /// main.cf `settings` (`name = value`).
+    pub fn relaying_to(relay_host: SocketAddr, level: &str, settings: &[&str]) -> Postfix {
+        require("sendmail");
+        let postfix = Postfix::init();
+        postfix.lib("postfix_relay_to", &[&relay_host.to_string(), level]);
+        if !settings.is_empty() {
+            postfix.lib("postfix_set", settings);
+        }
+        postfix.lib("postfix_start", &[]);
+        postfix
+    }
+
+    /// Starts an instance whose smtpd listens on `addr` and offers STARTTLS
+    /// with `cert`, as the benchmarks run it: accepted mail is held.
+    pub fn serving(addr: SocketAddr, cert: &Cert) -> Postfix {
+        let postfix = Postfix::init();
+        let (cert, key) = (
+            cert.cert.display().to_string(),
+            cert.key.display().to_string(),
+        );
+        postfix.lib("postfix_listen", &[&addr.to_string()]);
+        postfix.lib("postfix_tls_server", &[&cert, &key]);
+        postfix.lib("postfix_start", &[]);
+        postfix
+    }
+
+    /// A configured, not yet started instance in a new temporary directory.
+    fn init() -> Postfix {
+        require("postfix");
+        // Its master starts as root and its daemons switch to the postfix user.
+        let root = rustix::process::geteuid().is_root();
+        assert!(
+            root,
+            "a private Postfix instance needs root; run the tests as root"
+        );
+        let postfix = Postfix {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        postfix.lib("postfix_init", &[]);
+        postfix
+    }
+
+    /// How many messages wait in its hold queue.
+    pub fn held(&self) -> usize {
+        let hold = self.dir.path().join("queue").join("hold");
+        std::fs::read_dir(hold).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// Hands a message to this instance's sendmail.
+    pub fn send(&self, sender: &str, recipient: &str, message: &str) {
+        self.lib_with_input("postfix_sendmail", &[sender, recipient], message);
+    }
+
+    /// Its log so far (postlogd's file; no syslog involved).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+
+    /// Waits until a log line contains `text`; returns that line. Fails
+    /// with the whole log if none does within [`DELIVERY_LIMIT`].
+    pub fn log_line(&self, text: &str) -> String {
+        let find = || {
+            self.log()
+                .lines()
+                .find(|l| l.contains(text))
+                .map(str::to_string)
+        };
+        wait_until(DELIVERY_LIMIT, || find().is_some());
+        find().unwrap_or_else(|| panic!("Postfix never logged {text:?}; its log:\n{}", self.log()))
+    }
+
+    /// Runs one function of the shell library on this instance.
+    fn lib(&self, function: &str, args: &[&str]) {
+        self.lib_with_input(function, args, "");
+    }
+
+    fn lib_with_input(&self, function: &str, args: &[&str], input: &str) {
+        let mut command = Command::new("bash");
+        command
+            .args(["-c", "source \"$0\" && \"$@\"", POSTFIX_LIB, function])
+            .arg(self.dir.path())
+            .args(args)
+            .env("PATH", search_path());
+        let done = run(command, input);
+        assert!(
+            done.success,
+            "{function} failed: {}{}\nPostfix's log:\n{}",
+            done.stdout,
+            done.stderr,
+            self.log()
+        );
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .args(["-c", "source \"$0\" && postfix_stop \"$1\"", POSTFIX_LIB])
+            .arg(self.dir.path())
+            .env("PATH", search_path())
+            .status();
+    }
+}
