@@ -102,6 +102,7 @@ fn session(c: &mut Criterion) {
         max_recipients: 100,
         command_timeout: Duration::from_secs(300),
         data_timeout: Duration::from_secs(180),
+        starttls: false,
     });
     let mut input =
         b"EHLO client.example.org\r\nMAIL FROM:<sender@example.org> SIZE=1100\r\n".to_vec();
@@ -130,7 +131,7 @@ fn session(c: &mut Criterion) {
                     Event::MessageReady => session.spool_done(Some("4Xq2Zb1mT0"), &mut out),
                     Event::Close => break,
                     Event::Envelope | Event::MessageDiscarded => {}
-                    Event::NeedInput | Event::Paused => panic!("stalled"),
+                    Event::NeedInput | Event::Paused | Event::StartTls => panic!("stalled"),
                 }
                 rest = &rest[n..];
             }

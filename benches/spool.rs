@@ -185,6 +185,7 @@ fn message() -> Message {
     Message {
         peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
         helo: b"client.test".to_vec(),
+        tls: None,
         envelope: Envelope {
             mail_from: b"sender@example.net".to_vec(),
             rcpts: vec![b"user@example.com".to_vec()],

@@ -3,7 +3,8 @@
 //! file only wires them to the process: exit status 2 with one line for
 //! anything that stops the start-up (a bad flag, file or value, a spool
 //! that cannot be opened, a port in use), SIGTERM/SIGINT drain and exit 0,
-//! SIGHUP reloads the table ([`Config::reload_table`]).
+//! SIGHUP reloads the table ([`Config::reload_table`]) and the STARTTLS
+//! certificate ([`runtime::ServerHandle::reload_tls`]).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -84,7 +85,7 @@ fn run() -> Result<(), Fatal> {
         files = %sources,
         "mxgate ready"
     );
-    serve_signals(&mut signals, &table, &config);
+    serve_signals(&mut signals, &server, &table, &config);
     tracing::info!(
         drain_timeout_secs = config.drain_timeout.as_secs(),
         "draining sessions; a second SIGTERM/SIGINT stops at once"
@@ -112,14 +113,21 @@ fn parse_command_line() -> Result<(Config, Sources), Fatal> {
     }
 }
 
-/// Blocks until SIGTERM or SIGINT; reloads the table on SIGHUP (a table
-/// that cannot be used is logged and counted there, and the old one kept).
-fn serve_signals(signals: &mut Signals, table: &SharedTable, config: &Config) {
+/// Blocks until SIGTERM or SIGINT; reloads the table and the certificate
+/// on SIGHUP (a file that cannot be used is logged there, and the old one
+/// kept).
+fn serve_signals(
+    signals: &mut Signals,
+    server: &runtime::ServerHandle,
+    table: &SharedTable,
+    config: &Config,
+) {
     for signal in signals.forever() {
         if signal != SIGHUP {
             return;
         }
         let _ = config.reload_table(table);
+        server.reload_tls();
     }
 }
 

@@ -14,8 +14,9 @@
 //! and the resolvers that check them), `table` (loading and reloading the
 //! recipient table the configuration names), `error`.
 //!
-//! It opens no sockets and reads no file other than the config layers and
-//! the recipient table (parsed by [`crate::recipients`]).
+//! It opens no sockets and reads no file other than the config layers, the
+//! recipient table (parsed by [`crate::recipients`]) and the TLS
+//! certificate and key (read by [`crate::tls`]).
 
 #[macro_use]
 mod declare;
@@ -23,6 +24,7 @@ mod error;
 mod layer;
 mod settings;
 mod table;
+mod tls;
 mod values;
 
 use std::fmt;
@@ -38,6 +40,7 @@ use crate::spool::{SpoolConfig, SpoolTuning};
 pub use declare::{Fallback, Setting};
 pub use error::ConfigError;
 pub use settings::{flags, Config, Layer, CONFIG_FLAG, PROFILE_FLAG, SETTINGS};
+pub use tls::reload_tls;
 pub use values::{Backend, SpoolModeName, SpoolSyncName};
 
 /// Fewest recipients per transaction a server may limit to (RFC 5321 §4.5.3.1.8).
@@ -127,7 +130,7 @@ impl Config {
     /// Applies the declared defaults to a merged layer and resolves each
     /// setting.
     pub fn from_layer(layer: Layer) -> Result<Config, ConfigError> {
-        Config::resolve(layer.over(Layer::defaults()))
+        Config::resolve(layer.over(Layer::defaults()))?.check_tls_pair()
     }
 
     /// The settings every session of this server shares.
@@ -138,6 +141,7 @@ impl Config {
             max_recipients: self.max_recipients,
             command_timeout: self.command_timeout,
             data_timeout: self.data_timeout,
+            starttls: self.tls_cert.is_some(),
         })
     }
 

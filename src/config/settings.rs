@@ -153,4 +153,10 @@ settings! {
 
     /// Serve Prometheus metrics at http://ADDR/metrics.
     metrics: SocketAddr => Option<SocketAddr> = Off, "ADDR", optional;
+
+    /// PEM certificate chain for STARTTLS (with tls-key; SIGHUP reloads it).
+    tls_cert: PathBuf => Option<PathBuf> = Off, "FILE", optional;
+
+    /// PEM private key of tls-cert; STARTTLS is offered only when both are set.
+    tls_key: PathBuf => Option<PathBuf> = Off, "FILE", optional;
 }

@@ -97,6 +97,12 @@ pub struct Metrics {
     /// Message handed to the spool to its completion (file and directory
     /// synced) seen by the worker.
     pub spool_commit: Latency,
+    /// TLS handshakes completed, by version and cipher.
+    pub tls_handshakes: Vec<((&'static str, &'static str), u64)>,
+    /// TLS handshakes failed (timeouts included), by reason.
+    pub tls_failures: Vec<(&'static str, u64)>,
+    /// STARTTLS's 220 to the handshake's end.
+    pub tls_handshake: Latency,
     /// The recipient table in use: its entries and domains, and the
     /// reloads refused since start. Filled in by the scrape, not by workers.
     pub table_entries: u64,
@@ -123,6 +129,9 @@ impl Default for Metrics {
             service: std::array::from_fn(|_| Latency::new()),
             session_duration: Latency::new(),
             spool_commit: Latency::new(),
+            tls_handshakes: Vec::new(),
+            tls_failures: Vec::new(),
+            tls_handshake: Latency::new(),
             table_entries: 0,
             table_domains: 0,
             table_reload_failures: 0,
@@ -157,10 +166,7 @@ impl Metrics {
 
     /// Counts one ended session under `outcome`.
     pub fn count_outcome(&mut self, outcome: &'static str, n: u64) {
-        match self.outcomes.iter_mut().find(|(name, _)| *name == outcome) {
-            Some((_, count)) => *count += n,
-            None => self.outcomes.push((outcome, n)),
-        }
+        count(&mut self.outcomes, outcome, n);
     }
 
     /// Adds another worker's metrics into these.
@@ -182,6 +188,21 @@ impl Metrics {
         }
         self.session_duration.merge(&other.session_duration);
         self.spool_commit.merge(&other.spool_commit);
+        for &(suite, n) in &other.tls_handshakes {
+            count(&mut self.tls_handshakes, suite, n);
+        }
+        for &(reason, n) in &other.tls_failures {
+            count(&mut self.tls_failures, reason, n);
+        }
+        self.tls_handshake.merge(&other.tls_handshake);
+    }
+}
+
+/// Adds `n` to the count of `key`, a label value known only at run time.
+fn count<K: PartialEq>(counts: &mut Vec<(K, u64)>, key: K, n: u64) {
+    match counts.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, c)) => *c += n,
+        None => counts.push((key, n)),
     }
 }
 

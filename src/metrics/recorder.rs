@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::{Class, Metrics};
+use super::{count, Class, Metrics};
 use crate::proto::Tally;
 use crate::recipients::SharedTable;
 use crate::runtime::Wake;
 use crate::spool::DepthGauge;
+use crate::tls::{Failure, Negotiated};
 
 /// Where a worker sends its copy of the metrics.
 type Request = Sender<Box<Metrics>>;
@@ -77,6 +78,18 @@ impl Recorder {
         self.metrics.sessions_ended += 1;
         self.metrics.count_outcome(outcome, 1);
         self.metrics.session_duration.record(nanos(duration));
+    }
+
+    /// A TLS handshake ended well, `duration` after STARTTLS's 220.
+    pub fn tls_handshake(&mut self, negotiated: Negotiated, duration: Duration) {
+        let suite = (negotiated.version, negotiated.cipher);
+        count(&mut self.metrics.tls_handshakes, suite, 1);
+        self.metrics.tls_handshake.record(nanos(duration));
+    }
+
+    /// A TLS handshake failed (or timed out).
+    pub fn tls_failure(&mut self, failure: Failure) {
+        count(&mut self.metrics.tls_failures, failure.as_str(), 1);
     }
 
     pub fn received(&mut self, octets: usize) {

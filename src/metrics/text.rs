@@ -21,6 +21,7 @@ pub fn render(m: &Metrics, answered: usize, workers: usize) -> String {
     recipient_table(&mut out, m);
     transactions(&mut out, m);
     spool_depth(&mut out, m);
+    tls(&mut out, m);
     latencies(&mut out, m);
     out
 }
@@ -88,6 +89,36 @@ fn spool_depth(o: &mut String, m: &Metrics) {
     gauge(o, "spool_depth_messages", help, depth.messages);
     let help = "Octets of the files waiting in the spool's new/ directory.";
     gauge(o, "spool_depth_bytes", help, depth.bytes);
+}
+
+fn tls(o: &mut String, m: &Metrics) {
+    let name = "tls_handshakes_total";
+    header(
+        o,
+        name,
+        "TLS handshakes completed, by version and cipher.",
+        "counter",
+    );
+    for &((version, cipher), n) in &m.tls_handshakes {
+        let labels = format!("{{version=\"{version}\",cipher=\"{cipher}\"}}");
+        let _ = writeln!(o, "mxgate_{name}{labels} {n}");
+    }
+    let help = "TLS handshakes failed or timed out (the connection closed), by reason.";
+    counter(
+        o,
+        "tls_handshake_failures_total",
+        help,
+        "reason",
+        &m.tls_failures,
+    );
+    let help = "STARTTLS's 220 to the end of the TLS handshake.";
+    summary(
+        o,
+        "tls_handshake_seconds",
+        help,
+        "",
+        &[("", &m.tls_handshake)],
+    );
 }
 
 fn latencies(o: &mut String, m: &Metrics) {

@@ -27,6 +27,7 @@ pub enum Command<'a> {
     Vrfy,
     Expn,
     Help,
+    StartTls,
 }
 
 /// The ESMTP parameters of MAIL FROM.
@@ -93,13 +94,14 @@ pub enum Verb {
     Vrfy,
     Expn,
     Help,
+    Starttls,
     /// Not a command we know.
     Unknown,
 }
 
 impl Verb {
     /// Every verb, in declaration order (`verb as usize` indexes it).
-    pub const ALL: [Verb; 13] = [
+    pub const ALL: [Verb; 14] = [
         Verb::Ehlo,
         Verb::Helo,
         Verb::Mail,
@@ -112,6 +114,7 @@ impl Verb {
         Verb::Vrfy,
         Verb::Expn,
         Verb::Help,
+        Verb::Starttls,
         Verb::Unknown,
     ];
 
@@ -130,6 +133,7 @@ impl Verb {
             Verb::Vrfy => "vrfy",
             Verb::Expn => "expn",
             Verb::Help => "help",
+            Verb::Starttls => "starttls",
             Verb::Unknown => "unknown",
         }
     }
@@ -142,6 +146,9 @@ pub fn split(line: &[u8]) -> (Verb, &[u8]) {
         Some(i) => (&line[..i], &line[i + 1..]),
         None => (line, &line[line.len()..]),
     };
+    if word.eq_ignore_ascii_case(b"STARTTLS") {
+        return (Verb::Starttls, args);
+    }
     let Ok(word) = <[u8; 4]>::try_from(word) else {
         return (Verb::Unknown, args);
     };
@@ -185,6 +192,7 @@ pub fn parse_args(verb: Verb, args: &[u8]) -> Result<Command<'_>, Error> {
         Verb::Vrfy => Ok(Command::Vrfy),
         Verb::Expn => Ok(Command::Expn),
         Verb::Help => Ok(Command::Help),
+        Verb::Starttls => no_args(args, Command::StartTls),
         Verb::Unknown => Err(Error::UnknownCommand),
     }
 }

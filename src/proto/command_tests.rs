@@ -37,7 +37,10 @@ fn simple_verbs() {
         (b"EHLO a\x00b", Err(Error::Syntax(Reply::HeloSyntax))),
         (b"", Err(Error::UnknownCommand)),
         (b"FOO", Err(Error::UnknownCommand)),
-        (b"STARTTLS", Err(Error::UnknownCommand)),
+        (b"STARTTLS", Ok(Command::StartTls)),
+        (b"starttls", Ok(Command::StartTls)),
+        (b"STARTTLS now", Err(Error::Syntax(Reply::NoArguments))),
+        (b"STARTTLSX", Err(Error::UnknownCommand)),
         (b"NOOPX", Err(Error::UnknownCommand)),
         (b"MAILFROM:<a@b>", Err(Error::UnknownCommand)),
     ];

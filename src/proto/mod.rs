@@ -14,6 +14,9 @@ pub mod tally;
 mod transaction;
 pub mod verdict;
 
+#[cfg(test)]
+mod starttls_tests;
+
 pub use session::{BodyKind, Envelope, Event, Session, SessionConfig};
 pub use tally::{RcptOutcome, Refusal, Tally};
 pub use verdict::{Printable, Queued, Rejection, Rejections, Stage};

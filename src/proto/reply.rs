@@ -48,6 +48,10 @@ pub enum Reply {
     Vrfy,
     Expn,
     Help,
+    ReadyForTls,
+    TlsNotOffered,
+    TlsActive,
+    TlsInTransaction,
 }
 
 impl Reply {
@@ -99,6 +103,10 @@ impl Reply {
             }
             Reply::Expn => b"502 5.5.1 Error: EXPN not available\r\n",
             Reply::Help => b"214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT\r\n",
+            Reply::ReadyForTls => b"220 2.0.0 Ready to start TLS\r\n",
+            Reply::TlsNotOffered => b"502 5.5.1 Error: command not implemented\r\n",
+            Reply::TlsActive => b"503 5.5.1 Error: TLS already active\r\n",
+            Reply::TlsInTransaction => b"503 5.5.1 Error: MAIL transaction in progress\r\n",
         }
     }
 
@@ -154,16 +162,20 @@ pub fn write_helo(host: &str, out: &mut Vec<u8>) {
     join(out, &[b"250 ", host.as_bytes(), b"\r\n"]);
 }
 
-/// The multi-line EHLO reply with our extensions.
-pub fn write_ehlo(host: &str, max_size: usize, out: &mut Vec<u8>) {
+/// The multi-line EHLO reply with our extensions, STARTTLS among them
+/// when `starttls`.
+pub fn write_ehlo(host: &str, max_size: usize, starttls: bool, out: &mut Vec<u8>) {
     join(
         out,
         &[b"250-", host.as_bytes(), b"\r\n250-PIPELINING\r\n250-SIZE "],
     );
     let _ = write!(out, "{max_size}");
-    out.extend_from_slice(
-        b"\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n",
-    );
+    out.extend_from_slice(b"\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250");
+    if starttls {
+        out.extend_from_slice(b"-CHUNKING\r\n250 STARTTLS\r\n");
+    } else {
+        out.extend_from_slice(b" CHUNKING\r\n");
+    }
 }
 
 /// `550 5.1.1 <addr>: Recipient address rejected: User unknown`

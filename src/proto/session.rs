@@ -42,6 +42,8 @@ pub struct SessionConfig {
     pub command_timeout: Duration,
     /// Waiting for the next DATA/BDAT block (RFC 5321 §4.5.3.2: 3 minutes).
     pub data_timeout: Duration,
+    /// STARTTLS is offered (a certificate is configured).
+    pub starttls: bool,
 }
 
 /// How the body bytes of a message are encoded on the wire.
@@ -89,6 +91,11 @@ pub enum Event<'a> {
     MessageDiscarded,
     /// Waiting for [`Session::spool_done`]; nothing was consumed.
     Paused,
+    /// STARTTLS was answered with 220 and its line consumed: write out the
+    /// replies, discard every octet after that line (held or not yet
+    /// read), do the TLS handshake (within [`Session::deadline`]), then
+    /// call [`Session::start_tls`]. Until then the session takes no input.
+    StartTls,
     /// Flush the output, then close the connection.
     Close,
 }
@@ -115,6 +122,8 @@ enum State {
     },
     /// `MessageReady` was returned; waiting for `spool_done`.
     Spooling,
+    /// `StartTls` was returned; waiting for `start_tls`.
+    Handshake,
     Closed,
 }
 
@@ -133,6 +142,8 @@ pub struct Session {
     transaction: Transaction,
     last_active: Instant,
     shutting_down: bool,
+    /// The session runs inside TLS (after [`Session::start_tls`]).
+    in_tls: bool,
 }
 
 impl Session {
@@ -145,6 +156,7 @@ impl Session {
             transaction: Transaction::default(),
             last_active: now,
             shutting_down: false,
+            in_tls: false,
         }
     }
 
@@ -187,6 +199,8 @@ impl Session {
             let (consumed, event) = match self.state {
                 State::Closed => (0, Some(Event::Close)),
                 State::Spooling => (0, Some(Event::Paused)),
+                // Nothing before the handshake ends is session input.
+                State::Handshake => (0, Some(Event::NeedInput)),
                 State::Command => self.command_step(rest, table, out, tally),
                 State::LongLine => self.long_line_step(rest, out),
                 State::Data(scanner) => self.data_step(scanner, rest, out, tally),
@@ -409,7 +423,7 @@ impl Session {
         self.shutting_down = true;
         match self.state {
             State::Closed => true,
-            State::Command | State::LongLine if !self.transaction.is_open() => {
+            State::Command | State::LongLine | State::Handshake if !self.transaction.is_open() => {
                 reply::write_shutting_down(&self.config.hostname, out);
                 self.state = State::Closed;
                 true
@@ -428,6 +442,9 @@ impl Session {
     ) -> Option<Event<'static>> {
         let (verb, args) = command::split(line);
         tally.command(verb);
+        if verb == Verb::Starttls {
+            return self.starttls(args, out);
+        }
         let command = match command::parse_args(verb, args) {
             Ok(command) => command,
             Err(e) => {
@@ -455,6 +472,8 @@ impl Session {
             Command::Vrfy => Reply::Vrfy.write(out),
             Command::Expn => Reply::Expn.write(out),
             Command::Help => Reply::Help.write(out),
+            // Answered above, before its arguments are parsed.
+            Command::StartTls => return self.starttls(args, out),
             Command::Quit => {
                 Reply::Bye.write(out);
                 self.state = State::Closed;
@@ -529,11 +548,54 @@ impl Session {
         self.helo.extend_from_slice(name);
         if extended {
             let max = self.config.max_message_size;
-            reply::write_ehlo(&self.config.hostname, max, out);
+            let starttls = self.config.starttls && !self.in_tls;
+            reply::write_ehlo(&self.config.hostname, max, starttls, out);
         } else {
             reply::write_helo(&self.config.hostname, out);
         }
         aborted
+    }
+
+    /// STARTTLS (RFC 3207): 220 and [`Event::StartTls`], or why not, in
+    /// DESIGN.md's precedence: not offered, already in TLS (whatever
+    /// follows), an argument, a transaction in progress.
+    fn starttls(&mut self, args: &[u8], out: &mut Vec<u8>) -> Option<Event<'static>> {
+        let refusal = if !self.config.starttls {
+            Some(Reply::TlsNotOffered)
+        } else if self.in_tls {
+            Some(Reply::TlsActive)
+        } else if let Err(e) = command::parse_args(Verb::Starttls, args) {
+            Some(e.reply())
+        } else if self.transaction.is_open() {
+            Some(Reply::TlsInTransaction)
+        } else {
+            None
+        };
+        if let Some(reply) = refusal {
+            reply.write(out);
+            return None;
+        }
+        Reply::ReadyForTls.write(out);
+        self.state = State::Handshake;
+        Some(Event::StartTls)
+    }
+
+    /// The TLS handshake after [`Event::StartTls`] succeeded: the session
+    /// starts over inside TLS (RFC 3207 §4.2: no HELO, no transaction), and
+    /// EHLO no longer offers STARTTLS. Ignored at any other time.
+    pub fn start_tls(&mut self, now: Instant) {
+        if !matches!(self.state, State::Handshake) {
+            return;
+        }
+        self.helo.clear();
+        self.reset_transaction();
+        self.in_tls = true;
+        self.last_active = now;
+    }
+
+    /// Whether the session runs inside TLS.
+    pub fn in_tls(&self) -> bool {
+        self.in_tls
     }
 
     /// DATA: 354 and into the body, or the reason why not.

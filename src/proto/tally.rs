@@ -179,6 +179,7 @@ pub(crate) fn run_session(
         max_recipients: 100,
         command_timeout: Duration::from_secs(60),
         data_timeout: Duration::from_secs(60),
+        starttls: false,
     });
     let now = Instant::now();
     let mut session = Session::new(config, now);

@@ -5,7 +5,16 @@
 //! Owns turning octets into session input (in one place, [`Conn::feed`]:
 //! a layer between bytes and session, such as TLS or a PROXY header
 //! reader, goes there), collecting body slices, handing finished messages
-//! to the spool, and the session's log line. Owns no socket and knows no
+//! to the spool, and the session's log line.
+//!
+//! After STARTTLS (the session's [`Event::StartTls`]) every octet that
+//! came after the STARTTLS line is discarded, held or not (CVE-2011-0411),
+//! and the connection runs in TLS mode: input goes through a boxed
+//! [`TlsLayer`] (a plain connection pays one pointer for it) to the
+//! session, and replies are encrypted into the layer, whose ciphertext is
+//! then the connection's output; `held` then holds ciphertext the layer
+//! could not take yet. A failed handshake ends the connection after the
+//! layer's alert; [`Conn::log_end`] logs and counts it. Owns no socket and knows no
 //! backend: a backend gives it what the kernel received
 //! ([`Conn::handle_input`], [`Conn::handle_eof`]) and sends what
 //! [`Conn::poll_output`] shows. Makes no protocol decision: every reply
@@ -15,6 +24,10 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+
 use super::mail_log;
 use super::spare;
 use super::timer::{Expiry, TimerWheel};
@@ -22,6 +35,7 @@ use crate::metrics::Recorder;
 use crate::proto::{Event, Printable, Session, Tally};
 use crate::recipients::Table;
 use crate::spool::{Message, SpoolError, SpoolLink};
+use crate::tls::{Negotiated, State, TlsLayer};
 
 /// Unsent reply octets beyond which the session takes no more input (the
 /// client is not reading its replies).
@@ -38,6 +52,24 @@ const STITCH: usize = 1024;
 /// Queue IDs listed in one log line; later ones are only counted.
 const LOGGED_IDS: u32 = 8;
 
+/// The `session end` line of `conn`, with `extra` fields at its end.
+macro_rules! session_end {
+    ($conn:expr, $outcome:expr $(, $key:ident = $($value:tt)+)?) => {
+        tracing::info!(
+            client = %$conn.peer,
+            helo = %Printable($conn.session.helo()),
+            accepted_rcpts = $conn.log.accepted_rcpts,
+            rejected_rcpts = $conn.log.rejected_rcpts,
+            messages = $conn.log.messages,
+            spool_failures = $conn.log.spool_failures,
+            outcome = $outcome.as_str(),
+            queue_ids = %$conn.log.queue_ids,
+            $($key = $($value)+,)?
+            "session end"
+        )
+    };
+}
+
 /// Why a session ended, for the log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -51,6 +83,8 @@ pub enum Outcome {
     TimedOut,
     /// Server shutdown: the session got its 421.
     Shutdown,
+    /// The TLS handshake failed, or a TLS record after it.
+    TlsFailed,
     /// The drain timeout ran out during shutdown.
     Aborted,
     /// A bug: driving the session panicked.
@@ -65,6 +99,7 @@ impl Outcome {
             Outcome::Reset => "reset",
             Outcome::TimedOut => "timed-out",
             Outcome::Shutdown => "shutdown",
+            Outcome::TlsFailed => "tls-failed",
             Outcome::Aborted => "aborted",
             Outcome::Failed => "internal-error",
         }
@@ -79,6 +114,8 @@ pub struct Cx<'w> {
     /// Identifies this connection in spool completions.
     pub ticket: u64,
     pub metrics: &'w mut Recorder,
+    /// The TLS configuration, when STARTTLS is offered.
+    pub tls: Option<&'w Arc<ServerConfig>>,
 }
 
 /// Counters for the session's log line.
@@ -119,6 +156,8 @@ pub struct Conn {
     out: Vec<u8>,
     /// The message being received.
     body: Vec<u8>,
+    /// TLS mode, from the STARTTLS reply on.
+    tls: Option<Box<Tls>>,
     pub log: SessionLog,
     /// For the metrics: when the session started, when its last message's
     /// data ended (its input arrived; nanoseconds after `opened`, which
@@ -148,6 +187,7 @@ impl Conn {
             held: Vec::new(),
             out,
             body: Vec::new(),
+            tls: None,
             log: SessionLog::default(),
             opened,
             data_ended_ns: 0,
@@ -184,21 +224,37 @@ impl Conn {
     }
 
     fn can_feed(&self) -> bool {
-        self.ended.is_none() && !self.awaiting_spool && self.out.len() < OUT_CAP
+        self.ended.is_none() && !self.awaiting_spool && self.output_len() < OUT_CAP
+    }
+
+    /// Octets waiting to be sent, in plaintext and, in TLS mode, encrypted.
+    fn output_len(&self) -> usize {
+        let sealed = self
+            .tls
+            .as_ref()
+            .map_or(0, |tls| tls.layer.poll_output().len());
+        self.out.len() + sealed
     }
 
     /// Takes octets the client sent, all of them: the session gets them
     /// now if it can, and what it cannot use yet is held back.
     pub fn handle_input(&mut self, input: &[u8], cx: &mut Cx) {
         cx.metrics.received(input.len());
+        if self.tls.is_some() {
+            return self.tls_input(input, cx);
+        }
         let input = self.stitch(input, cx);
+        if self.tls.is_some() {
+            // STARTTLS was among the held octets: the rest is discarded.
+            return;
+        }
         if !self.can_feed() {
             self.hold(input);
             self.feed_due |= !input.is_empty();
             return;
         }
         if !input.is_empty() {
-            let consumed = self.feed(input, cx);
+            let consumed = self.feed(input, None, cx);
             self.hold(&input[consumed..]);
             self.feed_due = self.awaiting_spool;
         }
@@ -233,9 +289,15 @@ impl Conn {
     }
 
     /// The client closed its sending side: once the session has seen what
-    /// was held back, the connection ends.
+    /// was held back, the connection ends (at once during a handshake).
     pub fn handle_eof(&mut self) {
         self.eof = true;
+        if let Some(tls) = &mut self.tls {
+            tls.layer.peer_eof();
+            if matches!(tls.layer.state(), State::Failed(_)) && self.ended.is_none() {
+                self.ended = Some(Outcome::TlsFailed);
+            }
+        }
         self.note_eof();
     }
 
@@ -244,12 +306,116 @@ impl Conn {
     pub fn resume(&mut self, cx: &mut Cx) {
         if self.feed_due && self.can_feed() {
             let mut held = std::mem::take(&mut self.held);
-            let consumed = self.feed(&held, cx);
+            let consumed = match self.tls {
+                Some(_) => self.tls_through(&held, cx),
+                None => self.feed(&held, None, cx),
+            };
             held.drain(..consumed);
             self.held = held;
-            self.feed_due = self.awaiting_spool;
+            self.feed_due = self.awaiting_spool || self.tls_blocked();
         }
         self.note_eof();
+    }
+
+    /// TLS mode: ciphertext goes through the layer to the session; what
+    /// the layer cannot take yet is held.
+    fn tls_input(&mut self, input: &[u8], cx: &mut Cx) {
+        let rest = if self.held.is_empty() && self.can_feed() {
+            let taken = self.tls_through(input, cx);
+            &input[taken..]
+        } else {
+            input
+        };
+        self.hold(rest);
+        self.feed_due = self.awaiting_spool || self.tls_blocked() || !rest.is_empty();
+        self.note_eof();
+    }
+
+    /// In TLS mode, decrypted input may wait in the layer while the
+    /// session cannot take it: it is due a feed once it can.
+    fn tls_blocked(&self) -> bool {
+        self.tls.is_some() && !self.can_feed()
+    }
+
+    /// Moves `input` through the TLS layer and its plaintext into the
+    /// session until neither takes more; returns the octets the layer
+    /// took. A failed layer ends the connection (its alert still goes out)
+    /// and the rest of `input` is dropped.
+    fn tls_through(&mut self, input: &[u8], cx: &mut Cx) -> usize {
+        let mut taken = 0;
+        while let Some(tls) = self.tls.as_mut() {
+            let Ok(n) = tls.layer.handle_input(&input[taken..]) else {
+                self.ended.get_or_insert(Outcome::TlsFailed);
+                return input.len();
+            };
+            taken += n;
+            // close_notify: no more input comes, as at the end of TCP.
+            self.eof |= tls.layer.is_peer_closed();
+            if !self.session.in_tls() {
+                if let Some(negotiated) = tls.layer.negotiated() {
+                    let took = cx.now.saturating_duration_since(tls.started);
+                    cx.metrics.tls_handshake(negotiated, took);
+                    self.session.start_tls(cx.now);
+                }
+            }
+            let fed = self.feed_plaintext(cx);
+            if fed == 0 && (n == 0 || taken == input.len()) {
+                break;
+            }
+        }
+        taken
+    }
+
+    /// Feeds the layer's plaintext to the session, then encrypts its
+    /// replies; returns the plaintext octets consumed.
+    fn feed_plaintext(&mut self, cx: &mut Cx) -> usize {
+        if !self.session.in_tls() || !self.can_feed() {
+            return 0;
+        }
+        let Some(mut tls) = self.tls.take() else {
+            return 0;
+        };
+        let start = lend(&mut self.out).len();
+        let negotiated = tls.layer.negotiated();
+        let consumed = self.feed(tls.layer.plaintext(), negotiated, cx);
+        tls.layer.consume_plaintext(consumed);
+        self.tls = Some(tls);
+        self.seal(start);
+        consumed
+    }
+
+    /// TLS mode: encrypts the replies the session wrote from `start` on
+    /// (earlier octets are the plaintext 220 to STARTTLS, not sent yet);
+    /// after the session's last reply, close_notify follows. Before the
+    /// handshake has ended (a timeout, a shutdown) a reply cannot be sent
+    /// and is dropped with the connection.
+    fn seal(&mut self, start: usize) {
+        let Some(tls) = &mut self.tls else {
+            return;
+        };
+        if self.out.len() > start {
+            let _ = tls.layer.write_plaintext(&self.out[start..]);
+            self.out.truncate(start);
+        }
+        if self.ended.is_some() {
+            tls.layer.close();
+        }
+    }
+
+    /// The session answered STARTTLS with 220: the connection goes into
+    /// TLS mode and the handshake's clock starts.
+    fn start_handshake(&mut self, cx: &Cx) {
+        let layer = cx.tls.map(|config| TlsLayer::new(Arc::clone(config)));
+        match layer {
+            Some(Ok(layer)) => {
+                let started = cx.now;
+                self.tls = Some(Box::new(Tls { layer, started }));
+            }
+            _ => {
+                tracing::error!(client = %self.peer, "STARTTLS answered without a TLS configuration");
+                self.ended = Some(Outcome::Failed);
+            }
+        }
     }
 
     fn note_eof(&mut self) {
@@ -265,9 +431,9 @@ impl Conn {
     }
 
     /// The one place octets become session input: runs the session over
-    /// `input` until it needs more, pauses for the spool or closes; returns
-    /// the octets consumed.
-    fn feed(&mut self, input: &[u8], cx: &mut Cx) -> usize {
+    /// `input` (which came under `tls`, if it did) until it needs more,
+    /// pauses for the spool or closes; returns the octets consumed.
+    fn feed(&mut self, input: &[u8], tls: Option<Negotiated>, cx: &mut Cx) -> usize {
         lend(&mut self.out);
         let mut tally = Tally::default();
         let mut pos = 0;
@@ -285,12 +451,18 @@ impl Conn {
                 Event::Envelope => self.body.clear(),
                 Event::Body(bytes) => self.body.extend_from_slice(bytes),
                 Event::MessageReady => {
-                    self.submit(cx);
+                    self.submit(tls, cx);
                     break;
                 }
                 Event::MessageDiscarded => self.body = Vec::new(),
                 Event::Close => {
                     self.ended = Some(Outcome::Closed);
+                    break;
+                }
+                Event::StartTls => {
+                    // Whatever followed the STARTTLS line is dropped.
+                    self.start_handshake(cx);
+                    pos = input.len();
                     break;
                 }
             }
@@ -310,14 +482,15 @@ impl Conn {
         mail_log::rejections(self.peer, tally.rejections());
     }
 
-    /// Hands the finished message to the spool; the session stays paused
-    /// until [`Conn::spool_done`].
-    fn submit(&mut self, cx: &mut Cx) {
+    /// Hands the finished message (received under `tls`, if it was) to
+    /// the spool; the session stays paused until [`Conn::spool_done`].
+    fn submit(&mut self, tls: Option<Negotiated>, cx: &mut Cx) {
         let envelope = self.session.envelope().clone();
         self.log.accepted_rcpts += u32::try_from(envelope.rcpts.len()).unwrap_or(u32::MAX);
         let message = Message {
             peer: self.peer,
             helo: self.session.helo().to_vec(),
+            tls,
             envelope,
             body: std::mem::take(&mut self.body),
         };
@@ -341,6 +514,7 @@ impl Conn {
         metrics.message(result.is_ok(), end_of_data, end_of_data.saturating_sub(lag));
         let mut tally = Tally::default();
         let out = lend(&mut self.out);
+        let start = out.len();
         match result {
             Ok(id) => {
                 mail_log::queued(self.peer, self.session.queued(&id));
@@ -359,6 +533,7 @@ impl Conn {
                 self.session.spool_done_tallied(None, out, &mut tally);
             }
         }
+        self.seal(start);
         mail_log::rejections(self.peer, tally.rejections());
     }
 
@@ -369,14 +544,20 @@ impl Conn {
         self.generation == generation && self.awaiting_spool && self.ended.is_none()
     }
 
-    /// Replies waiting to be sent, oldest first.
+    /// Octets waiting to be sent, oldest first: plaintext replies, then,
+    /// in TLS mode, the layer's ciphertext.
     pub fn poll_output(&self) -> &[u8] {
-        &self.out
+        match &self.tls {
+            Some(tls) if self.out.is_empty() => tls.layer.poll_output(),
+            _ => &self.out,
+        }
     }
 
     /// The backend sent the first `n` octets of [`Conn::poll_output`].
     pub fn advance_output(&mut self, n: usize) {
-        if n >= self.out.len() {
+        if let Some(tls) = self.tls.as_mut().filter(|_| self.out.is_empty()) {
+            tls.layer.advance_output(n);
+        } else if n >= self.out.len() {
             self.out.clear();
         } else {
             self.out.drain(..n);
@@ -388,7 +569,10 @@ impl Conn {
     /// until it completes.
     pub fn take_output(&mut self, buf: &mut Vec<u8>) {
         debug_assert!(buf.is_empty());
-        std::mem::swap(&mut self.out, buf);
+        match self.tls.as_mut().filter(|_| self.out.is_empty()) {
+            Some(tls) => tls.layer.take_output(buf),
+            None => std::mem::swap(&mut self.out, buf),
+        }
     }
 
     /// Gives back buffers that hold nothing, so an idle session costs only
@@ -402,10 +586,12 @@ impl Conn {
     /// inside a transaction goes on until it ends.
     pub fn shut_down(&mut self) -> bool {
         let out = lend(&mut self.out);
+        let start = out.len();
         let now = self.session.shut_down(out);
         if now {
             self.ended = Some(Outcome::Shutdown);
         }
+        self.seal(start);
         now
     }
 
@@ -431,9 +617,15 @@ impl Conn {
     pub fn timer_fired(&mut self, key: usize, now: Instant, wheel: &mut TimerWheel) {
         let deadline = self.session.deadline();
         if deadline <= now && !self.awaiting_spool {
+            if let Some(tls) = &mut self.tls {
+                // The handshake timeout is the command timeout.
+                tls.layer.handshake_timed_out();
+            }
             let out = lend(&mut self.out);
+            let start = out.len();
             self.session.time_out(out);
             self.ended = Some(Outcome::TimedOut);
+            self.seal(start);
             return;
         }
         // Our own spool is never the client's timeout.
@@ -450,22 +642,51 @@ impl Conn {
         }
     }
 
-    /// The one log line of a finished session; also counts it in the
-    /// metrics.
+    /// The one log line of a finished session (with the TLS version and
+    /// cipher if it ran inside TLS); also counts it in the metrics.
     pub fn log_end(&self, outcome: Outcome, metrics: &mut Recorder) {
         metrics.session_closed(outcome.as_str(), self.opened.elapsed());
+        self.log_tls_failure(metrics);
+        match self.negotiated() {
+            Some(tls) => session_end!(self, outcome, tls = %tls.version, cipher = %tls.cipher),
+            None => session_end!(self, outcome),
+        }
+    }
+}
+
+impl Conn {
+    /// The TLS version and cipher the session runs under, if it does.
+    fn negotiated(&self) -> Option<Negotiated> {
+        self.tls.as_ref().and_then(|tls| tls.layer.negotiated())
+    }
+
+    /// A handshake that failed (or timed out) is logged and counted once,
+    /// when its connection ends.
+    fn log_tls_failure(&self, metrics: &mut Recorder) {
+        let Some(tls) = &self.tls else { return };
+        let State::Failed(failure) = tls.layer.state() else {
+            return;
+        };
+        let detail = tls.layer.detail().map(ToString::to_string);
+        let detail = detail.as_deref().unwrap_or("-");
+        if self.session.in_tls() {
+            tracing::info!(client = %self.peer, reason = %failure, detail = %detail, "TLS failed");
+            return;
+        }
+        metrics.tls_failure(failure);
         tracing::info!(
             client = %self.peer,
-            helo = %Printable(self.session.helo()),
-            accepted_rcpts = self.log.accepted_rcpts,
-            rejected_rcpts = self.log.rejected_rcpts,
-            messages = self.log.messages,
-            spool_failures = self.log.spool_failures,
-            outcome = outcome.as_str(),
-            queue_ids = %self.log.queue_ids,
-            "session end"
+            reason = %failure,
+            detail = %detail,
+            "TLS handshake failed"
         );
     }
+}
+
+/// A connection's TLS mode: its layer, and when its handshake began.
+struct Tls {
+    layer: TlsLayer,
+    started: Instant,
 }
 
 /// `buf`, with a buffer from the spare list if it has none: bytes go in
@@ -479,3 +700,5 @@ fn lend(buf: &mut Vec<u8>) -> &mut Vec<u8> {
 
 #[cfg(test)]
 pub mod tests;
+#[cfg(test)]
+mod tls_tests;

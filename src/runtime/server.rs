@@ -1,7 +1,8 @@
 //! Starting and stopping a server: binds the listeners, starts the chosen
 //! backend's worker set (one pinned worker per core, see
-//! `backend::start`), and hands out a [`ServerHandle`] to reload the
-//! table, shut down gracefully and join. Knows the backends only by name.
+//! `backend::start`) with the STARTTLS certificate if one is configured,
+//! and hands out a [`ServerHandle`] to reload the table and the
+//! certificate, shut down gracefully and join. Knows the backends only by name.
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use crate::config::{Backend, Config};
 use crate::metrics::{self, MetricsServer};
 use crate::recipients::{SharedTable, Table};
 use crate::spool::Spool;
+use crate::tls::CertStore;
 use crate::tuning::ListenOptions;
 
 /// Entry point: `Server::start(&config, table, spool)`.
@@ -34,6 +36,9 @@ impl Server {
             .map_err(|why| io::Error::new(io::ErrorKind::Unsupported, why))?;
         let (listeners, addrs) =
             bind_all(&config.listen, config.workers, ListenOptions::of(config))?;
+        let certs = config
+            .load_tls()
+            .map_err(|err| io::Error::other(err.to_string()))?;
         let (recorders, mut scraper) = metrics::channels(listeners.len());
         scraper.set_spool_depth(spool.depth());
         let control = Arc::new(Control::new(config));
@@ -42,6 +47,7 @@ impl Server {
             spool: &spool,
             table: Arc::clone(&table),
             session_config: config.session_config(),
+            tls: certs.clone().map(crate::tls::server_config),
             control: Arc::clone(&control),
             cores: pinning_plan(config),
             recorders,
@@ -61,6 +67,7 @@ impl Server {
             spool: Some(spool),
             backend,
             metrics: None,
+            certs,
         };
         // Dropping the handle stops and joins what did start.
         if let Some(err) = failure {
@@ -86,6 +93,8 @@ pub struct ServerHandle {
     spool: Option<Spool>,
     backend: Backend,
     metrics: Option<MetricsServer>,
+    /// The STARTTLS certificate, when configured.
+    certs: Option<Arc<CertStore>>,
 }
 
 impl ServerHandle {
@@ -112,6 +121,15 @@ impl ServerHandle {
     /// Swaps in a new recipient table; sessions see it from their next step.
     pub fn reload(&self, table: Table) {
         self.table.store(table);
+    }
+
+    /// Reloads the STARTTLS certificate from its files, if TLS is
+    /// configured (SIGHUP); a bad file keeps the old one, with a log line.
+    /// The next handshake sees the new one.
+    pub fn reload_tls(&self) {
+        if let Some(certs) = &self.certs {
+            crate::config::reload_tls(certs);
+        }
     }
 
     /// Starts the graceful drain: stop accepting, idle sessions get 421,

@@ -13,6 +13,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::ServerConfig;
 use slab::Slab;
 
 use super::backend::Control;
@@ -46,6 +47,8 @@ pub struct Sessions<I> {
     pub drain_deadline: Option<Instant>,
     /// This worker's own counters and histograms.
     pub metrics: Recorder,
+    /// The TLS configuration, when STARTTLS is offered.
+    pub tls: Option<Arc<ServerConfig>>,
     /// When the worker last had an event to handle (for `busy-poll`).
     last_event: Instant,
 }
@@ -69,6 +72,7 @@ impl<I> Sessions<I> {
             next_generation: 0,
             drain_deadline: None,
             metrics,
+            tls: None,
             last_event: Instant::now(),
         }
     }
@@ -158,6 +162,7 @@ impl<I> Sessions<I> {
             link: &self.link,
             ticket: ticket(key, slot.conn.generation),
             metrics: &mut self.metrics,
+            tls: self.tls.as_ref(),
         };
         let turn = panic::catch_unwind(AssertUnwindSafe(|| {
             slot.conn.resume(&mut cx);
@@ -241,6 +246,7 @@ mod tests {
         Message {
             peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
             helo: b"client.example".to_vec(),
+            tls: None,
             envelope: Envelope::default(),
             body: b"body\r\n".to_vec(),
         }

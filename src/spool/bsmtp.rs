@@ -86,10 +86,20 @@ fn write_envelope<W: Write>(out: &mut W, envelope: &Envelope) -> io::Result<()> 
 fn write_received<W: Write>(out: &mut W, message: &Message, trace: &Trace) -> io::Result<()> {
     out.write_all(b"Received: from ")?;
     out.write_all(&message.helo)?;
+    write!(out, " ({})", message.peer)?;
+    // RFC 3848: ESMTPS, with the version and cipher in a comment as
+    // Postfix writes them.
+    let with = match &message.tls {
+        Some(negotiated) => {
+            write!(out, " (using {negotiated})")?;
+            "ESMTPS"
+        }
+        None => "ESMTP",
+    };
     write!(
         out,
-        " ({}) by {} (mxgate) with ESMTP id {}; {}\r\n",
-        message.peer, trace.hostname, trace.id, trace.date
+        " by {} (mxgate) with {with} id {}; {}\r\n",
+        trace.hostname, trace.id, trace.date
     )
 }
 
@@ -105,6 +115,7 @@ mod tests {
         Message {
             peer: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
             helo: b"mx.example.net".to_vec(),
+            tls: None,
             envelope: Envelope {
                 mail_from: b"alice@example.net".to_vec(),
                 rcpts: vec![b"bob@example.com".to_vec(), b"carol@example.com".to_vec()],
@@ -227,5 +238,18 @@ mod tests {
         let mut m = message(BodyKind::Data, b"");
         m.peer = IpAddr::V6(Ipv6Addr::LOCALHOST);
         assert!(render(&m).contains("Received: from mx.example.net (::1) by mx.test"));
+    }
+
+    /// Over STARTTLS: ESMTPS, and the version and cipher in a comment.
+    #[test]
+    fn received_line_over_tls() {
+        let mut m = message(BodyKind::Data, b"");
+        m.tls = Some(crate::tls::Negotiated {
+            version: "TLSv1.3",
+            cipher: "TLS_AES_256_GCM_SHA384",
+        });
+        let expected = "Received: from mx.example.net (192.0.2.7) (using TLSv1.3 with cipher \
+             TLS_AES_256_GCM_SHA384) by mx.test (mxgate) with ESMTPS id 0ID; ";
+        assert!(render(&m).contains(expected), "{}", render(&m));
     }
 }

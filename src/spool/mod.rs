@@ -42,6 +42,7 @@ pub use link::SpoolLink;
 pub use stats::{DepthGauge, SpoolDepth, SpoolStats};
 
 use crate::proto::Envelope;
+use crate::tls::Negotiated;
 use dir::SpoolDir;
 use gate::Gate;
 use link::{Front, Work};
@@ -113,6 +114,8 @@ impl Default for SpoolTuning {
 pub struct Message {
     pub peer: IpAddr,
     pub helo: Vec<u8>,
+    /// The TLS version and cipher, when the message came over STARTTLS.
+    pub tls: Option<Negotiated>,
     pub envelope: Envelope,
     /// The body as received: dot-stuffed for DATA, raw for BDAT.
     pub body: Vec<u8>,

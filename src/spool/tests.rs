@@ -26,6 +26,7 @@ fn message(n: usize) -> Message {
     Message {
         peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
         helo: b"client.example".to_vec(),
+        tls: None,
         envelope: Envelope {
             mail_from: b"sender@example.net".to_vec(),
             rcpts: vec![b"user@example.com".to_vec()],

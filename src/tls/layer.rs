@@ -298,6 +298,14 @@ impl TlsLayer {
         drain_front(&mut self.outgoing, n);
     }
 
+    /// Swaps [`poll_output`](Self::poll_output) into `buf` (which must be
+    /// empty), without copying it: for a backend whose send needs the
+    /// octets to stay put until it completes.
+    pub fn take_output(&mut self, buf: &mut Vec<u8>) {
+        debug_assert!(buf.is_empty());
+        std::mem::swap(&mut self.outgoing, buf);
+    }
+
     /// Where the handshake stands.
     pub fn state(&self) -> State {
         match self.phase {

@@ -34,7 +34,7 @@ pub mod layer;
 #[cfg(test)]
 mod config_tests;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 #[cfg(test)]
 mod tests;
 

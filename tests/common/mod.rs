@@ -44,6 +44,7 @@ pub fn config(max_message_size: usize) -> Arc<SessionConfig> {
         max_recipients: 100,
         command_timeout: Duration::from_secs(300),
         data_timeout: Duration::from_secs(180),
+        starttls: false,
     })
 }
 
@@ -152,6 +153,13 @@ impl Driver {
                 Event::MessageReady => Some(Outcome::Ready),
                 Event::MessageDiscarded => Some(Outcome::Discarded),
                 Event::Paused => panic!("Paused although spool_done was called"),
+                Event::StartTls => {
+                    // As a runtime would: the rest of the read is dropped
+                    // and the handshake (here, none) starts the session over.
+                    self.pending.clear();
+                    self.session.start_tls(Instant::now());
+                    return;
+                }
                 Event::Close => {
                     self.run.closed = true;
                     self.pending.drain(..n);

@@ -205,6 +205,13 @@ impl Client {
         self.reader.get_ref()
     }
 
+    /// The socket, for a protocol that takes over (TLS after STARTTLS):
+    /// the server must not have sent anything not read yet.
+    pub fn into_stream(self) -> TcpStream {
+        assert!(self.reader.buffer().is_empty(), "unread octets");
+        self.reader.into_inner()
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.reader.get_mut().write_all(bytes).expect("send");
     }

@@ -24,6 +24,8 @@ pub struct WorkerSet<'s> {
     pub spool: &'s Spool,
     pub table: Arc<SharedTable>,
     pub session_config: Arc<SessionConfig>,
+    /// The TLS configuration every worker shares, when STARTTLS is offered.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub control: Arc<Control>,
     pub cores: Vec<core_affinity::CoreId>,
     /// Per worker, its metrics recorder.
@@ -73,13 +75,14 @@ fn start_one<D: Driver>(
 ) -> io::Result<(JoinHandle<()>, Wake)> {
     let (prepared, wake) = D::prepare()?;
     let spool_wake = Arc::clone(&wake);
-    let sessions = Sessions::new(
+    let mut sessions = Sessions::new(
         set.spool.link(Box::new(move || spool_wake())),
         Arc::clone(&set.table),
         Arc::clone(&set.session_config),
         Arc::clone(&set.control),
         metrics,
     );
+    sessions.tls = set.tls.clone();
     let core = set.cores.get(index % set.cores.len().max(1)).copied();
     let thread = std::thread::Builder::new()
         .name(format!("mxgate-{}-{index}", D::KIND))

@@ -12,12 +12,18 @@ impl Conn {
     /// A connection to 127.0.0.1 whose session (host `mx.test`) has
     /// written its greeting.
     pub fn greeted_for_tests() -> Conn {
+        Conn::greeted_offering_tls(false)
+    }
+
+    /// [`Conn::greeted_for_tests`], offering STARTTLS if `starttls`.
+    pub fn greeted_offering_tls(starttls: bool) -> Conn {
         let config = std::sync::Arc::new(crate::proto::SessionConfig {
             hostname: "mx.test".into(),
             max_message_size: 1 << 20,
             max_recipients: 100,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
+            starttls,
         });
         let session = Session::new(config, Instant::now());
         Conn::new(session, IpAddr::from([127, 0, 0, 1]), 0)
@@ -30,6 +36,8 @@ pub struct Rig {
     pub spool: crate::spool::Spool,
     pub table: Table,
     pub metrics: Recorder,
+    /// For TLS tests: the configuration STARTTLS uses.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl Rig {
@@ -39,6 +47,7 @@ impl Rig {
             spool: crate::spool::Spool::discard_for_tests(),
             table: table.unwrap(),
             metrics: Recorder::detached(),
+            tls: None,
         }
     }
 
@@ -50,6 +59,7 @@ impl Rig {
             link,
             ticket: 0,
             metrics: &mut self.metrics,
+            tls: self.tls.as_ref(),
         };
         turn(&mut cx);
     }

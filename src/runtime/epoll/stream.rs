@@ -80,11 +80,24 @@ impl<S: Read + Write> Stream<S> {
     }
 
     /// Writes as much of the connection's output as the socket takes; a
-    /// failed write ends the session.
+    /// failed write ends the session. The output may come in two parts
+    /// (the plaintext 220 to STARTTLS, then the TLS layer's records), so
+    /// it is asked for again after a complete write.
     pub fn send(&mut self, conn: &mut Conn) {
-        match write_some(&mut self.socket, conn.poll_output()) {
-            Ok(sent) => conn.advance_output(sent),
-            Err(_) => conn.end(Outcome::Reset),
+        loop {
+            let waiting = conn.poll_output().len();
+            if waiting == 0 {
+                return;
+            }
+            match write_some(&mut self.socket, conn.poll_output()) {
+                Ok(sent) => {
+                    conn.advance_output(sent);
+                    if sent < waiting {
+                        return;
+                    }
+                }
+                Err(_) => return conn.end(Outcome::Reset),
+            }
         }
     }
 }
