@@ -41,11 +41,7 @@
 # Output: the tables on stdout, progress on stderr.
 set -euo pipefail
 source "$(dirname "$0")/cpus.sh"
-LAST_CPU=$(last_cpu)
-OTHER_CPUS=
-[[ ${SERVER_CPUS-$LAST_CPU} != "$LAST_CPU" ]] || OTHER_CPUS=$(other_cpus)
-SERVER_CPUS=${SERVER_CPUS-$LAST_CPU}
-CLIENT_CPUS=${CLIENT_CPUS-$OTHER_CPUS}
+split_cpus
 source "$(dirname "$0")/lib.sh"
 
 PORT=${PORT:-25270}
@@ -216,21 +212,7 @@ part_idle() {
 report_idle() {
     [[ -s $IDLE ]] || return 0
     echo "-- mxgate, idle sessions: server memory (ECDSA P-256 certificate configured in both)"
-    python3 - "$IDLE" <<'EOF'
-import sys
-print(f"{'mode':<9} {'held':>11} {'RSS before':>11} {'RSS held':>11} {'RSS B/session':>13} "
-      f"{'anon B/session':>14} {'open s':>6}")
-for line in open(sys.argv[1]):
-    mode, *rest = line.split()
-    kv = dict(item.split("=", 1) for item in rest)
-    held = int(kv["banners"])
-    anon = (int(kv["anon_held_kib"]) - int(kv["anon_before_kib"])) * 1024 / held if held else 0
-    print(f"{mode:<9} {held:>5}/{kv['sessions']:<5} {kv['rss_before_kib'] + ' KiB':>11} "
-          f"{kv['rss_held_kib'] + ' KiB':>11} {kv['bytes_per_session']:>13} {anon:>14.0f} "
-          f"{kv['open_secs']:>6}")
-    if kv["failed"] != "0" or kv["rejected"] != "0" or kv["dropped"] != "0":
-        print(f"{'':<9} failed={kv['failed']} rejected={kv['rejected']} dropped={kv['dropped']}")
-EOF
+    python3 "$BENCH_DIR/idle_report.py" "$IDLE" mode
     echo "starttls = held after EHLO, STARTTLS, the handshake and EHLO again (idle_hold.py --starttls)."
     echo
 }
