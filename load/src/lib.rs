@@ -9,8 +9,9 @@
 //! Each session is a sans-IO [`client::Client`]: banner, EHLO, then
 //! `--messages` transactions (MAIL, `--rcpts` RCPT, DATA, `--size` octets),
 //! QUIT; with `--starttls`, STARTTLS and a TLS handshake ([`tls`]) after the
-//! first EHLO, then EHLO again and the transactions inside TLS. Closed loop (default): `--sessions` sessions open at once until
-//! `--sessions-total` (default `--sessions`) have run. Open loop (`--rate`):
+//! first EHLO, then EHLO again and the transactions inside TLS. Closed loop
+//! (default): `--sessions` sessions open at once until `--sessions-total`
+//! (default `--sessions`) have run. Open loop (`--rate`):
 //! sessions start on a fixed schedule and are timed from their intended
 //! start, so a stalled server shows in the percentiles instead of slowing
 //! the load down (coordinated omission, as wrk2 corrects it).

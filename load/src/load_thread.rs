@@ -4,9 +4,10 @@
 //! the shared budget is spent; open loop: this thread's share of a fixed
 //! schedule, each session timed from its *intended* start so a stalled
 //! server cannot hide behind late starts), moving bytes between sockets and
-//! clients, and ending sessions that fail or stall. Records into its own
-//! [`Stats`]; nothing is shared while running except the session budget
-//! and the source-address cursor.
+//! clients (through the session's TLS connection once its STARTTLS was
+//! answered, see [`tls`]), and ending sessions that fail or stall. Records
+//! into its own [`Stats`]; nothing is shared while running except the
+//! session budget and the source-address cursor.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
