@@ -13,10 +13,10 @@
 #          --starttls, closed loop, CONCURRENCY at once, SESSIONS per run).
 #          Servers, in alternating rounds for each of KEYS:
 #            mxgate        durable spool, --tls-cert/--tls-key
-#            postfix       Postfix smtpd (a private instance made here,
-#                          smtpd_tls_security_level = may, the same
-#                          certificate and key; the queue drains to the
-#                          discard transport)
+#            postfix       Postfix smtpd (a fresh private instance made
+#                          with postfix.sh: smtpd_tls_security_level = may,
+#                          the same certificate and key; what it accepts is
+#                          queued and held, as mxgate spools it)
 #            mxgate-plain  the same mxgate without --starttls (the TLS tax)
 #          Reports medians over rounds of sessions/s, the STARTTLS phase
 #          (STARTTLS sent → handshake done) p50/p99, the ratio mxgate ÷
@@ -43,6 +43,11 @@ set -euo pipefail
 source "$(dirname "$0")/cpus.sh"
 split_cpus
 source "$(dirname "$0")/lib.sh"
+# The private Postfix instance (tls-peers' helper, shared with tests/tls_peers.rs).
+[[ -f $BENCH_DIR/postfix.sh ]] || die "$BENCH_DIR/postfix.sh (the private Postfix helper) is missing"
+source "$BENCH_DIR/postfix.sh"
+POSTFIX_DIR="" # the Postfix instance running now, if any
+trap 'stop_postfix; cleanup' EXIT
 
 PORT=${PORT:-25270}
 KEYS=${KEYS:-ecdsa rsa}
@@ -85,70 +90,35 @@ start_mxgate() {
         die "mxgate would not start with TLS (log: $WORK/mxgate-$kind.log)"
 }
 
-# postfix_config KIND: a throwaway Postfix instance in $WORK/postfix-KIND
-# that serves SMTP with STARTTLS on PF_PORT and discards what it queued.
-# Only the services that path needs; no chroot; logs on the master's stdout
-# (maillog_file must start with /var or /dev/stdout).
-postfix_config() {
-    local kind=$1 dir=$WORK/postfix-$1
-    mkdir -p "$dir/conf" "$WORK/fs/postfix-$kind" "$dir/data"
-    chown postfix "$dir/data"
-    chmod go+x "$WORK" # mktemp made it 0700; Postfix's processes run as postfix
-    cat >"$dir/conf/main.cf" <<EOF
-compatibility_level = 3.6
-queue_directory = $WORK/fs/postfix-$kind
-data_directory = $dir/data
-meta_directory = /etc/postfix
-mail_owner = postfix
-setgid_group = postdrop
-maillog_file = /dev/stdout
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-myhostname = postfix.bench.test
-mydestination =
-mynetworks = 127.0.0.0/8
-relay_domains = example.com
-local_recipient_maps =
-default_transport = discard
-relay_transport = discard
-in_flow_delay = 0
-default_process_limit = $((CONCURRENCY + 50))
-smtpd_client_connection_count_limit = 0
-smtpd_tls_security_level = may
-smtpd_tls_cert_file = $WORK/$kind.crt
-smtpd_tls_key_file = $WORK/$kind.key
-smtpd_tls_loglevel = 0
-EOF
-    cat >"$dir/conf/master.cf" <<EOF
-127.0.0.1:$PF_PORT inet n - n - - smtpd
-cleanup   unix  n - n -     0 cleanup
-qmgr      unix  n - n 300   1 qmgr
-tlsmgr    unix  - - n 1000? 1 tlsmgr
-rewrite   unix  - - n -     - trivial-rewrite
-bounce    unix  - - n -     0 bounce
-defer     unix  - - n -     0 bounce
-trace     unix  - - n -     0 bounce
-verify    unix  - - n -     1 verify
-proxymap  unix  - - n -     - proxymap
-discard   unix  - - n -     - discard
-error     unix  - - n -     - error
-retry     unix  - - n -     - error
-anvil     unix  - - n -     1 anvil
-scache    unix  - - n -     1 scache
-postlog   unix-dgram n - n - 1 postlogd
-EOF
+# start_postfix KIND ROUND: a fresh private Postfix instance (postfix.sh)
+# under the spool's file system, smtpd with STARTTLS and KIND's certificate
+# on PF_PORT, on the server core with every process it forks; waits for its
+# greeting. It queues what it accepts durably and holds it, as mxgate's
+# spool does, so nothing may slow intake down for want of delivery
+# (in_flow_delay); an smtpd for every session at once.
+start_postfix() {
+    local kind=$1 i
+    POSTFIX_DIR=$WORK/fs/postfix-$kind-$2
+    chmod go+x "$WORK" # mktemp made it 0700; Postfix's daemons run as postfix
+    postfix_init "$POSTFIX_DIR" || die "postfix_init failed"
+    postfix_listen "$POSTFIX_DIR" "127.0.0.1:$PF_PORT"
+    postfix_tls_server "$POSTFIX_DIR" "$WORK/$kind.crt" "$WORK/$kind.key"
+    postfix_set "$POSTFIX_DIR" "in_flow_delay = 0" "smtpd_tls_loglevel = 0" \
+        "default_process_limit = $((CONCURRENCY + 50))" "smtpd_client_connection_count_limit = 0"
+    POSTFIX_CPUS=$SERVER_CPUS postfix_start "$POSTFIX_DIR" >"$WORK/postfix-$kind.log" 2>&1 ||
+        die "Postfix would not start: $(tail -n 3 "$WORK/postfix-$kind.log")"
+    for ((i = 0; i < 100; i++)); do
+        banner_ok "$PF_PORT" && return 0
+        sleep 0.2
+    done
+    die "Postfix did not answer with 220 on port $PF_PORT within 20 s (log: $POSTFIX_DIR/maillog)"
 }
 
-# start_postfix KIND: Postfix's master in the foreground (-d), on the server
-# core with every process it forks. Not `postfix start-fg`: a signal to that
-# reaches postfix-script, and the master would outlive the script. `postfix
-# check` first creates the queue's directories.
-start_postfix() {
-    local conf=$WORK/postfix-$1/conf
-    postfix_config "$1"
-    postfix -c "$conf" check || die "postfix check failed for $conf"
-    start_server "postfix-$1" "$PF_PORT" "$(postconf -h daemon_directory)/master" -d -c "$conf" ||
-        die "Postfix would not start (log: $WORK/postfix-$1.log)"
+# stop_postfix: stops the instance start_postfix started, if one runs.
+stop_postfix() {
+    [[ -n $POSTFIX_DIR ]] || return 0
+    postfix_stop "$POSTFIX_DIR"
+    POSTFIX_DIR=""
 }
 
 # load_run NAME OUT [FLAGS...]: one mxgate-load run against NAME's port.
@@ -169,7 +139,7 @@ speed_round() {
     local kind=$1 round=$2 server
     for server in mxgate postfix mxgate-plain; do
         case $server in
-        postfix) start_postfix "$kind" ;;
+        postfix) start_postfix "$kind" "$round" ;;
         *) start_mxgate "$kind" ;;
         esac
         local flags=(--starttls) out=$WORK/$kind-$server-$round.json
@@ -179,7 +149,10 @@ speed_round() {
         log "$kind round $round: $server ($SESSIONS sessions, $CONCURRENCY at once)"
         load_run "$server" "$out" "${flags[@]}"
         printf '%s\t%s\t%s\t%s\n' "$kind" "$server" "$round" "$out" >>"$SPEED"
-        stop_server "$STARTED_PID"
+        case $server in
+        postfix) stop_postfix ;;
+        *) stop_server "$STARTED_PID" ;;
+        esac
     done
 }
 
