@@ -219,7 +219,7 @@ def errors(doc):
     return (c["sessions_started"] - c["sessions_completed"]) + c["messages_refused"]
 
 print(f"{'key':<6} {'server':<13} {'runs':>4} {'sessions/s':>10} {'handshake p50 µs':>16} "
-      f"{'handshake p99 µs':>16} {'session p99 µs':>14} {'errors':>6}")
+      f"{'handshake p99 µs':>16} {'session p99 µs':>14} {'client CPU µs/s.':>16} {'errors':>6}")
 rate = {}
 for kind, server in order:
     docs = [d for d in runs[kind, server] if d]
@@ -234,6 +234,7 @@ for kind, server in order:
           if server != "mxgate-plain" else f"{'-':>16} {'-':>16}")
     print(f"{kind:<6} {server:<13} {len(docs):>4} {rate[kind, server]:>10.0f} {hs} "
           f"{med(lambda d: phase(d, 'session', 'p99')):>14.0f} "
+          f"{med(lambda d: d['cpu_per_session_us']):>16.0f} "
           f"{sum(errors(d) for d in docs) + failed:>6}")
 print()
 for kind in dict.fromkeys(k for k, _ in order):
@@ -248,6 +249,8 @@ if "ecdsa" in kinds and "rsa" in kinds and rate.get(("rsa", "mxgate")):
           f"{rate[('ecdsa', 'mxgate')] / rate[('rsa', 'mxgate')]:.2f}")
 EOF
     echo "errors = sessions not completed (any reason) + messages refused."
+    echo "client CPU µs/s. = mxgate-load's user + system CPU per session: near 1e6 ÷ sessions/s" \
+        "per client core, the client, not the server, sets the pace."
 }
 
 main() {
