@@ -53,11 +53,7 @@
 # Output: the tables on stdout, progress on stderr.
 set -euo pipefail
 source "$(dirname "$0")/cpus.sh"
-LAST_CPU=$(last_cpu)
-OTHER_CPUS=
-[[ ${SERVER_CPUS-$LAST_CPU} != "$LAST_CPU" ]] || OTHER_CPUS=$(other_cpus)
-SERVER_CPUS=${SERVER_CPUS-$LAST_CPU}
-CLIENT_CPUS=${CLIENT_CPUS-$OTHER_CPUS}
+split_cpus
 source "$(dirname "$0")/lib.sh"
 
 PORT=${PORT:-25250}

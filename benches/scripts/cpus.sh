@@ -19,3 +19,15 @@ other_cpus() {
 # on_cpus LIST: the command prefix that confines a process to LIST (nothing
 # when LIST is empty); unquoted use is deliberate, it is zero or three words.
 on_cpus() { if [[ -n $1 ]]; then echo "taskset -c $1"; fi; }
+
+# split_cpus: the servers on the last core and the client on the others,
+# unless SERVER_CPUS or CLIENT_CPUS say otherwise (set and empty: no
+# confinement). The client takes the other cores only when the servers got
+# the default, so neither side runs on the other's core.
+split_cpus() {
+    local last other=
+    last=$(last_cpu)
+    [[ ${SERVER_CPUS-$last} != "$last" ]] || other=$(other_cpus)
+    SERVER_CPUS=${SERVER_CPUS-$last}
+    CLIENT_CPUS=${CLIENT_CPUS-$other}
+}

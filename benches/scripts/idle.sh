@@ -72,24 +72,7 @@ report() {
     echo "== idle sessions, $(date -u '+%Y-%m-%d %H:%M UTC')"
     machine_summary
     echo
-    python3 - "$RESULTS" <<'EOF'
-import sys
-print(f"{'server':<10} {'held':>11} {'RSS before':>10} {'RSS held':>10} "
-      f"{'RSS B/session':>13} {'anon B/session':>14} {'open s':>6}")
-for line in open(sys.argv[1]):
-    name, *rest = line.split()
-    if not rest or "=" not in rest[0]:
-        print(line.rstrip())
-        continue
-    kv = dict(item.split("=", 1) for item in rest)
-    held = int(kv["banners"])
-    anon = (int(kv["anon_held_kib"]) - int(kv["anon_before_kib"])) * 1024 / held if held else 0
-    print(f"{name:<10} {held:>5}/{kv['sessions']:<5} {kv['rss_before_kib'] + ' KiB':>10} "
-          f"{kv['rss_held_kib'] + ' KiB':>10} {kv['bytes_per_session']:>13} {anon:>14.0f} "
-          f"{kv['open_secs']:>6}")
-    if kv["failed"] != "0" or kv["rejected"] != "0" or kv["dropped"] != "0":
-        print(f"{'':<10} failed={kv['failed']} rejected={kv['rejected']} dropped={kv['dropped']}")
-EOF
+    python3 "$BENCH_DIR/idle_report.py" "$RESULTS"
     echo
     echo "RSS B/session = (VmRSS held - VmRSS before) / sessions held; anon = the same for RssAnon."
     echo "Before = after 16 warm-up sessions opened and closed; held = 2 s after the last banner."

@@ -32,8 +32,9 @@ def row(path, wall, cpu, client_cpu):
         doc = json.load(f)
     counts = doc["counts"]
     accepted = counts["messages_accepted"]
-    errors = sum(counts[k] for k in ("connect_errors", "timeouts", "io_errors",
-                                     "protocol_errors", "messages_refused"))
+    errors = sum(counts.get(k, 0) for k in ("connect_errors", "timeouts", "io_errors",
+                                            "protocol_errors", "tls_errors",
+                                            "messages_refused"))
     def per_msg(secs):
         return float(secs) * 1e6 / accepted if accepted else float("nan")
     print(f"{accepted / float(wall):.1f}\t{p99(doc, 'rcpt'):.0f}\t"

@@ -8,16 +8,21 @@
 //! once DATA is answered with 354 the message is followed, in the same
 //! write, by the next transaction's group (or QUIT): RFC 2920 §3.1 lets the
 //! message content open a group. Every reply is still checked in order.
-//! Does not touch sockets or clocks: the driver feeds server bytes and the
-//! current time in microseconds, and writes what [`Client::output`] gives.
+//! With `starttls` (RFC 3207) the first EHLO must offer STARTTLS; its 220
+//! ends the plain-text part ([`Status::StartTls`]: nothing may follow it),
+//! the driver runs the handshake and calls [`Client::handshake_done`], and
+//! the session starts over inside TLS with a second EHLO.
+//! Does not touch sockets, clocks or TLS: the driver feeds server bytes
+//! (plaintext) and the current time in microseconds, and writes what
+//! [`Client::output`] gives.
 
 use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::Arc;
 
 use super::reply::{Reply, ReplyError, ReplyParser};
-use super::stats::Phase::{self, Banner, Data, Ehlo, EndOfData, Mail, Rcpt, Session};
-use super::stats::Stats;
+use super::stats::Phase::{self, Banner, Data, Ehlo, EndOfData, Mail, Rcpt, Session, Starttls};
+use super::stats::{Failure, Stats};
 
 /// The recipe every session follows; shared read-only by all sessions.
 #[derive(Debug, Clone)]
@@ -30,6 +35,8 @@ pub struct Plan {
     pub invalid_ratio: f64,
     /// Group MAIL, RCPTs and DATA when the server offers PIPELINING.
     pub pipelining: bool,
+    /// STARTTLS after the first EHLO; the transactions run inside TLS.
+    pub starttls: bool,
     /// Name sent in EHLO.
     pub helo: String,
     /// Envelope sender.
@@ -79,6 +86,8 @@ pub fn make_body(size: usize) -> Arc<[u8]> {
 enum Awaited {
     /// A command whose reply time is a [`Phase`] sample.
     Timed(Phase),
+    /// STARTTLS: its 220 starts the handshake, timed as [`Phase::Starttls`].
+    Starttls,
     Rset,
     Quit,
 }
@@ -90,6 +99,21 @@ pub enum ClientError {
     Reply(ReplyError),
     /// A reply arrived when no command was waiting for one.
     Unsolicited,
+    /// `starttls`, and the server's EHLO reply did not offer STARTTLS.
+    NoStarttls,
+    /// Plaintext followed the 220 to STARTTLS (it would be taken for
+    /// TLS-protected: the injection of CVE-2011-0411, server side).
+    AfterStarttls,
+}
+
+impl ClientError {
+    /// How the session's end is counted.
+    pub fn failure(self) -> Failure {
+        match self {
+            ClientError::NoStarttls => Failure::NoStarttls,
+            _ => Failure::Protocol,
+        }
+    }
 }
 
 /// Whether the session is over.
@@ -97,8 +121,23 @@ pub enum ClientError {
 pub enum Status {
     /// More to send or to read.
     Running,
+    /// STARTTLS was answered 220: run the TLS handshake, then call
+    /// [`Client::handshake_done`].
+    StartTls,
     /// QUIT was answered; close the connection.
     Finished,
+}
+
+/// Where the session stands with TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tls {
+    /// Plain text (and, with `starttls`, STARTTLS not yet answered).
+    Plain,
+    /// STARTTLS was answered 220 when the session clock read `since` (the
+    /// STARTTLS send time); the handshake runs.
+    Handshake { since: u64 },
+    /// The handshake is done.
+    On,
 }
 
 /// One session's state.
@@ -118,6 +157,7 @@ pub struct Client {
     rcpt_seq: u64,
     rcpts_unsent: u32,
     accepted: u32,
+    tls: Tls,
     finished: bool,
 }
 
@@ -138,6 +178,7 @@ impl Client {
             rcpt_seq: 0,
             rcpts_unsent: 0,
             accepted: 0,
+            tls: Tls::Plain,
             finished: false,
         }
     }
@@ -193,6 +234,9 @@ impl Client {
         stats: &mut Stats,
     ) -> Result<Status, ClientError> {
         while !bytes.is_empty() && !self.finished {
+            if self.handshaking() {
+                return Err(ClientError::AfterStarttls);
+            }
             let (used, reply) = self.parser.parse(bytes).map_err(ClientError::Reply)?;
             bytes = &bytes[used..];
             if let Some(reply) = reply {
@@ -201,9 +245,25 @@ impl Client {
         }
         Ok(if self.finished {
             Status::Finished
+        } else if self.handshaking() {
+            Status::StartTls
         } else {
             Status::Running
         })
+    }
+
+    fn handshaking(&self) -> bool {
+        matches!(self.tls, Tls::Handshake { .. })
+    }
+
+    /// The TLS handshake finished at `now`: the session starts over (RFC
+    /// 3207 §4.2) with EHLO. Does nothing unless [`Status::StartTls`] was due.
+    pub fn handshake_done(&mut self, now: u64, stats: &mut Stats) {
+        if let Tls::Handshake { since } = self.tls {
+            stats.record(Phase::Starttls, now.saturating_sub(since));
+            self.tls = Tls::On;
+            self.send(Awaited::Timed(Ehlo), now);
+        }
     }
 
     fn on_reply(&mut self, reply: Reply, now: u64, stats: &mut Stats) -> Result<(), ClientError> {
@@ -217,11 +277,13 @@ impl Client {
         }
         match awaited {
             Awaited::Timed(Banner) if ok => self.send(Awaited::Timed(Ehlo), now),
-            Awaited::Timed(Ehlo) if ok => {
-                self.pipelining = self.plan.pipelining && reply.pipelining;
-                self.next_message(now, stats);
-            }
+            Awaited::Timed(Ehlo) if ok => self.after_ehlo(reply, now, stats)?,
             Awaited::Timed(Banner | Ehlo) => self.send(Awaited::Quit, now),
+            Awaited::Starttls if reply.code == 220 => self.tls = Tls::Handshake { since: sent },
+            Awaited::Starttls => {
+                stats.refused(Phase::Starttls, reply.code);
+                self.send(Awaited::Quit, now);
+            }
             Awaited::Timed(Mail) => self.after_mail(ok, now, stats),
             Awaited::Timed(Rcpt) => self.after_rcpt(ok, now, stats),
             Awaited::Timed(Data) => self.after_data(reply.code, now, stats),
@@ -237,8 +299,22 @@ impl Client {
                 } // else the next group followed the message.
             }
             Awaited::Rset => self.next_message(now, stats),
-            // QUIT ends the session phase; nothing else waits on `Session`.
-            Awaited::Quit | Awaited::Timed(Session) => self.on_quit(reply, now, stats),
+            // QUIT ends the session phase; nothing else waits on `Session`
+            // (nor on `Starttls`: STARTTLS is `Awaited::Starttls`).
+            Awaited::Quit | Awaited::Timed(Session | Starttls) => self.on_quit(reply, now, stats),
+        }
+        Ok(())
+    }
+
+    fn after_ehlo(&mut self, reply: Reply, now: u64, stats: &mut Stats) -> Result<(), ClientError> {
+        if self.plan.starttls && self.tls == Tls::Plain {
+            if !reply.starttls {
+                return Err(ClientError::NoStarttls);
+            }
+            self.send(Awaited::Starttls, now);
+        } else {
+            self.pipelining = self.plan.pipelining && reply.pipelining;
+            self.next_message(now, stats);
         }
         Ok(())
     }
@@ -342,9 +418,10 @@ impl Client {
                 }
             }
             Awaited::Timed(Data) => write!(out, "DATA\r\n"),
+            Awaited::Starttls => write!(out, "STARTTLS\r\n"),
             Awaited::Rset => write!(out, "RSET\r\n"),
             Awaited::Quit => write!(out, "QUIT\r\n"),
-            Awaited::Timed(Banner | EndOfData | Session) => Ok(()),
+            Awaited::Timed(Banner | Starttls | EndOfData | Session) => Ok(()),
         };
         self.pending.push_back((awaited, now));
     }
@@ -360,6 +437,7 @@ mod tests {
             rcpts,
             invalid_ratio,
             pipelining,
+            starttls: false,
             helo: "load.test".into(),
             from: "load@test".into(),
             rcpt_domain: "example.com".into(),
@@ -367,6 +445,12 @@ mod tests {
             users: 10,
             body: make_body(40),
         })
+    }
+
+    fn tls_plan() -> Arc<Plan> {
+        let mut p = Arc::unwrap_or_clone(plan(1, 1, 0.0, true));
+        p.starttls = true;
+        Arc::new(p)
     }
 
     /// Takes everything the client wants to write, as a string.
@@ -597,5 +681,60 @@ mod tests {
             assert_eq!(stats.counts.messages_accepted, 1, "cut {cut}");
             assert_eq!(stats.counts.rcpt_rejected, 1, "cut {cut}");
         }
+    }
+
+    #[test]
+    fn starttls_then_the_session_starts_over_inside_tls() {
+        let mut stats = Stats::default();
+        let mut c = Client::new(tls_plan(), 0);
+        feed(&mut c, "220 hi\r\n", 1, &mut stats);
+        let ehlo = "250-mx\r\n250-PIPELINING\r\n250 STARTTLS\r\n";
+        assert_eq!(feed(&mut c, ehlo, 2, &mut stats), "STARTTLS\r\n");
+        let ready = c.input(b"220 2.0.0 Ready to start TLS\r\n", 5, &mut stats);
+        assert_eq!(ready, Ok(Status::StartTls));
+        assert_eq!(drain(&mut c, 5), "", "nothing may follow STARTTLS");
+        c.handshake_done(40, &mut stats);
+        assert_eq!(drain(&mut c, 40), "EHLO load.test\r\n");
+        // Inside TLS STARTTLS is not asked for again, even if offered.
+        let group = feed(&mut c, ehlo, 50, &mut stats);
+        assert!(group.starts_with("MAIL FROM:<load@test>\r\n"), "{group}");
+        assert_eq!(stats.histogram(Phase::Starttls).len(), 1);
+        assert_eq!(stats.histogram(Phase::Starttls).max(), 38);
+        assert_eq!(stats.histogram(Phase::Ehlo).len(), 2);
+        c.handshake_done(60, &mut stats);
+        assert_eq!(stats.histogram(Phase::Starttls).len(), 1, "once only");
+    }
+
+    #[test]
+    fn starttls_not_offered_is_an_error() {
+        let mut stats = Stats::default();
+        let mut c = Client::new(tls_plan(), 0);
+        feed(&mut c, "220 hi\r\n", 1, &mut stats);
+        let got = c.input(b"250-mx\r\n250 PIPELINING\r\n", 2, &mut stats);
+        assert_eq!(got, Err(ClientError::NoStarttls));
+        assert_eq!(ClientError::NoStarttls.failure(), Failure::NoStarttls);
+    }
+
+    #[test]
+    fn plaintext_after_the_220_to_starttls_is_an_error() {
+        for tail in ["250 injected\r\n", "x", "\r\n"] {
+            let mut stats = Stats::default();
+            let mut c = Client::new(tls_plan(), 0);
+            feed(&mut c, "220 hi\r\n250 STARTTLS\r\n", 1, &mut stats);
+            let ready = format!("220 go\r\n{tail}");
+            let got = c.input(ready.as_bytes(), 2, &mut stats);
+            assert_eq!(got, Err(ClientError::AfterStarttls), "{tail:?}");
+        }
+    }
+
+    #[test]
+    fn starttls_refused_quits() {
+        let mut stats = Stats::default();
+        let mut c = Client::new(tls_plan(), 0);
+        feed(&mut c, "220 hi\r\n250 STARTTLS\r\n", 1, &mut stats);
+        let reply = "454 4.7.0 TLS not available\r\n";
+        assert_eq!(feed(&mut c, reply, 2, &mut stats), "QUIT\r\n");
+        assert_eq!(stats.temp_fail[Phase::Starttls as usize], 1);
+        assert_eq!(c.input(b"221 bye\r\n", 3, &mut stats), Ok(Status::Finished));
     }
 }

@@ -8,8 +8,10 @@
 //! core ([`load_thread`]), merging their [`Stats`] and producing the [`Report`].
 //! Each session is a sans-IO [`client::Client`]: banner, EHLO, then
 //! `--messages` transactions (MAIL, `--rcpts` RCPT, DATA, `--size` octets),
-//! QUIT. Closed loop (default): `--sessions` sessions open at once until
-//! `--sessions-total` (default `--sessions`) have run. Open loop (`--rate`):
+//! QUIT; with `--starttls`, STARTTLS and a TLS handshake ([`tls`]) after the
+//! first EHLO, then EHLO again and the transactions inside TLS. Closed loop
+//! (default): `--sessions` sessions open at once until `--sessions-total`
+//! (default `--sessions`) have run. Open loop (`--rate`):
 //! sessions start on a fixed schedule and are timed from their intended
 //! start, so a stalled server shows in the percentiles instead of slowing
 //! the load down (coordinated omission, as wrk2 corrects it).
@@ -31,6 +33,7 @@ pub mod net;
 pub mod reply;
 pub mod report;
 pub mod stats;
+pub mod tls;
 
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -82,6 +85,11 @@ pub struct Config {
     /// transaction's group (or QUIT).
     #[arg(long)]
     pub pipelining: bool,
+    /// After EHLO, STARTTLS and a TLS handshake (accepting any certificate:
+    /// for load tests only), then EHLO again and the transactions inside
+    /// TLS. A server that does not offer STARTTLS is a protocol error.
+    #[arg(long)]
+    pub starttls: bool,
     /// Open loop: new sessions per second, timed from their intended start.
     #[arg(long)]
     pub rate: Option<f64>,
@@ -182,6 +190,7 @@ impl Config {
             rcpts: self.rcpts,
             invalid_ratio: self.invalid_ratio,
             pipelining: self.pipelining,
+            starttls: self.starttls,
             helo: self.helo.clone(),
             from: self.from.clone(),
             rcpt_domain: self.rcpt_domain.clone(),
@@ -246,6 +255,7 @@ pub fn run(config: &Config) -> Result<Report, RunError> {
     let epoch = Instant::now();
     let run = Run {
         plan: Arc::new(config.plan()),
+        tls: config.starttls.then(tls::client_config),
         target: config.target,
         sources: Default::default(),
         mode,
@@ -299,6 +309,7 @@ pub fn main(config: &Config) -> i32 {
 
 fn run_and_print(config: &Config) -> Result<(), RunError> {
     let report = run(config)?;
+    warn_about_tls(&report.counts);
     if let Some(dir) = &config.hgrm_dir {
         hgrm::write_dir(dir, &report.stats)?;
     }
@@ -311,4 +322,21 @@ fn run_and_print(config: &Config) -> Result<(), RunError> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
     Ok(out.flush()?)
+}
+
+/// Says on stderr why `--starttls` sessions failed, if they did: the
+/// counters alone do not tell a missing STARTTLS from a broken server.
+fn warn_about_tls(counts: &Counts) {
+    if counts.no_starttls > 0 {
+        eprintln!(
+            "mxgate-load: {} sessions: the server did not offer STARTTLS in its EHLO reply",
+            counts.no_starttls
+        );
+    }
+    if counts.tls_errors > 0 {
+        eprintln!(
+            "mxgate-load: {} sessions: the TLS handshake failed or a TLS record was bad",
+            counts.tls_errors
+        );
+    }
 }

@@ -4,9 +4,10 @@
 //! the shared budget is spent; open loop: this thread's share of a fixed
 //! schedule, each session timed from its *intended* start so a stalled
 //! server cannot hide behind late starts), moving bytes between sockets and
-//! clients, and ending sessions that fail or stall. Records into its own
-//! [`Stats`]; nothing is shared while running except the session budget
-//! and the source-address cursor.
+//! clients (through the session's TLS connection once its STARTTLS was
+//! answered, see [`tls`]), and ending sessions that fail or stall. Records
+//! into its own [`Stats`]; nothing is shared while running except the
+//! session budget and the source-address cursor.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
@@ -16,15 +17,17 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use rustls::{ClientConfig, ClientConnection};
 use slab::Slab;
 
 use super::client::{Client, Plan, Status};
 use super::net::Sources;
 use super::stats::{Failure, Stats};
+use super::tls;
 
 /// How often idle sessions are checked against the timeout.
 const SWEEP: Duration = Duration::from_millis(100);
-/// Size of the per-thread read buffer.
+/// Size of the per-thread read buffer, and of its plaintext buffer for TLS.
 const SCRATCH: usize = 64 * 1024;
 
 /// How new sessions are started.
@@ -43,6 +46,8 @@ pub enum Mode {
 #[derive(Debug)]
 pub struct Run {
     pub plan: Arc<Plan>,
+    /// `--starttls`: the TLS client configuration.
+    pub tls: Option<Arc<ClientConfig>>,
     pub target: SocketAddr,
     pub sources: Sources,
     pub mode: Mode,
@@ -78,6 +83,8 @@ impl Run {
 struct ClientConn {
     stream: TcpStream,
     client: Client,
+    /// Set once STARTTLS was answered 220; boxed, as plain sessions have none.
+    tls: Option<Box<ClientConnection>>,
     connected: bool,
     /// The server hung up (or the socket failed): read until 0 or an error,
     /// even after a short read.
@@ -97,7 +104,7 @@ struct LoadThread<'a> {
     poll: Poll,
     conns: Slab<ClientConn>,
     stats: Stats,
-    scratch: Vec<u8>,
+    scratch: Scratch,
     /// Open loop: this thread's next schedule slot (session id + k × threads).
     next_slot: u64,
     /// No more sessions will be started.
@@ -114,7 +121,10 @@ impl<'a> LoadThread<'a> {
             poll: Poll::new()?,
             conns: Slab::new(),
             stats: Stats::default(),
-            scratch: vec![0; SCRATCH],
+            scratch: Scratch {
+                read: vec![0; SCRATCH],
+                plain: vec![0; SCRATCH],
+            },
             next_slot: id as u64,
             exhausted: false,
             greeting: 0,
@@ -239,6 +249,7 @@ impl<'a> LoadThread<'a> {
         entry.insert(ClientConn {
             stream,
             client,
+            tls: None,
             connected: false,
             hang_up: false,
             last_io: now,
@@ -256,7 +267,7 @@ impl<'a> LoadThread<'a> {
             self.greeting -= 1;
         }
         match status {
-            Ok(Status::Running) => {}
+            Ok(Status::Running | Status::StartTls) => {}
             Ok(Status::Finished) => self.close(key),
             Err(failure) => {
                 self.stats.failed(failure);
@@ -289,11 +300,19 @@ impl<'a> LoadThread<'a> {
     }
 }
 
+/// A thread's buffers, shared by its sessions one read at a time.
+struct Scratch {
+    /// Bytes from a socket.
+    read: Vec<u8>,
+    /// Plaintext out of TLS.
+    plain: Vec<u8>,
+}
+
 /// Moves bytes both ways until the socket would block.
 fn pump(
     conn: &mut ClientConn,
     run: &Run,
-    scratch: &mut [u8],
+    scratch: &mut Scratch,
     stats: &mut Stats,
 ) -> Result<Status, Failure> {
     if !conn.connected {
@@ -304,26 +323,35 @@ fn pump(
     }
     flush(conn, run)?;
     loop {
-        let n = match conn.stream.read(scratch) {
+        let n = match conn.stream.read(&mut scratch.read) {
             Ok(0) => return Err(Failure::Io),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Status::Running),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return Err(Failure::Io),
         };
-        let now = Instant::now();
-        conn.last_io = now;
-        let status = conn
-            .client
-            .input(&scratch[..n], run.micros(now), stats)
-            .map_err(|_| Failure::Protocol)?;
-        if status == Status::Finished {
-            return Ok(status);
+        let now = run.micros(Instant::now());
+        conn.last_io = Instant::now();
+        let bytes = &scratch.read[..n];
+        let status = match &mut conn.tls {
+            None => conn
+                .client
+                .input(bytes, now, stats)
+                .map_err(|e| e.failure())?,
+            Some(tls) => tls::input(tls, &mut conn.client, bytes, &mut scratch.plain, now, stats)?,
+        };
+        match status {
+            Status::Finished => return Ok(status),
+            Status::StartTls if conn.tls.is_none() => {
+                let config = run.tls.as_ref().ok_or(Failure::Protocol)?;
+                conn.tls = Some(Box::new(tls::connect(config, run.target)?));
+            }
+            Status::StartTls | Status::Running => {}
         }
         flush(conn, run)?;
         // A short read emptied the socket: what arrives next is a new edge,
         // so the read that would only say WouldBlock is skipped.
-        if n < scratch.len() && !conn.hang_up {
+        if n < scratch.read.len() && !conn.hang_up {
             return Ok(Status::Running);
         }
     }
@@ -343,6 +371,10 @@ fn is_connected(stream: &TcpStream) -> Result<bool, Failure> {
 
 /// Writes what the client has queued until done or the socket is full.
 fn flush(conn: &mut ClientConn, run: &Run) -> Result<(), Failure> {
+    if let Some(tls) = &mut conn.tls {
+        let now = || run.micros(Instant::now());
+        return tls::flush(tls, &mut conn.client, &mut conn.stream, now);
+    }
     loop {
         let [body, commands] = conn.client.output();
         if body.is_empty() && commands.is_empty() {

@@ -2,7 +2,8 @@
 //!
 //! Owns: splitting server output into complete, possibly multi-line replies
 //! (`250-…` continued, `250 …` last), checking that every line of a reply
-//! carries the same code, and noticing the EHLO `PIPELINING` keyword.
+//! carries the same code, and noticing the EHLO `PIPELINING` and `STARTTLS`
+//! keywords.
 //! Input may arrive split anywhere; only a partial line is carried between
 //! calls, bounded by [`MAX_LINE`]. Does not know what the client sent.
 
@@ -20,6 +21,8 @@ pub struct Reply {
     pub code: u16,
     /// Some line of the reply was the `PIPELINING` extension keyword.
     pub pipelining: bool,
+    /// Some line of the reply was the `STARTTLS` extension keyword.
+    pub starttls: bool,
 }
 
 impl Reply {
@@ -48,6 +51,7 @@ pub struct ReplyParser {
     /// Code of the reply in progress (set by its first line).
     code: Option<u16>,
     pipelining: bool,
+    starttls: bool,
     lines: usize,
 }
 
@@ -107,15 +111,18 @@ impl ReplyParser {
             return Err(ReplyError::TooLong);
         }
         self.pipelining |= is_keyword(text, b"PIPELINING");
+        self.starttls |= is_keyword(text, b"STARTTLS");
         if !last {
             return Ok(None);
         }
         let reply = Reply {
             code,
             pipelining: self.pipelining,
+            starttls: self.starttls,
         };
         self.code = None;
         self.pipelining = false;
+        self.starttls = false;
         self.lines = 0;
         Ok(Some(reply))
     }
@@ -159,10 +166,14 @@ mod tests {
     }
 
     const EHLO: &[u8] = b"220 mx ESMTP\r\n250-mx.example\r\n250-SIZE 100\r\n\
-        250-pipelining\r\n250 8BITMIME\r\n354 go\r\n550 5.1.1 nope\n221\r\n";
+        250-pipelining\r\n250-STARTTLS\r\n250 8BITMIME\r\n354 go\r\n550 5.1.1 nope\n221\r\n";
 
     fn expected() -> Vec<Reply> {
-        let r = |code, pipelining| Reply { code, pipelining };
+        let r = |code, ehlo| Reply {
+            code,
+            pipelining: ehlo,
+            starttls: ehlo,
+        };
         vec![
             r(220, false),
             r(250, true),

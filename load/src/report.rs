@@ -128,8 +128,15 @@ impl Report {
         )?;
         writeln!(
             t,
-            "errors: {} connect, {} timeout, {} io, {} protocol | extra source addresses: {}",
-            c.connect_errors, c.timeouts, c.io_errors, c.protocol_errors, self.extra_sources
+            "errors: {} connect, {} timeout, {} io, {} protocol ({} STARTTLS not offered), \
+             {} tls | extra source addresses: {}",
+            c.connect_errors,
+            c.timeouts,
+            c.io_errors,
+            c.protocol_errors,
+            c.no_starttls,
+            c.tls_errors,
+            self.extra_sources
         )?;
         writeln!(
             t,
@@ -202,8 +209,8 @@ mod tests {
     #[test]
     fn json_is_one_object_with_phases() {
         let v: serde_json::Value = serde_json::from_str(&report().json()).unwrap();
-        assert_eq!(v["phases"][3]["phase"], "rcpt");
-        assert_eq!(v["phases"][3]["p99"], 990);
+        assert_eq!(v["phases"][4]["phase"], "rcpt");
+        assert_eq!(v["phases"][4]["p99"], 990);
         assert_eq!(v["counts"]["sessions_completed"], 10);
     }
 }

@@ -19,8 +19,11 @@ pub const SIGFIG: u8 = 3;
 pub enum Phase {
     /// Connect started (or was due, in open loop) → 220 greeting read.
     Banner,
-    /// EHLO sent → its reply.
+    /// EHLO sent → its reply (with `--starttls`, once before and once inside TLS).
     Ehlo,
+    /// `--starttls`: STARTTLS sent → the TLS handshake done (its 220 and
+    /// the handshake's round trips).
+    Starttls,
     /// MAIL FROM sent → its reply.
     Mail,
     /// RCPT TO sent → its reply (one sample per recipient).
@@ -35,9 +38,10 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in session order.
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 8] = [
         Phase::Banner,
         Phase::Ehlo,
+        Phase::Starttls,
         Phase::Mail,
         Phase::Rcpt,
         Phase::Data,
@@ -50,6 +54,7 @@ impl Phase {
         match self {
             Phase::Banner => "banner",
             Phase::Ehlo => "ehlo",
+            Phase::Starttls => "starttls",
             Phase::Mail => "mail",
             Phase::Rcpt => "rcpt",
             Phase::Data => "data",
@@ -74,6 +79,11 @@ pub enum Failure {
     Io,
     /// The server's output was not SMTP.
     Protocol,
+    /// `--starttls`, and the server's EHLO reply did not offer STARTTLS
+    /// (also a protocol error).
+    NoStarttls,
+    /// The TLS handshake failed, or a record inside TLS was bad.
+    Tls,
 }
 
 /// Counters by outcome, summed over sessions.
@@ -103,8 +113,12 @@ pub struct Counts {
     pub timeouts: u64,
     /// Sessions ended by a reset or an early close.
     pub io_errors: u64,
-    /// Sessions ended by output that is not SMTP.
+    /// Sessions ended by output that is not SMTP (or that broke STARTTLS).
     pub protocol_errors: u64,
+    /// Of the protocol errors: `--starttls`, and STARTTLS was not offered.
+    pub no_starttls: u64,
+    /// Sessions ended by a failed TLS handshake or a bad TLS record.
+    pub tls_errors: u64,
 }
 
 /// Everything one thread (or, merged, the whole run) measured.
@@ -112,9 +126,9 @@ pub struct Counts {
 pub struct Stats {
     histograms: Vec<Histogram<u64>>,
     /// 4xx replies, by phase.
-    pub temp_fail: [u64; 7],
+    pub temp_fail: [u64; Phase::ALL.len()],
     /// 5xx replies, by phase.
-    pub perm_fail: [u64; 7],
+    pub perm_fail: [u64; Phase::ALL.len()],
     /// Outcome counters.
     pub counts: Counts,
 }
@@ -125,8 +139,8 @@ impl Default for Stats {
             .expect("constant histogram bounds are valid");
         Stats {
             histograms: vec![histogram; Phase::ALL.len()],
-            temp_fail: [0; 7],
-            perm_fail: [0; 7],
+            temp_fail: [0; Phase::ALL.len()],
+            perm_fail: [0; Phase::ALL.len()],
             counts: Counts::default(),
         }
     }
@@ -155,6 +169,11 @@ impl Stats {
             Failure::Timeout => &mut self.counts.timeouts,
             Failure::Io => &mut self.counts.io_errors,
             Failure::Protocol => &mut self.counts.protocol_errors,
+            Failure::NoStarttls => {
+                self.counts.protocol_errors += 1;
+                &mut self.counts.no_starttls
+            }
+            Failure::Tls => &mut self.counts.tls_errors,
         };
         *counter += 1;
     }
@@ -192,6 +211,8 @@ impl Counts {
         self.timeouts += o.timeouts;
         self.io_errors += o.io_errors;
         self.protocol_errors += o.protocol_errors;
+        self.no_starttls += o.no_starttls;
+        self.tls_errors += o.tls_errors;
     }
 }
 
