@@ -1,13 +1,14 @@
 //! The mail log answers "why was my mail refused?": the real binary, on
 //! each backend, logs an unknown recipient and a bare-LF message each as a
 //! `reject:` line with its code, reason and envelope, and an accepted
-//! message as one `queued as` line with its queue id.
+//! message as one `queued as` line with its queue id; a client refused at
+//! connect by a per-client limit as a `reject: CONNECT` line.
 
 mod support;
 
 use mxgate::config::Backend;
 
-use support::{queue_id, BinServer};
+use support::{queue_id, BinServer, Client};
 
 fn refusals_and_a_queued_message_are_logged(backend: Backend) {
     let mut server = BinServer::start(tempfile::tempdir().unwrap(), backend, &[]);
@@ -44,4 +45,24 @@ fn refusals_and_a_queued_message_are_logged(backend: Backend) {
     }
 }
 
-support::backend_tests!(refusals_and_a_queued_message_are_logged);
+fn a_client_refused_by_its_limit_is_logged(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--client-sessions", "1", "--client-limit-exceptions", ""];
+    let mut server = BinServer::start(dir, backend, &flags);
+    let client = "127.0.0.2".parse().unwrap();
+    let mut first = Client::connect_from(server.addr, client);
+    first.expect(220);
+    Client::connect_from(server.addr, client).expect(421);
+    first.cmd("QUIT", 221);
+    server.signal("TERM");
+    let (status, log) = server.wait();
+    assert_eq!(status, Some(0), "{log}");
+    let line = "reject: CONNECT from [127.0.0.2]: 421 4.7.0 mx.test Error: too many \
+                connections from 127.0.0.2; limit=sessions";
+    assert_eq!(log.matches(line).count(), 1, "no {line:?} in:\n{log}");
+}
+
+support::backend_tests!(
+    refusals_and_a_queued_message_are_logged,
+    a_client_refused_by_its_limit_is_logged,
+);

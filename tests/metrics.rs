@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use mxgate::config::Backend;
 
-use support::{queue_id, wait_until, TestServer, READ_TIMEOUT};
+use support::{queue_id, wait_until, Client, TestServer, READ_TIMEOUT};
 
 /// One HTTP/1.1 exchange: the status line and the body.
 fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
@@ -143,6 +143,48 @@ fn counts_after_a_few_transactions(backend: Backend) {
     server.stop();
 }
 
+/// Connections refused by a per-client limit, by the limit they were over.
+fn client_refusals_are_counted_by_reason(backend: Backend) {
+    let flags = [
+        "--metrics",
+        "127.0.0.1:0",
+        "--client-sessions",
+        "1",
+        "--client-rate",
+        "2",
+        "--client-limit-exceptions",
+        "",
+    ];
+    let server = TestServer::start(backend, &flags);
+    let addr = server.handle.as_ref().unwrap().metrics_addr().unwrap();
+    let client = "127.0.0.2".parse().unwrap();
+    let mut first = Client::connect_from(server.addr, client);
+    first.expect(220);
+    Client::connect_from(server.addr, client).expect(421);
+    first.cmd("QUIT", 221);
+    assert!(first.closed());
+    let mut second = None;
+    wait_until(Duration::from_secs(5), || {
+        let mut c = Client::connect_from(server.addr, client);
+        let greeted = c.reply().code == 220;
+        second = greeted.then_some(c);
+        greeted
+    });
+    let mut second = second.expect("the first session's place is back");
+    second.cmd("QUIT", 221);
+    assert!(second.closed());
+    Client::connect_from(server.addr, client).expect(421);
+    let samples = scrape(addr);
+    let refusals = |reason: &str| {
+        let name = format!("mxgate_client_refusals_total{{reason=\"{reason}\"}}");
+        get(&samples, &name)
+    };
+    assert_eq!(refusals("sessions"), 1.0);
+    assert_eq!(refusals("rate"), 1.0);
+    assert_eq!(get(&samples, "mxgate_over_capacity_total"), 0.0);
+    server.stop();
+}
+
 fn bad_requests_are_refused_and_the_endpoint_stops_with_the_server(backend: Backend) {
     let server = TestServer::start(backend, &["--metrics", "127.0.0.1:0"]);
     let addr = server.handle.as_ref().unwrap().metrics_addr().unwrap();
@@ -169,6 +211,7 @@ fn metrics_are_off_by_default(backend: Backend) {
 
 support::backend_tests!(
     counts_after_a_few_transactions,
+    client_refusals_are_counted_by_reason,
     bad_requests_are_refused_and_the_endpoint_stops_with_the_server,
     metrics_are_off_by_default,
 );

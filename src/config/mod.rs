@@ -35,6 +35,7 @@ use clap::Parser;
 
 use crate::proto::SessionConfig;
 use crate::recipients::TableOptions;
+use crate::shield::LimitSettings;
 use crate::spool::{SpoolConfig, SpoolTuning};
 
 pub use declare::{Fallback, Setting};
@@ -143,6 +144,15 @@ impl Config {
             data_timeout: self.data_timeout,
             starttls: self.tls_cert.is_some(),
         })
+    }
+
+    /// The per-client limits at connect.
+    pub fn limit_settings(&self) -> LimitSettings {
+        LimitSettings {
+            sessions: self.client_sessions,
+            rate: self.client_rate,
+            exceptions: self.client_limit_exceptions.clone(),
+        }
     }
 
     /// How the recipient table compares addresses.

@@ -13,6 +13,7 @@ use super::declare::Setting;
 use super::layer::{one_or_many, Rebase};
 use super::values::*;
 use super::ConfigError;
+use crate::shield::Cidr;
 use crate::spool::{SpoolMode, SyncStrategy};
 
 /// The `--config FILE` flag: not a layer key (a file cannot name another).
@@ -153,6 +154,24 @@ settings! {
 
     /// Serve Prometheus metrics at http://ADDR/metrics.
     metrics: SocketAddr => Option<SocketAddr> = Off, "ADDR", optional;
+
+    // Far above what an honest client needs (Postfix's default
+    // smtpd_client_connection_count_limit is 50 too): one address of a
+    // botnet cannot hold the server's sessions, and a big sender's
+    // outbound pool still gets through.
+    /// Concurrent sessions per client (IPv4 address, IPv6 /64) before 421
+    /// 4.7.0 at connect; 0: no limit.
+    client_sessions: u32 => u32 = Value("50"), "N", required;
+
+    /// New sessions per client (IPv4 address, IPv6 /64) per minute before
+    /// 421 4.7.0 at connect; 0: no limit.
+    client_rate: u32 => u32 = Value("0"), "N", required;
+
+    // Loopback, as Postfix exempts mynetworks: local tools, monitoring and
+    // benchmarks keep working.
+    /// Clients client-sessions and client-rate do not apply to:
+    /// comma-separated addresses or CIDR blocks; empty for none.
+    client_limit_exceptions: String => Vec<Cidr> = Value("127.0.0.0/8,::1"), "CIDR[,CIDR]...", cidrs;
 
     /// PEM certificate chain for STARTTLS (with tls-key; SIGHUP reloads it).
     tls_cert: PathBuf => Option<PathBuf> = Off, "FILE", optional;

@@ -102,6 +102,8 @@ fn invalid_values_are_refused() {
         &["--backend", "kqueue"],
         &["--listen", "nowhere"],
         &["--metrics", "nowhere"],
+        &["--client-limit-exceptions", "10.0.0.0/33"],
+        &["--client-sessions", "-1"],
     ] {
         assert!(from_args(args(bad)).is_err(), "{bad:?}");
     }
@@ -109,6 +111,21 @@ fn invalid_values_are_refused() {
         .unwrap_err()
         .to_string()
         .contains("--recipients"));
+}
+
+#[test]
+fn client_limits_default_to_50_sessions_no_rate_and_loopback_exempt() {
+    let limits = from_args(args(&[])).unwrap().limit_settings();
+    assert_eq!((limits.sessions, limits.rate), (50, 0));
+    let exempt: Vec<String> = limits.exceptions.iter().map(|c| c.to_string()).collect();
+    assert_eq!(exempt, ["127.0.0.0/8", "::1/128"]);
+    let none = from_args(args(&["--client-limit-exceptions", ""])).unwrap();
+    assert!(none.client_limit_exceptions.is_empty());
+    let err = from_args(args(&["--client-limit-exceptions", "10.0.0.1/8"])).unwrap_err();
+    assert!(
+        err.to_string().starts_with("client-limit-exceptions: "),
+        "{err}"
+    );
 }
 
 #[test]

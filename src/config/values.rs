@@ -11,6 +11,7 @@ use clap::ValueEnum;
 use serde::Deserialize;
 
 use super::{ConfigError, MIN_RECIPIENTS, RESERVED_FDS};
+use crate::shield::Cidr;
 use crate::spool::{SpoolMode, SyncStrategy};
 
 /// The I/O backend that drives the sessions.
@@ -189,6 +190,11 @@ pub(super) fn read_buffer(key: &str, value: Option<usize>) -> Result<usize, Conf
         return Err(invalid(format!("{key}: at least 4096 octets")));
     }
     Ok(bytes)
+}
+
+/// A list of address blocks, `CIDR[,CIDR]...`; empty for none.
+pub(super) fn cidrs(key: &str, value: Option<String>) -> Result<Vec<Cidr>, ConfigError> {
+    Cidr::parse_list(&required(key, value)?).map_err(|why| invalid(format!("{key}: {why}")))
 }
 
 pub(super) fn invalid(message: impl Into<String>) -> ConfigError {

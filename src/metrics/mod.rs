@@ -28,6 +28,7 @@ pub use text::render;
 
 use crate::proto::command::Verb;
 use crate::proto::{RcptOutcome, Refusal, Tally};
+use crate::shield::Limit;
 use crate::spool::SpoolDepth;
 
 /// What a command's service time is filed under.
@@ -83,6 +84,9 @@ pub struct Metrics {
     pub sessions_ended: u64,
     /// Connections refused with 421 because the server was full.
     pub over_capacity: u64,
+    /// Connections refused with 421 at connect because their client was
+    /// over a per-client limit, by [`Limit`].
+    pub client_refusals: [u64; Limit::ALL.len()],
     /// Ended sessions by how they ended (`closed`, `timed-out`, `reset`, …).
     pub outcomes: Vec<(&'static str, u64)>,
     pub commands: [u64; Verb::ALL.len()],
@@ -119,6 +123,7 @@ impl Default for Metrics {
             sessions_total: 0,
             sessions_ended: 0,
             over_capacity: 0,
+            client_refusals: [0; Limit::ALL.len()],
             outcomes: Vec::new(),
             commands: [0; Verb::ALL.len()],
             rcpts: [0; RcptOutcome::ALL.len()],
@@ -174,6 +179,7 @@ impl Metrics {
         self.sessions_total += other.sessions_total;
         self.sessions_ended += other.sessions_ended;
         self.over_capacity += other.over_capacity;
+        add_all(&mut self.client_refusals, &other.client_refusals);
         for &(outcome, n) in &other.outcomes {
             self.count_outcome(outcome, n);
         }

@@ -16,6 +16,7 @@ use super::{count, Class, Metrics};
 use crate::proto::Tally;
 use crate::recipients::SharedTable;
 use crate::runtime::Wake;
+use crate::shield::Limit;
 use crate::spool::DepthGauge;
 use crate::tls::{Failure, Negotiated};
 
@@ -71,6 +72,11 @@ impl Recorder {
     /// A connection refused with 421 because the server is full.
     pub fn over_capacity(&mut self) {
         self.metrics.over_capacity += 1;
+    }
+
+    /// A connection refused with 421 because its client was over `limit`.
+    pub fn client_refused(&mut self, limit: Limit) {
+        self.metrics.client_refusals[limit as usize] += 1;
     }
 
     /// A session ended after `duration`, for the reason `outcome`.

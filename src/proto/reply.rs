@@ -7,6 +7,7 @@
 //! *when* a reply is sent: that is the session's job.
 
 use std::io::Write;
+use std::net::IpAddr;
 
 /// A reply whose text never changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +130,22 @@ pub fn write_over_capacity(host: &str, out: &mut Vec<u8>) {
             b"421 4.3.2 ",
             host.as_bytes(),
             b" Error: too many connections\r\n",
+        ],
+    );
+}
+
+/// `421 4.7.0 …`: refused at connect because `client` is over a
+/// per-client limit.
+pub fn write_too_many_from(host: &str, client: IpAddr, out: &mut Vec<u8>) {
+    let client = client.to_string();
+    join(
+        out,
+        &[
+            b"421 4.7.0 ",
+            host.as_bytes(),
+            b" Error: too many connections from ",
+            client.as_bytes(),
+            b"\r\n",
         ],
     );
 }

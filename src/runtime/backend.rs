@@ -22,6 +22,7 @@ use super::limits::is_out_of_descriptors;
 use super::sessions::{unticket, Sessions};
 use super::timer::Expiry;
 use crate::config::Config;
+use crate::shield::ClientLimits;
 
 pub use start::{pinning_plan, start, WorkerSet};
 
@@ -188,11 +189,13 @@ pub trait Driver: Sized {
     }
 }
 
-/// State all workers share: the session count, the stop flag and the
-/// knobs of the loop. Touched once per connection, never per byte.
+/// State all workers share: the session count, the per-client limits, the
+/// stop flag and the knobs of the loop. Touched once per connection, never
+/// per byte.
 pub struct Control {
     open: AtomicUsize,
     max_sessions: usize,
+    pub clients: ClientLimits,
     stop: AtomicBool,
     pub drain_timeout: Duration,
     /// Connections accepted from one listener per wake-up.
@@ -211,6 +214,7 @@ impl Control {
         Control {
             open: AtomicUsize::new(0),
             max_sessions: config.max_sessions,
+            clients: ClientLimits::new(config.limit_settings(), Instant::now()),
             stop: AtomicBool::new(false),
             drain_timeout: config.drain_timeout,
             accept_batch: config.accept_batch,

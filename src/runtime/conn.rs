@@ -34,6 +34,7 @@ use super::timer::{Expiry, TimerWheel};
 use crate::metrics::Recorder;
 use crate::proto::{Event, Printable, Session, Tally};
 use crate::recipients::Table;
+use crate::shield::Admission;
 use crate::spool::{Message, SpoolError, SpoolLink};
 use crate::tls::{Negotiated, State, TlsLayer};
 
@@ -133,6 +134,8 @@ pub struct SessionLog {
 pub struct Conn {
     pub session: Session,
     pub peer: IpAddr,
+    /// Its place in its client's session count, given back when closed.
+    pub admission: Admission,
     pub generation: u32,
     /// Tick of this connection's live timer-wheel entry.
     pub timer_tick: u64,
@@ -177,6 +180,7 @@ impl Conn {
         Conn {
             session,
             peer,
+            admission: Admission::default(),
             generation,
             timer_tick: u64::MAX,
             in_ready: false,

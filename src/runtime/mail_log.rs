@@ -1,5 +1,6 @@
-//! The mail log: one line per refusal (Postfix's `reject:` lines) and one
-//! per queued message, written for a connection with its client's address.
+//! The mail log: one line per refusal (Postfix's `reject:` lines, a
+//! client refused at connect by a per-client limit included) and one per
+//! queued message, written for a connection with its client's address.
 //!
 //! Owns only the writing: what was refused or queued, and the words of
 //! each line, come from the session ([`crate::proto::verdict`]). Knows no
@@ -7,7 +8,8 @@
 
 use std::net::IpAddr;
 
-use crate::proto::{Queued, Rejections};
+use crate::proto::{Printable, Queued, Rejections};
+use crate::shield::Limit;
 
 /// Logs every refusal of a feed, then how many were not itemised.
 pub fn rejections(client: IpAddr, rejections: &Rejections) {
@@ -20,6 +22,16 @@ pub fn rejections(client: IpAddr, rejections: &Rejections) {
             "reject: {more} more refusals from [{client}] in the same read, not itemised"
         );
     }
+}
+
+/// Logs a connection refused at connect because its client was over
+/// `limit`, with the reply it got.
+pub fn client_refused(client: IpAddr, limit: Limit, reply: &[u8]) {
+    let reply = Printable(reply.strip_suffix(b"\r\n").unwrap_or(reply));
+    tracing::info!(
+        "reject: CONNECT from [{client}]: {reply}; limit={}",
+        limit.name()
+    );
 }
 
 /// Logs a message the spool committed.

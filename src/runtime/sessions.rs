@@ -3,7 +3,8 @@
 //! list, the timer wheel, the spool link and the drain deadline.
 //!
 //! Owns what happens to a connection between two I/O events: opening it
-//! (greeting, first deadline, the over-capacity refusal), one guarded turn
+//! (greeting, first deadline, the over-capacity and per-client refusals),
+//! giving its places back once closed, one guarded turn
 //! of its session, the timer that follows its deadline, and how long the
 //! worker may sleep. Does not own the I/O, nor the order of a worker's
 //! turns (see [`super::backend::Driver`]).
@@ -18,11 +19,13 @@ use slab::Slab;
 
 use super::backend::Control;
 use super::conn::{Conn, Cx, Outcome};
+use super::mail_log;
 use super::timer::TimerWheel;
 use crate::metrics::Recorder;
 use crate::proto::reply;
 use crate::proto::{Session, SessionConfig};
 use crate::recipients::SharedTable;
+use crate::shield::Admission;
 use crate::spool::SpoolLink;
 
 /// One slab slot: a connection and what its backend keeps about its socket.
@@ -111,30 +114,72 @@ impl<I> Sessions<I> {
         }
     }
 
-    /// Takes a session slot, or refuses the client with the over-capacity
-    /// reply, written through `send` (best effort: a brand-new socket's
-    /// send buffer is empty). Returns false when refused.
-    pub fn try_open(&mut self, peer: IpAddr, send: impl FnOnce(&[u8])) -> bool {
-        if self.control.try_open() {
-            return true;
+    /// Takes a session slot for a connection from `peer`, or refuses it:
+    /// with the over-capacity reply when the server is full, with `421
+    /// 4.7.0` when its client is over a per-client limit; the refusal is
+    /// written through `send` (best effort: a brand-new socket's send
+    /// buffer is empty). What it returns goes to [`Sessions::insert`].
+    pub fn try_open(
+        &mut self,
+        peer: IpAddr,
+        now: Instant,
+        send: impl FnOnce(&[u8]),
+    ) -> Option<Admission> {
+        if !self.control.try_open() {
+            let mut refusal = Vec::new();
+            reply::write_over_capacity(&self.session_config.hostname, &mut refusal);
+            send(&refusal);
+            self.metrics.over_capacity();
+            tracing::info!(client = %peer, outcome = "over-capacity", "session end");
+            return None;
         }
-        let mut refusal = Vec::new();
-        reply::write_over_capacity(&self.session_config.hostname, &mut refusal);
-        send(&refusal);
-        self.metrics.over_capacity();
-        tracing::info!(client = %peer, outcome = "over-capacity", "session end");
-        false
+        match self.admit_client(peer, now) {
+            Ok(admission) => Some(admission),
+            Err(refusal) => {
+                self.control.close_one();
+                send(&refusal);
+                None
+            }
+        }
     }
 
-    /// Inserts a new connection over `io`: its session has greeted (the
-    /// greeting waits in its output) and its first deadline is on the
-    /// wheel. Returns its key.
-    pub fn insert(&mut self, io: I, peer: IpAddr, now: Instant) -> usize {
+    /// The per-client limits for a session from `client`: its admission,
+    /// or the `421 4.7.0` reply to send before closing (logged and
+    /// counted here). The one call for a client address learnt after
+    /// accept (a PROXY header): the admission then goes to the
+    /// connection's `admission`, which [`Sessions::closed`] gives back.
+    pub fn admit_client(&mut self, client: IpAddr, now: Instant) -> Result<Admission, Vec<u8>> {
+        self.control
+            .clients
+            .try_admit(client, now)
+            .map_err(|limit| {
+                let mut refusal = Vec::new();
+                let host = &self.session_config.hostname;
+                reply::write_too_many_from(host, client, &mut refusal);
+                self.metrics.client_refused(limit);
+                mail_log::client_refused(client, limit, &refusal);
+                refusal
+            })
+    }
+
+    /// A connection let in by [`Sessions::try_open`] is gone, whichever
+    /// way it went: its places in the server's and its client's session
+    /// counts are given back.
+    pub fn closed(&self, admission: Admission) {
+        self.control.close_one();
+        self.control.clients.release(admission);
+    }
+
+    /// Inserts a new connection over `io`, holding `admission` until
+    /// closed: its session has greeted (the greeting waits in its output)
+    /// and its first deadline is on the wheel. Returns its key.
+    pub fn insert(&mut self, io: I, peer: IpAddr, admission: Admission, now: Instant) -> usize {
         let generation = self.next_generation;
         self.next_generation = generation.wrapping_add(1);
         self.metrics.session_opened();
         let session = Session::new(self.session_config.clone(), now);
         let mut conn = Conn::new(session, peer, generation);
+        conn.admission = admission;
         let key = self.conns.vacant_key();
         conn.timer_tick = self
             .wheel

@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -189,18 +189,41 @@ impl Client {
         Client::try_connect(addr).expect("connect")
     }
 
+    /// Connects from the local address `source` (a loopback address other
+    /// than 127.0.0.1 is a client of its own to the server).
+    pub fn connect_from(addr: SocketAddr, source: IpAddr) -> Client {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("socket");
+        socket
+            .bind(&SocketAddr::new(source, 0).into())
+            .expect("bind the source address");
+        socket
+            .connect_timeout(&addr.into(), READ_TIMEOUT)
+            .expect("connect");
+        Client::over(socket.into())
+    }
+
     /// `None` if nothing accepts the connection.
     pub fn try_connect(addr: SocketAddr) -> Option<Client> {
         let stream = TcpStream::connect_timeout(&addr, READ_TIMEOUT).ok()?;
+        Some(Client::over(stream))
+    }
+
+    /// A client over a connected `stream`, with the read and write timeouts.
+    fn over(stream: TcpStream) -> Client {
         stream
             .set_read_timeout(Some(READ_TIMEOUT))
             .expect("read timeout");
         stream
             .set_write_timeout(Some(READ_TIMEOUT))
             .expect("write timeout");
-        Some(Client {
+        Client {
             reader: BufReader::new(stream),
-        })
+        }
     }
 
     pub fn stream(&self) -> &TcpStream {

@@ -134,7 +134,7 @@ impl Driver for EpollWorker {
         self.sessions.end(key, outcome);
         let mut slot = self.sessions.conns.remove(key);
         slot.io.send(&mut slot.conn);
-        self.sessions.control.close_one();
+        self.sessions.closed(slot.conn.admission);
         if self.pause.descriptor_freed() {
             self.accept_more = true;
         }
@@ -212,9 +212,9 @@ impl EpollWorker {
         let send = |reply: &[u8]| {
             let _ = io::Write::write(&mut stream, reply);
         };
-        if !self.sessions.try_open(peer.ip(), send) {
+        let Some(admission) = self.sessions.try_open(peer.ip(), now, send) else {
             return;
-        }
+        };
         let key = self.sessions.conns.vacant_key();
         let interest = Interest::READABLE | Interest::WRITABLE;
         if let Err(e) = self
@@ -223,12 +223,14 @@ impl EpollWorker {
             .register(&mut stream, Token(key), interest)
         {
             tracing::warn!(error = %e, "register failed");
-            self.sessions.control.close_one();
+            self.sessions.closed(admission);
             return;
         }
         // No read yet: input that beat the greeting still raises an event,
         // because registering a ready socket reports it.
-        let key = self.sessions.insert(Stream::new(stream), peer.ip(), now);
+        let key = self
+            .sessions
+            .insert(Stream::new(stream), peer.ip(), admission, now);
         self.settle(key, now);
     }
 }

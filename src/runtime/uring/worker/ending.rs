@@ -55,7 +55,7 @@ impl RingWorker {
                 .user_data(user_data(IGNORE, 0));
             self.push(entry);
         }
-        self.sessions.control.close_one();
+        self.sessions.closed(slot.conn.admission);
         if self.pause.descriptor_freed() {
             tracing::debug!("a descriptor was freed; accepting again");
         }
