@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use mxgate::config::Backend;
 
-use support::{wait_until, Client, TestServer};
+use support::{Client, TestServer};
 
 const ALICE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const BOB: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
@@ -34,14 +34,7 @@ fn refused(mut c: Client, client: IpAddr) {
 
 /// A client greeted with 220 once the server has freed a place for it.
 fn greeted_soon(server: &TestServer, client: IpAddr) -> Client {
-    let mut greeted = None;
-    wait_until(Duration::from_secs(5), || {
-        let mut c = from(server, client);
-        let ok = c.reply().code == 220;
-        greeted = ok.then_some(c);
-        ok
-    });
-    greeted.expect("a place freed within 5 s")
+    support::greeted_soon(|| from(server, client)).expect("a place freed within 5 s")
 }
 
 fn a_client_over_its_sessions_is_refused_until_one_closes(backend: Backend) {

@@ -163,14 +163,8 @@ fn client_refusals_are_counted_by_reason(backend: Backend) {
     Client::connect_from(server.addr, client).expect(421);
     first.cmd("QUIT", 221);
     assert!(first.closed());
-    let mut second = None;
-    wait_until(Duration::from_secs(5), || {
-        let mut c = Client::connect_from(server.addr, client);
-        let greeted = c.reply().code == 220;
-        second = greeted.then_some(c);
-        greeted
-    });
-    let mut second = second.expect("the first session's place is back");
+    let mut second = support::greeted_soon(|| Client::connect_from(server.addr, client))
+        .expect("the first session's place is back");
     second.cmd("QUIT", 221);
     assert!(second.closed());
     Client::connect_from(server.addr, client).expect(421);

@@ -329,6 +329,19 @@ pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     done()
 }
 
+/// A client `connect` makes that is greeted with 220, trying again for up
+/// to 5 s (while the server frees a place for it); `None` if none was.
+pub fn greeted_soon(mut connect: impl FnMut() -> Client) -> Option<Client> {
+    let mut greeted = None;
+    wait_until(Duration::from_secs(5), || {
+        let mut c = connect();
+        let ok = c.reply().code == 220;
+        greeted = ok.then_some(c);
+        ok
+    });
+    greeted
+}
+
 /// The real `mxgate` binary, started on its own temp dir.
 pub struct BinServer {
     pub child: Child,
