@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod proto;
 pub mod recipients;
 pub mod runtime;
+pub mod shield;
 pub mod spool;
 pub mod tls;
 pub mod tuning;
