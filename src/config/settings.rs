@@ -13,6 +13,7 @@ use super::declare::Setting;
 use super::layer::{one_or_many, Rebase};
 use super::values::*;
 use super::ConfigError;
+use crate::shield::Cidr;
 use crate::spool::{SpoolMode, SyncStrategy};
 
 /// The `--config FILE` flag: not a layer key (a file cannot name another).
@@ -159,4 +160,9 @@ settings! {
 
     /// PEM private key of tls-cert; STARTTLS is offered only when both are set.
     tls_key: PathBuf => Option<PathBuf> = Off, "FILE", optional;
+
+    /// Balancers that must open each connection with a PROXY v1 or v2
+    /// header naming the client (address ranges, comma-separated); the
+    /// greeting waits for it. Anyone else sending one gets 500.
+    proxy_protocol_from: String => Vec<Cidr> = Off, "CIDR[,CIDR]...", cidrs;
 }

@@ -11,6 +11,7 @@ use clap::ValueEnum;
 use serde::Deserialize;
 
 use super::{ConfigError, MIN_RECIPIENTS, RESERVED_FDS};
+use crate::shield::Cidr;
 use crate::spool::{SpoolMode, SyncStrategy};
 
 /// The I/O backend that drives the sessions.
@@ -189,6 +190,12 @@ pub(super) fn read_buffer(key: &str, value: Option<usize>) -> Result<usize, Conf
         return Err(invalid(format!("{key}: at least 4096 octets")));
     }
     Ok(bytes)
+}
+
+/// Off (no ranges) unless set; every item must be a range.
+pub(super) fn cidrs(key: &str, value: Option<String>) -> Result<Vec<Cidr>, ConfigError> {
+    Cidr::parse_list(value.as_deref().unwrap_or_default())
+        .map_err(|err| invalid(format!("{key}: {err}")))
 }
 
 pub(super) fn invalid(message: impl Into<String>) -> ConfigError {

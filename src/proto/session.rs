@@ -417,6 +417,13 @@ impl Session {
         }
     }
 
+    /// The client opened with a PROXY header it may not send: writes
+    /// `500 5.5.2 …`; the driver closes.
+    pub fn refuse_proxy_header(&mut self, out: &mut Vec<u8>) {
+        reply::write_untrusted_proxy(&self.config.hostname, out);
+        self.state = State::Closed;
+    }
+
     /// Server shutdown. An idle session gets `421 4.3.2` and `true` (close
     /// now); one inside a transaction finishes it, then gets the 421.
     pub fn shut_down(&mut self, out: &mut Vec<u8>) -> bool {

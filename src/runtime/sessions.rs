@@ -126,15 +126,26 @@ impl<I> Sessions<I> {
         false
     }
 
+    /// Whether `peer` is a balancer that must send a PROXY header: its
+    /// connections are greeted after the header, and the per-client limits
+    /// apply to the header's address ([`Conn::client_known`]), not to it.
+    pub fn is_proxy(&self, peer: IpAddr) -> bool {
+        self.control
+            .proxy_from
+            .iter()
+            .any(|range| range.contains(peer))
+    }
+
     /// Inserts a new connection over `io`: its session has greeted (the
-    /// greeting waits in its output) and its first deadline is on the
-    /// wheel. Returns its key.
+    /// greeting waits in its output), unless `peer` is a balancer whose
+    /// PROXY header comes first; its first deadline is on the wheel.
+    /// Returns its key.
     pub fn insert(&mut self, io: I, peer: IpAddr, now: Instant) -> usize {
         let generation = self.next_generation;
         self.next_generation = generation.wrapping_add(1);
         self.metrics.session_opened();
         let session = Session::new(self.session_config.clone(), now);
-        let mut conn = Conn::new(session, peer, generation);
+        let mut conn = Conn::new(session, peer, generation, self.is_proxy(peer));
         let key = self.conns.vacant_key();
         conn.timer_tick = self
             .wheel

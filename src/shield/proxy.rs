@@ -38,7 +38,51 @@ pub enum Parse {
         source: Option<SocketAddr>,
     },
     /// Not a valid header, for this reason.
-    Invalid(&'static str),
+    Invalid(Flaw),
+}
+
+/// Why octets are not a valid header (for the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flaw {
+    NoHeader,
+    V1TooLong,
+    V1NoCr,
+    V1NotText,
+    V1Malformed,
+    V2Version,
+    V2Command,
+    V2TooLong,
+    V2Family,
+    V2Datagram,
+    V2Short,
+    V2TlvTruncated,
+    V2TlvOverrun,
+}
+
+impl Flaw {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flaw::NoHeader => "no PROXY header",
+            Flaw::V1TooLong => "v1 header longer than 107 octets",
+            Flaw::V1NoCr => "v1 header ends without CR",
+            Flaw::V1NotText => "v1 header is not text",
+            Flaw::V1Malformed => "malformed v1 header",
+            Flaw::V2Version => "v2 header of an unknown version",
+            Flaw::V2Command => "v2 header with an unknown command",
+            Flaw::V2TooLong => "v2 header too long",
+            Flaw::V2Family => "v2 header with an unknown family",
+            Flaw::V2Datagram => "v2 header for a datagram",
+            Flaw::V2Short => "v2 header shorter than its addresses",
+            Flaw::V2TlvTruncated => "v2 header with a truncated TLV",
+            Flaw::V2TlvOverrun => "v2 header with a TLV past its end",
+        }
+    }
+}
+
+impl std::fmt::Display for Flaw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Whether a connection's first octets are a PROXY header's.
@@ -59,7 +103,7 @@ pub fn parse(input: &[u8]) -> Parse {
     } else if starts_like(input, V1_PREFIX) {
         v1(input)
     } else {
-        Parse::Invalid("no PROXY header")
+        Parse::Invalid(Flaw::NoHeader)
     }
 }
 
@@ -87,16 +131,16 @@ fn v1(input: &[u8]) -> Parse {
     let window = &input[..input.len().min(V1_MAX)];
     let Some(end) = memchr::memmem::find(window, b"\r\n") else {
         return if input.len() >= V1_MAX {
-            Parse::Invalid("v1 header longer than 107 octets")
+            Parse::Invalid(Flaw::V1TooLong)
         } else if window.contains(&b'\n') {
-            Parse::Invalid("v1 header ends without CR")
+            Parse::Invalid(Flaw::V1NoCr)
         } else {
             Parse::Partial
         };
     };
     let consumed = end + 2;
     let Ok(line) = std::str::from_utf8(&window[V1_PREFIX.len()..end]) else {
-        return Parse::Invalid("v1 header is not text");
+        return Parse::Invalid(Flaw::V1NotText);
     };
     if line == "UNKNOWN" || line.starts_with("UNKNOWN ") {
         return Parse::Done {
@@ -109,7 +153,7 @@ fn v1(input: &[u8]) -> Parse {
             consumed,
             source: Some(source),
         },
-        None => Parse::Invalid("malformed v1 header"),
+        None => Parse::Invalid(Flaw::V1Malformed),
     }
 }
 
@@ -146,32 +190,32 @@ fn port(text: &str) -> Option<u16> {
 /// Signature, `0x2X` (X: 0 LOCAL, 1 PROXY), family and transport, a
 /// big-endian length, then that many octets of addresses and TLVs.
 fn v2(input: &[u8]) -> Parse {
+    // Refused as soon as the octet that says so has arrived.
+    let command = input.get(12).map(|&octet| (octet >> 4, octet & 0x0f));
+    match command {
+        Some((2, 0 | 1)) | None => {}
+        Some((2, _)) => return Parse::Invalid(Flaw::V2Command),
+        Some(_) => return Parse::Invalid(Flaw::V2Version),
+    }
     let Some(fixed) = input.get(..V2_FIXED) else {
         return Parse::Partial;
     };
-    let (version, command) = (fixed[12] >> 4, fixed[12] & 0x0f);
-    if version != 2 {
-        return Parse::Invalid("v2 header of an unknown version");
-    }
     let len = usize::from(u16::from_be_bytes([fixed[14], fixed[15]]));
     if len > V2_MAX_BODY {
-        return Parse::Invalid("v2 header too long");
+        return Parse::Invalid(Flaw::V2TooLong);
     }
     let Some(body) = input.get(V2_FIXED..V2_FIXED + len) else {
         return Parse::Partial;
     };
     let consumed = V2_FIXED + len;
-    let source = match command {
-        0 => {
-            return Parse::Done {
-                consumed,
-                source: None,
-            }
-        }
-        1 => v2_source(fixed[13], body),
-        _ => return Parse::Invalid("v2 header with an unknown command"),
-    };
-    match source {
+    if fixed[12] & 0x0f == 0 {
+        // LOCAL: whatever addresses follow are not a client's.
+        return Parse::Done {
+            consumed,
+            source: None,
+        };
+    }
+    match v2_source(fixed[13], body) {
         Ok(source) => Parse::Done { consumed, source },
         Err(reason) => Parse::Invalid(reason),
     }
@@ -179,13 +223,13 @@ fn v2(input: &[u8]) -> Parse {
 
 /// The source address of a v2 `PROXY` header's body; the TLVs after the
 /// addresses are skipped, but must fill the body exactly.
-fn v2_source(family: u8, body: &[u8]) -> Result<Option<SocketAddr>, &'static str> {
+fn v2_source(family: u8, body: &[u8]) -> Result<Option<SocketAddr>, Flaw> {
     let (address_family, transport) = (family >> 4, family & 0x0f);
     if address_family > 3 || transport > 2 {
-        return Err("v2 header with an unknown family");
+        return Err(Flaw::V2Family);
     }
     if transport == 2 {
-        return Err("v2 header for a datagram");
+        return Err(Flaw::V2Datagram);
     }
     let (source, addresses_len) = match address_family {
         1 if body.len() >= 12 => {
@@ -198,24 +242,24 @@ fn v2_source(family: u8, body: &[u8]) -> Result<Option<SocketAddr>, &'static str
             let port = u16::from_be_bytes([body[32], body[33]]);
             (Some(SocketAddr::new(Ipv6Addr::from(ip).into(), port)), 36)
         }
-        1 | 2 => return Err("v2 header shorter than its addresses"),
+        1 | 2 => return Err(Flaw::V2Short),
         // AF_UNSPEC and AF_UNIX carry no client IP: the balancer's own.
         0 => (None, 0),
         _ if body.len() >= 216 => (None, 216),
-        _ => return Err("v2 header shorter than its addresses"),
+        _ => return Err(Flaw::V2Short),
     };
     skip_tlvs(&body[addresses_len..])?;
     Ok(source)
 }
 
 /// Walks the TLVs (type, big-endian length, value) to the end of `tlvs`.
-fn skip_tlvs(mut tlvs: &[u8]) -> Result<(), &'static str> {
+fn skip_tlvs(mut tlvs: &[u8]) -> Result<(), Flaw> {
     while !tlvs.is_empty() {
         let [_, high, low, ..] = *tlvs else {
-            return Err("v2 header with a truncated TLV");
+            return Err(Flaw::V2TlvTruncated);
         };
         let end = 3 + usize::from(u16::from_be_bytes([high, low]));
-        tlvs = tlvs.get(end..).ok_or("v2 header with a TLV past its end")?;
+        tlvs = tlvs.get(end..).ok_or(Flaw::V2TlvOverrun)?;
     }
     Ok(())
 }

@@ -103,84 +103,67 @@ fn valid_headers_name_their_source_and_stop_at_their_end() {
 #[test]
 fn invalid_headers_are_refused_whole_and_never_accepted_in_part() {
     let long_v1 = format!("PROXY UNKNOWN {}\r\n", "x".repeat(V1_MAX));
-    let cases: Vec<(Vec<u8>, &str)> = vec![
-        (b"EHLO client.example\r\n".to_vec(), "no PROXY header"),
-        (b"PROXY\r\n".to_vec(), "no PROXY header"),
+    let cases: Vec<(Vec<u8>, Flaw)> = vec![
+        (b"EHLO client.example\r\n".to_vec(), Flaw::NoHeader),
+        (b"PROXY\r\n".to_vec(), Flaw::NoHeader),
         (
             b"PROXY TCP4 192.0.2.7 10.0.0.1 40000\r\n".to_vec(),
-            "malformed v1 header",
+            Flaw::V1Malformed,
         ),
         (
             b"PROXY TCP4 2001:db8::7 10.0.0.1 40000 25\r\n".to_vec(),
-            "malformed v1 header",
+            Flaw::V1Malformed,
         ),
         (
             b"PROXY TCP6 192.0.2.7 2001:db8::1 40000 25\r\n".to_vec(),
-            "malformed v1 header",
+            Flaw::V1Malformed,
         ),
         (
             b"PROXY TCP4 192.0.2.7 10.0.0.1 65536 25\r\n".to_vec(),
-            "malformed v1 header",
+            Flaw::V1Malformed,
         ),
         (
             b"PROXY TCP4 192.0.2.7 10.0.0.1 040000 25\r\n".to_vec(),
-            "malformed v1 header",
+            Flaw::V1Malformed,
         ),
         (
             b"PROXY TCP4 192.0.2.7  10.0.0.1 40000 25\r\n".to_vec(),
-            "malformed v1 header",
+            Flaw::V1Malformed,
         ),
         (
             b"PROXY UDP4 192.0.2.7 10.0.0.1 40000 25\r\n".to_vec(),
-            "malformed v1 header",
+            Flaw::V1Malformed,
         ),
         (
             b"PROXY TCP4 192.0.2.7 10.0.0.1 40000 25\n".to_vec(),
-            "v1 header ends without CR",
+            Flaw::V1NoCr,
         ),
         (
             b"PROXY TCP4 \xff 10.0.0.1 40000 25\r\n".to_vec(),
-            "v1 header is not text",
+            Flaw::V1NotText,
         ),
-        (long_v1.into_bytes(), "v1 header longer than 107 octets"),
-        (
-            v2_header(2, 0x11, &ipv4_body(&[])),
-            "v2 header with an unknown command",
-        ),
-        (
-            v2_header(1, 0x41, &ipv4_body(&[])),
-            "v2 header with an unknown family",
-        ),
-        (
-            v2_header(1, 0x12, &ipv4_body(&[])),
-            "v2 header for a datagram",
-        ),
-        (
-            v2_header(1, 0x11, &ipv4_body(&[])[..11]),
-            "v2 header shorter than its addresses",
-        ),
-        (
-            v2_header(1, 0x21, &ipv4_body(&[])),
-            "v2 header shorter than its addresses",
-        ),
+        (long_v1.into_bytes(), Flaw::V1TooLong),
+        (v2_header(2, 0x11, &ipv4_body(&[])), Flaw::V2Command),
+        (v2_header(1, 0x41, &ipv4_body(&[])), Flaw::V2Family),
+        (v2_header(1, 0x12, &ipv4_body(&[])), Flaw::V2Datagram),
+        (v2_header(1, 0x11, &ipv4_body(&[])[..11]), Flaw::V2Short),
+        (v2_header(1, 0x21, &ipv4_body(&[])), Flaw::V2Short),
         (
             v2_header(1, 0x11, &ipv4_body(&[0x04, 0x00])),
-            "v2 header with a truncated TLV",
+            Flaw::V2TlvTruncated,
         ),
         (
             v2_header(1, 0x11, &ipv4_body(&[0x04, 0x00, 0x02, 0x00])),
-            "v2 header with a TLV past its end",
+            Flaw::V2TlvOverrun,
         ),
         (
             v2_header(1, 0x11, &vec![0; V2_MAX_BODY + 1]),
-            "v2 header too long",
+            Flaw::V2TooLong,
         ),
     ];
     let mut wrong_version = v2_header(1, 0x11, &ipv4_body(&[]));
     wrong_version[12] = 0x11;
-    let cases = cases
-        .into_iter()
-        .chain([(wrong_version, "v2 header of an unknown version")]);
+    let cases = cases.into_iter().chain([(wrong_version, Flaw::V2Version)]);
     for (input, reason) in cases {
         assert_eq!(parse(&input), Parse::Invalid(reason), "{input:?}");
         for cut in 0..input.len() {
@@ -199,7 +182,7 @@ fn a_header_may_not_grow_without_bound() {
     assert!(matches!(parse(&endless), Parse::Invalid(_)));
     let mut v2_max = v2_header(1, 0x11, &ipv4_body(&[]));
     v2_max[14..16].copy_from_slice(&u16::MAX.to_be_bytes());
-    assert_eq!(parse(&v2_max), Parse::Invalid("v2 header too long"));
+    assert_eq!(parse(&v2_max), Parse::Invalid(Flaw::V2TooLong));
 }
 
 #[test]
