@@ -192,15 +192,21 @@ impl Client {
     /// `None` if nothing accepts the connection.
     pub fn try_connect(addr: SocketAddr) -> Option<Client> {
         let stream = TcpStream::connect_timeout(&addr, READ_TIMEOUT).ok()?;
+        Some(Client::over(stream))
+    }
+
+    /// A client over a connected `stream` (one bound to an address of the
+    /// test's choosing, say).
+    pub fn over(stream: TcpStream) -> Client {
         stream
             .set_read_timeout(Some(READ_TIMEOUT))
             .expect("read timeout");
         stream
             .set_write_timeout(Some(READ_TIMEOUT))
             .expect("write timeout");
-        Some(Client {
+        Client {
             reader: BufReader::new(stream),
-        })
+        }
     }
 
     pub fn stream(&self) -> &TcpStream {
