@@ -129,15 +129,19 @@ fn starts_like(input: &[u8], prefix: &[u8]) -> bool {
 /// `PROXY TCP4|TCP6 SRC DST SPORT DPORT\r\n` or `PROXY UNKNOWN ...\r\n`.
 fn v1(input: &[u8]) -> Parse {
     let window = &input[..input.len().min(V1_MAX)];
-    let Some(end) = memchr::memmem::find(window, b"\r\n") else {
+    // The line ends at its first LF, which must follow a CR: a bare LF
+    // inside would make the answer depend on where the input was cut.
+    let Some(lf) = memchr::memchr(b'\n', window) else {
         return if input.len() >= V1_MAX {
             Parse::Invalid(Flaw::V1TooLong)
-        } else if window.contains(&b'\n') {
-            Parse::Invalid(Flaw::V1NoCr)
         } else {
             Parse::Partial
         };
     };
+    if lf == 0 || window[lf - 1] != b'\r' {
+        return Parse::Invalid(Flaw::V1NoCr);
+    }
+    let end = lf - 1;
     let consumed = end + 2;
     let Ok(line) = std::str::from_utf8(&window[V1_PREFIX.len()..end]) else {
         return Parse::Invalid(Flaw::V1NotText);

@@ -138,6 +138,9 @@ fn invalid_headers_are_refused_whole_and_never_accepted_in_part() {
             b"PROXY TCP4 192.0.2.7 10.0.0.1 40000 25\n".to_vec(),
             Flaw::V1NoCr,
         ),
+        // Found by the fuzzer: whole, it was taken for a header; cut
+        // between the two line ends, it was refused.
+        (b"PROXY UNKNOWN a\nb\r\n".to_vec(), Flaw::V1NoCr),
         (
             b"PROXY TCP4 \xff 10.0.0.1 40000 25\r\n".to_vec(),
             Flaw::V1NotText,
