@@ -125,3 +125,17 @@ fn a_header_from_anyone_else_is_refused() {
     assert_eq!(codes, ["220", "500", "250"], "{replies}");
     assert_eq!(conn.ended(), None);
 }
+
+/// Each way a header fails is counted in the metrics under its outcome.
+#[test]
+fn header_failures_are_counted_by_outcome() {
+    let (_, invalid) = run(true, &[b"EHLO c\r\n"]);
+    let (_, untrusted) = run(false, &[b"PROXY "]);
+    let mut metrics = Recorder::detached();
+    for conn in [&invalid, &untrusted] {
+        conn.log_end(conn.ended().expect("ended"), &mut metrics);
+    }
+    let outcomes = &metrics.metrics().outcomes;
+    assert!(outcomes.contains(&("proxy-invalid", 1)), "{outcomes:?}");
+    assert!(outcomes.contains(&("proxy-untrusted", 1)), "{outcomes:?}");
+}
