@@ -178,4 +178,9 @@ settings! {
 
     /// PEM private key of tls-cert; STARTTLS is offered only when both are set.
     tls_key: PathBuf => Option<PathBuf> = Off, "FILE", optional;
+
+    /// Balancers that must open each connection with a PROXY v1 or v2
+    /// header naming the client (address ranges, comma-separated); the
+    /// greeting waits for it. Anyone else sending one gets 500.
+    proxy_protocol_from: String => Vec<Cidr> = Off, "CIDR[,CIDR]...", cidrs;
 }

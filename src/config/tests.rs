@@ -255,3 +255,25 @@ fn sources_name_the_files_read() {
     let none = Sources::default().to_string();
     assert_eq!(none, "config none, profile none");
 }
+
+#[test]
+fn proxy_protocol_peers_are_off_unless_listed() {
+    assert!(from_args(args(&[])).unwrap().proxy_protocol_from.is_empty());
+    let c = from_args(args(&["--proxy-protocol-from", "10.0.0.5,2001:db8::/64"])).unwrap();
+    let listed: Vec<String> = c
+        .proxy_protocol_from
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    assert_eq!(listed, ["10.0.0.5/32", "2001:db8::/64"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mx.toml");
+    std::fs::write(&file, "proxy-protocol-from = \"127.0.0.0/8\"\n").unwrap();
+    let c = from_args(args(&["--config", file.to_str().unwrap()])).unwrap();
+    assert_eq!(c.proxy_protocol_from.len(), 1);
+    let err = from_args(args(&["--proxy-protocol-from", "10.0.0.5,lb"])).unwrap_err();
+    assert!(
+        err.to_string().contains("proxy-protocol-from: \"lb\""),
+        "{err}"
+    );
+}

@@ -192,9 +192,10 @@ pub(super) fn read_buffer(key: &str, value: Option<usize>) -> Result<usize, Conf
     Ok(bytes)
 }
 
-/// A list of address blocks, `CIDR[,CIDR]...`; empty for none.
+/// Off (no ranges) unless set; every item must be a range.
 pub(super) fn cidrs(key: &str, value: Option<String>) -> Result<Vec<Cidr>, ConfigError> {
-    Cidr::parse_list(&required(key, value)?).map_err(|why| invalid(format!("{key}: {why}")))
+    Cidr::parse_list(value.as_deref().unwrap_or_default())
+        .map_err(|err| invalid(format!("{key}: {err}")))
 }
 
 pub(super) fn invalid(message: impl Into<String>) -> ConfigError {

@@ -122,6 +122,18 @@ pub fn write_greeting(host: &str, out: &mut Vec<u8>) {
     join(out, &[b"220 ", host.as_bytes(), b" ESMTP mxgate\r\n"]);
 }
 
+/// `500 5.5.2 …`: a PROXY header from a peer not trusted to send one.
+pub fn write_untrusted_proxy(host: &str, out: &mut Vec<u8>) {
+    join(
+        out,
+        &[
+            b"500 5.5.2 ",
+            host.as_bytes(),
+            b" Error: PROXY header from an untrusted peer\r\n",
+        ],
+    );
+}
+
 /// `421 4.3.2 …`: refused at connect because the server is full.
 pub fn write_over_capacity(host: &str, out: &mut Vec<u8>) {
     join(

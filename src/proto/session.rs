@@ -16,6 +16,7 @@
 //! the client sends (input that arrives while `Paused` is the driver's to
 //! hold or stop reading); nothing is allocated per byte.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -415,6 +416,20 @@ impl Session {
             reply::write_timeout(&self.config.hostname, out);
             self.state = State::Closed;
         }
+    }
+
+    /// The client opened with a PROXY header it may not send: writes
+    /// `500 5.5.2 …`; the driver closes.
+    pub fn refuse_proxy_header(&mut self, out: &mut Vec<u8>) {
+        reply::write_untrusted_proxy(&self.config.hostname, out);
+        self.state = State::Closed;
+    }
+
+    /// A client over a per-client limit, known only once a balancer's PROXY
+    /// header named it: `421 4.7.0 … too many connections` and close.
+    pub fn refuse_client(&mut self, client: IpAddr, out: &mut Vec<u8>) {
+        reply::write_too_many_from(&self.config.hostname, client, out);
+        self.state = State::Closed;
     }
 
     /// Server shutdown. An idle session gets `421 4.3.2` and `true` (close

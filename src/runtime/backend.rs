@@ -22,7 +22,7 @@ use super::limits::is_out_of_descriptors;
 use super::sessions::{unticket, Sessions};
 use super::timer::Expiry;
 use crate::config::Config;
-use crate::shield::ClientLimits;
+use crate::shield::{Cidr, ClientLimits};
 
 pub use start::{pinning_plan, start, WorkerSet};
 
@@ -206,6 +206,8 @@ pub struct Control {
     pub busy_poll: Duration,
     /// Octets a backend that reads on demand asks for per read.
     pub read_buffer: usize,
+    /// Balancers that send a PROXY header (`--proxy-protocol-from`).
+    pub proxy_from: Vec<Cidr>,
 }
 
 impl Control {
@@ -221,6 +223,7 @@ impl Control {
             worker_sessions: config.worker_sessions,
             busy_poll: config.busy_poll,
             read_buffer: config.read_buffer,
+            proxy_from: config.proxy_protocol_from.clone(),
         }
     }
 

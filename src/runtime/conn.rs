@@ -20,6 +20,15 @@
 //! [`Conn::poll_output`] shows. Makes no protocol decision: every reply
 //! comes from the session. An idle connection holds no buffer: `held`,
 //! `out` and `body` hold heap memory only while they hold bytes.
+//!
+//! Before the session reads, the connection's [`Gate`]: a trusted
+//! balancer's connection holds its input, without a greeting, until a
+//! PROXY header is complete ([`crate::shield::proxy`]); the header's
+//! address then becomes the client's ([`Conn::client_known`]) and the 220
+//! goes out. A bad header, or none before the command timeout, closes
+//! with no reply (the peer is a balancer, not a client). Any other
+//! connection's first octets are looked at once: a PROXY header there gets
+//! the session's 500 and the connection closes.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -34,7 +43,8 @@ use super::timer::{Expiry, TimerWheel};
 use crate::metrics::Recorder;
 use crate::proto::{Event, Printable, Session, Tally};
 use crate::recipients::Table;
-use crate::shield::Admission;
+use crate::shield::proxy::{self, Flaw, Parse, Sniff};
+use crate::shield::{Admission, ClientLimits};
 use crate::spool::{Message, SpoolError, SpoolLink};
 use crate::tls::{Negotiated, State, TlsLayer};
 
@@ -90,6 +100,12 @@ pub enum Outcome {
     Aborted,
     /// A bug: driving the session panicked.
     Failed,
+    /// A balancer sent a bad PROXY header (its reason is logged).
+    ProxyInvalid,
+    /// A balancer sent no PROXY header before the command timeout.
+    ProxyMissing,
+    /// A peer not trusted to send a PROXY header sent one.
+    ProxyUntrusted,
 }
 
 impl Outcome {
@@ -103,6 +119,9 @@ impl Outcome {
             Outcome::TlsFailed => "tls-failed",
             Outcome::Aborted => "aborted",
             Outcome::Failed => "internal-error",
+            Outcome::ProxyInvalid => "proxy-invalid",
+            Outcome::ProxyMissing => "proxy-missing",
+            Outcome::ProxyUntrusted => "proxy-untrusted",
         }
     }
 }
@@ -117,6 +136,8 @@ pub struct Cx<'w> {
     pub metrics: &'w mut Recorder,
     /// The TLS configuration, when STARTTLS is offered.
     pub tls: Option<&'w Arc<ServerConfig>>,
+    /// The per-client limits, for a client known only from its PROXY header.
+    pub clients: &'w ClientLimits,
 }
 
 /// Counters for the session's log line.
@@ -129,6 +150,21 @@ pub struct SessionLog {
     pub spool_failures: u32,
     /// Queue IDs of the first few messages, space-separated.
     pub queue_ids: String,
+}
+
+/// What stands between a connection's input and its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// A trusted balancer's connection: a PROXY header comes first, and
+    /// the greeting after it.
+    Proxy,
+    /// Any other connection, until its first octets show they are not a
+    /// PROXY header.
+    Sniff,
+    /// The session reads.
+    Open,
+    /// A balancer's header was refused, for this reason.
+    Refused(Flaw),
 }
 
 pub struct Conn {
@@ -161,6 +197,7 @@ pub struct Conn {
     body: Vec<u8>,
     /// TLS mode, from the STARTTLS reply on.
     tls: Option<Box<Tls>>,
+    gate: Gate,
     pub log: SessionLog,
     /// For the metrics: when the session started, when its last message's
     /// data ended (its input arrived; nanoseconds after `opened`, which
@@ -172,11 +209,17 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A connection whose session has written its greeting.
-    pub fn new(mut session: Session, peer: IpAddr, generation: u32) -> Conn {
+    /// A connection whose session has written its greeting, or, from a
+    /// balancer (`proxied`), one that waits for the PROXY header first.
+    pub fn new(mut session: Session, peer: IpAddr, generation: u32, proxied: bool) -> Conn {
         let opened = Instant::now();
-        let mut out = spare::take();
-        session.greet(&mut out);
+        let mut out = Vec::new();
+        let gate = if proxied {
+            Gate::Proxy
+        } else {
+            session.greet(lend(&mut out));
+            Gate::Sniff
+        };
         Conn {
             session,
             peer,
@@ -192,6 +235,7 @@ impl Conn {
             out,
             body: Vec::new(),
             tls: None,
+            gate,
             log: SessionLog::default(),
             opened,
             data_ended_ns: 0,
@@ -244,6 +288,9 @@ impl Conn {
     /// now if it can, and what it cannot use yet is held back.
     pub fn handle_input(&mut self, input: &[u8], cx: &mut Cx) {
         cx.metrics.received(input.len());
+        if self.gate != Gate::Open {
+            return self.gate_input(input, cx);
+        }
         if self.tls.is_some() {
             return self.tls_input(input, cx);
         }
@@ -263,6 +310,78 @@ impl Conn {
             self.feed_due = self.awaiting_spool;
         }
         self.note_eof();
+    }
+
+    /// Before the session reads: `input` is held until the gate opens (then
+    /// the session is fed what is held) or the connection ends.
+    fn gate_input(&mut self, input: &[u8], cx: &mut Cx) {
+        self.hold(input);
+        match self.gate {
+            Gate::Proxy => self.read_header(cx),
+            Gate::Sniff => self.sniff(),
+            Gate::Open | Gate::Refused(_) => {}
+        }
+        if self.gate == Gate::Open {
+            self.feed_due = true;
+            self.resume(cx);
+        }
+    }
+
+    /// A balancer's connection: once its PROXY header is complete, the
+    /// client is known and greeted; what follows the header is the
+    /// client's. A bad header ends the connection with no reply.
+    fn read_header(&mut self, cx: &mut Cx) {
+        match proxy::parse(&self.held) {
+            Parse::Partial => {}
+            Parse::Invalid(reason) => {
+                self.gate = Gate::Refused(reason);
+                self.ended = Some(Outcome::ProxyInvalid);
+            }
+            Parse::Done { consumed, source } => {
+                self.held.drain(..consumed);
+                // LOCAL and UNKNOWN: the balancer's own connection.
+                let client = source.map_or(self.peer, |source| source.ip().to_canonical());
+                self.client_known(client, cx);
+                if self.ended.is_none() {
+                    self.gate = Gate::Open;
+                    self.session.greet(lend(&mut self.out));
+                }
+            }
+        }
+    }
+
+    /// The one place a proxied connection's client address becomes known
+    /// (the socket's peer is the balancer): from here on it is the
+    /// client's in the logs, the mail log and the Received line, and the
+    /// per-client limits apply to it. Over a limit, the session says `421
+    /// 4.7.0` and the connection ends, its gate still shut.
+    pub fn client_known(&mut self, client: IpAddr, cx: &mut Cx) {
+        self.peer = client;
+        match cx.clients.try_admit(client, cx.now) {
+            Ok(admission) => self.admission = admission,
+            Err(limit) => {
+                let out = lend(&mut self.out);
+                let start = out.len();
+                self.session.refuse_client(client, out);
+                cx.metrics.client_refused(limit);
+                mail_log::client_refused(client, limit, &self.out[start..]);
+                self.ended = Some(Outcome::Closed);
+            }
+        }
+    }
+
+    /// Any other connection: its first octets must not begin a PROXY
+    /// header (they would be taken for SMTP: the v2 signature holds a
+    /// QUIT); if they do, the session refuses it and the connection ends.
+    fn sniff(&mut self) {
+        match proxy::sniff(&self.held) {
+            Sniff::Unsure => {}
+            Sniff::Other => self.gate = Gate::Open,
+            Sniff::Header => {
+                self.session.refuse_proxy_header(lend(&mut self.out));
+                self.ended = Some(Outcome::ProxyUntrusted);
+            }
+        }
     }
 
     /// Completes what is held back (a partial line, the start of a
@@ -589,6 +708,11 @@ impl Conn {
     /// Server shutdown: an idle session writes its 421 and ends (true); one
     /// inside a transaction goes on until it ends.
     pub fn shut_down(&mut self) -> bool {
+        if self.gate == Gate::Proxy {
+            // No client to say 421 to yet.
+            self.ended = Some(Outcome::Shutdown);
+            return true;
+        }
         let out = lend(&mut self.out);
         let start = out.len();
         let now = self.session.shut_down(out);
@@ -620,6 +744,11 @@ impl Conn {
     /// for the deadline.
     pub fn timer_fired(&mut self, key: usize, now: Instant, wheel: &mut TimerWheel) {
         let deadline = self.session.deadline();
+        if deadline <= now && self.gate == Gate::Proxy {
+            // A balancer gets no reply: it is not the client.
+            self.ended = Some(Outcome::ProxyMissing);
+            return;
+        }
         if deadline <= now && !self.awaiting_spool {
             if let Some(tls) = &mut self.tls {
                 // The handshake timeout is the command timeout.
@@ -651,6 +780,9 @@ impl Conn {
     pub fn log_end(&self, outcome: Outcome, metrics: &mut Recorder) {
         metrics.session_closed(outcome.as_str(), self.opened.elapsed());
         self.log_tls_failure(metrics);
+        if let Gate::Refused(reason) = self.gate {
+            return session_end!(self, outcome, reason = %reason);
+        }
         match self.negotiated() {
             Some(tls) => session_end!(self, outcome, tls = %tls.version, cipher = %tls.cipher),
             None => session_end!(self, outcome),
@@ -702,6 +834,8 @@ fn lend(buf: &mut Vec<u8>) -> &mut Vec<u8> {
     buf
 }
 
+#[cfg(test)]
+mod proxy_tests;
 #[cfg(test)]
 pub mod tests;
 #[cfg(test)]

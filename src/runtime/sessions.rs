@@ -133,6 +133,11 @@ impl<I> Sessions<I> {
             tracing::info!(client = %peer, outcome = "over-capacity", "session end");
             return None;
         }
+        if self.is_proxy(peer) {
+            // A balancer: the limits apply to the client its PROXY header
+            // names (`Conn::client_known`), not to the balancer.
+            return Some(Admission::default());
+        }
         match self.admit_client(peer, now) {
             Ok(admission) => Some(admission),
             Err(refusal) => {
@@ -170,15 +175,26 @@ impl<I> Sessions<I> {
         self.control.clients.release(admission);
     }
 
+    /// Whether `peer` is a balancer that must send a PROXY header: its
+    /// connections are greeted after the header, and the per-client limits
+    /// apply to the header's address ([`Conn::client_known`]), not to it.
+    pub fn is_proxy(&self, peer: IpAddr) -> bool {
+        self.control
+            .proxy_from
+            .iter()
+            .any(|range| range.contains(peer))
+    }
+
     /// Inserts a new connection over `io`, holding `admission` until
-    /// closed: its session has greeted (the greeting waits in its output)
-    /// and its first deadline is on the wheel. Returns its key.
+    /// closed: its session has greeted (the greeting waits in its output),
+    /// unless `peer` is a balancer whose PROXY header comes first; its first
+    /// deadline is on the wheel. Returns its key.
     pub fn insert(&mut self, io: I, peer: IpAddr, admission: Admission, now: Instant) -> usize {
         let generation = self.next_generation;
         self.next_generation = generation.wrapping_add(1);
         self.metrics.session_opened();
         let session = Session::new(self.session_config.clone(), now);
-        let mut conn = Conn::new(session, peer, generation);
+        let mut conn = Conn::new(session, peer, generation, self.is_proxy(peer));
         conn.admission = admission;
         let key = self.conns.vacant_key();
         conn.timer_tick = self
@@ -208,6 +224,7 @@ impl<I> Sessions<I> {
             ticket: ticket(key, slot.conn.generation),
             metrics: &mut self.metrics,
             tls: self.tls.as_ref(),
+            clients: &self.control.clients,
         };
         let turn = panic::catch_unwind(AssertUnwindSafe(|| {
             slot.conn.resume(&mut cx);

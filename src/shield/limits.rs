@@ -31,7 +31,7 @@ use super::cidr::Cidr;
 pub const SLOTS: usize = 1 << 16;
 
 /// What the limits are.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LimitSettings {
     /// Concurrent sessions per client; 0 = no limit.
     pub sessions: u32,

@@ -1,12 +1,15 @@
-//! The shield: what mxgate does about who is asking and how, before and
-//! around the SMTP session. Parts: `cidr` (address blocks), `limits`
-//! (per-client session and rate limits shared by all workers).
+//! The shield: what stands between the internet and the SMTP session.
 //!
-//! Owns decisions about clients; blocks no worker, reads no clock, opens
-//! no socket: the runtime asks and acts.
+//! Owns the sans-IO readers and rules that decide who a client is and
+//! whether it may talk: the PROXY protocol header a trusted balancer sends
+//! ([`proxy`]), the address ranges settings name ([`Cidr`]) and the
+//! per-client session and rate limits all workers share ([`limits`]).
+//! Does not own sockets, clocks or replies: the runtime asks, with bytes
+//! and the time, and writes what the session would say.
 
-pub mod cidr;
+mod cidr;
 pub mod limits;
+pub mod proxy;
 
 pub use cidr::Cidr;
 pub use limits::{Admission, ClientLimits, Limit, LimitSettings};

@@ -213,8 +213,9 @@ impl Client {
         Some(Client::over(stream))
     }
 
-    /// A client over a connected `stream`, with the read and write timeouts.
-    fn over(stream: TcpStream) -> Client {
+    /// A client over a connected `stream` (one bound to an address of the
+    /// test's choosing, say), with the read and write timeouts.
+    pub fn over(stream: TcpStream) -> Client {
         stream
             .set_read_timeout(Some(READ_TIMEOUT))
             .expect("read timeout");

@@ -1,4 +1,5 @@
-//! Real peers for the TLS tests (tests/tls_peers.rs): a certificate made at
+//! Real peers for the TLS tests (tests/tls_peers.rs) and HAProxy's
+//! (tests/haproxy.rs, which needs only [`require`]): a certificate made at
 //! test time, command-line clients no one here wrote (openssl s_client,
 //! swaks, python3) run under a deadline, and a private Postfix instance
 //! whose SMTP client relays to the server under test.
@@ -37,8 +38,8 @@ pub fn require(tool: &str) {
         .any(|dir| Path::new(dir).join(tool).is_file());
     assert!(
         found,
-        "`{tool}` is not installed; the real-peer TLS tests need it \
-         (.ci/run installs postfix, swaks, openssl and python3)"
+        "`{tool}` is not installed; the real-peer tests need it \
+         (.ci/run installs postfix, swaks, openssl, python3 and haproxy)"
     );
 }
 

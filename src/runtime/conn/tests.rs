@@ -17,17 +17,37 @@ impl Conn {
 
     /// [`Conn::greeted_for_tests`], offering STARTTLS if `starttls`.
     pub fn greeted_offering_tls(starttls: bool) -> Conn {
-        let config = std::sync::Arc::new(crate::proto::SessionConfig {
-            hostname: "mx.test".into(),
-            max_message_size: 1 << 20,
-            max_recipients: 100,
-            command_timeout: Duration::from_secs(300),
-            data_timeout: Duration::from_secs(180),
-            starttls,
-        });
-        let session = Session::new(config, Instant::now());
-        Conn::new(session, IpAddr::from([127, 0, 0, 1]), 0)
+        Conn::new(
+            session_for_tests(starttls),
+            IpAddr::from([127, 0, 0, 1]),
+            0,
+            false,
+        )
     }
+
+    /// A connection from a balancer at 127.0.0.1, waiting for its PROXY
+    /// header: not greeted yet.
+    pub fn proxied_for_tests() -> Conn {
+        Conn::new(
+            session_for_tests(false),
+            IpAddr::from([127, 0, 0, 1]),
+            0,
+            true,
+        )
+    }
+}
+
+/// A session of host `mx.test`, offering STARTTLS if `starttls`.
+fn session_for_tests(starttls: bool) -> Session {
+    let config = std::sync::Arc::new(crate::proto::SessionConfig {
+        hostname: "mx.test".into(),
+        max_message_size: 1 << 20,
+        max_recipients: 100,
+        command_timeout: Duration::from_secs(300),
+        data_timeout: Duration::from_secs(180),
+        starttls,
+    });
+    Session::new(config, Instant::now())
 }
 
 /// What a backend lends a connection, for tests: a spool that answers at
@@ -38,6 +58,8 @@ pub struct Rig {
     pub metrics: Recorder,
     /// For TLS tests: the configuration STARTTLS uses.
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// No per-client limit, unless a test sets one.
+    pub clients: crate::shield::ClientLimits,
 }
 
 impl Rig {
@@ -48,6 +70,7 @@ impl Rig {
             table: table.unwrap(),
             metrics: Recorder::detached(),
             tls: None,
+            clients: crate::shield::ClientLimits::new(Default::default(), Instant::now()),
         }
     }
 
@@ -60,6 +83,7 @@ impl Rig {
             ticket: 0,
             metrics: &mut self.metrics,
             tls: self.tls.as_ref(),
+            clients: &self.clients,
         };
         turn(&mut cx);
     }
