@@ -3,7 +3,8 @@
 //! a v1 or v2 header; the header's address is the client's in the
 //! Received line and the logs; a LOCAL header is served as the balancer;
 //! a bad header, or none, closes with no reply; a header from a peer not
-//! in the list gets 500.
+//! in the list gets 500; the per-client limits count the header's client,
+//! never the balancer.
 
 mod support;
 
@@ -160,7 +161,66 @@ fn a_header_from_anyone_else_gets_500(backend: Backend) {
     );
 }
 
+/// The per-client limits apply to the client a header names, never to the
+/// balancer: two clients behind it each get their one session, a second
+/// session of the first gets the 421 naming it, and one more session of
+/// the second (once its first is gone) gets in.
+fn limits_apply_to_the_proxied_client(backend: Backend) {
+    let flags = [
+        "--proxy-protocol-from",
+        "127.0.0.1",
+        "--client-sessions",
+        "1",
+        "--client-limit-exceptions",
+        "",
+    ];
+    let mut server = BinServer::start(tempfile::tempdir().unwrap(), backend, &flags);
+    let header = |client: &str| format!("PROXY TCP4 {client} 127.0.0.1 40000 25\r\n");
+
+    let mut first = server.client();
+    first.send(header("192.0.2.7").as_bytes());
+    first.hello();
+    let mut other = server.client();
+    other.send(header("192.0.2.8").as_bytes());
+    other.hello();
+
+    let mut second = server.client();
+    second.send(header("192.0.2.7").as_bytes());
+    let refusal = second.expect(421);
+    assert_eq!(
+        refusal,
+        "421 4.7.0 mx.test Error: too many connections from 192.0.2.7"
+    );
+    assert!(second.closed(), "still open after the 421");
+
+    other.cmd("QUIT", 221);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut again = loop {
+        let mut c = server.client();
+        c.send(header("192.0.2.8").as_bytes());
+        if c.reply().code == 220 {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "192.0.2.8's place never came back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    again.cmd("EHLO client.example", 250);
+    again.cmd("QUIT", 221);
+    first.cmd("QUIT", 221);
+    server.signal("TERM");
+    let (status, log) = server.wait();
+    assert_eq!(status, Some(0), "{log}");
+    assert!(
+        log.contains("reject: CONNECT from [192.0.2.7]: 421 4.7.0"),
+        "{log}"
+    );
+}
+
 support::backend_tests!(
     balancer_headers_name_the_client,
-    a_header_from_anyone_else_gets_500
+    a_header_from_anyone_else_gets_500,
+    limits_apply_to_the_proxied_client
 );
