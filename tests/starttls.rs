@@ -12,38 +12,14 @@ mod support;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mxgate::config::Backend;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use support::peers::Cert;
 use support::{backend_tests, wait_until, BinServer, TestServer, HOST};
-
-/// A certificate for `mx.test` and its key, written to `dir`.
-struct Cert {
-    cert: PathBuf,
-    key: PathBuf,
-    der: CertificateDer<'static>,
-}
-
-fn make_cert(dir: &Path, name: &str) -> Cert {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let params = rcgen::CertificateParams::new(vec![HOST.to_string()]).unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let paths = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    std::fs::write(&paths.0, cert.pem()).unwrap();
-    std::fs::write(&paths.1, key.serialize_pem()).unwrap();
-    Cert {
-        cert: paths.0,
-        key: paths.1,
-        der: cert.der().clone(),
-    }
-}
 
 /// A client configuration that trusts exactly `certs`.
 fn client_config(certs: &[&CertificateDer<'static>]) -> Arc<ClientConfig> {
@@ -151,8 +127,7 @@ impl<S: Read + Write> TlsClient<S> {
 /// A server with a fresh certificate (and `/metrics`), and the client
 /// configuration that trusts it.
 fn tls_server(backend: Backend, extra: &[&str]) -> (TestServer, Cert, Arc<ClientConfig>) {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = make_cert(dir.path(), "mx");
+    let cert = Cert::new();
     let (c, k) = (
         cert.cert.display().to_string(),
         cert.key.display().to_string(),
@@ -168,7 +143,6 @@ fn tls_server(backend: Backend, extra: &[&str]) -> (TestServer, Cert, Arc<Client
     args.extend_from_slice(extra);
     let server = TestServer::start(backend, &args);
     let config = client_config(&[&cert.der]);
-    drop(dir);
     (server, cert, config)
 }
 
@@ -368,9 +342,9 @@ backend_tests!(
 /// line's TLS fields and the failed handshake's line.
 fn sighup_reloads_the_certificate(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let first = make_cert(dir.path(), "first");
-    let second = make_cert(dir.path(), "second");
-    let live = make_cert(dir.path(), "live");
+    let first = Cert::new();
+    let second = Cert::new();
+    let live = Cert::new();
     std::fs::copy(&first.cert, &live.cert).unwrap();
     std::fs::copy(&first.key, &live.key).unwrap();
     let (c, k) = (
@@ -432,7 +406,7 @@ fn sighup_reloads_the_certificate(backend: Backend) {
 #[test]
 fn bad_tls_flags_stop_the_start() {
     let dir = tempfile::tempdir().unwrap();
-    let cert = make_cert(dir.path(), "mx");
+    let cert = Cert::new();
     std::fs::write(dir.path().join("table.txt"), support::TABLE).unwrap();
     let bad = dir.path().join("bad.pem");
     std::fs::write(&bad, "junk").unwrap();

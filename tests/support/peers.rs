@@ -96,6 +96,8 @@ pub struct Cert {
     _dir: tempfile::TempDir,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The certificate itself, for a client that trusts exactly it.
+    pub der: rustls::pki_types::CertificateDer<'static>,
 }
 
 impl Cert {
@@ -117,6 +119,7 @@ impl Cert {
         let files = Cert {
             cert: dir.path().join("cert.pem"),
             key: dir.path().join("key.pem"),
+            der: cert.der().clone(),
             _dir: dir,
         };
         std::fs::write(&files.cert, cert.pem()).expect("write cert");
