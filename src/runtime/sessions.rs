@@ -34,6 +34,14 @@ pub struct Slot<I> {
     pub io: I,
 }
 
+/// A connection [`Sessions::try_open`] let in, for [`Sessions::insert`]:
+/// its place in its client's count, and whether its peer is a balancer
+/// (decided once, at accept).
+pub struct Opening {
+    pub admission: Admission,
+    balancer: bool,
+}
+
 /// Everything a worker keeps about its sessions, apart from its sockets'
 /// readiness or requests.
 pub struct Sessions<I> {
@@ -116,15 +124,16 @@ impl<I> Sessions<I> {
 
     /// Takes a session slot for a connection from `peer`, or refuses it:
     /// with the over-capacity reply when the server is full, with `421
-    /// 4.7.0` when its client is over a per-client limit; the refusal is
-    /// written through `send` (best effort: a brand-new socket's send
-    /// buffer is empty). What it returns goes to [`Sessions::insert`].
+    /// 4.7.0` when its client is over a per-client limit (logged and
+    /// counted); the refusal is written through `send` (best effort: a
+    /// brand-new socket's send buffer is empty). What it returns goes to
+    /// [`Sessions::insert`].
     pub fn try_open(
         &mut self,
         peer: IpAddr,
         now: Instant,
         send: impl FnOnce(&[u8]),
-    ) -> Option<Admission> {
+    ) -> Option<Opening> {
         if !self.control.try_open() {
             let mut refusal = Vec::new();
             reply::write_over_capacity(&self.session_config.hostname, &mut refusal);
@@ -136,35 +145,27 @@ impl<I> Sessions<I> {
         if self.is_proxy(peer) {
             // A balancer: the limits apply to the client its PROXY header
             // names (`Conn::client_known`), not to the balancer.
-            return Some(Admission::default());
+            let admission = Admission::default();
+            return Some(Opening {
+                admission,
+                balancer: true,
+            });
         }
-        match self.admit_client(peer, now) {
-            Ok(admission) => Some(admission),
-            Err(refusal) => {
+        match self.control.clients.try_admit(peer, now) {
+            Ok(admission) => Some(Opening {
+                admission,
+                balancer: false,
+            }),
+            Err(limit) => {
+                let mut refusal = Vec::new();
+                reply::write_too_many_from(&self.session_config.hostname, peer, &mut refusal);
+                self.metrics.client_refused(limit);
+                mail_log::client_refused(peer, limit, &refusal);
                 self.control.close_one();
                 send(&refusal);
                 None
             }
         }
-    }
-
-    /// The per-client limits for a session from `client`: its admission,
-    /// or the `421 4.7.0` reply to send before closing (logged and
-    /// counted here). The one call for a client address learnt after
-    /// accept (a PROXY header): the admission then goes to the
-    /// connection's `admission`, which [`Sessions::closed`] gives back.
-    pub fn admit_client(&mut self, client: IpAddr, now: Instant) -> Result<Admission, Vec<u8>> {
-        self.control
-            .clients
-            .try_admit(client, now)
-            .map_err(|limit| {
-                let mut refusal = Vec::new();
-                let host = &self.session_config.hostname;
-                reply::write_too_many_from(host, client, &mut refusal);
-                self.metrics.client_refused(limit);
-                mail_log::client_refused(client, limit, &refusal);
-                refusal
-            })
     }
 
     /// A connection let in by [`Sessions::try_open`] is gone, whichever
@@ -189,13 +190,13 @@ impl<I> Sessions<I> {
     /// closed: its session has greeted (the greeting waits in its output),
     /// unless `peer` is a balancer whose PROXY header comes first; its first
     /// deadline is on the wheel. Returns its key.
-    pub fn insert(&mut self, io: I, peer: IpAddr, admission: Admission, now: Instant) -> usize {
+    pub fn insert(&mut self, io: I, peer: IpAddr, opening: Opening, now: Instant) -> usize {
         let generation = self.next_generation;
         self.next_generation = generation.wrapping_add(1);
         self.metrics.session_opened();
         let session = Session::new(self.session_config.clone(), now);
-        let mut conn = Conn::new(session, peer, generation, self.is_proxy(peer));
-        conn.admission = admission;
+        let mut conn = Conn::new(session, peer, generation, opening.balancer);
+        conn.admission = opening.admission;
         let key = self.conns.vacant_key();
         conn.timer_tick = self
             .wheel

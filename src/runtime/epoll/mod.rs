@@ -212,7 +212,7 @@ impl EpollWorker {
         let send = |reply: &[u8]| {
             let _ = io::Write::write(&mut stream, reply);
         };
-        let Some(admission) = self.sessions.try_open(peer.ip(), now, send) else {
+        let Some(opening) = self.sessions.try_open(peer.ip(), now, send) else {
             return;
         };
         let key = self.sessions.conns.vacant_key();
@@ -223,14 +223,14 @@ impl EpollWorker {
             .register(&mut stream, Token(key), interest)
         {
             tracing::warn!(error = %e, "register failed");
-            self.sessions.closed(admission);
+            self.sessions.closed(opening.admission);
             return;
         }
         // No read yet: input that beat the greeting still raises an event,
         // because registering a ready socket reports it.
         let key = self
             .sessions
-            .insert(Stream::new(stream), peer.ip(), admission, now);
+            .insert(Stream::new(stream), peer.ip(), opening, now);
         self.settle(key, now);
     }
 }

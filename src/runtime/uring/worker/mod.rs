@@ -368,10 +368,10 @@ impl RingWorker {
             let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
             let _ = socket2::SockRef::from(&fd).send_with_flags(reply, flags);
         };
-        let Some(admission) = self.sessions.try_open(peer, now, send) else {
+        let Some(opening) = self.sessions.try_open(peer, now, send) else {
             return;
         };
-        let key = self.sessions.insert(RingIo::new(fd), peer, admission, now);
+        let key = self.sessions.insert(RingIo::new(fd), peer, opening, now);
         self.settle_requests(key);
     }
 
