@@ -6,7 +6,7 @@
 #
 #   BEFORE=path/to/old/mxgate AFTER=path/to/new/mxgate benches/scripts/ab.sh
 #
-# Parts (PARTS, default all three):
+# Parts (PARTS, default source pipelined idle):
 #   source   smtp-source, one message (accept) or one refused RCPT (reject)
 #            per connection; rounds of [smtp-sink, before, after]; per round
 #            the ratio of each mxgate to smtp-sink; medians of those ratios.
@@ -16,9 +16,16 @@
 #            discard spool (the backends' cost, not the disk's).
 #   idle     IDLE sessions that read their greeting and stay: server RSS
 #            growth per session, per build and backend.
+#   starttls mxgate-load --starttls, one message per session (connect, EHLO,
+#            STARTTLS, handshake, EHLO, message, QUIT), TLS_SESSIONS per run,
+#            CONCURRENCY_TLS at once, ECDSA P-256 certificate, discard
+#            spool; rounds of [before, after]; sessions/s. With it, idle
+#            also holds IDLE sessions after STARTTLS (idle_hold.py
+#            --starttls) on each build.
 # Servers are confined to SERVER_CPUS (default: the last core), clients to
 # the other cores. Settings: ROUNDS=15 MESSAGES=10000 CONCURRENCY=200
-# SIZE=1024 SESSIONS=50 PIPELINED=4000 IDLE=19000 PORT=25350
+# SIZE=1024 SESSIONS=50 PIPELINED=4000 IDLE=19000 TLS_SESSIONS=5000
+# CONCURRENCY_TLS=50 PORT=25350
 # LOAD=path/to/mxgate-load (default: AFTER's directory).
 set -euo pipefail
 source "$(dirname "$0")/cpus.sh"
@@ -38,6 +45,8 @@ SIZE=${SIZE:-1024}
 SESSIONS=${SESSIONS:-50}
 PIPELINED=${PIPELINED:-4000}
 IDLE=${IDLE:-19000}
+TLS_SESSIONS=${TLS_SESSIONS:-5000}
+CONCURRENCY_TLS=${CONCURRENCY_TLS:-50}
 PORT=${PORT:-25350}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 RESULTS=$WORK/ab.tsv # part, case, server, round, rate/s, server CPU µs/unit
@@ -124,12 +133,41 @@ pipelined_round() { # round
     done
 }
 
+start_starttls_servers() {
+    local port=$((PORT + 8)) build bin
+    [[ -s $WORK/recipients.txt ]] || make_table "$WORK/recipients.txt" 100000
+    make_cert ecdsa
+    for build in before after; do
+        bin=$BEFORE
+        [[ $build == after ]] && bin=$AFTER
+        start_mx "$build-tls" "$port" "$bin" --workers 1 --spool "$WORK/spool-$build-tls" \
+            --spool-mode discard --tls-cert "$WORK/ecdsa.crt" --tls-key "$WORK/ecdsa.key"
+        port=$((port + 1))
+    done
+}
+
+starttls_round() { # round
+    local round=$1 build name row json
+    for build in before after; do
+        name=$build-tls
+        json=$WORK/starttls-$name-$round.json
+        row=$(timed "$name" "$TLS_SESSIONS" "$json" "$LOAD" --target "127.0.0.1:${PORT_OF[$name]}" \
+            --threads 1 --json --starttls --sessions "$CONCURRENCY_TLS" \
+            --sessions-total "$TLS_SESSIONS" --messages 1 --size "$SIZE")
+        python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["counts"]; sys.exit(c["messages_accepted"] != int(sys.argv[2]))' \
+            "$json" "$TLS_SESSIONS" || die "$name round $round: not every message was accepted"
+        printf 'starttls\ttls\t%s\t%s\t%s\n' "$build" "$round" "$row" >>"$RESULTS"
+        log "  starttls $name round $round: $row"
+    done
+}
+
 # RSS growth per idle session of server NAME (benches/scripts/idle_hold.py
 # holds the sessions and reads the server's memory).
-idle_bytes() {
+# (--starttls: after the handshake and a second EHLO).
+idle_bytes() { # name [--starttls]
     local out=$WORK/idle-$1
     run_client 300 "$out" "$out.err" python3 "$BENCH_DIR/idle_hold.py" \
-        --target "127.0.0.1:${PORT_OF[$1]}" --pid "${PID_OF[$1]}" --sessions "$IDLE" ||
+        --target "127.0.0.1:${PORT_OF[$1]}" --pid "${PID_OF[$1]}" --sessions "$IDLE" "${@:2}" ||
         log "$1: not every idle session was held: $(cat "$out")"
     grep -o 'bytes_per_session=[0-9.]*' "$out" | cut -d= -f2
 }
@@ -168,8 +206,9 @@ for case in ("accept", "reject"):
     report("source", case, "sink")
 for case in ("epoll", "uring"):
     report("pipelined", case, None)
+report("starttls", "tls", None)
 print("source: before/after = median over rounds of (mxgate rate / smtp-sink rate in that round);")
-print("pipelined: medians of messages/s; a/b = median of per-round after/before ratios;")
+print("pipelined, starttls: medians of messages (sessions)/s; a/b = median of per-round after/before ratios;")
 print("cpu = server CPU µs per message or session (median).")
 for case, server, per in idle:
     print(f"idle sessions, {case} {server}: {per} octets each (RSS growth / sessions)")
@@ -194,11 +233,20 @@ main() {
     if [[ $PARTS == *pipelined* ]]; then
         for ((round = 1; round <= ROUNDS; round++)); do pipelined_round "$round"; done
     fi
+    if [[ $PARTS == *starttls* ]]; then
+        start_starttls_servers
+        for ((round = 1; round <= ROUNDS; round++)); do starttls_round "$round"; done
+    fi
     if [[ $PARTS == *idle* ]]; then
         local name
         for name in before-epoll after-epoll before-uring after-uring; do
             printf 'idle\t%s\t%s\t-\t%s\t-\n' "${name#*-}" "${name%-*}" "$(idle_bytes "$name")" >>"$RESULTS"
         done
+        if [[ $PARTS == *starttls* ]]; then
+            for name in before-tls after-tls; do
+                printf 'idle\tstarttls\t%s\t-\t%s\t-\n' "${name%-*}" "$(idle_bytes "$name" --starttls)" >>"$RESULTS"
+            done
+        fi
     fi
     echo "== before/after, $(date -u '+%Y-%m-%d %H:%M UTC'), load average at start $load_start"
     machine_summary

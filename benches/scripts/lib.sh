@@ -229,6 +229,21 @@ timed_client() {
     return "$rc"
 }
 
+# make_cert KIND: $WORK/KIND.crt and $WORK/KIND.key, self-signed.
+make_cert() {
+    local kind=$1
+    local -a key_opts
+    case $kind in
+    ecdsa) key_opts=(-newkey ec -pkeyopt ec_paramgen_curve:P-256) ;;
+    rsa) key_opts=(-newkey rsa:2048) ;;
+    *) die "unknown key type '$kind' (ecdsa or rsa)" ;;
+    esac
+    openssl req -x509 "${key_opts[@]}" -nodes -days 2 -subj "/CN=mx.bench.test" \
+        -addext "subjectAltName=DNS:mx.bench.test,IP:127.0.0.1" \
+        -keyout "$WORK/$kind.key" -out "$WORK/$kind.crt" 2>/dev/null ||
+        die "openssl req could not make the $kind certificate"
+}
+
 # CPU time (user+system, all threads) of a process, in clock ticks.
 cpu_ticks() {
     # Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.

@@ -64,21 +64,6 @@ PF_PORT=$((PORT + 1))
 SPEED=$WORK/speed.tsv # key server round json-file
 IDLE=$WORK/idle.txt   # mode key=value...
 
-# make_cert KIND: $WORK/KIND.crt and $WORK/KIND.key, self-signed.
-make_cert() {
-    local kind=$1
-    local -a key_opts
-    case $kind in
-    ecdsa) key_opts=(-newkey ec -pkeyopt ec_paramgen_curve:P-256) ;;
-    rsa) key_opts=(-newkey rsa:2048) ;;
-    *) die "unknown key type '$kind' (ecdsa or rsa)" ;;
-    esac
-    openssl req -x509 "${key_opts[@]}" -nodes -days 2 -subj "/CN=mx.bench.test" \
-        -addext "subjectAltName=DNS:mx.bench.test,IP:127.0.0.1" \
-        -keyout "$WORK/$kind.key" -out "$WORK/$kind.crt" 2>/dev/null ||
-        die "openssl req could not make the $kind certificate"
-}
-
 # start_mxgate KIND [SESSIONS]: mxgate with KIND's certificate on MX_PORT.
 start_mxgate() {
     local kind=$1 max=${2:-$((CONCURRENCY + 100))}

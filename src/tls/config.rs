@@ -138,13 +138,26 @@ fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey,
     })
 }
 
-/// The process-wide provider if one was installed, else aws-lc-rs (named,
-/// not left to rustls to pick: with the ring feature also compiled in, as
-/// in tests, rustls would refuse to choose).
+/// The process-wide provider if one was installed, else mxgate's own
+/// ([`default_provider`]), named rather than left to rustls to pick: with
+/// both crypto back ends compiled in, rustls would refuse to choose.
 fn provider() -> Arc<CryptoProvider> {
     CryptoProvider::get_default()
         .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .unwrap_or_else(|| Arc::new(default_provider()))
+}
+
+/// aws-lc-rs for key exchange (with the post-quantum X25519MLKEM768
+/// group), signatures and keys; ring's suites for the record layer. ring
+/// keeps a connection's AES-GCM or ChaCha20-Poly1305 keys inside rustls'
+/// own state, where aws-lc-rs allocates a C context of about 600 octets
+/// per direction: an idle TLS session costs 113 octets less
+/// (`benches/scripts/tls.sh idle`, benches/RESULTS.md).
+pub fn default_provider() -> CryptoProvider {
+    CryptoProvider {
+        cipher_suites: rustls::crypto::ring::DEFAULT_CIPHER_SUITES.to_vec(),
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    }
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, TlsConfigError> {

@@ -101,3 +101,17 @@ fn the_server_config_follows_the_contract() {
     assert!(!config.session_storage.can_cache());
     assert_eq!(config.max_early_data_size, 0);
 }
+
+#[test]
+fn the_provider_pairs_aws_lc_key_exchange_with_ring_record_suites() {
+    let c = make_cert(KeyKind::EcdsaP256);
+    let (_files, _store, config) = server(&c);
+    let provider = config.crypto_provider();
+    let suites = rustls::crypto::ring::DEFAULT_CIPHER_SUITES;
+    assert_eq!(provider.cipher_suites, suites.to_vec());
+    let groups: Vec<_> = provider.kx_groups.iter().map(|g| g.name()).collect();
+    assert!(
+        groups.contains(&rustls::NamedGroup::X25519MLKEM768),
+        "{groups:?}"
+    );
+}

@@ -11,9 +11,9 @@
 //! [`MAX_CIPHERTEXT_BUFFER`] octets of ciphertext are held, and decryption
 //! pauses while [`PLAINTEXT_HIGH_WATER`] octets of plaintext wait for the
 //! session (so at most one more record's worth sits beyond it). Each buffer
-//! gives its allocation back when it empties, so an idle session holds only
-//! the layer and rustls' state: about 2.3 KB of Rust heap, plus aws-lc's two
-//! AES-GCM contexts in C; about 3.8 KB resident in all
+//! gives its allocation back when it empties, and the box holding the three
+//! goes when all are empty, so an idle session holds only the layer and
+//! rustls' state: about 3.3 KB of Rust heap, 3.6 KB resident in all
 //! (`cargo bench --bench tls_idle` measures it). The unbuffered API is used
 //! because rustls' buffered `ServerConnection` keeps a 4 KiB read buffer
 //! while idle, and one grown to a full record after a large one arrived
@@ -164,6 +164,25 @@ enum Phase {
     Failed(Failure),
 }
 
+/// A layer's octets in flight. Each gives its allocation back as it empties.
+#[derive(Default)]
+struct Buffers {
+    /// Ciphertext holding no whole record yet. rustls may rewrite it in
+    /// place (it joins handshake fragments), so it is never re-read from
+    /// the caller.
+    incoming: Vec<u8>,
+    /// Decrypted, not yet taken by the session.
+    plaintext: Vec<u8>,
+    /// Ciphertext to write.
+    outgoing: Vec<u8>,
+}
+
+impl Buffers {
+    fn is_empty(&self) -> bool {
+        self.incoming.is_empty() && self.plaintext.is_empty() && self.outgoing.is_empty()
+    }
+}
+
 /// What one pass over rustls' states is for.
 #[derive(Clone, Copy)]
 enum Goal<'a> {
@@ -189,12 +208,9 @@ enum Goal<'a> {
 pub struct TlsLayer {
     conn: UnbufferedServerConnection,
     phase: Phase,
-    /// Ciphertext holding no whole record yet. rustls may rewrite it in
-    /// place (it joins handshake fragments), so it is never re-read from
-    /// the caller.
-    incoming: Vec<u8>,
-    plaintext: Vec<u8>,
-    outgoing: Vec<u8>,
+    /// Boxed, and only while one of them holds octets: an idle layer (the
+    /// many) pays one pointer for the three.
+    bufs: Option<Box<Buffers>>,
     peer_closed: bool,
     close_queued: bool,
     /// Boxed: it is rare, and rustls' error is large.
@@ -207,9 +223,7 @@ impl TlsLayer {
         Ok(Self {
             conn: UnbufferedServerConnection::new(config)?,
             phase: Phase::Handshaking,
-            incoming: Vec::new(),
-            plaintext: Vec::new(),
-            outgoing: Vec::new(),
+            bufs: None,
             peer_closed: false,
             close_queued: false,
             detail: None,
@@ -225,16 +239,16 @@ impl TlsLayer {
         if let Phase::Failed(f) = self.phase {
             return Err(f);
         }
-        let take = ciphertext
-            .len()
-            .min(MAX_CIPHERTEXT_BUFFER - self.incoming.len());
-        self.incoming.extend_from_slice(&ciphertext[..take]);
+        let incoming = &mut self.bufs().incoming;
+        let take = ciphertext.len().min(MAX_CIPHERTEXT_BUFFER - incoming.len());
+        incoming.extend_from_slice(&ciphertext[..take]);
         self.pump(Goal::Read);
-        if self.incoming.len() == MAX_CIPHERTEXT_BUFFER && self.has_plaintext_room() {
+        if self.bufs().incoming.len() == MAX_CIPHERTEXT_BUFFER && self.has_plaintext_room() {
             // A whole record always fits, so a full buffer that rustls
             // cannot consume is a handshake message too large to hold.
             self.fail(Failure::Oversized, None);
         }
+        self.release_idle();
         match self.phase {
             Phase::Failed(f) => Err(f),
             _ => Ok(take),
@@ -261,12 +275,15 @@ impl TlsLayer {
 
     /// Decrypted octets the session has not consumed yet.
     pub fn plaintext(&self) -> &[u8] {
-        &self.plaintext
+        self.bufs.as_ref().map_or(&[], |bufs| &bufs.plaintext)
     }
 
     /// The session consumed the first `n` octets of [`plaintext`](Self::plaintext).
     pub fn consume_plaintext(&mut self, n: usize) {
-        drain_front(&mut self.plaintext, n);
+        if let Some(bufs) = &mut self.bufs {
+            drain_front(&mut bufs.plaintext, n);
+            self.release_idle();
+        }
     }
 
     /// Encrypts a reply. Octets are queued in [`poll_output`](Self::poll_output)
@@ -275,6 +292,7 @@ impl TlsLayer {
         self.writable()?;
         if !data.is_empty() {
             self.pump(Goal::Write(data));
+            self.release_idle();
         }
         self.writable()
     }
@@ -285,17 +303,21 @@ impl TlsLayer {
         if self.writable().is_ok() {
             self.pump(Goal::CloseNotify);
             self.close_queued = true;
+            self.release_idle();
         }
     }
 
     /// Ciphertext to write to the socket: handshake, replies, alerts.
     pub fn poll_output(&self) -> &[u8] {
-        &self.outgoing
+        self.bufs.as_ref().map_or(&[], |bufs| &bufs.outgoing)
     }
 
     /// The first `n` octets of [`poll_output`](Self::poll_output) were written.
     pub fn advance_output(&mut self, n: usize) {
-        drain_front(&mut self.outgoing, n);
+        if let Some(bufs) = &mut self.bufs {
+            drain_front(&mut bufs.outgoing, n);
+            self.release_idle();
+        }
     }
 
     /// Swaps [`poll_output`](Self::poll_output) into `buf` (which must be
@@ -303,7 +325,10 @@ impl TlsLayer {
     /// octets to stay put until it completes.
     pub fn take_output(&mut self, buf: &mut Vec<u8>) {
         debug_assert!(buf.is_empty());
-        std::mem::swap(&mut self.outgoing, buf);
+        if let Some(bufs) = &mut self.bufs {
+            std::mem::swap(&mut bufs.outgoing, buf);
+            self.release_idle();
+        }
     }
 
     /// Where the handshake stands.
@@ -336,7 +361,12 @@ impl TlsLayer {
     /// Heap octets held in the layer's own buffers (not rustls' state): zero
     /// when idle, for the connection's memory accounting.
     pub fn buffered_bytes(&self) -> usize {
-        self.incoming.capacity() + self.plaintext.capacity() + self.outgoing.capacity()
+        self.bufs.as_ref().map_or(0, |bufs| {
+            std::mem::size_of::<Buffers>()
+                + bufs.incoming.capacity()
+                + bufs.plaintext.capacity()
+                + bufs.outgoing.capacity()
+        })
     }
 
     /// rustls' own error behind a failure, for the log line.
@@ -354,7 +384,20 @@ impl TlsLayer {
     }
 
     fn has_plaintext_room(&self) -> bool {
-        self.plaintext.len() < PLAINTEXT_HIGH_WATER
+        self.plaintext().len() < PLAINTEXT_HIGH_WATER
+    }
+
+    /// The buffers, boxed on first use.
+    fn bufs(&mut self) -> &mut Buffers {
+        self.bufs.get_or_insert_with(Box::default)
+    }
+
+    /// Gives the buffers' box back once all three are empty (each gives
+    /// its own allocation back as it empties: [`drain_front`]).
+    fn release_idle(&mut self) {
+        if self.bufs.as_ref().is_some_and(|bufs| bufs.is_empty()) {
+            self.bufs = None;
+        }
     }
 
     /// Steps rustls until it needs input, or `goal` is met, or it fails;
@@ -362,19 +405,20 @@ impl TlsLayer {
     fn pump(&mut self, goal: Goal<'_>) {
         let mut goal = Some(goal);
         let mut used = 0;
+        let bufs = self.bufs.get_or_insert_with(Box::default);
         let outcome = loop {
-            if matches!(goal, Some(Goal::Read)) && !self.has_plaintext_room() {
+            if matches!(goal, Some(Goal::Read)) && bufs.plaintext.len() >= PLAINTEXT_HIGH_WATER {
                 break Ok(());
             }
             let UnbufferedStatus { discard, state } =
-                self.conn.process_tls_records(&mut self.incoming[used..]);
+                self.conn.process_tls_records(&mut bufs.incoming[used..]);
             used += discard;
             let step = match state {
                 Ok(state) => step(
                     state,
                     &mut goal,
-                    &mut self.plaintext,
-                    &mut self.outgoing,
+                    &mut bufs.plaintext,
+                    &mut bufs.outgoing,
                     &mut self.peer_closed,
                 ),
                 Err(e) => Err(e),
@@ -385,7 +429,7 @@ impl TlsLayer {
                 Err(e) => break Err(e),
             }
         };
-        drain_front(&mut self.incoming, used);
+        drain_front(&mut bufs.incoming, used);
         match outcome {
             Ok(()) => self.after_progress(),
             Err(e) => self.fail(Failure::classify(&e), Some(e)),
@@ -412,18 +456,22 @@ impl TlsLayer {
             self.take_alert();
         }
         self.detail = detail.map(Box::new);
-        self.incoming = Vec::new();
-        self.plaintext = Vec::new();
+        if let Some(bufs) = &mut self.bufs {
+            bufs.incoming = Vec::new();
+            bufs.plaintext = Vec::new();
+        }
+        self.release_idle();
     }
 
     /// After an error rustls hands out its queued alert before anything
     /// else, so one more step, on the input it still refers to, yields it.
     /// Only one: a second step would parse the bad input again.
     fn take_alert(&mut self) {
-        let status = self.conn.process_tls_records(&mut self.incoming[..]);
+        let bufs = self.bufs.get_or_insert_with(Box::default);
+        let status = self.conn.process_tls_records(&mut bufs.incoming[..]);
         if let Ok(ConnectionState::EncodeTlsData(mut e)) = status.state {
             // Best effort: the connection closes either way.
-            let _ = encode_into(&mut self.outgoing, &mut e);
+            let _ = encode_into(&mut bufs.outgoing, &mut e);
         }
     }
 }

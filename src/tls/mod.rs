@@ -38,5 +38,7 @@ pub(crate) mod testkit;
 #[cfg(test)]
 mod tests;
 
-pub use config::{server_config, server_config_with_provider, CertStore, TlsConfigError};
+pub use config::{
+    default_provider, server_config, server_config_with_provider, CertStore, TlsConfigError,
+};
 pub use layer::{Failure, Negotiated, State, TlsLayer, WriteError};
