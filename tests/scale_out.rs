@@ -170,6 +170,7 @@ impl Lab {
              timeout server 1m\n\n\
              frontend smtp\n    bind {}\n    default_backend mxgate\n\n\
              backend mxgate\n    balance roundrobin\n    option smtpchk HELO lb.test\n    \
+             timeout check 2s\n    \
              default-server send-proxy-v2 check check-send-proxy inter 100ms fall 2 rise 2\n\
              {}{}",
             self.frontend,
@@ -293,7 +294,8 @@ fn haproxy_spreads_clients_over_two_nodes(backend: Backend) {
     // Both nodes get mail, and its Received lines name the real clients.
     let sent = messages(&lab);
     let spools = nodes.each_ref().map(received_from);
-    assert!(spools.iter().all(|s| !s.is_empty()), "{spools:?}");
+    let said = haproxy.said();
+    assert!(spools.iter().all(|s| !s.is_empty()), "{spools:?}\n{said}");
     let both = spools
         .iter()
         .flatten()
