@@ -11,50 +11,19 @@
 mod support;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use mxgate::config::Backend;
 use socket2::{Domain, Socket, Type};
 
-use support::peers::{peer, require};
+use support::haproxy::Haproxy;
+use support::peers::require;
 use support::{queue_id, wait_until, BinServer, Client};
 
 /// HAProxy's source address towards mxgate.
 const BALANCER: &str = "127.0.0.3";
 /// The client's address.
 const CLIENT: &str = "127.0.0.2";
-
-/// A HAProxy in the foreground, stopped (SIGTERM by its id) on drop.
-struct Haproxy {
-    child: Child,
-}
-
-impl Haproxy {
-    /// Runs `haproxy -db` on `config`, its output in `log`.
-    fn start(config: &Path, log: &Path) -> Haproxy {
-        let log = std::fs::File::create(log).expect("haproxy log");
-        let mut command = peer("haproxy");
-        command.args(["-db", "-f"]).arg(config);
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start haproxy");
-        Haproxy { child }
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        // timeout(1), HAProxy's parent here, passes SIGTERM on.
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let _ = self.child.wait();
-    }
-}
 
 /// A loopback port nothing listens on now.
 fn free_port() -> u16 {
@@ -117,14 +86,13 @@ fn clients_through_haproxy_keep_their_address(backend: Backend) {
     let (v2, v1) = (free_port(), free_port());
     let conf = dir.path().join("haproxy.cfg");
     std::fs::write(&conf, config(v2, v1, server.addr)).expect("write config");
-    let haproxy_log = dir.path().join("haproxy.log");
-    let haproxy = Haproxy::start(&conf, &haproxy_log);
+    let haproxy = Haproxy::start(&conf, &dir.path().join("haproxy.log"));
 
     let ids = [message_through(v2), message_through(v1)];
     // Let a few health checks run.
     std::thread::sleep(Duration::from_millis(700));
+    let haproxy_said = haproxy.said();
     drop(haproxy);
-    let haproxy_said = std::fs::read_to_string(&haproxy_log).unwrap_or_default();
     for id in &ids {
         let path = server.path().join("spool/new").join(format!("{id}.bsmtp"));
         let text = std::fs::read_to_string(path).expect("spooled");

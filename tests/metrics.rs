@@ -179,6 +179,66 @@ fn client_refusals_are_counted_by_reason(backend: Backend) {
     server.stop();
 }
 
+/// Every refusal of the PROXY shield, counted by its outcome or limit:
+/// a header from a peer not trusted for one, a balancer's bad header and
+/// its missing one, and a proxied client over its session limit; the
+/// balancer's own health check (LOCAL) is none of them.
+fn proxy_refusals_are_counted_by_outcome(backend: Backend) {
+    let flags = [
+        "--metrics",
+        "127.0.0.1:0",
+        "--proxy-protocol-from",
+        "127.0.0.1",
+        "--command-timeout",
+        "1",
+        "--client-sessions",
+        "1",
+        "--client-limit-exceptions",
+        "",
+    ];
+    let server = TestServer::start(backend, &flags);
+    let addr = server.handle.as_ref().unwrap().metrics_addr().unwrap();
+    let header = b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n";
+
+    let mut untrusted = Client::connect_from(server.addr, "127.0.0.2".parse().unwrap());
+    untrusted.expect(220);
+    untrusted.send(header);
+    untrusted.expect(500);
+    assert!(untrusted.closed(), "open after the 500");
+    let mut invalid = server.client();
+    invalid.send(b"EHLO client.example\r\n");
+    assert!(invalid.closed(), "a bad header was answered");
+    let mut check = server.client();
+    check.send(b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00");
+    check.hello();
+    let mut first = server.client();
+    first.send(header);
+    first.hello();
+    let mut over = server.client();
+    over.send(header);
+    over.expect(421);
+    assert!(over.closed(), "open after the 421");
+    check.cmd("QUIT", 221);
+    first.cmd("QUIT", 221);
+    // No header within the command timeout (1 s).
+    assert!(server.client().closed(), "a missing header was answered");
+
+    let ended = |outcome: &str| format!("mxgate_sessions_ended_total{{outcome=\"{outcome}\"}}");
+    let refused = |reason: &str| format!("mxgate_client_refusals_total{{reason=\"{reason}\"}}");
+    let mut samples = HashMap::new();
+    let counted = wait_until(Duration::from_secs(5), || {
+        samples = scrape(addr);
+        get(&samples, &ended("closed")) >= 3.0
+    });
+    assert!(counted, "{samples:?}");
+    for outcome in ["proxy-untrusted", "proxy-invalid", "proxy-missing"] {
+        assert_eq!(get(&samples, &ended(outcome)), 1.0, "{outcome}");
+    }
+    assert_eq!(get(&samples, &refused("sessions")), 1.0);
+    assert_eq!(get(&samples, &refused("rate")), 0.0);
+    server.stop();
+}
+
 fn bad_requests_are_refused_and_the_endpoint_stops_with_the_server(backend: Backend) {
     let server = TestServer::start(backend, &["--metrics", "127.0.0.1:0"]);
     let addr = server.handle.as_ref().unwrap().metrics_addr().unwrap();
@@ -206,6 +266,7 @@ fn metrics_are_off_by_default(backend: Backend) {
 support::backend_tests!(
     counts_after_a_few_transactions,
     client_refusals_are_counted_by_reason,
+    proxy_refusals_are_counted_by_outcome,
     bad_requests_are_refused_and_the_endpoint_stops_with_the_server,
     metrics_are_off_by_default,
 );

@@ -164,7 +164,8 @@ fn a_header_from_anyone_else_gets_500(backend: Backend) {
 /// The per-client limits apply to the client a header names, never to the
 /// balancer: two clients behind it each get their one session, a second
 /// session of the first gets the 421 naming it, and one more session of
-/// the second (once its first is gone) gets in.
+/// the second (once its first is gone) gets in. The balancer's own
+/// health checks (LOCAL), two at once, are both served.
 fn limits_apply_to_the_proxied_client(backend: Backend) {
     let flags = [
         "--proxy-protocol-from",
@@ -183,6 +184,15 @@ fn limits_apply_to_the_proxied_client(backend: Backend) {
     let mut other = server.client();
     other.send(header("192.0.2.8").as_bytes());
     other.hello();
+
+    let checks: Vec<Client> = (0..2)
+        .map(|_| {
+            let mut check = server.client();
+            check.send(&v2_local());
+            check.hello();
+            check
+        })
+        .collect();
 
     let mut second = server.client();
     second.send(header("192.0.2.7").as_bytes());
@@ -210,6 +220,9 @@ fn limits_apply_to_the_proxied_client(backend: Backend) {
     again.cmd("EHLO client.example", 250);
     again.cmd("QUIT", 221);
     first.cmd("QUIT", 221);
+    for mut check in checks {
+        check.cmd("QUIT", 221);
+    }
     server.signal("TERM");
     let (status, log) = server.wait();
     assert_eq!(status, Some(0), "{log}");
@@ -217,6 +230,7 @@ fn limits_apply_to_the_proxied_client(backend: Backend) {
         log.contains("reject: CONNECT from [192.0.2.7]: 421 4.7.0"),
         "{log}"
     );
+    assert!(!log.contains("from [127.0.0.1]"), "{log}");
 }
 
 support::backend_tests!(

@@ -257,11 +257,12 @@ fn is_literal_content(content: &[u8]) -> bool {
 fn is_ipv4(content: &[u8]) -> bool {
     let mut parts = 0;
     for part in content.split(|&b| b == b'.') {
-        let number = part.len() <= 3 && part.iter().all(u8::is_ascii_digit);
-        let value = part
-            .iter()
-            .fold(0u32, |n, &d| n * 10 + u32::from(d.wrapping_sub(b'0')));
-        if part.is_empty() || !number || value > 255 {
+        // Counted before the value is computed, so that it fits.
+        if !(1..=3).contains(&part.len()) || !part.iter().all(u8::is_ascii_digit) {
+            return false;
+        }
+        let value = part.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0'));
+        if value > 255 {
             return false;
         }
         parts += 1;

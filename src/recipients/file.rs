@@ -180,6 +180,11 @@ mod tests {
                 "line 1: `a@example..com`: invalid domain",
             ),
             ("@\n", "line 1: `@`: invalid domain"),
+            // The table fuzz target's finding: a panic (u32 overflow) once.
+            (
+                "ok@example.com\n@[192.0.99999999999999999999.1]\n",
+                "line 2: `@[192.0.99999999999999999999.1]`: invalid domain",
+            ),
             (
                 "a..b@example.com\n",
                 "line 1: `a..b@example.com`: invalid local part",

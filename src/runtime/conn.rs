@@ -339,9 +339,12 @@ impl Conn {
             }
             Parse::Done { consumed, source } => {
                 self.held.drain(..consumed);
-                // LOCAL and UNKNOWN: the balancer's own connection.
-                let client = source.map_or(self.peer, |source| source.ip().to_canonical());
-                self.client_known(client, cx);
+                // LOCAL and UNKNOWN: the balancer's own connection (its
+                // health check), served as the balancer and, like every
+                // balancer connection, never counted as a client.
+                if let Some(source) = source {
+                    self.client_known(source.ip().to_canonical(), cx);
+                }
                 if self.ended.is_none() {
                     self.gate = Gate::Open;
                     self.session.greet(lend(&mut self.out));

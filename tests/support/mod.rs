@@ -19,6 +19,8 @@ use mxgate::recipients::SharedTable;
 use mxgate::runtime::{Server, ServerHandle};
 use mxgate::spool::Spool;
 
+pub mod haproxy;
+pub mod netns;
 pub mod peers;
 
 pub const HOST: &str = "mx.test";
@@ -366,18 +368,33 @@ impl BinServer {
         extra: &[&str],
         nofile: Option<u32>,
     ) -> BinServer {
+        let Some(limit) = nofile else {
+            return BinServer::start_through(dir, backend, extra, &[]);
+        };
+        let ulimit = format!("ulimit -n {limit} && exec \"$@\"");
+        BinServer::start_through(dir, backend, extra, &["sh", "-c", &ulimit, "sh"])
+    }
+
+    /// [`BinServer::start`] with the binary run by `prefix`, a command
+    /// that runs the rest of its arguments in its place (it must exec, so
+    /// that signals reach mxgate): `ip netns exec NAME`, say.
+    pub fn start_through(
+        dir: tempfile::TempDir,
+        backend: Backend,
+        extra: &[&str],
+        prefix: &[&str],
+    ) -> BinServer {
         if !dir.path().join("table.txt").exists() {
             std::fs::write(dir.path().join("table.txt"), TABLE).expect("write table");
         }
         let mut args = base_args(dir.path(), &with_backend(backend, extra));
         args[0] = env!("CARGO_BIN_EXE_mxgate").to_string();
-        let mut command = match nofile {
+        let mut command = match prefix.split_first() {
             None => Command::new(&args[0]),
-            Some(limit) => {
-                let mut sh = Command::new("sh");
-                sh.args(["-c", &format!("ulimit -n {limit} && exec \"$@\""), "sh"]);
-                sh.arg(&args[0]);
-                sh
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(&args[0]);
+                command
             }
         };
         let mut child = command
@@ -477,12 +494,10 @@ fn collect_log(stderr: impl Read, ready: std::sync::mpsc::Sender<SocketAddr>) ->
     log
 }
 
-/// The first `127.0.0.1:PORT` in a log line.
+/// The first listening address in the ready line's `listen=[ADDR, …]`
+/// (an IPv6 one has brackets of its own).
 fn listen_addr_in(line: &str) -> Option<SocketAddr> {
-    let start = line.find("127.0.0.1:")?;
-    let rest = &line[start..];
-    let end = rest
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
+    let list = &line[line.find("listen=[")? + "listen=[".len()..];
+    let mut ends = list.match_indices([',', ']']);
+    ends.find_map(|(end, _)| list[..end].parse().ok())
 }

@@ -1,5 +1,5 @@
 //! Real peers for the TLS tests (tests/tls_peers.rs) and HAProxy's
-//! (tests/haproxy.rs, which needs only [`require`]): a certificate made at
+//! (tests/haproxy.rs and tests/scale_out.rs, through [`super::haproxy`]): a certificate made at
 //! test time, command-line clients no one here wrote (openssl s_client,
 //! swaks, python3) run under a deadline, and a private Postfix instance
 //! whose SMTP client relays to the server under test.
@@ -33,22 +33,37 @@ fn search_path() -> String {
 
 /// Fails the test unless `tool` is installed.
 pub fn require(tool: &str) {
+    locate(tool);
+}
+
+/// Where `tool` is installed; fails the test, naming it, if it is not.
+pub fn locate(tool: &str) -> PathBuf {
     let found = search_path()
         .split(':')
-        .any(|dir| Path::new(dir).join(tool).is_file());
-    assert!(
-        found,
-        "`{tool}` is not installed; the real-peer tests need it \
-         (.ci/run installs postfix, swaks, openssl, python3 and haproxy)"
-    );
+        .map(|dir| Path::new(dir).join(tool))
+        .find(|path| path.is_file());
+    found.unwrap_or_else(|| {
+        panic!(
+            "`{tool}` is not installed; the real-peer tests need it \
+             (.ci/run installs postfix, swaks, openssl, python3, haproxy and iproute2)"
+        )
+    })
 }
 
 /// A command running `tool` under timeout(1), so no peer can hang a test.
 pub fn peer(tool: &str) -> Command {
+    peer_through(&[], tool)
+}
+
+/// [`peer`] with `tool` run by `prefix`, a command that runs the rest of
+/// its arguments (`ip netns exec NAME`, say), itself under timeout(1).
+pub fn peer_through(prefix: &[&str], tool: &str) -> Command {
     require(tool);
     let mut command = Command::new("timeout");
     command
-        .args([PEER_DEADLINE_SECS, tool])
+        .arg(PEER_DEADLINE_SECS)
+        .args(prefix)
+        .arg(tool)
         .env("PATH", search_path());
     command
 }
