@@ -7,7 +7,9 @@
 //! Does not own: sockets, clocks, files or the spool. The driver feeds bytes
 //! and the current time, writes out what lands in `out`, and reacts to the
 //! [`Event`]s (collect `Body` slices, spool on `MessageReady` and report with
-//! [`Session::spool_done`], close on `Close`).
+//! [`Session::spool_done`], close on `Close`). A driver may pace it
+//! ([`Session::pace`]): it then stops before each command line until fed
+//! again (the error tarpit's hold).
 //!
 //! Invariants: replies are appended to `out` in command order (a message's
 //! queued/451 reply holds back everything after it: `feed` returns `Paused`

@@ -658,7 +658,7 @@ impl Conn {
     /// Charges the errors a feed answered after its last command line.
     fn charge_errors(&mut self, tally: &mut Tally, cx: &mut Cx) {
         let errors = tally.take_errors();
-        if let (Some(account), true) = (self.admission.account(), errors > 0) {
+        if let Some(account) = self.admission.account().filter(|_| errors > 0) {
             cx.clients.charge_errors(account, errors, cx.now);
         }
     }

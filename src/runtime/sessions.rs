@@ -125,9 +125,9 @@ impl<I> Sessions<I> {
     /// Takes a session slot for a connection from `peer`, or refuses it:
     /// with the over-capacity reply when the server is full, with `421
     /// 4.7.0` when its client is over a per-client limit or at the hard
-    /// error limit (logged and counted); the refusal is written through `send` (best effort: a
-    /// brand-new socket's send buffer is empty). What it returns goes to
-    /// [`Sessions::insert`].
+    /// error limit (logged and counted); the refusal is written through
+    /// `send` (best effort: a brand-new socket's send buffer is empty).
+    /// What it returns goes to [`Sessions::insert`].
     pub fn try_open(
         &mut self,
         peer: IpAddr,
