@@ -239,6 +239,35 @@ fn proxy_refusals_are_counted_by_outcome(backend: Backend) {
     server.stop();
 }
 
+/// The error tarpit: a late command, a refusal at the next command and
+/// one at connect.
+fn tarpit_delays_and_refusals_are_counted(backend: Backend) {
+    let flags = [
+        "--metrics",
+        "127.0.0.1:0",
+        "--error-limits",
+        "1,2",
+        "--client-limit-exceptions",
+        "",
+    ];
+    let server = TestServer::start(backend, &flags);
+    let addr = server.handle.as_ref().unwrap().metrics_addr().unwrap();
+    let client = "127.0.0.2".parse().unwrap();
+    let mut c = Client::connect_from(server.addr, client);
+    c.hello();
+    c.cmd("MAIL FROM:<s@remote.example>", 250);
+    c.cmd("RCPT TO:<nobody@example.com>", 550);
+    c.cmd("RCPT TO:<nobody2@example.com>", 550);
+    c.cmd("NOOP", 421);
+    assert!(c.closed());
+    Client::connect_from(server.addr, client).expect(421);
+    let samples = scrape(addr);
+    let name = "mxgate_client_refusals_total{reason=\"too-many-errors\"}";
+    assert_eq!(get(&samples, name), 2.0);
+    assert_eq!(get(&samples, "mxgate_tarpit_delays_total"), 1.0);
+    server.stop();
+}
+
 fn bad_requests_are_refused_and_the_endpoint_stops_with_the_server(backend: Backend) {
     let server = TestServer::start(backend, &["--metrics", "127.0.0.1:0"]);
     let addr = server.handle.as_ref().unwrap().metrics_addr().unwrap();
@@ -267,6 +296,7 @@ support::backend_tests!(
     counts_after_a_few_transactions,
     client_refusals_are_counted_by_reason,
     proxy_refusals_are_counted_by_outcome,
+    tarpit_delays_and_refusals_are_counted,
     bad_requests_are_refused_and_the_endpoint_stops_with_the_server,
     metrics_are_off_by_default,
 );

@@ -1,6 +1,7 @@
 //! Transcript tests: one per row of DESIGN.md's reply table (and the
 //! protocol rules around them). Each transcript is replayed as one write,
-//! split in two at every offset and one byte at a time; every replay must
+//! split in two at every offset and one byte at a time, and paced (stopped
+//! before each command line, as the error tarpit does); every replay must
 //! give the same replies, body bytes and outcomes. The property tests of
 //! whole sessions are in `random_sessions.rs`.
 
@@ -578,4 +579,27 @@ fn ten_mib_bodies_keep_memory_bounded() {
 fn a_session_is_a_small_struct() {
     let size = std::mem::size_of::<mxgate::proto::Session>();
     assert!(size <= 192, "Session is {size} octets");
+}
+
+/// Pacing stops before each command line, never inside a body or a long
+/// line, and not before a line that is still incomplete.
+#[test]
+fn a_paced_session_stops_before_each_command_line_only() {
+    let input = session(
+        b"MAIL FROM:<>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\nNOOP\r\nRSET\r\n.\r\n\
+          BDAT 6\r\nNOOP\r\n",
+    );
+    let long = [&[b'x'; 600][..], b"\r\nQUIT\r\n"].concat();
+    let mut driver = common::Driver::new(MAX, true);
+    driver.session.pace();
+    driver.read(&input);
+    // EHLO, MAIL, RCPT, DATA, BDAT: not the body's lines.
+    assert_eq!(driver.run.stops, 5);
+    driver.read(b"RSET\r");
+    assert_eq!(driver.run.stops, 5, "an incomplete line");
+    driver.read(b"\n");
+    assert_eq!(driver.run.stops, 6);
+    driver.read(&long);
+    assert_eq!(driver.run.stops, 8, "the long line, then QUIT");
+    assert!(driver.run.closed);
 }

@@ -152,6 +152,7 @@ impl Config {
             sessions: self.client_sessions,
             rate: self.client_rate,
             exceptions: self.client_limit_exceptions.clone(),
+            errors: self.error_limits,
         }
     }
 

@@ -13,7 +13,7 @@ use super::declare::Setting;
 use super::layer::{one_or_many, Rebase};
 use super::values::*;
 use super::ConfigError;
-use crate::shield::Cidr;
+use crate::shield::{Cidr, ErrorLimits};
 use crate::spool::{SpoolMode, SyncStrategy};
 
 /// The `--config FILE` flag: not a layer key (a file cannot name another).
@@ -169,9 +169,17 @@ settings! {
 
     // Loopback, as Postfix exempts mynetworks: local tools, monitoring and
     // benchmarks keep working.
-    /// Clients client-sessions and client-rate do not apply to:
+    /// Clients client-sessions, client-rate and error-limits do not apply to:
     /// comma-separated addresses or CIDR blocks; empty for none.
     client_limit_exceptions: String => Vec<Cidr> = Value("127.0.0.0/8,::1"), "CIDR[,CIDR]...", cidrs;
+
+    // Postfix's smtpd_soft_error_limit and smtpd_hard_error_limit. SOFT
+    // also sets how fast errors are forgiven (SOFT a minute), so a
+    // harvester gets about SOFT unknown recipients answered a minute.
+    /// Errors (4xx/5xx replies) a client may have unforgiven, across its
+    /// sessions, before each of its commands waits 1 s, and before 421
+    /// 4.7.0; one is forgiven every 60/SOFT s. Exceptions are not scored.
+    error_limits: String => ErrorLimits = Value("10,20"), "SOFT,HARD", error_limits;
 
     /// PEM certificate chain for STARTTLS (with tls-key; SIGHUP reloads it).
     tls_cert: PathBuf => Option<PathBuf> = Off, "FILE", optional;

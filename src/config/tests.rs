@@ -114,6 +114,18 @@ fn invalid_values_are_refused() {
 }
 
 #[test]
+fn error_limits_default_to_postfixs_10_20() {
+    let limits = from_args(args(&[])).unwrap().limit_settings();
+    assert_eq!((limits.errors.soft, limits.errors.hard), (10, 20));
+    let set = from_args(args(&["--error-limits", "3,5"])).unwrap();
+    assert_eq!((set.error_limits.soft, set.error_limits.hard), (3, 5));
+    for bad in ["0,5", "6,5", "5"] {
+        let err = from_args(args(&["--error-limits", bad])).unwrap_err();
+        assert!(err.to_string().starts_with("error-limits: "), "{err}");
+    }
+}
+
+#[test]
 fn client_limits_default_to_50_sessions_no_rate_and_loopback_exempt() {
     let limits = from_args(args(&[])).unwrap().limit_settings();
     assert_eq!((limits.sessions, limits.rate), (50, 0));

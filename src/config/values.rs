@@ -11,7 +11,7 @@ use clap::ValueEnum;
 use serde::Deserialize;
 
 use super::{ConfigError, MIN_RECIPIENTS, RESERVED_FDS};
-use crate::shield::Cidr;
+use crate::shield::{Cidr, ErrorLimits};
 use crate::spool::{SpoolMode, SyncStrategy};
 
 /// The I/O backend that drives the sessions.
@@ -196,6 +196,11 @@ pub(super) fn read_buffer(key: &str, value: Option<usize>) -> Result<usize, Conf
 pub(super) fn cidrs(key: &str, value: Option<String>) -> Result<Vec<Cidr>, ConfigError> {
     Cidr::parse_list(value.as_deref().unwrap_or_default())
         .map_err(|err| invalid(format!("{key}: {err}")))
+}
+
+/// `SOFT,HARD`, with 1 <= SOFT <= HARD.
+pub(super) fn error_limits(key: &str, value: Option<String>) -> Result<ErrorLimits, ConfigError> {
+    ErrorLimits::parse(&required(key, value)?).map_err(|err| invalid(format!("{key}: {err}")))
 }
 
 pub(super) fn invalid(message: impl Into<String>) -> ConfigError {

@@ -87,6 +87,8 @@ pub struct Metrics {
     /// Connections refused with 421 at connect because their client was
     /// over a per-client limit, by [`Limit`].
     pub client_refusals: [u64; Limit::ALL.len()],
+    /// Commands the error tarpit held 1 s before reading them.
+    pub tarpit_delays: u64,
     /// Ended sessions by how they ended (`closed`, `timed-out`, `reset`, …).
     pub outcomes: Vec<(&'static str, u64)>,
     pub commands: [u64; Verb::ALL.len()],
@@ -124,6 +126,7 @@ impl Default for Metrics {
             sessions_ended: 0,
             over_capacity: 0,
             client_refusals: [0; Limit::ALL.len()],
+            tarpit_delays: 0,
             outcomes: Vec::new(),
             commands: [0; Verb::ALL.len()],
             rcpts: [0; RcptOutcome::ALL.len()],
@@ -180,6 +183,7 @@ impl Metrics {
         self.sessions_ended += other.sessions_ended;
         self.over_capacity += other.over_capacity;
         add_all(&mut self.client_refusals, &other.client_refusals);
+        self.tarpit_delays += other.tarpit_delays;
         for &(outcome, n) in &other.outcomes {
             self.count_outcome(outcome, n);
         }

@@ -79,6 +79,11 @@ impl Recorder {
         self.metrics.client_refusals[limit as usize] += 1;
     }
 
+    /// A command the error tarpit held before reading it.
+    pub fn tarpit_delay(&mut self) {
+        self.metrics.tarpit_delays += 1;
+    }
+
     /// A session ended after `duration`, for the reason `outcome`.
     pub fn session_closed(&mut self, outcome: &'static str, duration: Duration) {
         self.metrics.sessions_ended += 1;

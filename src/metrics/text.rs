@@ -35,8 +35,12 @@ fn sessions(o: &mut String, m: &Metrics) {
     let help = "Connections refused with 421 at connect because the server was full.";
     total(o, "over_capacity_total", help, m.over_capacity);
     let limits = labelled(&Limit::ALL.map(Limit::name), &m.client_refusals);
-    let help = "Connections refused with 421 at connect: their client was over a per-client limit.";
+    let help = "Sessions refused with 421 because their client was over a per-client limit \
+                (at connect, or at the next command for too-many-errors).";
     counter(o, "client_refusals_total", help, "reason", &limits);
+    let help =
+        "Commands the error tarpit read 1 s late (their client was over the soft error limit).";
+    total(o, "tarpit_delays_total", help, m.tarpit_delays);
     let help = "Octets read from clients.";
     total(o, "received_bytes_total", help, m.bytes_received);
     let verbs = labelled(&Verb::ALL.map(Verb::name), &m.commands);

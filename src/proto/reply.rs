@@ -162,6 +162,25 @@ pub fn write_too_many_from(host: &str, client: IpAddr, out: &mut Vec<u8>) {
     );
 }
 
+/// `421 4.7.0 …`: the client reached the hard error limit.
+pub fn write_too_many_errors(host: &str, out: &mut Vec<u8>) {
+    join(
+        out,
+        &[
+            b"421 4.7.0 ",
+            host.as_bytes(),
+            b" Error: too many errors\r\n",
+        ],
+    );
+}
+
+/// Whether `reply` refuses what the client asked: a 4xx or 5xx, but not a
+/// 421, which ends the session for the server's own reasons (shutdown,
+/// timeout, a limit) and is no error of the client's.
+pub fn is_error(reply: &[u8]) -> bool {
+    matches!(reply.first(), Some(b'4' | b'5')) && !reply.starts_with(b"421")
+}
+
 /// `421 4.3.2 …`: the server is shutting down.
 pub fn write_shutting_down(host: &str, out: &mut Vec<u8>) {
     join(

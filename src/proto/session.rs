@@ -7,7 +7,9 @@
 //! Does not own: sockets, clocks, files or the spool. The driver feeds bytes
 //! and the current time, writes out what lands in `out`, and reacts to the
 //! [`Event`]s (collect `Body` slices, spool on `MessageReady` and report with
-//! [`Session::spool_done`], close on `Close`).
+//! [`Session::spool_done`], close on `Close`). A driver may pace it
+//! ([`Session::pace`]): it then stops before each command line until fed
+//! again (the error tarpit's hold).
 //!
 //! Invariants: replies are appended to `out` in command order (a message's
 //! queued/451 reply holds back everything after it: `feed` returns `Paused`
@@ -99,6 +101,9 @@ pub enum Event<'a> {
     StartTls,
     /// Flush the output, then close the connection.
     Close,
+    /// A paced session ([`Session::pace`]) has a command line to read and
+    /// waits for the driver's leave: feeding it again reads that line.
+    CommandReady,
 }
 
 /// Where the session is in the conversation.
@@ -128,6 +133,16 @@ enum State {
     Closed,
 }
 
+/// Whether the session stops before its command lines ([`Session::pace`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    Off,
+    /// Stop before the next complete command line.
+    Ask,
+    /// The driver let the next line through.
+    Go,
+}
+
 /// How far one step of [`Session::feed`] got: the input octets it consumed,
 /// and the event that ends the call, if any (else the next step follows).
 type Progress<'a> = (usize, Option<Event<'a>>);
@@ -145,6 +160,7 @@ pub struct Session {
     shutting_down: bool,
     /// The session runs inside TLS (after [`Session::start_tls`]).
     in_tls: bool,
+    pace: Pace,
 }
 
 impl Session {
@@ -158,6 +174,7 @@ impl Session {
             last_active: now,
             shutting_down: false,
             in_tls: false,
+            pace: Pace::Off,
         }
     }
 
@@ -197,6 +214,7 @@ impl Session {
         let mut pos = 0;
         loop {
             let rest = &input[pos..];
+            let replied = out.len();
             let (consumed, event) = match self.state {
                 State::Closed => (0, Some(Event::Close)),
                 State::Spooling => (0, Some(Event::Paused)),
@@ -215,8 +233,33 @@ impl Session {
                 }
             };
             pos += consumed;
+            tally.replied(&out[replied..]);
             if let Some(event) = event {
                 return (pos, event);
+            }
+        }
+    }
+
+    /// From now on the session stops before each command line it could
+    /// read, with [`Event::CommandReady`], and reads it when fed again: the
+    /// driver decides when each command is answered (the error tarpit).
+    /// Called again while stopped, the session asks again.
+    pub fn pace(&mut self) {
+        self.pace = Pace::Ask;
+    }
+
+    /// A paced session's stop before a complete command line, or its leave
+    /// to read it (and stop before the next one).
+    fn pace_step(&mut self) -> Option<Event<'static>> {
+        match self.pace {
+            Pace::Off => None,
+            Pace::Ask => {
+                self.pace = Pace::Go;
+                Some(Event::CommandReady)
+            }
+            Pace::Go => {
+                self.pace = Pace::Ask;
+                None
             }
         }
     }
@@ -235,7 +278,13 @@ impl Session {
             self.state = State::Closed;
             return (0, None);
         }
-        match scan::command_line(rest) {
+        let line = scan::command_line(rest);
+        if line != Line::Partial {
+            if let Some(stop) = self.pace_step() {
+                return (0, Some(stop));
+            }
+        }
+        match line {
             Line::Partial => (0, Some(Event::NeedInput)),
             Line::TooLong => {
                 self.state = State::LongLine;
@@ -429,6 +478,13 @@ impl Session {
     /// header named it: `421 4.7.0 … too many connections` and close.
     pub fn refuse_client(&mut self, client: IpAddr, out: &mut Vec<u8>) {
         reply::write_too_many_from(&self.config.hostname, client, out);
+        self.state = State::Closed;
+    }
+
+    /// The client reached the hard error limit: `421 4.7.0 … too many
+    /// errors`; the driver closes.
+    pub fn refuse_errors(&mut self, out: &mut Vec<u8>) {
+        reply::write_too_many_errors(&self.config.hostname, out);
         self.state = State::Closed;
     }
 

@@ -1,7 +1,8 @@
 //! Per-session counts of what the session decided, for the driver's metrics
 //! and log lines: commands by verb, RCPT outcomes by reason, messages
-//! refused at the end of their body, and the refusals themselves for the
-//! mail log ([`Rejections`], bounded).
+//! refused at the end of their body, the refusals themselves for the
+//! mail log ([`Rejections`], bounded), and the error replies the error
+//! tarpit scores ([`Tally::take_errors`]).
 //!
 //! Owns counting only: no clock, and no allocation unless something is
 //! refused. The driver owns the tally and lends it to
@@ -92,6 +93,8 @@ pub struct Tally {
     rcpts: [u32; RcptOutcome::ALL.len()],
     refused: [u32; Refusal::ALL.len()],
     rejections: Rejections,
+    /// 4xx/5xx replies to the client (not 421) not taken yet.
+    errors: u32,
 }
 
 impl Tally {
@@ -105,6 +108,18 @@ impl Tally {
 
     pub(super) fn refused(&mut self, refusal: Refusal) {
         bump(&mut self.refused[refusal as usize]);
+    }
+
+    /// Counts the reply the session just wrote, if it is an error.
+    pub(super) fn replied(&mut self, reply: &[u8]) {
+        if super::reply::is_error(reply) {
+            bump(&mut self.errors);
+        }
+    }
+
+    /// The error replies (4xx/5xx, not 421) since they were last taken.
+    pub fn take_errors(&mut self) -> u32 {
+        std::mem::take(&mut self.errors)
     }
 
     /// Where the session records its refusals.
@@ -145,6 +160,7 @@ impl Tally {
             && zero(&self.rcpts)
             && zero(&self.refused)
             && self.rejections.is_empty()
+            && self.errors == 0
     }
 }
 
@@ -236,6 +252,21 @@ mod tests {
         assert_eq!(tally.rejected_rcpts(), 2);
         assert_eq!(tally.refusals(Refusal::Size), 1);
         assert_eq!(tally.refusals(Refusal::BareCrLf), 1);
+    }
+
+    #[test]
+    fn errors_are_the_4xx_and_5xx_replies_but_421() {
+        let mut tally = tally_of(
+            b"MAIL FROM:<>\r\nEHLO c\r\nXYZZY\r\nVRFY a\r\nEXPN a\r\n\
+              MAIL FROM:<>\r\nRCPT TO:<b@example.com>\r\nRCPT TO:<x@elsewhere>\r\n\
+              RCPT TO:<a@example.com>\r\nDATA\r\nthis line is over sixteen octets\r\n.\r\n\
+              NOOP\r\nQUIT\r\n",
+        );
+        // 503, 500, 502, 550, 554, 552: not 250, 252, 354 or 221.
+        assert_eq!(tally.take_errors(), 6);
+        assert_eq!(tally.take_errors(), 0, "taken");
+        let long = [&[b'x'; 600][..], b"\r\n"].concat();
+        assert_eq!(tally_of(&long).take_errors(), 1, "500 line too long");
     }
 
     #[test]

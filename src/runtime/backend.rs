@@ -148,6 +148,9 @@ pub trait Driver: Sized {
             conn.timer_fired(expiry.key, now, &mut sessions.wheel);
             if let Some(outcome) = conn.ended() {
                 self.close(expiry.key, outcome, now);
+            } else if conn.feed_due() {
+                // The tarpit let a held command go on.
+                self.drive(expiry.key, now);
             }
         }
     }

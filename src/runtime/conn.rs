@@ -29,6 +29,11 @@
 //! with no reply (the peer is a balancer, not a client). Any other
 //! connection's first octets are looked at once: a PROXY header there gets
 //! the session's 500 and the connection closes.
+//!
+//! A client the shield scores has its session paced: before each command
+//! line its errors are charged and its [`Tarpit`] says whether the line is
+//! read now, held (the session reads nothing until the timer wheel lets
+//! it go on), or refused with 421.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -44,7 +49,8 @@ use crate::metrics::Recorder;
 use crate::proto::{Event, Printable, Session, Tally};
 use crate::recipients::Table;
 use crate::shield::proxy::{self, Flaw, Parse, Sniff};
-use crate::shield::{Admission, ClientLimits};
+use crate::shield::tarpit::{Leave, Tarpit};
+use crate::shield::{Admission, ClientLimits, Limit};
 use crate::spool::{Message, SpoolError, SpoolLink};
 use crate::tls::{Negotiated, State, TlsLayer};
 
@@ -198,6 +204,8 @@ pub struct Conn {
     /// TLS mode, from the STARTTLS reply on.
     tls: Option<Box<Tls>>,
     gate: Gate,
+    /// The error tarpit's hold on the next command.
+    tarpit: Tarpit,
     pub log: SessionLog,
     /// For the metrics: when the session started, when its last message's
     /// data ended (its input arrived; nanoseconds after `opened`, which
@@ -236,6 +244,7 @@ impl Conn {
             body: Vec::new(),
             tls: None,
             gate,
+            tarpit: Tarpit::default(),
             log: SessionLog::default(),
             opened,
             data_ended_ns: 0,
@@ -272,7 +281,10 @@ impl Conn {
     }
 
     fn can_feed(&self) -> bool {
-        self.ended.is_none() && !self.awaiting_spool && self.output_len() < OUT_CAP
+        self.ended.is_none()
+            && !self.awaiting_spool
+            && self.output_len() < OUT_CAP
+            && !self.tarpit.holds()
     }
 
     /// Octets waiting to be sent, in plaintext and, in TLS mode, encrypted.
@@ -361,16 +373,28 @@ impl Conn {
     pub fn client_known(&mut self, client: IpAddr, cx: &mut Cx) {
         self.peer = client;
         match cx.clients.try_admit(client, cx.now) {
-            Ok(admission) => self.admission = admission,
+            Ok(admission) => self.admit(admission),
             Err(limit) => {
                 let out = lend(&mut self.out);
                 let start = out.len();
-                self.session.refuse_client(client, out);
+                match limit {
+                    Limit::Errors => self.session.refuse_errors(out),
+                    _ => self.session.refuse_client(client, out),
+                }
                 cx.metrics.client_refused(limit);
                 mail_log::client_refused(client, limit, &self.out[start..]);
                 self.ended = Some(Outcome::Closed);
             }
         }
+    }
+
+    /// Holds `admission` until closed; a client whose errors are scored
+    /// gets its session paced for the tarpit.
+    pub fn admit(&mut self, admission: Admission) {
+        if admission.account().is_some() {
+            self.session.pace();
+        }
+        self.admission = admission;
     }
 
     /// Any other connection: its first octets must not begin a PROXY
@@ -545,7 +569,8 @@ impl Conn {
     }
 
     fn note_eof(&mut self) {
-        if self.eof && self.ended.is_none() && !self.awaiting_spool && !self.feed_due {
+        let idle = !self.awaiting_spool && !self.feed_due && !self.tarpit.holds();
+        if self.eof && self.ended.is_none() && idle {
             self.ended = Some(Outcome::Disconnected);
         }
     }
@@ -591,10 +616,54 @@ impl Conn {
                     pos = input.len();
                     break;
                 }
+                Event::CommandReady => {
+                    if !self.command_ready(&mut tally, cx) {
+                        break;
+                    }
+                }
             }
         }
+        self.charge_errors(&mut tally, cx);
         self.count_decisions(&tally, cx);
         pos
+    }
+
+    /// The paced session has a command line to read: its client's errors
+    /// so far are charged, then the tarpit lets it read the line (true),
+    /// holds it, or refuses the client with 421.
+    fn command_ready(&mut self, tally: &mut Tally, cx: &mut Cx) -> bool {
+        let Some(account) = self.admission.account() else {
+            return true;
+        };
+        let errors = tally.take_errors();
+        let leave = self
+            .tarpit
+            .command_ready(cx.clients, account, errors, self.opened, cx.now);
+        match leave {
+            Leave::Read => true,
+            Leave::Wait => {
+                // Asked again once the wait is over.
+                self.session.pace();
+                cx.metrics.tarpit_delay();
+                false
+            }
+            Leave::Refuse => {
+                let start = self.out.len();
+                self.session.refuse_errors(&mut self.out);
+                cx.metrics.client_refused(Limit::Errors);
+                mail_log::command_refused(self.peer, Limit::Errors, &self.out[start..]);
+                self.ended = Some(Outcome::Closed);
+                false
+            }
+        }
+    }
+
+    /// Charges the errors a feed answered after its last command line.
+    fn charge_errors(&mut self, tally: &mut Tally, cx: &mut Cx) {
+        let errors = tally.take_errors();
+        if let Some(account) = self.admission.account().filter(|_| errors > 0) {
+            cx.clients.charge_errors(account, errors, cx.now);
+        }
     }
 
     /// Takes what the session decided during the feed into the log and the
@@ -742,10 +811,14 @@ impl Conn {
         self.generation == expiry.generation && self.timer_tick == expiry.tick
     }
 
-    /// Handles this connection's live timer firing: when the session timed
-    /// out, its 421 is queued and it ends; otherwise the timer is set again
-    /// for the deadline.
+    /// Handles this connection's live timer firing: a command the tarpit
+    /// held may go on (the connection is then due a feed); when the
+    /// session timed out, its 421 is queued and it ends; otherwise the
+    /// timer is set again for the deadline.
     pub fn timer_fired(&mut self, key: usize, now: Instant, wheel: &mut TimerWheel) {
+        if self.tarpit.release(self.opened, now) {
+            self.feed_due = true;
+        }
         let deadline = self.session.deadline();
         if deadline <= now && self.gate == Gate::Proxy {
             // A balancer gets no reply: it is not the client.
@@ -769,10 +842,12 @@ impl Conn {
         self.timer_tick = wheel.schedule(key, self.generation, at);
     }
 
-    /// Sets the timer for the session's deadline if it is earlier than the
-    /// live one.
+    /// Sets the timer for the session's deadline, or the end of the
+    /// tarpit's hold if sooner, if it is earlier than the live one.
     pub fn follow_deadline(&mut self, key: usize, wheel: &mut TimerWheel) {
         let deadline = self.session.deadline();
+        let held = self.tarpit.until(self.opened);
+        let deadline = held.map_or(deadline, |until| until.min(deadline));
         if wheel.tick_of(deadline) < self.timer_tick {
             self.timer_tick = wheel.schedule(key, self.generation, deadline);
         }

@@ -1,6 +1,7 @@
 //! The mail log: one line per refusal (Postfix's `reject:` lines, a
-//! client refused at connect by a per-client limit included) and one per
-//! queued message, written for a connection with its client's address.
+//! client refused at connect by a per-client limit, or mid-session at the
+//! hard error limit, included) and one per queued message, written for a
+//! connection with its client's address.
 //!
 //! Owns only the writing: what was refused or queued, and the words of
 //! each line, come from the session ([`crate::proto::verdict`]). Knows no
@@ -27,9 +28,19 @@ pub fn rejections(client: IpAddr, rejections: &Rejections) {
 /// Logs a connection refused at connect because its client was over
 /// `limit`, with the reply it got.
 pub fn client_refused(client: IpAddr, limit: Limit, reply: &[u8]) {
+    limit_refused("CONNECT", client, limit, reply);
+}
+
+/// Logs a session ended before its next command because its client was
+/// over `limit` (the hard error limit), with the reply it got.
+pub fn command_refused(client: IpAddr, limit: Limit, reply: &[u8]) {
+    limit_refused("COMMAND", client, limit, reply);
+}
+
+fn limit_refused(stage: &str, client: IpAddr, limit: Limit, reply: &[u8]) {
     let reply = Printable(reply.strip_suffix(b"\r\n").unwrap_or(reply));
     tracing::info!(
-        "reject: CONNECT from [{client}]: {reply}; limit={}",
+        "reject: {stage} from [{client}]: {reply}; limit={}",
         limit.name()
     );
 }

@@ -25,7 +25,7 @@ use crate::metrics::Recorder;
 use crate::proto::reply;
 use crate::proto::{Session, SessionConfig};
 use crate::recipients::SharedTable;
-use crate::shield::Admission;
+use crate::shield::{Admission, Limit};
 use crate::spool::SpoolLink;
 
 /// One slab slot: a connection and what its backend keeps about its socket.
@@ -124,10 +124,10 @@ impl<I> Sessions<I> {
 
     /// Takes a session slot for a connection from `peer`, or refuses it:
     /// with the over-capacity reply when the server is full, with `421
-    /// 4.7.0` when its client is over a per-client limit (logged and
-    /// counted); the refusal is written through `send` (best effort: a
-    /// brand-new socket's send buffer is empty). What it returns goes to
-    /// [`Sessions::insert`].
+    /// 4.7.0` when its client is over a per-client limit or at the hard
+    /// error limit (logged and counted); the refusal is written through
+    /// `send` (best effort: a brand-new socket's send buffer is empty).
+    /// What it returns goes to [`Sessions::insert`].
     pub fn try_open(
         &mut self,
         peer: IpAddr,
@@ -158,7 +158,11 @@ impl<I> Sessions<I> {
             }),
             Err(limit) => {
                 let mut refusal = Vec::new();
-                reply::write_too_many_from(&self.session_config.hostname, peer, &mut refusal);
+                let host = &self.session_config.hostname;
+                match limit {
+                    Limit::Errors => reply::write_too_many_errors(host, &mut refusal),
+                    _ => reply::write_too_many_from(host, peer, &mut refusal),
+                }
                 self.metrics.client_refused(limit);
                 mail_log::client_refused(peer, limit, &refusal);
                 self.control.close_one();
@@ -196,7 +200,7 @@ impl<I> Sessions<I> {
         self.metrics.session_opened();
         let session = Session::new(self.session_config.clone(), now);
         let mut conn = Conn::new(session, peer, generation, opening.balancer);
-        conn.admission = opening.admission;
+        conn.admit(opening.admission);
         let key = self.conns.vacant_key();
         conn.timer_tick = self
             .wheel

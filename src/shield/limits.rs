@@ -1,6 +1,8 @@
 //! Per-client limits shared by every worker: concurrent sessions
-//! (`--client-sessions`) and new sessions per minute (`--client-rate`),
-//! with the clients in `--client-limit-exceptions` let through.
+//! (`--client-sessions`), new sessions per minute (`--client-rate`) and
+//! the error score of the tarpit (`--error-limits`, its rule in
+//! [`super::errors`]), with the clients in `--client-limit-exceptions`
+//! let through: they are neither limited nor scored.
 //!
 //! A client is its IPv4 address, or its IPv6 /64 (what one host or
 //! customer usually holds). Clients are counted in a fixed table of
@@ -26,8 +28,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::cidr::Cidr;
+use super::errors::{ErrorLimits, Standing};
 
-/// Slots of the table (a power of two): 16 octets each, 1 MiB in all.
+/// Slots of the table (a power of two): 24 octets each, 1.5 MiB in all.
 pub const SLOTS: usize = 1 << 16;
 
 /// What the limits are.
@@ -37,8 +40,10 @@ pub struct LimitSettings {
     pub sessions: u32,
     /// New sessions per client per minute; 0 = no limit.
     pub rate: u32,
-    /// Clients neither limit applies to.
+    /// Clients no limit applies to, nor the error score.
     pub exceptions: Vec<Cidr>,
+    /// Errors before the tarpit slows a client, and before it refuses it.
+    pub errors: ErrorLimits,
 }
 
 /// The limit a client went over.
@@ -46,33 +51,55 @@ pub struct LimitSettings {
 pub enum Limit {
     Sessions,
     Rate,
+    /// The hard error limit (the error tarpit's 421).
+    Errors,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 2] = [Limit::Sessions, Limit::Rate];
+    pub const ALL: [Limit; 3] = [Limit::Sessions, Limit::Rate, Limit::Errors];
 
     /// Its name in logs and metrics.
     pub fn name(self) -> &'static str {
         match self {
             Limit::Sessions => "sessions",
             Limit::Rate => "rate",
+            Limit::Errors => "too-many-errors",
         }
     }
 }
 
 /// A session let in, holding its place in its client's session count
-/// until given back to [`ClientLimits::release`]. Not `Clone`, so a place
-/// is given back once; the default holds none.
+/// until given back to [`ClientLimits::release`], and naming where its
+/// client's errors are scored. Not `Clone`, so a place is given back once;
+/// the default holds none and scores nothing (an exempt client, or a
+/// balancer).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Admission {
-    slot: Option<u32>,
+    /// The client's slot (8 octets in all: every connection holds one).
+    index: u32,
+    holds_place: bool,
+    scored: bool,
 }
+
+impl Admission {
+    /// Where the session's errors are scored; `None`: they are not.
+    pub fn account(&self) -> Option<Account> {
+        self.scored.then_some(Account(self.index))
+    }
+}
+
+/// A client's error score: its slot in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Account(u32);
 
 #[derive(Default)]
 struct Slot {
     sessions: AtomicU32,
     /// GCRA's theoretical arrival time: nanoseconds after the table's epoch.
     arrival: AtomicU64,
+    /// When the client's last error is forgiven ([`super::errors`]), on
+    /// the same clock.
+    errors: AtomicU64,
 }
 
 /// The table every worker shares (behind the runtime's `Control`).
@@ -87,16 +114,14 @@ pub struct ClientLimits {
 }
 
 impl ClientLimits {
-    /// An empty table counting time from `epoch` (no allocation when both
-    /// limits are off).
+    /// An empty table counting time from `epoch`.
     pub fn new(settings: LimitSettings, epoch: Instant) -> ClientLimits {
         let interval_ns = match settings.rate {
             0 => 0,
             rate => (Duration::from_secs(60) / rate).as_nanos() as u64,
         };
         let tolerance_ns = interval_ns * u64::from(settings.rate.saturating_sub(1));
-        let on = settings.sessions > 0 || settings.rate > 0;
-        let slots = (0..if on { SLOTS } else { 0 }).map(|_| Slot::default());
+        let slots = (0..SLOTS).map(|_| Slot::default());
         ClientLimits {
             settings,
             interval_ns,
@@ -108,14 +133,22 @@ impl ClientLimits {
     }
 
     /// Lets a new session from `client` in at `now`, or names the limit it
-    /// is over. A refused session leaves the counts as they were.
+    /// is over (a client that arrives at the hard error limit is refused
+    /// too). A refused session leaves the counts as they were.
     pub fn try_admit(&self, client: IpAddr, now: Instant) -> Result<Admission, Limit> {
-        if self.slots.is_empty() || self.is_exempt(client) {
+        if self.is_exempt(client) {
             return Ok(Admission::default());
         }
         let index = self.slot_of(client);
         let slot = &self.slots[index];
-        let admission = self.take_session(slot, index)?;
+        let account = Account(index as u32);
+        if self.errors_standing(account, now) == Standing::Refused {
+            return Err(Limit::Errors);
+        }
+        let admission = Admission {
+            scored: true,
+            ..self.take_session(slot, index)?
+        };
         if !self.take_rate(slot, now) {
             self.release(admission);
             return Err(Limit::Rate);
@@ -123,10 +156,26 @@ impl ClientLimits {
         Ok(admission)
     }
 
+    /// Where the client scored in `account` stands with its errors at `now`.
+    pub fn errors_standing(&self, account: Account, now: Instant) -> Standing {
+        let score = &self.slots[account.0 as usize].errors;
+        self.settings
+            .errors
+            .standing_of(score, self.since_epoch(now))
+    }
+
+    /// Scores `errors` more for the client of `account` at `now`; returns
+    /// where it stands after them.
+    pub fn charge_errors(&self, account: Account, errors: u32, now: Instant) -> Standing {
+        let score = &self.slots[account.0 as usize].errors;
+        let now_ns = self.since_epoch(now);
+        self.settings.errors.charge(score, errors, now_ns)
+    }
+
     /// Gives a session's place back (when its connection closes).
     pub fn release(&self, admission: Admission) {
-        if let Some(index) = admission.slot {
-            self.slots[index as usize]
+        if admission.holds_place {
+            self.slots[admission.index as usize]
                 .sessions
                 .fetch_sub(1, Ordering::AcqRel);
         }
@@ -148,19 +197,30 @@ impl ClientLimits {
     }
 
     fn take_session(&self, slot: &Slot, index: usize) -> Result<Admission, Limit> {
+        let index = index as u32;
         let limit = self.settings.sessions;
         if limit == 0 {
-            return Ok(Admission::default());
+            return Ok(Admission {
+                index,
+                ..Admission::default()
+            });
         }
         let before = slot.sessions.fetch_add(1, Ordering::AcqRel);
         let admission = Admission {
-            slot: Some(index as u32),
+            index,
+            holds_place: true,
+            scored: false,
         };
         if before >= limit {
             self.release(admission);
             return Err(Limit::Sessions);
         }
         Ok(admission)
+    }
+
+    /// Nanoseconds from the table's epoch to `now`.
+    fn since_epoch(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_nanos() as u64
     }
 
     /// GCRA: a session conforms unless the slot's arrival time is more
@@ -170,7 +230,7 @@ impl ClientLimits {
         if self.settings.rate == 0 {
             return true;
         }
-        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let now_ns = self.since_epoch(now);
         let mut arrival = slot.arrival.load(Ordering::Acquire);
         loop {
             let start = arrival.max(now_ns);
@@ -205,6 +265,7 @@ mod tests {
             sessions,
             rate,
             exceptions: Cidr::parse_list(exceptions).unwrap(),
+            errors: ErrorLimits::default(),
         };
         (ClientLimits::new(settings, epoch), epoch)
     }
@@ -280,15 +341,36 @@ mod tests {
     }
 
     #[test]
-    fn no_limits_take_no_memory_and_refuse_nobody() {
+    fn no_limits_refuse_nobody_without_errors() {
         let (limits, now) = limits(0, 0, "");
-        assert!(limits.slots.is_empty());
         for _ in 0..1000 {
-            assert_eq!(
-                limits.try_admit(ip("192.0.2.1"), now),
-                Ok(Admission::default())
-            );
+            let admission = limits.try_admit(ip("192.0.2.1"), now).unwrap();
+            assert!(admission.account().is_some(), "scored all the same");
+            limits.release(admission);
         }
+    }
+
+    #[test]
+    fn a_client_at_the_hard_error_limit_is_refused_at_connect_until_forgiven() {
+        let (limits, now) = limits(0, 0, "");
+        let client = ip("2001:db8:7:7::1");
+        let account = limits.try_admit(client, now).unwrap().account().unwrap();
+        assert_eq!(limits.charge_errors(account, 19, now), Standing::Slowed);
+        assert!(limits.try_admit(client, now).is_ok(), "19: still let in");
+        assert_eq!(limits.charge_errors(account, 1, now), Standing::Refused);
+        // The whole /64 is the one client.
+        let neighbour = ip("2001:db8:7:7:ffff::2");
+        assert_eq!(limits.try_admit(neighbour, now), Err(Limit::Errors));
+        let forgiven = now + ErrorLimits::default().forgiveness();
+        let admission = limits.try_admit(client, forgiven).unwrap();
+        assert_eq!(admission.account(), Some(account));
+    }
+
+    #[test]
+    fn exempt_clients_are_not_scored() {
+        let (limits, now) = limits(0, 0, "127.0.0.0/8");
+        let admission = limits.try_admit(ip("127.0.0.1"), now).unwrap();
+        assert_eq!(admission.account(), None);
     }
 
     #[test]

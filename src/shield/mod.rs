@@ -2,14 +2,18 @@
 //!
 //! Owns the sans-IO readers and rules that decide who a client is and
 //! whether it may talk: the PROXY protocol header a trusted balancer sends
-//! ([`proxy`]), the address ranges settings name ([`Cidr`]) and the
-//! per-client session and rate limits all workers share ([`limits`]).
-//! Does not own sockets, clocks or replies: the runtime asks, with bytes
-//! and the time, and writes what the session would say.
+//! ([`proxy`]), the address ranges settings name ([`Cidr`]), the
+//! per-client session and rate limits all workers share ([`limits`]) and
+//! the error score behind the error tarpit ([`errors`]), kept in the same
+//! table, with each connection's hold on its next command ([`tarpit`]). Does not own sockets, clocks or replies: the runtime asks, with
+//! bytes and the time, and writes what the session would say.
 
 mod cidr;
+pub mod errors;
 pub mod limits;
 pub mod proxy;
+pub mod tarpit;
 
 pub use cidr::Cidr;
-pub use limits::{Admission, ClientLimits, Limit, LimitSettings};
+pub use errors::{ErrorLimits, Standing};
+pub use limits::{Account, Admission, ClientLimits, Limit, LimitSettings};

@@ -71,6 +71,8 @@ pub struct Run {
     pub closed: bool,
     /// Largest unconsumed tail the driver had to keep after `NeedInput`.
     pub max_tail: usize,
+    /// Stops of a paced session before a command line.
+    pub stops: usize,
 }
 
 impl Run {
@@ -111,6 +113,7 @@ impl Driver {
                 messages: Vec::new(),
                 closed: false,
                 max_tail: 0,
+                stops: 0,
             },
         }
     }
@@ -153,6 +156,11 @@ impl Driver {
                 Event::MessageReady => Some(Outcome::Ready),
                 Event::MessageDiscarded => Some(Outcome::Discarded),
                 Event::Paused => panic!("Paused although spool_done was called"),
+                // A paced session: let the line through.
+                Event::CommandReady => {
+                    self.run.stops += 1;
+                    None
+                }
                 Event::StartTls => {
                     // As a runtime would: the rest of the read is dropped
                     // and the handshake (here, none) starts the session over.
@@ -239,6 +247,10 @@ pub fn run_every_split(input: &[u8], max_message_size: usize, spool_ok: bool) ->
     let bytes: Vec<usize> = (1..input.len()).collect();
     let trickle = run_cut(input, &bytes, max_message_size, spool_ok);
     assert_same(&whole, &trickle, "one byte at a time");
+    let mut paced = Driver::new(max_message_size, spool_ok);
+    paced.session.pace();
+    paced.read(input);
+    assert_same(&whole, &paced.run, "paced, as for the error tarpit");
     whole
 }
 
