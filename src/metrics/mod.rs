@@ -28,6 +28,7 @@ pub use text::render;
 
 use crate::proto::command::Verb;
 use crate::proto::{RcptOutcome, Refusal, Tally};
+use crate::shield::timing::Rule;
 use crate::shield::Limit;
 use crate::spool::SpoolDepth;
 
@@ -87,6 +88,9 @@ pub struct Metrics {
     /// Connections refused with 421 at connect because their client was
     /// over a per-client limit, by [`Limit`].
     pub client_refusals: [u64; Limit::ALL.len()],
+    /// Clients refused under a time rule (early talker, timeouts), by
+    /// [`Rule`].
+    pub time_refusals: [u64; Rule::ALL.len()],
     /// Ended sessions by how they ended (`closed`, `timed-out`, `reset`, …).
     pub outcomes: Vec<(&'static str, u64)>,
     pub commands: [u64; Verb::ALL.len()],
@@ -124,6 +128,7 @@ impl Default for Metrics {
             sessions_ended: 0,
             over_capacity: 0,
             client_refusals: [0; Limit::ALL.len()],
+            time_refusals: [0; Rule::ALL.len()],
             outcomes: Vec::new(),
             commands: [0; Verb::ALL.len()],
             rcpts: [0; RcptOutcome::ALL.len()],
@@ -180,6 +185,7 @@ impl Metrics {
         self.sessions_ended += other.sessions_ended;
         self.over_capacity += other.over_capacity;
         add_all(&mut self.client_refusals, &other.client_refusals);
+        add_all(&mut self.time_refusals, &other.time_refusals);
         for &(outcome, n) in &other.outcomes {
             self.count_outcome(outcome, n);
         }

@@ -16,6 +16,7 @@ use super::{count, Class, Metrics};
 use crate::proto::Tally;
 use crate::recipients::SharedTable;
 use crate::runtime::Wake;
+use crate::shield::timing::Rule;
 use crate::shield::Limit;
 use crate::spool::DepthGauge;
 use crate::tls::{Failure, Negotiated};
@@ -77,6 +78,11 @@ impl Recorder {
     /// A connection refused with 421 because its client was over `limit`.
     pub fn client_refused(&mut self, limit: Limit) {
         self.metrics.client_refusals[limit as usize] += 1;
+    }
+
+    /// A client refused under a time `rule` (an early talker, a timeout).
+    pub fn time_refused(&mut self, rule: Rule) {
+        self.metrics.time_refusals[rule as usize] += 1;
     }
 
     /// A session ended after `duration`, for the reason `outcome`.

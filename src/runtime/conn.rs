@@ -44,6 +44,7 @@ use crate::metrics::Recorder;
 use crate::proto::{Event, Printable, Session, Tally};
 use crate::recipients::Table;
 use crate::shield::proxy::{self, Flaw, Parse, Sniff};
+use crate::shield::timing::Rule;
 use crate::shield::{Admission, ClientLimits};
 use crate::spool::{Message, SpoolError, SpoolLink};
 use crate::tls::{Negotiated, State, TlsLayer};
@@ -217,7 +218,7 @@ impl Conn {
         let gate = if proxied {
             Gate::Proxy
         } else {
-            session.greet(lend(&mut out));
+            session.greet(opened, lend(&mut out));
             Gate::Sniff
         };
         Conn {
@@ -288,6 +289,9 @@ impl Conn {
     /// now if it can, and what it cannot use yet is held back.
     pub fn handle_input(&mut self, input: &[u8], cx: &mut Cx) {
         cx.metrics.received(input.len());
+        if self.session.awaits_greeting() && !input.is_empty() {
+            return self.talked_early(cx);
+        }
         if self.gate != Gate::Open {
             return self.gate_input(input, cx);
         }
@@ -344,7 +348,10 @@ impl Conn {
                 self.client_known(client, cx);
                 if self.ended.is_none() {
                     self.gate = Gate::Open;
-                    self.session.greet(lend(&mut self.out));
+                    self.session.greet(cx.now, lend(&mut self.out));
+                    if self.session.awaits_greeting() && !self.held.is_empty() {
+                        self.talked_early(cx);
+                    }
                 }
             }
         }
@@ -739,14 +746,26 @@ impl Conn {
         self.generation == expiry.generation && self.timer_tick == expiry.tick
     }
 
-    /// Handles this connection's live timer firing: when the session timed
-    /// out, its 421 is queued and it ends; otherwise the timer is set again
-    /// for the deadline.
-    pub fn timer_fired(&mut self, key: usize, now: Instant, wheel: &mut TimerWheel) {
+    /// Handles this connection's live timer firing: a withheld greeting
+    /// that is due is queued; when the session timed out, its 421 is
+    /// queued, counted under the rule it broke, and it ends; otherwise the
+    /// timer is set again for the deadline.
+    pub fn timer_fired(
+        &mut self,
+        key: usize,
+        now: Instant,
+        wheel: &mut TimerWheel,
+        metrics: &mut Recorder,
+    ) {
         let deadline = self.session.deadline();
         if deadline <= now && self.gate == Gate::Proxy {
             // A balancer gets no reply: it is not the client.
             self.ended = Some(Outcome::ProxyMissing);
+            return;
+        }
+        if deadline <= now && self.session.awaits_greeting() {
+            self.session.greeting_due(now, lend(&mut self.out));
+            self.timer_tick = wheel.schedule(key, self.generation, self.session.deadline());
             return;
         }
         if deadline <= now && !self.awaiting_spool {
@@ -756,8 +775,9 @@ impl Conn {
             }
             let out = lend(&mut self.out);
             let start = out.len();
-            self.session.time_out(out);
+            let rule = self.session.time_out(out);
             self.ended = Some(Outcome::TimedOut);
+            self.refused(rule, start, metrics);
             self.seal(start);
             return;
         }
@@ -791,6 +811,24 @@ impl Conn {
 }
 
 impl Conn {
+    /// The client talked before its withheld greeting: the session refuses
+    /// it, what it sent is dropped, and the connection ends.
+    fn talked_early(&mut self, cx: &mut Cx) {
+        self.held.clear();
+        let out = lend(&mut self.out);
+        let start = out.len();
+        self.session.refuse_early_talker(out);
+        self.refused(Rule::EarlyTalker, start, cx.metrics);
+        self.ended = Some(Outcome::Closed);
+    }
+
+    /// Counts and logs a refusal under a time `rule`, whose reply the
+    /// session wrote from `start` on.
+    fn refused(&self, rule: Rule, start: usize, metrics: &mut Recorder) {
+        metrics.time_refused(rule);
+        mail_log::time_refused(self.peer, rule, &self.out[start..]);
+    }
+
     /// The TLS version and cipher the session runs under, if it does.
     fn negotiated(&self) -> Option<Negotiated> {
         self.tls.as_ref().and_then(|tls| tls.layer.negotiated())

@@ -1,5 +1,6 @@
 //! The mail log: one line per refusal (Postfix's `reject:` lines, a
-//! client refused at connect by a per-client limit included) and one per
+//! client refused at connect by a per-client limit, an early talker and a
+//! timeout included) and one per
 //! queued message, written for a connection with its client's address.
 //!
 //! Owns only the writing: what was refused or queued, and the words of
@@ -9,6 +10,7 @@
 use std::net::IpAddr;
 
 use crate::proto::{Printable, Queued, Rejections};
+use crate::shield::timing::Rule;
 use crate::shield::Limit;
 
 /// Logs every refusal of a feed, then how many were not itemised.
@@ -31,6 +33,20 @@ pub fn client_refused(client: IpAddr, limit: Limit, reply: &[u8]) {
     tracing::info!(
         "reject: CONNECT from [{client}]: {reply}; limit={}",
         limit.name()
+    );
+}
+
+/// Logs a client refused under a time `rule` (an early talker, a
+/// timeout), with the reply it got.
+pub fn time_refused(client: IpAddr, rule: Rule, reply: &[u8]) {
+    let reply = Printable(reply.strip_suffix(b"\r\n").unwrap_or(reply));
+    let stage = match rule {
+        Rule::EarlyTalker => "CONNECT",
+        Rule::CommandTimeout | Rule::DataRate => "TIMEOUT",
+    };
+    tracing::info!(
+        "reject: {stage} from [{client}]: {reply}; rule={}",
+        rule.name()
     );
 }
 
