@@ -28,7 +28,10 @@
 //! goes out. A bad header, or none before the command timeout, closes
 //! with no reply (the peer is a balancer, not a client). Any other
 //! connection's first octets are looked at once: a PROXY header there gets
-//! the session's 500 and the connection closes.
+//! the session's 500 and the connection closes. With a greet delay the
+//! session withholds its 220 ([`Session::awaits_greeting`]; behind a
+//! balancer, from the header on): any input before it is refused as
+//! early talking, and the timer sends the 220 when due.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
