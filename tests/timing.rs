@@ -54,6 +54,18 @@ fn counted(server: &TestServer, rule: &str, n: f64) -> bool {
     })
 }
 
+/// Trickles `octets` five a second into `c`, whose timeout is 2 s: it must
+/// be cut off with 421 in about that time (the timer wheel ticks each
+/// second), closed, and counted under `rule`.
+fn cut_off_after_two_seconds(server: &TestServer, c: &mut Client, octets: &[u8], rule: &str) {
+    let (reply, took) = trickle(c, octets, Duration::from_millis(200));
+    assert_eq!(reply, TIMEOUT);
+    assert!(took >= Duration::from_secs(2), "cut off after {took:?}");
+    assert!(took < Duration::from_millis(4500), "cut off after {took:?}");
+    assert!(c.closed());
+    assert!(counted(server, rule, 1.0));
+}
+
 fn a_greet_delay_withholds_the_220_and_refuses_early_talkers(backend: Backend) {
     let flags = ["--greet-delay", "1500", "--metrics", "127.0.0.1:0"];
     let server = TestServer::start(backend, &flags);
@@ -119,12 +131,7 @@ fn a_trickled_command_is_cut_off_at_the_command_timeout(backend: Backend) {
     c.expect(220);
     // Ten seconds' worth of octets, never a line end.
     let octets = [b"EHLO ".as_slice(), &[b'a'; 45]].concat();
-    let (reply, took) = trickle(&mut c, &octets, Duration::from_millis(200));
-    assert_eq!(reply, TIMEOUT);
-    assert!(took >= Duration::from_secs(2), "cut off after {took:?}");
-    assert!(took < Duration::from_millis(4500), "cut off after {took:?}");
-    assert!(c.closed());
-    assert!(counted(&server, "command-timeout", 1.0));
+    cut_off_after_two_seconds(&server, &mut c, &octets, "command-timeout");
     server.stop();
 }
 
@@ -136,12 +143,7 @@ fn a_body_below_the_rate_is_cut_off_and_nothing_spooled(backend: Backend) {
     c.open_data("alice@example.com");
     // Five octets a second against the default 500: ten seconds' worth.
     let body = [b"Subject: drip\r\n\r\n".as_slice(), &[b'a'; 33]].concat();
-    let (reply, took) = trickle(&mut c, &body, Duration::from_millis(200));
-    assert_eq!(reply, TIMEOUT);
-    assert!(took >= Duration::from_secs(2), "cut off after {took:?}");
-    assert!(took < Duration::from_millis(4500), "cut off after {took:?}");
-    assert!(c.closed());
-    assert!(counted(&server, "data-rate", 1.0));
+    cut_off_after_two_seconds(&server, &mut c, &body, "data-rate");
     assert!(server.spooled().is_empty(), "nothing spooled");
     server.stop();
 }
