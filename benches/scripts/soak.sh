@@ -5,7 +5,8 @@
 # a normal load alone: mxgate-load, LOAD_SESSIONS sessions at once, one
 # message each, for LOAD_SECS. Then DRIP_SESSIONS slow-drip sessions from
 # one process (benches/scripts/trickle.py: half drip a command line, half a
-# message body, one octet a second each), and once all of them drip, the
+# message body, one octet a second each, at DRIP_PHASES phases of the second
+# as independent clients would, not all in one burst), and once all of them drip, the
 # same normal load again beside them. Then it waits until the time rules
 # have cut off every dripping session, and runs the normal load a third
 # time. Reports the load's messages/s and RCPT p99 in each run (target:
@@ -17,6 +18,8 @@
 # Settings (environment):
 #   DRIP_SESSIONS=15000  slow-drip sessions (one process; ~1 fd each here
 #                        and in the server: the hard limit is 20,000)
+#   DRIP_PHASES=20       phases of the second the drippers are spread over
+#                        (1: every octet in one burst a second)
 #   LOAD_SESSIONS=50     normal sessions at once
 #   LOAD_SECS=30         length of each normal load run
 #   TIMEOUT_SECS=90      --command-timeout and --data-timeout for the run
@@ -29,6 +32,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 DRIP_SESSIONS=${DRIP_SESSIONS:-15000}
+DRIP_PHASES=${DRIP_PHASES:-20}
 LOAD_SESSIONS=${LOAD_SESSIONS:-50}
 LOAD_SECS=${LOAD_SECS:-30}
 TIMEOUT_SECS=${TIMEOUT_SECS:-90}
@@ -50,8 +54,11 @@ EOF
 }
 
 # load NAME: one normal load run; appends "NAME <load_summary row>" to $ROWS.
+# The messages of the run before are deleted first: a few hundred thousand
+# files would use up the spool file system's inodes.
 load() {
     local name=$1 json=$WORK/load-$1.json rc=0 line
+    find "$WORK/spool/new" -name '*.bsmtp' -delete 2>/dev/null || true
     timed_client "$SERVER_PID" "$json" "$json.err" /usr/bin/time -f '%U %S' -o "$json.time" \
         "$MXGATE_LOAD_BIN" --target "127.0.0.1:$PORT" --sessions "$LOAD_SESSIONS" --messages 1 \
         --sessions-total 100000000 --duration "$LOAD_SECS" --json || rc=$?
@@ -69,7 +76,7 @@ start_drip() {
     (
         ulimit -Sn "$(ulimit -Hn)"
         exec python3 "$BENCH_DIR/trickle.py" --target "127.0.0.1:$PORT" --pid "$SERVER_PID" \
-            --sessions "$DRIP_SESSIONS" --ready "$ready" --limit $((4 * TIMEOUT_SECS + 300))
+            --sessions "$DRIP_SESSIONS" --phases "$DRIP_PHASES" --ready "$ready" --limit $((4 * TIMEOUT_SECS + 300))
     ) >"$WORK/drip.json" 2>"$WORK/drip.err" &
     DRIP_PID=$!
     for ((i = 0; i < 600; i++)); do
@@ -87,7 +94,7 @@ report() {
     echo "mxgate: $MXGATE_BIN --command-timeout $TIMEOUT_SECS --data-timeout $TIMEOUT_SECS" \
         "(shortened) ${MXGATE_ARGS:-}; git $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')"
     echo "server: $(grep -m1 -o 'mxgate ready.*' "$WORK/mxgate.log" || echo '?')"
-    echo "drip: $DRIP_SESSIONS sessions from one process, 1 octet/s each (half a command line, half a body)"
+    echo "drip: $DRIP_SESSIONS sessions from one process, 1 octet/s each at $DRIP_PHASES phases (half a command line, half a body)"
     echo "load: mxgate-load --sessions $LOAD_SESSIONS --messages 1 --duration $LOAD_SECS (1,024-octet messages)"
     echo
     printf '%-7s %8s %12s %15s %16s %6s\n' run msgs/s "RCPT p99 µs" "session p99 µs" "server CPU µs/msg" errors

@@ -10,6 +10,10 @@ the 354, drip the body an octet a second. A session ends when the server
 replies while it drips (421: cut off, as the time rules should) or
 closes. Every second it also samples the server's VmRSS (--pid).
 
+Each session drips at its own phase of the second (one of --phases,
+evenly spread), as independent clients would; --phases 1 sends every
+octet in one burst a second.
+
 Once every session is dripping (or over), it writes the time to --ready,
 so the caller can start its normal load. At the end (every session over,
 or --limit seconds) it prints one JSON object: outcomes per mode
@@ -38,11 +42,13 @@ ENVELOPE_REPLIES = 4
 
 
 class Drip:
-    """One session: its mode (command or data) and where it stands."""
+    """One session: its mode (command or data), its phase of the second
+    and where it stands."""
 
-    def __init__(self, sock, mode):
+    def __init__(self, sock, mode, phase):
         self.sock = sock
         self.mode = mode
+        self.phase = phase
         self.buf = b""
         self.state = "banner"  # banner, envelope, drip
         self.replies = 0
@@ -56,7 +62,7 @@ class Trickler:
         self.args = args
         self.sel = selectors.DefaultSelector()
         self.pending = set()  # connected, not dripping yet
-        self.dripping = set()
+        self.dripping = [set() for _ in range(args.phases)]  # by phase
         self.outcomes = defaultdict(Counter)  # mode -> outcome -> n
         self.dripped = defaultdict(list)  # mode -> seconds dripped before the cut
         self.first_error = None
@@ -73,7 +79,7 @@ class Trickler:
             self.first_error = self.first_error or errno.errorcode.get(err, err)
             sock.close()
             return
-        drip = Drip(sock, mode)
+        drip = Drip(sock, mode, index % self.args.phases)
         self.pending.add(drip)
         self.sel.register(sock, selectors.EVENT_READ, drip)
 
@@ -84,7 +90,7 @@ class Trickler:
         self.sel.unregister(drip.sock)
         drip.sock.close()
         self.pending.discard(drip)
-        self.dripping.discard(drip)
+        self.dripping[drip.phase].discard(drip)
 
     def on_ready(self, drip, now):
         try:
@@ -119,11 +125,14 @@ class Trickler:
         drip.state = "drip"
         drip.started = now
         self.pending.discard(drip)
-        self.dripping.add(drip)
+        self.dripping[drip.phase].add(drip)
 
-    def tick(self):
-        """One octet to every dripping session."""
-        for drip in list(self.dripping):
+    def dripping_now(self):
+        return sum(len(phase) for phase in self.dripping)
+
+    def tick(self, phase):
+        """One octet to every dripping session of `phase`."""
+        for drip in list(self.dripping[phase]):
             try:
                 drip.sock.send(b"a")
             except OSError:
@@ -133,7 +142,8 @@ class Trickler:
         args = self.args
         t0 = time.monotonic()
         rss = [(0.0, proc_status_kib(args.pid, "VmRSS"))]
-        next_index, next_tick, ready = 0, t0 + 1, None
+        phases = args.phases
+        next_index, next_tick, tick, ready = 0, t0 + 1 / phases, 0, None
         while time.monotonic() - t0 < args.limit:
             while next_index < args.sessions and len(self.pending) < args.wave:
                 self.start(next_index)
@@ -143,14 +153,16 @@ class Trickler:
                 self.on_ready(key.data, time.monotonic())
             now = time.monotonic()
             if now >= next_tick:
-                self.tick()
-                rss.append((round(now - t0, 1), proc_status_kib(args.pid, "VmRSS")))
-                next_tick += 1
+                self.tick(tick % phases)
+                if tick % phases == 0:
+                    rss.append((round(now - t0, 1), proc_status_kib(args.pid, "VmRSS")))
+                tick += 1
+                next_tick += 1 / phases
             if ready is None and next_index == args.sessions and not self.pending:
                 ready = now - t0
                 with open(args.ready, "w") as f:
-                    f.write(f"{ready:.1f} {len(self.dripping)}\n")
-            if ready is not None and not self.dripping:
+                    f.write(f"{ready:.1f} {self.dripping_now()}\n")
+            if ready is not None and not self.dripping_now():
                 break
         return self.report(t0, ready, rss)
 
@@ -164,7 +176,7 @@ class Trickler:
         return {
             "sessions": self.args.sessions,
             "outcomes": {mode: dict(c) for mode, c in self.outcomes.items()},
-            "still_dripping": len(self.dripping),
+            "still_dripping": self.dripping_now(),
             "dripped_secs": {mode: spread(v) for mode, v in self.dripped.items()},
             "ramp_secs": None if ready is None else round(ready, 1),
             "run_secs": round(time.monotonic() - t0, 1),
@@ -181,6 +193,7 @@ def main():
     p.add_argument("--sessions", type=int, default=15000)
     p.add_argument("--per-source", type=int, default=5000, help="sessions per source address")
     p.add_argument("--wave", type=int, default=500, help="sessions connecting at once")
+    p.add_argument("--phases", type=int, default=20, help="drip phases per second")
     p.add_argument("--ready", required=True, help="file written once all are dripping")
     p.add_argument("--limit", type=float, default=600, help="give up after this many seconds")
     print(json.dumps(Trickler(p.parse_args()).run()))
