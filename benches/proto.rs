@@ -102,6 +102,8 @@ fn session(c: &mut Criterion) {
         max_recipients: 100,
         command_timeout: Duration::from_secs(300),
         data_timeout: Duration::from_secs(180),
+        greet_delay: Duration::ZERO,
+        min_data_rate: 500,
         starttls: false,
     });
     let mut input =
@@ -122,7 +124,7 @@ fn session(c: &mut Criterion) {
             out.clear();
             message.clear();
             let mut session = Session::new(config.clone(), now);
-            session.greet(&mut out);
+            session.greet(now, &mut out);
             let mut rest = black_box(&input[..]);
             loop {
                 let (n, event) = session.feed(rest, now, &table, &mut out);

@@ -20,11 +20,12 @@ fn busy_poll_spins_after_traffic_and_then_sleeps(backend: Backend) {
     let last_event = Instant::now();
 
     // Within the second after the session, the worker polls although nothing
-    // happens: it never sleeps (runnable at every look, whatever share of a
-    // core a loaded machine gives it).
+    // happens: it is runnable at most looks, whatever share of a core a
+    // loaded machine gives it (a sleeping worker is runnable at none; the
+    // io_uring worker's polls enter the kernel, and are sometimes seen there).
     let running = runnable_looks(pid, backend);
     assert!(
-        running >= 16,
+        running >= 8,
         "runnable at {running} of 20 looks during busy-poll"
     );
 

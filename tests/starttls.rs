@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
@@ -157,25 +156,11 @@ fn start_tls(server: &TestServer) -> TcpStream {
     c.into_stream()
 }
 
-/// `/metrics` samples by name with labels.
-fn scrape(server: &TestServer) -> HashMap<String, f64> {
-    let addr = server.handle.as_ref().unwrap().metrics_addr().unwrap();
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("mxgate_"))
-        .filter_map(|l| l.rsplit_once(' '))
-        .map(|(name, value)| (name.to_string(), value.parse().unwrap()))
-        .collect()
-}
-
 /// Waits until `/metrics` counts a handshake failure for `reason`.
 fn failure_counted(server: &TestServer, reason: &str) -> bool {
     let name = format!("mxgate_tls_handshake_failures_total{{reason=\"{reason}\"}}");
     wait_until(Duration::from_secs(10), || {
-        scrape(server).get(&name) == Some(&1.0)
+        server.scrape().get(&name) == Some(&1.0)
     })
 }
 
@@ -211,7 +196,7 @@ fn delivers_a_message_inside_tls(backend: Backend) {
         "{received}"
     );
 
-    let samples = scrape(&server);
+    let samples = server.scrape();
     let handshakes: f64 = samples
         .iter()
         .filter(|(k, _)| k.starts_with("mxgate_tls_handshakes_total{version=\"TLSv1.3\""))

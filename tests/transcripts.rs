@@ -458,7 +458,7 @@ fn idle_timeout_is_421_and_close() {
     let table = common::table();
     let mut session = Session::new(common::config(MAX), t0);
     let mut out = Vec::new();
-    session.greet(&mut out);
+    session.greet(t0, &mut out);
     assert_eq!(session.deadline(), t0 + Duration::from_secs(300));
     let t1 = t0 + Duration::from_secs(10);
     let mut input: &[u8] = b"EHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n";

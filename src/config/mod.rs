@@ -142,6 +142,8 @@ impl Config {
             max_recipients: self.max_recipients,
             command_timeout: self.command_timeout,
             data_timeout: self.data_timeout,
+            greet_delay: self.greet_delay,
+            min_data_rate: self.min_data_rate,
             starttls: self.tls_cert.is_some(),
         })
     }

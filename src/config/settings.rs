@@ -93,10 +93,12 @@ settings! {
     /// Recipients per transaction before 452 4.5.3; at least 100.
     max_recipients: usize => usize = Value("100"), "N", recipient_limit;
 
-    /// Seconds to wait for a command (RFC 5321 §4.5.3.2).
+    /// Seconds to wait for a command line, and for the whole line from its
+    /// first octet (RFC 5321 §4.5.3.2).
     command_timeout: u64 => Duration = Value("300"), "SECS", seconds;
 
-    /// Seconds to wait for the next block of message data.
+    /// Longest pause inside a message's data, in seconds; with
+    /// min-data-rate, the base of its deadline.
     data_timeout: u64 => Duration = Value("180"), "SECS", seconds;
 
     /// Concurrent sessions before 421 4.3.2 at connect.
@@ -191,4 +193,16 @@ settings! {
     /// header naming the client (address ranges, comma-separated); the
     /// greeting waits for it. Anyone else sending one gets 500.
     proxy_protocol_from: String => Vec<Cidr> = Off, "CIDR[,CIDR]...", cidrs;
+
+    // Time rules of the shield (shield::timing). Postscreen's greet wait is
+    // 6 s; off by default, since a delay costs every honest sender too.
+    /// Milliseconds the 220 is withheld; a client that talks first gets
+    /// 554 5.5.1 and is closed; 0: greet at once.
+    greet_delay: u64 => Duration = Value("0"), "MS", millis;
+
+    // Postfix's smtpd_min_data_rate: a modem's rate, far below any honest
+    // sender's, far above a slow-drip attacker's.
+    /// Octets per second a DATA/BDAT body must average: it must arrive
+    /// within data-timeout + size / rate of its start; 0: no rate.
+    min_data_rate: u32 => u32 = Value("500"), "BYTES_PER_S", required;
 }

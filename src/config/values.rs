@@ -100,6 +100,10 @@ pub(super) fn seconds(key: &str, value: Option<u64>) -> Result<Duration, ConfigE
     positive(key, value).map(Duration::from_secs)
 }
 
+pub(super) fn millis(key: &str, value: Option<u64>) -> Result<Duration, ConfigError> {
+    required(key, value).map(Duration::from_millis)
+}
+
 pub(super) fn micros(key: &str, value: Option<u64>) -> Result<Duration, ConfigError> {
     required(key, value).map(Duration::from_micros)
 }

@@ -28,6 +28,7 @@ pub use text::render;
 
 use crate::proto::command::Verb;
 use crate::proto::{RcptOutcome, Refusal, Tally};
+use crate::shield::timing::Rule;
 use crate::shield::Limit;
 use crate::spool::SpoolDepth;
 
@@ -89,6 +90,9 @@ pub struct Metrics {
     pub client_refusals: [u64; Limit::ALL.len()],
     /// Commands the error tarpit held 1 s before reading them.
     pub tarpit_delays: u64,
+    /// Clients refused under a time rule (early talker, timeouts), by
+    /// [`Rule`].
+    pub time_refusals: [u64; Rule::ALL.len()],
     /// Ended sessions by how they ended (`closed`, `timed-out`, `reset`, …).
     pub outcomes: Vec<(&'static str, u64)>,
     pub commands: [u64; Verb::ALL.len()],
@@ -127,6 +131,7 @@ impl Default for Metrics {
             over_capacity: 0,
             client_refusals: [0; Limit::ALL.len()],
             tarpit_delays: 0,
+            time_refusals: [0; Rule::ALL.len()],
             outcomes: Vec::new(),
             commands: [0; Verb::ALL.len()],
             rcpts: [0; RcptOutcome::ALL.len()],
@@ -184,6 +189,7 @@ impl Metrics {
         self.over_capacity += other.over_capacity;
         add_all(&mut self.client_refusals, &other.client_refusals);
         self.tarpit_delays += other.tarpit_delays;
+        add_all(&mut self.time_refusals, &other.time_refusals);
         for &(outcome, n) in &other.outcomes {
             self.count_outcome(outcome, n);
         }

@@ -16,6 +16,7 @@ use super::{count, Class, Metrics};
 use crate::proto::Tally;
 use crate::recipients::SharedTable;
 use crate::runtime::Wake;
+use crate::shield::timing::Rule;
 use crate::shield::Limit;
 use crate::spool::DepthGauge;
 use crate::tls::{Failure, Negotiated};
@@ -82,6 +83,11 @@ impl Recorder {
     /// A command the error tarpit held before reading it.
     pub fn tarpit_delay(&mut self) {
         self.metrics.tarpit_delays += 1;
+    }
+
+    /// A client refused under a time `rule` (an early talker, a timeout).
+    pub fn time_refused(&mut self, rule: Rule) {
+        self.metrics.time_refusals[rule as usize] += 1;
     }
 
     /// A session ended after `duration`, for the reason `outcome`.

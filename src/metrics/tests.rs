@@ -168,3 +168,20 @@ fn assert_families_are_declared(text: &str) {
         assert!(value.parse::<f64>().is_ok(), "{line}");
     }
 }
+
+#[test]
+fn time_refusals_are_merged_and_shown_by_rule() {
+    use crate::shield::timing::Rule;
+    let mut recorder = Recorder::detached();
+    recorder.time_refused(Rule::DataRate);
+    recorder.time_refused(Rule::EarlyTalker);
+    let mut merged = Metrics::default();
+    merged.merge(recorder.metrics());
+    merged.merge(recorder.metrics());
+    let text = render(&merged, 2, 2);
+    let name = |rule: &str| format!("mxgate_time_refusals_total{{reason=\"{rule}\"}}");
+    assert_eq!(sample(&text, &name("early-talker")), Some(2.0));
+    assert_eq!(sample(&text, &name("command-timeout")), Some(0.0));
+    assert_eq!(sample(&text, &name("data-rate")), Some(2.0));
+    assert_families_are_declared(&text);
+}

@@ -8,6 +8,7 @@ use std::fmt::Write;
 use super::{Class, Latency, Metrics};
 use crate::proto::command::Verb;
 use crate::proto::{RcptOutcome, Refusal};
+use crate::shield::timing::Rule;
 use crate::shield::Limit;
 
 const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
@@ -41,6 +42,9 @@ fn sessions(o: &mut String, m: &Metrics) {
     let help =
         "Commands the error tarpit read 1 s late (their client was over the soft error limit).";
     total(o, "tarpit_delays_total", help, m.tarpit_delays);
+    let rules = labelled(&Rule::ALL.map(Rule::name), &m.time_refusals);
+    let help = "Clients refused by a time rule: talking before the greeting, or a timeout.";
+    counter(o, "time_refusals_total", help, "reason", &rules);
     let help = "Octets read from clients.";
     total(o, "received_bytes_total", help, m.bytes_received);
     let verbs = labelled(&Verb::ALL.map(Verb::name), &m.commands);

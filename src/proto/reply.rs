@@ -205,6 +205,18 @@ pub fn write_timeout(host: &str, out: &mut Vec<u8>) {
     );
 }
 
+/// `554 5.5.1 …`: the client talked before the (delayed) greeting.
+pub fn write_early_talker(host: &str, out: &mut Vec<u8>) {
+    join(
+        out,
+        &[
+            b"554 5.5.1 ",
+            host.as_bytes(),
+            b" Error: talking before the greeting\r\n",
+        ],
+    );
+}
+
 /// `250 <host>` for HELO.
 pub fn write_helo(host: &str, out: &mut Vec<u8>) {
     join(out, &[b"250 ", host.as_bytes(), b"\r\n"]);

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::recipients::address::Path;
 use crate::recipients::Table;
+use crate::shield;
 
 use super::command::{self, Command, MailParams, Verb};
 use super::reply::{self, Reply};
@@ -45,6 +46,10 @@ pub struct SessionConfig {
     pub command_timeout: Duration,
     /// Waiting for the next DATA/BDAT block (RFC 5321 §4.5.3.2: 3 minutes).
     pub data_timeout: Duration,
+    /// How long the 220 is withheld (zero: greet at once).
+    pub greet_delay: Duration,
+    /// Octets per second a DATA/BDAT body must average (0: no rate).
+    pub min_data_rate: u32,
     /// STARTTLS is offered (a certificate is configured).
     pub starttls: bool,
 }
@@ -109,6 +114,8 @@ pub enum Event<'a> {
 /// Where the session is in the conversation.
 #[derive(Debug, Clone, Copy)]
 enum State {
+    /// The 220 is withheld for the greet delay ([`clock`]).
+    Greeting,
     /// Waiting for a command line.
     Command,
     /// Discarding an over-long command line up to its LF.
@@ -156,7 +163,9 @@ pub struct Session {
     state: State,
     helo: Vec<u8>,
     transaction: Transaction,
-    last_active: Instant,
+    /// When the session gives up on the client; see [`clock`].
+    deadline: Instant,
+    since: clock::Since,
     shutting_down: bool,
     /// The session runs inside TLS (after [`Session::start_tls`]).
     in_tls: bool,
@@ -166,21 +175,26 @@ pub struct Session {
 impl Session {
     /// A new session; call [`Session::greet`] first.
     pub fn new(config: Arc<SessionConfig>, now: Instant) -> Session {
+        let deadline = shield::timing::later(now, config.command_timeout);
         Session {
             config,
             state: State::Command,
             helo: Vec::new(),
             transaction: Transaction::default(),
-            last_active: now,
+            deadline,
+            since: clock::Since::Wait,
             shutting_down: false,
             in_tls: false,
             pace: Pace::Off,
         }
     }
 
-    /// Writes the 220 greeting.
-    pub fn greet(&mut self, out: &mut Vec<u8>) {
-        reply::write_greeting(&self.config.hostname, out);
+    /// Writes the 220 greeting, or, with a greet delay, withholds it until
+    /// [`Session::greeting_due`] at [`Session::deadline`].
+    pub fn greet(&mut self, now: Instant, out: &mut Vec<u8>) {
+        if !self.withhold_greeting(now) {
+            reply::write_greeting(&self.config.hostname, out);
+        }
     }
 
     /// Processes input up to the next event; replies go to `out`.
@@ -210,13 +224,17 @@ impl Session {
         out: &mut Vec<u8>,
         tally: &mut Tally,
     ) -> (usize, Event<'a>) {
-        self.last_active = now;
+        self.restart_clock(now);
         let mut pos = 0;
         loop {
             let rest = &input[pos..];
             let replied = out.len();
+            let before = self.step_start();
             let (consumed, event) = match self.state {
                 State::Closed => (0, Some(Event::Close)),
+                // Nothing before the greeting is session input: the driver
+                // refuses it (`refuse_early_talker`).
+                State::Greeting => (0, Some(Event::NeedInput)),
                 State::Spooling => (0, Some(Event::Paused)),
                 // Nothing before the handshake ends is session input.
                 State::Handshake => (0, Some(Event::NeedInput)),
@@ -232,6 +250,7 @@ impl Session {
                     self.skip_chunk_step(remaining, reply, rest, out, tally)
                 }
             };
+            self.track(before, consumed, rest.len() - consumed, now);
             pos += consumed;
             tally.replied(&out[replied..]);
             if let Some(event) = event {
@@ -448,25 +467,6 @@ impl Session {
         }
     }
 
-    /// When the session times out if no further input arrives.
-    pub fn deadline(&self) -> Instant {
-        let timeout = match self.state {
-            State::Data(_) | State::Chunk { .. } | State::SkipChunk { .. } => {
-                self.config.data_timeout
-            }
-            _ => self.config.command_timeout,
-        };
-        self.last_active + timeout
-    }
-
-    /// The deadline passed: writes `421 4.4.2 … timeout`; the driver closes.
-    pub fn time_out(&mut self, out: &mut Vec<u8>) {
-        if !matches!(self.state, State::Closed) {
-            reply::write_timeout(&self.config.hostname, out);
-            self.state = State::Closed;
-        }
-    }
-
     /// The client opened with a PROXY header it may not send: writes
     /// `500 5.5.2 …`; the driver closes.
     pub fn refuse_proxy_header(&mut self, out: &mut Vec<u8>) {
@@ -494,7 +494,9 @@ impl Session {
         self.shutting_down = true;
         match self.state {
             State::Closed => true,
-            State::Command | State::LongLine | State::Handshake if !self.transaction.is_open() => {
+            State::Greeting | State::Command | State::LongLine | State::Handshake
+                if !self.transaction.is_open() =>
+            {
                 reply::write_shutting_down(&self.config.hostname, out);
                 self.state = State::Closed;
                 true
@@ -661,7 +663,7 @@ impl Session {
         self.helo.clear();
         self.reset_transaction();
         self.in_tls = true;
-        self.last_active = now;
+        self.wait_for_command(now);
     }
 
     /// Whether the session runs inside TLS.
@@ -735,6 +737,8 @@ impl Session {
         self.state = State::Command;
     }
 }
+
+mod clock;
 
 /// How many octets of `rest` belong to a chunk with `remaining` octets left;
 /// `None` if there are none yet.

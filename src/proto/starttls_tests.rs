@@ -15,6 +15,8 @@ fn config(starttls: bool) -> Arc<SessionConfig> {
         max_recipients: 100,
         command_timeout: Duration::from_secs(300),
         data_timeout: Duration::from_secs(180),
+        greet_delay: Duration::ZERO,
+        min_data_rate: 500,
         starttls,
     })
 }

@@ -195,6 +195,8 @@ pub(crate) fn run_session(
         max_recipients: 100,
         command_timeout: Duration::from_secs(60),
         data_timeout: Duration::from_secs(60),
+        greet_delay: Duration::ZERO,
+        min_data_rate: 500,
         starttls: false,
     });
     let now = Instant::now();

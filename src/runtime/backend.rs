@@ -145,12 +145,16 @@ pub trait Driver: Sized {
                 self.cut_off(expiry.key);
                 continue;
             }
-            conn.timer_fired(expiry.key, now, &mut sessions.wheel);
+            conn.timer_fired(expiry.key, now, &mut sessions.wheel, &mut sessions.metrics);
+            // A greeting withheld until now may be waiting to go out.
+            let replied = !conn.poll_output().is_empty();
             if let Some(outcome) = conn.ended() {
                 self.close(expiry.key, outcome, now);
             } else if conn.feed_due() {
                 // The tarpit let a held command go on.
                 self.drive(expiry.key, now);
+            } else if replied {
+                self.settle(expiry.key, now);
             }
         }
     }

@@ -28,7 +28,10 @@
 //! goes out. A bad header, or none before the command timeout, closes
 //! with no reply (the peer is a balancer, not a client). Any other
 //! connection's first octets are looked at once: a PROXY header there gets
-//! the session's 500 and the connection closes.
+//! the session's 500 and the connection closes. With a greet delay the
+//! session withholds its 220 ([`Session::awaits_greeting`]; behind a
+//! balancer, from the header on): any input before it is refused as
+//! early talking, and the timer sends the 220 when due.
 //!
 //! A client the shield scores has its session paced: before each command
 //! line its errors are charged and its [`Tarpit`] says whether the line is
@@ -50,6 +53,7 @@ use crate::proto::{Event, Printable, Session, Tally};
 use crate::recipients::Table;
 use crate::shield::proxy::{self, Flaw, Parse, Sniff};
 use crate::shield::tarpit::{Leave, Tarpit};
+use crate::shield::timing::Rule;
 use crate::shield::{Admission, ClientLimits, Limit};
 use crate::spool::{Message, SpoolError, SpoolLink};
 use crate::tls::{Negotiated, State, TlsLayer};
@@ -225,7 +229,7 @@ impl Conn {
         let gate = if proxied {
             Gate::Proxy
         } else {
-            session.greet(lend(&mut out));
+            session.greet(opened, lend(&mut out));
             Gate::Sniff
         };
         Conn {
@@ -300,6 +304,9 @@ impl Conn {
     /// now if it can, and what it cannot use yet is held back.
     pub fn handle_input(&mut self, input: &[u8], cx: &mut Cx) {
         cx.metrics.received(input.len());
+        if self.session.awaits_greeting() && !input.is_empty() {
+            return self.talked_early(cx);
+        }
         if self.gate != Gate::Open {
             return self.gate_input(input, cx);
         }
@@ -359,7 +366,10 @@ impl Conn {
                 }
                 if self.ended.is_none() {
                     self.gate = Gate::Open;
-                    self.session.greet(lend(&mut self.out));
+                    self.session.greet(cx.now, lend(&mut self.out));
+                    if self.session.awaits_greeting() && !self.held.is_empty() {
+                        self.talked_early(cx);
+                    }
                 }
             }
         }
@@ -812,10 +822,17 @@ impl Conn {
     }
 
     /// Handles this connection's live timer firing: a command the tarpit
-    /// held may go on (the connection is then due a feed); when the
-    /// session timed out, its 421 is queued and it ends; otherwise the
-    /// timer is set again for the deadline.
-    pub fn timer_fired(&mut self, key: usize, now: Instant, wheel: &mut TimerWheel) {
+    /// held may go on (the connection is then due a feed); a withheld
+    /// greeting that is due is queued; when the session timed out, its 421
+    /// is queued, counted under the rule it broke, and it ends; otherwise
+    /// the timer is set again for the deadline.
+    pub fn timer_fired(
+        &mut self,
+        key: usize,
+        now: Instant,
+        wheel: &mut TimerWheel,
+        metrics: &mut Recorder,
+    ) {
         if self.tarpit.release(self.opened, now) {
             self.feed_due = true;
         }
@@ -825,6 +842,11 @@ impl Conn {
             self.ended = Some(Outcome::ProxyMissing);
             return;
         }
+        if deadline <= now && self.session.awaits_greeting() {
+            self.session.greeting_due(now, lend(&mut self.out));
+            self.timer_tick = wheel.schedule(key, self.generation, self.session.deadline());
+            return;
+        }
         if deadline <= now && !self.awaiting_spool {
             if let Some(tls) = &mut self.tls {
                 // The handshake timeout is the command timeout.
@@ -832,8 +854,9 @@ impl Conn {
             }
             let out = lend(&mut self.out);
             let start = out.len();
-            self.session.time_out(out);
+            let rule = self.session.time_out(out);
             self.ended = Some(Outcome::TimedOut);
+            self.refused(rule, start, metrics);
             self.seal(start);
             return;
         }
@@ -869,6 +892,24 @@ impl Conn {
 }
 
 impl Conn {
+    /// The client talked before its withheld greeting: the session refuses
+    /// it, what it sent is dropped, and the connection ends.
+    fn talked_early(&mut self, cx: &mut Cx) {
+        self.held.clear();
+        let out = lend(&mut self.out);
+        let start = out.len();
+        self.session.refuse_early_talker(out);
+        self.refused(Rule::EarlyTalker, start, cx.metrics);
+        self.ended = Some(Outcome::Closed);
+    }
+
+    /// Counts and logs a refusal under a time `rule`, whose reply the
+    /// session wrote from `start` on.
+    fn refused(&self, rule: Rule, start: usize, metrics: &mut Recorder) {
+        metrics.time_refused(rule);
+        mail_log::time_refused(self.peer, rule, &self.out[start..]);
+    }
+
     /// The TLS version and cipher the session runs under, if it does.
     fn negotiated(&self) -> Option<Negotiated> {
         self.tls.as_ref().and_then(|tls| tls.layer.negotiated())

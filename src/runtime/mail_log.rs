@@ -1,7 +1,7 @@
 //! The mail log: one line per refusal (Postfix's `reject:` lines, a
-//! client refused at connect by a per-client limit, or mid-session at the
-//! hard error limit, included) and one per queued message, written for a
-//! connection with its client's address.
+//! client refused at connect by a per-client limit, mid-session at the
+//! hard error limit, an early talker and a timeout included) and one per
+//! queued message, written for a connection with its client's address.
 //!
 //! Owns only the writing: what was refused or queued, and the words of
 //! each line, come from the session ([`crate::proto::verdict`]). Knows no
@@ -10,6 +10,7 @@
 use std::net::IpAddr;
 
 use crate::proto::{Printable, Queued, Rejections};
+use crate::shield::timing::Rule;
 use crate::shield::Limit;
 
 /// Logs every refusal of a feed, then how many were not itemised.
@@ -42,6 +43,20 @@ fn limit_refused(stage: &str, client: IpAddr, limit: Limit, reply: &[u8]) {
     tracing::info!(
         "reject: {stage} from [{client}]: {reply}; limit={}",
         limit.name()
+    );
+}
+
+/// Logs a client refused under a time `rule` (an early talker, a
+/// timeout), with the reply it got.
+pub fn time_refused(client: IpAddr, rule: Rule, reply: &[u8]) {
+    let reply = Printable(reply.strip_suffix(b"\r\n").unwrap_or(reply));
+    let stage = match rule {
+        Rule::EarlyTalker => "CONNECT",
+        Rule::CommandTimeout | Rule::DataRate => "TIMEOUT",
+    };
+    tracing::info!(
+        "reject: {stage} from [{client}]: {reply}; rule={}",
+        rule.name()
     );
 }
 

@@ -192,8 +192,9 @@ impl<I> Sessions<I> {
 
     /// Inserts a new connection over `io`, holding `admission` until
     /// closed: its session has greeted (the greeting waits in its output),
-    /// unless `peer` is a balancer whose PROXY header comes first; its first
-    /// deadline is on the wheel. Returns its key.
+    /// unless `peer` is a balancer whose PROXY header comes first or a greet
+    /// delay withholds it; its first deadline is on the wheel. Returns its
+    /// key.
     pub fn insert(&mut self, io: I, peer: IpAddr, opening: Opening, now: Instant) -> usize {
         let generation = self.next_generation;
         self.next_generation = generation.wrapping_add(1);

@@ -44,6 +44,8 @@ pub fn config(max_message_size: usize) -> Arc<SessionConfig> {
         max_recipients: 100,
         command_timeout: Duration::from_secs(300),
         data_timeout: Duration::from_secs(180),
+        greet_delay: Duration::ZERO,
+        min_data_rate: 500,
         starttls: false,
     })
 }
@@ -98,9 +100,10 @@ pub struct Driver {
 
 impl Driver {
     pub fn new(max_message_size: usize, spool_ok: bool) -> Driver {
-        let mut session = Session::new(config(max_message_size), Instant::now());
+        let now = Instant::now();
+        let mut session = Session::new(config(max_message_size), now);
         let mut replies = Vec::new();
-        session.greet(&mut replies);
+        session.greet(now, &mut replies);
         Driver {
             session,
             table: table(),

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -66,6 +67,21 @@ impl TestServer {
     /// Files in `spool/new/`, sorted by name.
     pub fn spooled(&self) -> Vec<PathBuf> {
         files_in(&self.spool_dir().join("new"))
+    }
+
+    /// `/metrics` samples by name with labels (`--metrics` must be on).
+    pub fn scrape(&self) -> HashMap<String, f64> {
+        let handle = self.handle.as_ref().expect("running");
+        let addr = handle.metrics_addr().expect("--metrics is on");
+        let mut stream = TcpStream::connect(addr).expect("connect to /metrics");
+        stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("mxgate_"))
+            .filter_map(|l| l.rsplit_once(' '))
+            .map(|(name, value)| (name.to_string(), value.parse().unwrap()))
+            .collect()
     }
 
     /// Graceful shutdown and join.

@@ -98,7 +98,8 @@ fn a_missing_header_times_out_without_a_reply() {
     let mut conn = Conn::proxied_for_tests();
     let now = Instant::now();
     let mut wheel = TimerWheel::new(now);
-    conn.timer_fired(0, now + Duration::from_secs(301), &mut wheel);
+    let mut metrics = Recorder::detached();
+    conn.timer_fired(0, now + Duration::from_secs(301), &mut wheel, &mut metrics);
     assert_eq!(conn.ended(), Some(Outcome::ProxyMissing));
     assert_eq!(sent(&mut conn), "");
 }

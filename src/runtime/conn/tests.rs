@@ -45,6 +45,8 @@ fn session_for_tests(starttls: bool) -> Session {
         max_recipients: 100,
         command_timeout: Duration::from_secs(300),
         data_timeout: Duration::from_secs(180),
+        greet_delay: Duration::ZERO,
+        min_data_rate: 500,
         starttls,
     });
     Session::new(config, Instant::now())

@@ -189,7 +189,8 @@ fn garbage_ends_the_connection_and_is_counted() {
 fn a_stalled_handshake_times_out() {
     let (mut rig, _link, mut conn, _) = handshaking();
     let late = Instant::now() + Duration::from_secs(301);
-    conn.timer_fired(0, late, &mut TimerWheel::new(Instant::now()));
+    let mut wheel = TimerWheel::new(Instant::now());
+    conn.timer_fired(0, late, &mut wheel, &mut rig.metrics);
     assert!(take(&mut conn).is_empty(), "no 421 in the clear");
     let counted = failures_counted(&mut rig, &conn, Outcome::TimedOut);
     assert_eq!(counted, [("timeout", 1)]);
