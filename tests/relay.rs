@@ -1,0 +1,371 @@
+//! The relay end to end: messages accepted by mxgate over loopback reach a
+//! next hop — Postfix's smtp-sink, a private Postfix smtpd, a scripted hop
+//! for the faults — and every accepted message ends delivered or in
+//! `dead/` with a `.reason`; nothing is lost, nothing bounced, no busy loop.
+
+#[path = "relay/hop.rs"]
+mod hop;
+mod support;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use hop::{say, Act, Hop};
+use mxgate::config::Backend;
+use support::{files_in, queue_id, wait_until, TestServer};
+
+/// How long a relay test waits for the spool to drain.
+const DRAIN: Duration = Duration::from_secs(20);
+
+/// mxgate relaying to `url`, retrying after 1 s (at most 2 s), waiting
+/// at most 2 s for any reply, unless `extra` says otherwise.
+fn relay_to(url: &str, extra: &[&str]) -> TestServer {
+    relay_on(Backend::Epoll, url, extra)
+}
+
+/// [`relay_to`] on `backend`.
+fn relay_on(backend: Backend, url: &str, extra: &[&str]) -> TestServer {
+    let mut args = vec!["--relay-to", url];
+    for (flag, value) in [("--relay-backoff", "1,2"), ("--relay-timeout", "2")] {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
+    args.extend_from_slice(extra);
+    TestServer::start(backend, &args)
+}
+
+/// Submits one message for `rcpts` (each accepted); returns its queue id.
+fn submit(server: &TestServer, rcpts: &[&str], subject: &str) -> String {
+    let mut client = server.client();
+    client.hello();
+    client.cmd("MAIL FROM:<s@remote.example>", 250);
+    for rcpt in rcpts {
+        client.cmd(&format!("RCPT TO:<{rcpt}>"), 250);
+    }
+    client.cmd("DATA", 354);
+    let body = format!("Subject: {subject}\r\n\r\n..leading dot\r\nbody\r\n.\r\n");
+    client.send(body.as_bytes());
+    let line = client.expect(250);
+    client.cmd("QUIT", 221);
+    queue_id(&line)
+}
+
+fn new_files(server: &TestServer) -> Vec<PathBuf> {
+    files_in(&server.spool_dir().join("new"))
+}
+
+fn dead_files(server: &TestServer) -> Vec<String> {
+    files_in(&server.spool_dir().join("dead"))
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn drained(server: &TestServer) -> bool {
+    wait_until(DRAIN, || new_files(server).is_empty())
+}
+
+fn reason(server: &TestServer, name: &str) -> String {
+    let path = server
+        .spool_dir()
+        .join("dead")
+        .join(format!("{name}.reason"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A loopback port free a moment ago.
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Postfix's smtp-sink on `addr` with `options`, dumping each message
+/// into a file of `dump`; killed when dropped.
+struct Sink {
+    child: Child,
+    dump: tempfile::TempDir,
+}
+
+impl Sink {
+    fn start(addr: SocketAddr, options: &[&str]) -> Sink {
+        support::peers::require("smtp-sink");
+        let dump = tempfile::tempdir().unwrap();
+        // It drops to `nobody`, who must be able to write the dumps.
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o777);
+        std::fs::set_permissions(dump.path(), mode).unwrap();
+        let template = format!("{}/%s.", dump.path().display());
+        let child = Command::new("/usr/sbin/smtp-sink")
+            .args(["-u", "nobody", "-d", &template])
+            .args(options)
+            .args([&addr.to_string(), "64"])
+            .spawn()
+            .expect("start smtp-sink");
+        let up = wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(addr).is_ok()
+        });
+        assert!(up, "smtp-sink did not listen on {addr}");
+        Sink { child, dump }
+    }
+
+    fn dumps(&self) -> Vec<String> {
+        files_in(self.dump.path())
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+support::backend_tests!(smtp_sink_receives_every_message_as_spooled);
+
+fn smtp_sink_receives_every_message_as_spooled(backend: Backend) {
+    let addr = free_port();
+    let sink = Sink::start(addr, &[]);
+    let server = relay_on(backend, &format!("smtp://{addr}"), &[]);
+    for n in 0..20 {
+        submit(
+            &server,
+            &["alice@example.com", "bob@example.com"],
+            &format!("m{n}"),
+        );
+    }
+    assert!(drained(&server), "left in new/: {:?}", new_files(&server));
+    wait_until(DRAIN, || sink.dumps().len() == 20);
+    let dumps = sink.dumps();
+    assert_eq!(dumps.len(), 20, "smtp-sink got {} messages", dumps.len());
+    for dump in &dumps {
+        assert!(dump.contains("mxgate) with ESMTP id "), "{dump}");
+        // Sent stuffed, spooled stuffed, relayed stuffed: one dot arrives.
+        assert!(dump.contains("\n.leading dot\n"), "{dump}");
+    }
+    assert!(dead_files(&server).is_empty());
+    server.stop();
+}
+
+#[test]
+fn smtp_sink_hard_refusal_dead_letters_with_the_reply() {
+    let addr = free_port();
+    let sink = Sink::start(addr, &["-f", "RCPT", "-B", "550 5.1.1 Error: no such user"]);
+    let server = relay_to(&format!("smtp://{addr}"), &[]);
+    let id = submit(&server, &["alice@example.com"], "refused");
+    assert!(drained(&server));
+    assert_eq!(
+        dead_files(&server),
+        [format!("{id}.bsmtp"), format!("{id}.reason")]
+    );
+    let why = reason(&server, &id);
+    assert_eq!(why, "<alice@example.com>: 550 5.1.1 Error: no such user\n");
+    assert!(sink.dumps().is_empty());
+    server.stop();
+}
+
+#[test]
+fn smtp_sink_soft_refusal_keeps_the_message_for_later() {
+    let addr = free_port();
+    let _sink = Sink::start(addr, &["-r", "."]);
+    let (dir, spool) = own_spool();
+    let server = relay_to(&format!("smtp://{addr}"), &["--spool", &spool]);
+    let id = submit(&server, &["alice@example.com"], "later");
+    std::thread::sleep(Duration::from_secs(3));
+    server.stop();
+    let left = files_in(&dir.path().join("spool/new"));
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].ends_with(format!("{id}.bsmtp")));
+    assert!(files_in(&dir.path().join("spool/dead")).is_empty());
+}
+
+/// A spool directory that outlives the server (a [`TestServer`]'s goes
+/// with it): the temporary directory and the `--spool` value.
+fn own_spool() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool").display().to_string();
+    (dir, spool)
+}
+
+#[test]
+fn postfix_smtpd_as_next_hop_gets_every_message() {
+    let addr = free_port();
+    let cert = support::peers::Cert::new();
+    let postfix = support::peers::Postfix::serving(addr, &cert);
+    let server = relay_to(&format!("smtp://{addr}"), &[]);
+    for n in 0..5 {
+        submit(&server, &["alice@example.com"], &format!("p{n}"));
+    }
+    assert!(drained(&server), "left in new/: {:?}", new_files(&server));
+    let all = wait_until(support::peers::DELIVERY_LIMIT, || postfix.held() == 5);
+    assert!(
+        all,
+        "Postfix holds {} of 5; its log:\n{}",
+        postfix.held(),
+        postfix.log()
+    );
+    server.stop();
+}
+
+#[test]
+fn a_421_greeting_is_retried_after_the_backoff_without_a_busy_loop() {
+    let hop = Hop::start(|command, n| match (command, n) {
+        ("CONNECT", 1 | 2) => Some(Act::SayAndClose("421 4.3.2 busy\r\n".into())),
+        _ => None,
+    });
+    let server = relay_to(&hop.url(), &[]);
+    submit(&server, &["alice@example.com"], "busy");
+    assert!(drained(&server));
+    assert_eq!(hop.delivered().len(), 1);
+    // Two refusals, each holding the relay for the 1 s backoff: a few
+    // connections, not a storm.
+    assert!(hop.connections() <= 4, "{} connections", hop.connections());
+    server.stop();
+}
+
+#[test]
+fn recipients_refused_with_452_are_delivered_later_and_only_they() {
+    let hop = Hop::start(|command, n| match (command, n) {
+        ("RCPT TO:<BOB@EXAMPLE.COM>", 1) => Some(say("452 4.2.2 mailbox full")),
+        _ => None,
+    });
+    let server = relay_to(&hop.url(), &[]);
+    submit(&server, &["alice@example.com", "bob@example.com"], "two");
+    assert!(drained(&server));
+    let delivered = hop.delivered();
+    let rcpts: Vec<&[String]> = delivered.iter().map(|d| &d.rcpts[..]).collect();
+    assert_eq!(rcpts, [["<ALICE@EXAMPLE.COM>"], ["<BOB@EXAMPLE.COM>"]]);
+    // The rest is the same message, Received line and all.
+    assert_eq!(delivered[0].data, delivered[1].data);
+    assert!(delivered[1].data.contains("Subject: two"));
+    assert!(dead_files(&server).is_empty());
+    server.stop();
+}
+
+#[test]
+fn a_5xx_for_data_dead_letters_and_the_rest_of_the_queue_goes_on() {
+    let hop = Hop::start(|command, _| match command {
+        "." => Some(say("554 5.6.0 content refused")),
+        _ => None,
+    });
+    let server = relay_to(&hop.url(), &[]);
+    let id = submit(
+        &server,
+        &["alice@example.com", "bob@example.com"],
+        "refused",
+    );
+    assert!(drained(&server));
+    assert!(reason(&server, &id).contains("<bob@example.com>: 554 5.6.0 content refused"));
+    assert!(hop.delivered().is_empty());
+    server.stop();
+}
+
+#[test]
+fn a_hop_that_hangs_after_the_data_gets_the_message_again() {
+    let hop = Hop::start(|command, n| match (command, n) {
+        (".", 1) => Some(Act::Hang),
+        _ => None,
+    });
+    let server = relay_to(&hop.url(), &[]);
+    submit(&server, &["alice@example.com"], "hang");
+    assert!(drained(&server));
+    assert_eq!(hop.delivered().len(), 1);
+    server.stop();
+}
+
+#[test]
+fn closing_mid_reply_and_garbage_are_retried() {
+    let hop = Hop::start(|command, n| match (command, n) {
+        (".", 1) => Some(Act::SayAndClose("250-2.0.0 Ok".into())),
+        ("EHLO MX.TEST", 2) => Some(say("hello, this is not SMTP")),
+        _ => None,
+    });
+    let server = relay_to(&hop.url(), &[]);
+    submit(&server, &["alice@example.com"], "flaky");
+    assert!(drained(&server));
+    assert_eq!(hop.delivered().len(), 1);
+    assert!(hop.connections() >= 3);
+    server.stop();
+}
+
+#[test]
+fn a_message_past_its_max_age_goes_to_dead_with_the_last_reply() {
+    let hop = Hop::start(|command, _| match command {
+        "." => Some(say("451 4.3.0 try again")),
+        _ => None,
+    });
+    let server = relay_to(&hop.url(), &["--relay-max-age", "1"]);
+    let id = submit(&server, &["alice@example.com"], "old");
+    assert!(drained(&server));
+    let why = reason(&server, &id);
+    assert!(
+        why.contains("<alice@example.com>: 451 4.3.0 try again"),
+        "{why}"
+    );
+    assert!(why.contains("gave up after"), "{why}");
+    server.stop();
+}
+
+#[test]
+fn a_file_that_is_not_bsmtp_goes_to_dead_once_and_the_rest_is_delivered() {
+    let hop = Hop::start(|_, _| None);
+    let (dir, spool) = own_spool();
+    let new = dir.path().join("spool/new");
+    std::fs::create_dir_all(&new).unwrap();
+    std::fs::write(new.join("junk.bsmtp"), b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let server = relay_to(&hop.url(), &["--spool", &spool]);
+    submit(&server, &["alice@example.com"], "fine");
+    assert!(wait_until(DRAIN, || files_in(&new).is_empty()));
+    let dead = dir.path().join("spool/dead");
+    let why = std::fs::read_to_string(dead.join("junk.reason")).unwrap();
+    assert!(
+        why.starts_with("mxgate: not a valid BSMTP spool file:"),
+        "{why}"
+    );
+    assert_eq!(hop.delivered().len(), 1);
+    server.stop();
+}
+
+#[test]
+fn a_hop_down_costs_no_cpu_and_loses_nothing() {
+    let addr = free_port(); // nobody listens
+    let server = relay_to(&format!("smtp://{addr}"), &[]);
+    submit(&server, &["alice@example.com"], "waiting");
+    let before = support::cpu_ticks(std::process::id());
+    std::thread::sleep(Duration::from_secs(3));
+    let used = support::cpu_ticks(std::process::id()) - before;
+    assert!(used < 50, "{used} ticks of CPU in 3 s with the hop down");
+    assert_eq!(new_files(&server).len(), 1);
+    // It comes up: the message goes.
+    let sink = Sink::start(addr, &[]);
+    assert!(drained(&server));
+    wait_until(DRAIN, || sink.dumps().len() == 1);
+    assert_eq!(sink.dumps().len(), 1);
+    server.stop();
+}
+
+#[test]
+fn shutdown_does_not_wait_for_a_hung_hop_and_keeps_the_message() {
+    let hop = Hop::start(|command, _| match command {
+        "." => Some(Act::Hang),
+        _ => None,
+    });
+    let (dir, spool) = own_spool();
+    let server = relay_to(&hop.url(), &["--relay-timeout", "60", "--spool", &spool]);
+    submit(&server, &["alice@example.com"], "stuck");
+    wait_until(DRAIN, || hop.connections() == 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let new = dir.path().join("spool/new");
+    let started = Instant::now();
+    server.stop();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(files_in(&new).len(), 1);
+}
