@@ -103,6 +103,7 @@ fn session(c: &mut Criterion) {
         command_timeout: Duration::from_secs(300),
         data_timeout: Duration::from_secs(180),
         starttls: false,
+        spool_space: Default::default(),
     });
     let mut input =
         b"EHLO client.example.org\r\nMAIL FROM:<sender@example.org> SIZE=1100\r\n".to_vec();

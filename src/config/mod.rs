@@ -37,7 +37,7 @@ use crate::proto::SessionConfig;
 use crate::recipients::TableOptions;
 use crate::relay::RelaySettings;
 use crate::shield::LimitSettings;
-use crate::spool::{SpoolConfig, SpoolTuning};
+use crate::spool::{SpoolConfig, SpoolSpace, SpoolTuning};
 
 pub use declare::{Fallback, Setting};
 pub use error::ConfigError;
@@ -135,8 +135,9 @@ impl Config {
         Config::resolve(layer.over(Layer::defaults()))?.check_tls_pair()
     }
 
-    /// The settings every session of this server shares.
-    pub fn session_config(&self) -> Arc<SessionConfig> {
+    /// The settings every session of this server shares; `space` is the
+    /// spool's (see [`crate::spool::Spool::space`]).
+    pub fn session_config(&self, space: SpoolSpace) -> Arc<SessionConfig> {
         Arc::new(SessionConfig {
             hostname: self.hostname.clone(),
             max_message_size: self.max_message_size,
@@ -144,6 +145,7 @@ impl Config {
             command_timeout: self.command_timeout,
             data_timeout: self.data_timeout,
             starttls: self.tls_cert.is_some(),
+            spool_space: space,
         })
     }
 
@@ -171,6 +173,7 @@ impl Config {
             mode: self.spool_mode,
             hostname: self.hostname.clone(),
             threads: self.spool_threads,
+            min_free_percent: self.spool_min_free,
         }
     }
 

@@ -180,6 +180,14 @@ settings! {
     /// PEM private key of tls-cert; STARTTLS is offered only when both are set.
     tls_key: PathBuf => Option<PathBuf> = Off, "FILE", optional;
 
+    // Room for the relay to catch up, and for the files of the messages
+    // already past MAIL, before the file system fills (Postfix keeps
+    // 1.5 x message_size_limit free for the same reason).
+    /// Below this share (percent) of the spool's file system available,
+    /// MAIL FROM gets 452 4.3.1 until space is back (read every second);
+    /// 0: never.
+    spool_min_free: u32 => u8 = Value("5"), "PERCENT", percent;
+
     /// Balancers that must open each connection with a PROXY v1 or v2
     /// header naming the client (address ranges, comma-separated); the
     /// greeting waits for it. Anyone else sending one gets 500.

@@ -215,3 +215,14 @@ pub(super) fn backoff(key: &str, value: Option<String>) -> Result<Backoff, Confi
 pub(super) fn invalid(message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid(message.into())
 }
+
+/// A share of something, 0 to 100.
+pub(super) fn percent(key: &str, value: Option<u32>) -> Result<u8, ConfigError> {
+    let percent = required(key, value)?;
+    match u8::try_from(percent) {
+        Ok(share) if share <= 100 => Ok(share),
+        _ => Err(invalid(format!(
+            "{key}: {percent} is not a percentage (0 to 100)"
+        ))),
+    }
+}

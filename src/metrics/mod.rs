@@ -29,7 +29,7 @@ pub use text::render;
 use crate::proto::command::Verb;
 use crate::proto::{RcptOutcome, Refusal, Tally};
 use crate::shield::Limit;
-use crate::spool::SpoolDepth;
+use crate::spool::{SpaceReading, SpoolDepth};
 
 /// What a command's service time is filed under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +115,9 @@ pub struct Metrics {
     /// What waits in the spool's `new/`: read by the scraper from the
     /// spool, not kept by workers (a merge leaves it as it is).
     pub spool_depth: Option<SpoolDepth>,
+    /// The spool file system's space and the MAILs refused for it: read by
+    /// the scraper from the spool too.
+    pub spool_space: Option<SpaceReading>,
 }
 
 impl Default for Metrics {
@@ -141,6 +144,7 @@ impl Default for Metrics {
             table_domains: 0,
             table_reload_failures: 0,
             spool_depth: None,
+            spool_space: None,
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::proto::Tally;
 use crate::recipients::SharedTable;
 use crate::runtime::Wake;
 use crate::shield::Limit;
-use crate::spool::DepthGauge;
+use crate::spool::{DepthGauge, SpoolSpace};
 use crate::tls::{Failure, Negotiated};
 
 /// Where a worker sends its copy of the metrics.
@@ -36,6 +36,7 @@ pub struct Scraper {
     /// The recipient table whose size and reload failures are reported.
     table: Option<Arc<SharedTable>>,
     spool_depth: Option<DepthGauge>,
+    spool_space: Option<SpoolSpace>,
 }
 
 /// One recorder per worker and the scraper that reaches them all.
@@ -55,6 +56,7 @@ pub fn channels(workers: usize) -> (Vec<Recorder>, Scraper) {
         wakers: Vec::new(),
         table: None,
         spool_depth: None,
+        spool_space: None,
     };
     (recorders, scraper)
 }
@@ -149,6 +151,11 @@ impl Scraper {
         self.spool_depth = Some(depth);
     }
 
+    /// Where scrapes read the spool file system's space.
+    pub fn set_spool_space(&mut self, space: SpoolSpace) {
+        self.spool_space = Some(space);
+    }
+
     pub fn workers(&self) -> usize {
         self.requests.len()
     }
@@ -186,6 +193,7 @@ impl Scraper {
             merged.table_reload_failures = shared.reload_failures();
         }
         merged.spool_depth = self.spool_depth.as_ref().map(DepthGauge::read);
+        merged.spool_space = self.spool_space.as_ref().map(SpoolSpace::read);
         (merged, answered)
     }
 }

@@ -22,6 +22,7 @@ pub fn render(m: &Metrics, answered: usize, workers: usize) -> String {
     recipient_table(&mut out, m);
     transactions(&mut out, m);
     spool_depth(&mut out, m);
+    spool_space(&mut out, m);
     tls(&mut out, m);
     latencies(&mut out, m);
     out
@@ -93,6 +94,16 @@ fn spool_depth(o: &mut String, m: &Metrics) {
     gauge(o, "spool_depth_messages", help, depth.messages);
     let help = "Octets of the files waiting in the spool's new/ directory.";
     gauge(o, "spool_depth_bytes", help, depth.bytes);
+}
+
+fn spool_space(o: &mut String, m: &Metrics) {
+    let Some(space) = m.spool_space else { return };
+    let help = "1 while the spool's file system is below --spool-min-free: MAIL gets 452 4.3.1.";
+    gauge(o, "spool_low_space", help, u64::from(space.low));
+    let help = "Octets available to mxgate on the spool's file system (read every second).";
+    gauge(o, "spool_available_bytes", help, space.available);
+    let help = "MAIL FROM refused with 452 4.3.1 because the spool was short of space.";
+    total(o, "low_space_refusals_total", help, space.refusals);
 }
 
 fn tls(o: &mut String, m: &Metrics) {

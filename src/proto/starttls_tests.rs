@@ -16,6 +16,7 @@ fn config(starttls: bool) -> Arc<SessionConfig> {
         command_timeout: Duration::from_secs(300),
         data_timeout: Duration::from_secs(180),
         starttls,
+        spool_space: Default::default(),
     })
 }
 

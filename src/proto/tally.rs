@@ -180,6 +180,7 @@ pub(crate) fn run_session(
         command_timeout: Duration::from_secs(60),
         data_timeout: Duration::from_secs(60),
         starttls: false,
+        spool_space: Default::default(),
     });
     let now = Instant::now();
     let mut session = Session::new(config, now);

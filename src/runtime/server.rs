@@ -42,12 +42,13 @@ impl Server {
             .map_err(|err| io::Error::other(err.to_string()))?;
         let (recorders, mut scraper) = metrics::channels(listeners.len());
         scraper.set_spool_depth(spool.depth());
+        scraper.set_spool_space(spool.space());
         let control = Arc::new(Control::new(config));
         let set = WorkerSet {
             listeners,
             spool: &spool,
             table: Arc::clone(&table),
-            session_config: config.session_config(),
+            session_config: config.session_config(spool.space()),
             tls: certs.clone().map(crate::tls::server_config),
             control: Arc::clone(&control),
             cores: pinning_plan(config),

@@ -45,6 +45,7 @@ pub fn config(max_message_size: usize) -> Arc<SessionConfig> {
         command_timeout: Duration::from_secs(300),
         data_timeout: Duration::from_secs(180),
         starttls: false,
+        spool_space: Default::default(),
     })
 }
 

@@ -46,6 +46,7 @@ fn session_for_tests(starttls: bool) -> Session {
         command_timeout: Duration::from_secs(300),
         data_timeout: Duration::from_secs(180),
         starttls,
+        spool_space: Default::default(),
     });
     Session::new(config, Instant::now())
 }
