@@ -1,19 +1,20 @@
 //! The relay end to end: messages accepted by mxgate over loopback reach a
-//! next hop — Postfix's smtp-sink, a private Postfix smtpd, a scripted hop
-//! for the faults — and every accepted message ends delivered or in
-//! `dead/` with a `.reason`; nothing is lost, nothing bounced, no busy loop.
+//! next hop — Postfix's smtp-sink, a private Postfix delivering to
+//! maildirs, Dovecot's LMTP over TCP and a unix socket, a scripted hop for
+//! the faults — and every accepted message ends delivered or in `dead/`
+//! with a `.reason`; nothing is lost, nothing bounced, no busy loop.
 
 #[path = "relay/hop.rs"]
 mod hop;
 mod support;
 
-use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use hop::{say, Act, Hop};
 use mxgate::config::Backend;
+use support::next_hop::{free_addr, Dovecot, SmtpSink};
+use support::peers::{Postfix, DELIVERY_LIMIT};
 use support::{files_in, queue_id, wait_until, TestServer};
 
 /// How long a relay test waits for the spool to drain.
@@ -76,60 +77,11 @@ fn reason(server: &TestServer, name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// A loopback port free a moment ago.
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-/// Postfix's smtp-sink on `addr` with `options`, dumping each message
-/// into a file of `dump`; killed when dropped.
-struct Sink {
-    child: Child,
-    dump: tempfile::TempDir,
-}
-
-impl Sink {
-    fn start(addr: SocketAddr, options: &[&str]) -> Sink {
-        support::peers::require("smtp-sink");
-        let dump = tempfile::tempdir().unwrap();
-        // It drops to `nobody`, who must be able to write the dumps.
-        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o777);
-        std::fs::set_permissions(dump.path(), mode).unwrap();
-        let template = format!("{}/%s.", dump.path().display());
-        let child = Command::new("/usr/sbin/smtp-sink")
-            .args(["-u", "nobody", "-d", &template])
-            .args(options)
-            .args([&addr.to_string(), "64"])
-            .spawn()
-            .expect("start smtp-sink");
-        let up = wait_until(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(addr).is_ok()
-        });
-        assert!(up, "smtp-sink did not listen on {addr}");
-        Sink { child, dump }
-    }
-
-    fn dumps(&self) -> Vec<String> {
-        files_in(self.dump.path())
-            .iter()
-            .map(|p| std::fs::read_to_string(p).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 support::backend_tests!(smtp_sink_receives_every_message_as_spooled);
 
 fn smtp_sink_receives_every_message_as_spooled(backend: Backend) {
-    let addr = free_port();
-    let sink = Sink::start(addr, &[]);
+    let addr = free_addr();
+    let sink = SmtpSink::start(addr, &[]);
     let server = relay_on(backend, &format!("smtp://{addr}"), &[]);
     for n in 0..20 {
         submit(
@@ -139,8 +91,8 @@ fn smtp_sink_receives_every_message_as_spooled(backend: Backend) {
         );
     }
     assert!(drained(&server), "left in new/: {:?}", new_files(&server));
-    wait_until(DRAIN, || sink.dumps().len() == 20);
-    let dumps = sink.dumps();
+    wait_until(DRAIN, || sink.received().len() == 20);
+    let dumps = sink.received();
     assert_eq!(dumps.len(), 20, "smtp-sink got {} messages", dumps.len());
     for dump in &dumps {
         assert!(dump.contains("mxgate) with ESMTP id "), "{dump}");
@@ -153,8 +105,8 @@ fn smtp_sink_receives_every_message_as_spooled(backend: Backend) {
 
 #[test]
 fn smtp_sink_hard_refusal_dead_letters_with_the_reply() {
-    let addr = free_port();
-    let sink = Sink::start(addr, &["-f", "RCPT", "-B", "550 5.1.1 Error: no such user"]);
+    let addr = free_addr();
+    let sink = SmtpSink::start(addr, &["-f", "RCPT", "-B", "550 5.1.1 Error: no such user"]);
     let server = relay_to(&format!("smtp://{addr}"), &[]);
     let id = submit(&server, &["alice@example.com"], "refused");
     assert!(drained(&server));
@@ -164,14 +116,14 @@ fn smtp_sink_hard_refusal_dead_letters_with_the_reply() {
     );
     let why = reason(&server, &id);
     assert_eq!(why, "<alice@example.com>: 550 5.1.1 Error: no such user\n");
-    assert!(sink.dumps().is_empty());
+    assert!(sink.received().is_empty());
     server.stop();
 }
 
 #[test]
 fn smtp_sink_soft_refusal_keeps_the_message_for_later() {
-    let addr = free_port();
-    let _sink = Sink::start(addr, &["-r", "."]);
+    let addr = free_addr();
+    let _sink = SmtpSink::start(addr, &["-r", "."]);
     let (dir, spool) = own_spool();
     let server = relay_to(&format!("smtp://{addr}"), &["--spool", &spool]);
     let id = submit(&server, &["alice@example.com"], "later");
@@ -192,23 +144,60 @@ fn own_spool() -> (tempfile::TempDir, String) {
 }
 
 #[test]
-fn postfix_smtpd_as_next_hop_gets_every_message() {
-    let addr = free_port();
-    let cert = support::peers::Cert::new();
-    let postfix = support::peers::Postfix::serving(addr, &cert);
+fn postfix_as_next_hop_gets_every_message_once_and_refuses_one_user() {
+    let addr = free_addr();
+    let postfix = Postfix::next_hop(addr, &["alice@example.com", "@catchall.example"]);
     let server = relay_to(&format!("smtp://{addr}"), &[]);
     for n in 0..5 {
         submit(&server, &["alice@example.com"], &format!("p{n}"));
     }
+    let id = submit(&server, &["x@catchall.example", "bob@example.com"], "mixed");
     assert!(drained(&server), "left in new/: {:?}", new_files(&server));
-    let all = wait_until(support::peers::DELIVERY_LIMIT, || postfix.held() == 5);
-    assert!(
-        all,
-        "Postfix holds {} of 5; its log:\n{}",
-        postfix.held(),
-        postfix.log()
-    );
+    let arrived = wait_until(DELIVERY_LIMIT, || {
+        postfix.delivered("alice@example.com").len() == 5
+            && postfix.delivered("@catchall.example").len() == 1
+    });
+    assert!(arrived, "Postfix's log:\n{}", postfix.log());
+    // Postfix knows no bob: his copy is dead, with Postfix's reply.
+    let why = reason(&server, &id);
+    assert!(why.starts_with("<bob@example.com>: 550 5.1.1"), "{why}");
     server.stop();
+}
+
+#[test]
+fn dovecot_lmtp_decides_each_recipient_over_tcp_and_a_unix_socket() {
+    let dovecot = Dovecot::start(free_addr(), &["alice@example.com", "x@catchall.example"]);
+    let socket = format!("lmtp:{}", dovecot.socket().display());
+    for (n, url) in [format!("lmtp://{}", dovecot.addr), socket]
+        .iter()
+        .enumerate()
+    {
+        let server = relay_to(url, &[]);
+        let rcpts = ["alice@example.com", "bob@example.com", "x@catchall.example"];
+        let id = submit(&server, &rcpts, &format!("lmtp{n}"));
+        assert!(drained(&server), "{url}: left in new/; {}", dovecot.log());
+        assert_eq!(dovecot.delivered("alice@example.com").len(), n + 1, "{url}");
+        assert_eq!(
+            dovecot.delivered("x@catchall.example").len(),
+            n + 1,
+            "{url}"
+        );
+        // Only bob, unknown to Dovecot, is in dead/: a copy for him alone.
+        assert_eq!(
+            dead_files(&server),
+            [format!("{id}.bsmtp"), format!("{id}.reason")]
+        );
+        let why = reason(&server, &id);
+        assert!(why.starts_with("<bob@example.com>: 550 5.1.1"), "{why}");
+        let dead = std::fs::read_to_string(server.spool_dir().join(format!("dead/{id}.bsmtp")));
+        let dead = dead.unwrap();
+        assert!(
+            dead.contains("RCPT TO:<bob@example.com>\r\nDATA\r\n"),
+            "{dead}"
+        );
+        assert!(!dead.contains("alice"), "{dead}");
+        server.stop();
+    }
 }
 
 #[test]
@@ -332,7 +321,7 @@ fn a_file_that_is_not_bsmtp_goes_to_dead_once_and_the_rest_is_delivered() {
 
 #[test]
 fn a_hop_down_costs_no_cpu_and_loses_nothing() {
-    let addr = free_port(); // nobody listens
+    let addr = free_addr(); // nobody listens
     let server = relay_to(&format!("smtp://{addr}"), &[]);
     submit(&server, &["alice@example.com"], "waiting");
     let before = support::cpu_ticks(std::process::id());
@@ -341,10 +330,10 @@ fn a_hop_down_costs_no_cpu_and_loses_nothing() {
     assert!(used < 50, "{used} ticks of CPU in 3 s with the hop down");
     assert_eq!(new_files(&server).len(), 1);
     // It comes up: the message goes.
-    let sink = Sink::start(addr, &[]);
+    let sink = SmtpSink::start(addr, &[]);
     assert!(drained(&server));
-    wait_until(DRAIN, || sink.dumps().len() == 1);
-    assert_eq!(sink.dumps().len(), 1);
+    wait_until(DRAIN, || sink.received().len() == 1);
+    assert_eq!(sink.received().len(), 1);
     server.stop();
 }
 
