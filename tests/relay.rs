@@ -358,3 +358,32 @@ fn shutdown_does_not_wait_for_a_hung_hop_and_keeps_the_message() {
     );
     assert_eq!(files_in(&new).len(), 1);
 }
+
+#[test]
+fn metrics_count_outcomes_connections_and_the_queue() {
+    let hop = Hop::start(|command, _| match command {
+        "RCPT TO:<BOB@EXAMPLE.COM>" => Some(say("550 5.1.1 no bob")),
+        "RCPT TO:<X@CATCHALL.EXAMPLE>" => Some(say("451 4.3.0 later")),
+        _ => None,
+    });
+    let server = relay_to(&hop.url(), &["--metrics", "127.0.0.1:0"]);
+    let rcpts = ["alice@example.com", "bob@example.com", "x@catchall.example"];
+    submit(&server, &rcpts, "counted");
+    let metrics = server.handle.as_ref().unwrap().metrics_addr().unwrap();
+    let outcome = |name: &str| format!("mxgate_relay_recipients_total{{outcome=\"{name}\"}}");
+    let counted = wait_until(DRAIN, || {
+        let samples = support::scrape(metrics);
+        samples.get(&outcome("deferred")).is_some_and(|&n| n >= 1.0)
+    });
+    assert!(counted, "{:?}", support::scrape(metrics));
+    let samples = support::scrape(metrics);
+    assert_eq!(samples[&outcome("delivered")], 1.0);
+    assert_eq!(samples[&outcome("dead")], 1.0);
+    // Narrowed to the deferred recipient, still queued and counted.
+    assert_eq!(samples["mxgate_relay_queue_messages"], 1.0);
+    assert_eq!(samples["mxgate_spool_depth_messages"], 1.0);
+    assert!(samples["mxgate_relay_connections"] <= 1.0);
+    assert!(samples["mxgate_relay_reply_seconds_count"] >= 2.0);
+    assert!(samples.contains_key("mxgate_relay_oldest_message_age_seconds"));
+    server.stop();
+}

@@ -23,11 +23,12 @@ mod text;
 
 pub use http::MetricsServer;
 pub use latency::Latency;
-pub use recorder::{channels, Recorder, Scraper};
+pub use recorder::{channels, Recorder, RelayScrape, Scraper};
 pub use text::render;
 
 use crate::proto::command::Verb;
 use crate::proto::{RcptOutcome, Refusal, Tally};
+use crate::relay::RelaySnapshot;
 use crate::shield::Limit;
 use crate::spool::{SpaceReading, SpoolDepth};
 
@@ -118,6 +119,9 @@ pub struct Metrics {
     /// The spool file system's space and the MAILs refused for it: read by
     /// the scraper from the spool too.
     pub spool_space: Option<SpaceReading>,
+    /// The relay's counters and queue, when `--relay-to` is set: read by
+    /// the scraper from the relay.
+    pub relay: Option<RelaySnapshot>,
 }
 
 impl Default for Metrics {
@@ -145,6 +149,7 @@ impl Default for Metrics {
             table_reload_failures: 0,
             spool_depth: None,
             spool_space: None,
+            relay: None,
         }
     }
 }

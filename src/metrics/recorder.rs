@@ -15,6 +15,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::{count, Class, Metrics};
 use crate::proto::Tally;
 use crate::recipients::SharedTable;
+use crate::relay::RelaySnapshot;
 use crate::runtime::Wake;
 use crate::shield::Limit;
 use crate::spool::{DepthGauge, SpoolSpace};
@@ -37,7 +38,11 @@ pub struct Scraper {
     table: Option<Arc<SharedTable>>,
     spool_depth: Option<DepthGauge>,
     spool_space: Option<SpoolSpace>,
+    relay: Option<RelayScrape>,
 }
+
+/// How a scrape reads the relay (see [`crate::relay::Relay::snapshots`]).
+pub type RelayScrape = Box<dyn Fn() -> RelaySnapshot + Send + Sync>;
 
 /// One recorder per worker and the scraper that reaches them all.
 pub fn channels(workers: usize) -> (Vec<Recorder>, Scraper) {
@@ -57,6 +62,7 @@ pub fn channels(workers: usize) -> (Vec<Recorder>, Scraper) {
         table: None,
         spool_depth: None,
         spool_space: None,
+        relay: None,
     };
     (recorders, scraper)
 }
@@ -156,6 +162,11 @@ impl Scraper {
         self.spool_space = Some(space);
     }
 
+    /// Where scrapes read the relay, when there is one.
+    pub fn set_relay(&mut self, relay: RelayScrape) {
+        self.relay = Some(relay);
+    }
+
     pub fn workers(&self) -> usize {
         self.requests.len()
     }
@@ -194,6 +205,7 @@ impl Scraper {
         }
         merged.spool_depth = self.spool_depth.as_ref().map(DepthGauge::read);
         merged.spool_space = self.spool_space.as_ref().map(SpoolSpace::read);
+        merged.relay = self.relay.as_ref().map(|relay| relay());
         (merged, answered)
     }
 }

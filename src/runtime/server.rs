@@ -59,6 +59,9 @@ impl Server {
             _ => backend::start::<EpollWorker>(set),
         };
         let relay = start_relay(config, &spool)?;
+        if let Some(relay) = &relay {
+            scraper.set_relay(Box::new(relay.snapshots()));
+        }
         scraper.set_wakers(wakers.clone());
         scraper.set_table(Arc::clone(&table));
         let mut handle = ServerHandle {

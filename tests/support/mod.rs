@@ -490,3 +490,18 @@ fn listen_addr_in(line: &str) -> Option<SocketAddr> {
         .unwrap_or(rest.len());
     rest[..end].parse().ok()
 }
+
+/// `/metrics` at `addr`: each sample's value by its name with labels
+/// (`mxgate_x{a="b"}`).
+pub fn scrape(addr: SocketAddr) -> std::collections::HashMap<String, f64> {
+    let mut stream = TcpStream::connect(addr).expect("connect to /metrics");
+    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read /metrics");
+    text.lines()
+        .filter(|line| line.starts_with("mxgate_"))
+        .filter_map(|line| line.rsplit_once(' '))
+        .map(|(name, value)| (name.to_string(), value.parse().expect("a number")))
+        .collect()
+}
