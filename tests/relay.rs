@@ -100,6 +100,12 @@ fn smtp_sink_receives_every_message_as_spooled(backend: Backend) {
         assert!(dump.contains("\n.leading dot\n"), "{dump}");
     }
     assert!(dead_files(&server).is_empty());
+    // Delivered files are kept, emptied, for the spool's next messages.
+    let free = files_in(&server.spool_dir().join("free"));
+    assert!(!free.is_empty(), "no file recycled");
+    assert!(free
+        .iter()
+        .all(|f| std::fs::metadata(f).unwrap().len() == 0));
     server.stop();
 }
 

@@ -227,7 +227,7 @@ impl Relay {
         root: &Path,
         cores: &[core_affinity::CoreId],
     ) -> io::Result<Relay> {
-        let store = Store::open(root, spool.ids(), spool.depth())?;
+        let store = Store::open(root, spool.ids(), spool.depth(), spool.recycler())?;
         let connections = settings.connections.max(1);
         let shared = Arc::new(Shared {
             settings,

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::spooled::Spooled;
-use crate::spool::{DepthGauge, QueueId, QueueIds};
+use crate::spool::{DepthGauge, QueueId, QueueIds, Recycler};
 
 /// The relay's view of the spool directory.
 pub struct Store {
@@ -27,11 +27,18 @@ pub struct Store {
     dead: PathBuf,
     ids: Arc<QueueIds>,
     depth: DepthGauge,
+    /// Where delivered files go, to be written again by the spool.
+    recycler: Option<Arc<Recycler>>,
 }
 
 impl Store {
     /// Creates `dead/` if it is missing; `tmp/` and `new/` are the spool's.
-    pub fn open(root: &Path, ids: Arc<QueueIds>, depth: DepthGauge) -> io::Result<Store> {
+    pub fn open(
+        root: &Path,
+        ids: Arc<QueueIds>,
+        depth: DepthGauge,
+        recycler: Option<Arc<Recycler>>,
+    ) -> io::Result<Store> {
         let dead = root.join("dead");
         fs::create_dir_all(&dead)?;
         Ok(Store {
@@ -40,6 +47,7 @@ impl Store {
             dead,
             ids,
             depth,
+            recycler,
         })
     }
 
@@ -74,9 +82,15 @@ impl Store {
             .unwrap_or_else(SystemTime::now)
     }
 
-    /// Message `id`, of `size` octets, reached every recipient.
+    /// Message `id`, of `size` octets, reached every recipient: its file
+    /// leaves `new/` for the spool's recycler (not deleted: see
+    /// `spool::recycle`).
     pub fn delivered(&self, id: &str, size: u64) -> io::Result<()> {
-        fs::remove_file(self.new_path(id))?;
+        let path = self.new_path(id);
+        match &self.recycler {
+            Some(recycler) => recycler.recycle(&path)?,
+            None => fs::remove_file(&path)?,
+        }
         self.depth.removed(size);
         Ok(())
     }
@@ -185,7 +199,9 @@ mod tests {
         fs::write(root.path().join("new/ID1.bsmtp"), FILE).unwrap();
         let depth = DepthGauge::default();
         depth.added(1, FILE.len() as u64);
-        let store = Store::open(root.path(), Arc::new(QueueIds::new()), depth).unwrap();
+        let recycler = Arc::new(Recycler::open(root.path()).unwrap());
+        let ids = Arc::new(QueueIds::new());
+        let store = Store::open(root.path(), ids, depth, Some(recycler)).unwrap();
         (root, store)
     }
 

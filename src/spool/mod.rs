@@ -27,6 +27,7 @@ mod dir;
 mod gate;
 mod id;
 mod link;
+mod recycle;
 mod space;
 mod stats;
 mod writer;
@@ -41,6 +42,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 pub use id::{QueueId, QueueIds, ID_LEN};
 pub use link::SpoolLink;
+pub use recycle::Recycler;
 pub use space::{SpaceReading, SpoolSpace};
 pub use stats::{DepthGauge, SpoolDepth, SpoolStats};
 pub use writer::Arrivals;
@@ -216,6 +218,9 @@ impl Spool {
             SpoolMode::Discard => None,
             SpoolMode::Durable => Some(Arc::new(DurableSpool {
                 dir: SpoolDir::prepare(&config.dir)?,
+                recycler: Arc::new(
+                    Recycler::open(&config.dir).map_err(dir::io_error(&config.dir.join("free")))?,
+                ),
                 depth: depth.clone(),
                 ids: Arc::clone(&ids),
                 hostname: config.hostname,
@@ -307,6 +312,12 @@ impl Spool {
             Some(durable) => durable.arrivals.set(arrivals).is_ok(),
             None => false,
         }
+    }
+
+    /// Where spent spool files go to be written again (the relay's
+    /// delivered messages); `None` in discard mode.
+    pub fn recycler(&self) -> Option<Arc<Recycler>> {
+        self.durable.as_ref().map(|d| Arc::clone(&d.recycler))
     }
 
     /// The spool's id source: files the relay writes (dead letters, the

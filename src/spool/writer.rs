@@ -21,6 +21,7 @@ use super::date::rfc5322;
 use super::dir::{io_error, FileSystem, SpoolDir};
 use super::id::{QueueId, QueueIds};
 use super::link::{Inbox, Job, Work};
+use super::recycle::Recycler;
 use super::stats::{Counters, DepthGauge};
 use super::{Completion, SpoolError, SyncStrategy};
 
@@ -35,6 +36,8 @@ const SYNC_HELPERS: usize = 8;
 /// (absent in discard mode).
 pub struct DurableSpool {
     pub dir: SpoolDir,
+    /// Empty files to write messages into before creating new ones.
+    pub recycler: Arc<Recycler>,
     pub depth: DepthGauge,
     pub ids: Arc<QueueIds>,
     pub hostname: String,
@@ -169,7 +172,10 @@ impl Writer {
 
     /// Writes the file; returns it with its size.
     fn write_file(&self, path: &Path, entry: &Staged, date: &str) -> io::Result<(File, u64)> {
-        let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+        let file = match self.durable.recycler.take(path) {
+            Some(file) => file,
+            None => OpenOptions::new().write(true).create_new(true).open(path)?,
+        };
         let mut out = Counted {
             inner: BufWriter::with_capacity(WRITE_BUFFER, file),
             written: 0,
