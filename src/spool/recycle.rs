@@ -51,32 +51,34 @@ impl Recycler {
         })
     }
 
-    /// Takes `path` (a file no longer needed) into the pool, emptied, or
-    /// deletes it when the pool is full. Either way it is gone from `path`.
+    /// Takes `path` (a file no longer needed) into the pool, or deletes it
+    /// when the pool is full or the move fails. Either way it is gone from
+    /// `path`; only then is it emptied, so a failure never leaves an empty
+    /// file where the message was.
     pub fn recycle(&self, path: &Path) -> io::Result<()> {
         let full = self.lock().len() >= POOL_LIMIT;
-        if full {
-            return fs::remove_file(path);
-        }
-        OpenOptions::new().write(true).truncate(true).open(path)?;
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let name = self.dir.join(format!("{}-{n}", std::process::id()));
-        fs::rename(path, &name)?;
+        if full || fs::rename(path, &name).is_err() {
+            return fs::remove_file(path);
+        }
+        // Frees the data blocks now; `take` truncates again in any case.
+        let _ = OpenOptions::new().write(true).truncate(true).open(&name);
         self.lock().push(name);
         Ok(())
     }
 
     /// An empty file from the pool, moved to `path` and open for writing;
-    /// `None` when the pool is empty (or the file could not be moved, and
-    /// is given up): create one.
+    /// `None` when the pool is empty or the file cannot be used (it is then
+    /// given up): create one.
     pub fn take(&self, path: &Path) -> Option<File> {
         let name = self.lock().pop()?;
         fs::rename(&name, path).ok()?;
-        OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(path)
-            .ok()
+        let file = OpenOptions::new().write(true).truncate(true).open(path);
+        if file.is_err() {
+            let _ = fs::remove_file(path);
+        }
+        file.ok()
     }
 
     /// Files in the pool now.
