@@ -393,3 +393,27 @@ fn metrics_count_outcomes_connections_and_the_queue() {
     assert!(samples.contains_key("mxgate_relay_oldest_message_age_seconds"));
     server.stop();
 }
+
+#[test]
+fn mxgate_relays_to_mxgate_byte_for_byte_what_it_found_at_start_up() {
+    let next = TestServer::start(Backend::Epoll, &[]);
+    // Accepted while no relay runs; a relaying mxgate then starts on it.
+    let (dir, spool) = own_spool();
+    let receiving = TestServer::start(Backend::Epoll, &["--spool", &spool]);
+    let id = submit(&receiving, &["alice@example.com", "bob@example.com"], "hop");
+    receiving.stop();
+    let file = dir.path().join(format!("spool/new/{id}.bsmtp"));
+    let ours = std::fs::read_to_string(&file).unwrap();
+    let server = relay_to(&format!("smtp://{}", next.addr), &["--spool", &spool]);
+    assert!(wait_until(DRAIN, || !file.exists()));
+    assert!(wait_until(DRAIN, || next.spooled().len() == 1));
+    let relayed = std::fs::read_to_string(&next.spooled()[0]).unwrap();
+    // The next mxgate's file is ours with its own Received line added.
+    let (envelope, body) = ours.split_once("DATA\r\n").unwrap();
+    let (_, after) = relayed.split_once("(mxgate) with ESMTP id ").unwrap();
+    let (_, after) = after.split_once("\r\n").unwrap();
+    assert_eq!(after, body);
+    assert!(relayed.starts_with(envelope), "{relayed}");
+    server.stop();
+    next.stop();
+}
