@@ -35,6 +35,7 @@ use clap::Parser;
 
 use crate::proto::SessionConfig;
 use crate::recipients::TableOptions;
+use crate::relay::RelaySettings;
 use crate::shield::LimitSettings;
 use crate::spool::{SpoolConfig, SpoolSpace, SpoolTuning};
 
@@ -177,6 +178,18 @@ impl Config {
     }
 
     /// How the spool commits (the batch limit stays the spool's default).
+    /// The relay's settings, when `--relay-to` is set.
+    pub fn relay_settings(&self) -> Option<RelaySettings> {
+        Some(RelaySettings {
+            hop: self.relay_to.clone()?,
+            connections: self.relay_connections,
+            backoff: self.relay_backoff,
+            max_age: self.relay_max_age,
+            timeout: self.relay_timeout,
+            hostname: self.hostname.clone(),
+        })
+    }
+
     pub fn spool_tuning(&self) -> SpoolTuning {
         SpoolTuning {
             sync: self.spool_sync,

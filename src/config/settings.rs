@@ -13,6 +13,7 @@ use super::declare::Setting;
 use super::layer::{one_or_many, Rebase};
 use super::values::*;
 use super::ConfigError;
+use crate::relay::{Backoff, NextHop};
 use crate::shield::Cidr;
 use crate::spool::{SpoolMode, SyncStrategy};
 
@@ -191,4 +192,28 @@ settings! {
     /// header naming the client (address ranges, comma-separated); the
     /// greeting waits for it. Anyone else sending one gets 500.
     proxy_protocol_from: String => Vec<Cidr> = Off, "CIDR[,CIDR]...", cidrs;
+
+    // Relay (issue 14).
+    /// Next hop for the spool: smtp://HOST:PORT, lmtp://HOST:PORT or
+    /// lmtp:/PATH; off: messages stay in the spool's new/.
+    relay_to: String => Option<NextHop> = Off, "URL", next_hop;
+
+    /// Concurrent connections to the next hop.
+    relay_connections: usize => usize = Value("4"), "N", positive;
+
+    // Postfix's minimal_backoff_time is 300 s and maximal 4000 s; a front
+    // door hands off to a next hop of its own, usually back within a
+    // minute, so the first retry comes sooner.
+    /// Seconds between tries of a deferred message: MIN, doubling on each
+    /// try, at most MAX.
+    relay_backoff: String => Backoff = Value("60,3600"), "MIN,MAX", backoff;
+
+    // Postfix's maximal_queue_lifetime (5 days).
+    /// Seconds after its arrival a message still deferred goes to dead/.
+    relay_max_age: u64 => Duration = Value("432000"), "SECS", seconds;
+
+    // Postfix's smtp_data_done_timeout is 600 s, its other reply timeouts
+    // 300 s.
+    /// Seconds the relay waits to connect, for each reply and each write.
+    relay_timeout: u64 => Duration = Value("300"), "SECS", seconds;
 }

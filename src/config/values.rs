@@ -11,6 +11,7 @@ use clap::ValueEnum;
 use serde::Deserialize;
 
 use super::{ConfigError, MIN_RECIPIENTS, RESERVED_FDS};
+use crate::relay::{Backoff, NextHop};
 use crate::shield::Cidr;
 use crate::spool::{SpoolMode, SyncStrategy};
 
@@ -195,6 +196,19 @@ pub(super) fn read_buffer(key: &str, value: Option<usize>) -> Result<usize, Conf
 /// Off (no ranges) unless set; every item must be a range.
 pub(super) fn cidrs(key: &str, value: Option<String>) -> Result<Vec<Cidr>, ConfigError> {
     Cidr::parse_list(value.as_deref().unwrap_or_default())
+        .map_err(|err| invalid(format!("{key}: {err}")))
+}
+
+/// Off unless set; else a next hop the relay can reach.
+pub(super) fn next_hop(key: &str, value: Option<String>) -> Result<Option<NextHop>, ConfigError> {
+    value
+        .map(|text| text.parse().map_err(|err| invalid(format!("{key}: {err}"))))
+        .transpose()
+}
+
+pub(super) fn backoff(key: &str, value: Option<String>) -> Result<Backoff, ConfigError> {
+    required(key, value)?
+        .parse()
         .map_err(|err| invalid(format!("{key}: {err}")))
 }
 

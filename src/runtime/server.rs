@@ -16,6 +16,7 @@ use super::uring::RingWorker;
 use crate::config::{Backend, Config};
 use crate::metrics::{self, MetricsServer};
 use crate::recipients::{SharedTable, Table};
+use crate::relay::Relay;
 use crate::spool::Spool;
 use crate::tls::CertStore;
 use crate::tuning::ListenOptions;
@@ -57,6 +58,7 @@ impl Server {
             Backend::Uring => backend::start::<RingWorker>(set),
             _ => backend::start::<EpollWorker>(set),
         };
+        let relay = start_relay(config, &spool)?;
         scraper.set_wakers(wakers.clone());
         scraper.set_table(Arc::clone(&table));
         let mut handle = ServerHandle {
@@ -66,6 +68,7 @@ impl Server {
             control,
             table,
             spool: Some(spool),
+            relay,
             backend,
             metrics: None,
             certs,
@@ -92,6 +95,8 @@ pub struct ServerHandle {
     control: Arc<Control>,
     table: Arc<SharedTable>,
     spool: Option<Spool>,
+    /// Stopped after the spool, so it hears of every last commit.
+    relay: Option<Relay>,
     backend: Backend,
     metrics: Option<MetricsServer>,
     /// The STARTTLS certificate, when configured.
@@ -160,7 +165,32 @@ impl ServerHandle {
         if let Some(spool) = self.spool.take() {
             spool.shutdown();
         }
+        if let Some(relay) = self.relay.take() {
+            relay.stop();
+        }
     }
+}
+
+/// The relay, when `--relay-to` is set, on the cores the workers leave.
+fn start_relay(config: &Config, spool: &Spool) -> io::Result<Option<Relay>> {
+    let Some(settings) = config.relay_settings() else {
+        return Ok(None);
+    };
+    let workers: Vec<usize> = pinning_plan(config)
+        .iter()
+        .take(config.workers)
+        .map(|core| core.id)
+        .collect();
+    let spare: Vec<_> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|core| !workers.contains(&core.id))
+        .collect();
+    let hop = settings.hop.to_string();
+    let relay = Relay::start(settings, spool, &config.spool, &spare)
+        .map_err(|err| io::Error::new(err.kind(), format!("relay: {err}")))?;
+    tracing::info!(relay_to = %hop, spare_cores = spare.len(), "relay started");
+    Ok(Some(relay))
 }
 
 impl Drop for ServerHandle {

@@ -43,6 +43,7 @@ pub use id::{QueueId, QueueIds, ID_LEN};
 pub use link::SpoolLink;
 pub use space::{SpaceReading, SpoolSpace};
 pub use stats::{DepthGauge, SpoolDepth, SpoolStats};
+pub use writer::Arrivals;
 
 use crate::proto::Envelope;
 use crate::tls::Negotiated;
@@ -221,6 +222,7 @@ impl Spool {
                 sync: tuning.sync,
                 max_batch: tuning.max_batch.max(1),
                 counters: Default::default(),
+                arrivals: Default::default(),
             })),
         };
         if let Some(durable) = &durable {
@@ -300,6 +302,23 @@ impl Spool {
     /// sessions ask it at MAIL FROM (never low without a monitor).
     pub fn space(&self) -> SpoolSpace {
         self.space.clone()
+    }
+
+    /// Has `arrivals` told the ids of every later commit, once they are
+    /// durable in `new/` (a commit round calls it once, on a spool thread:
+    /// it must not block). One listener; `false` if one is set already or
+    /// the spool discards.
+    pub fn on_arrival(&self, arrivals: Arrivals) -> bool {
+        match &self.durable {
+            Some(durable) => durable.arrivals.set(arrivals).is_ok(),
+            None => false,
+        }
+    }
+
+    /// The spool's id source: files the relay writes (dead letters, the
+    /// rest of a partly delivered message) take their ids from it too.
+    pub fn ids(&self) -> Arc<QueueIds> {
+        Arc::clone(&self.front.ids)
     }
 
     /// Refuses new messages, commits and reports every message already

@@ -10,7 +10,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
 
@@ -41,7 +41,13 @@ pub struct DurableSpool {
     pub sync: SyncStrategy,
     pub max_batch: usize,
     pub counters: Counters,
+    /// Told the ids of each round's messages once they are durable in
+    /// `new/` (the relay, when there is one).
+    pub arrivals: OnceLock<Arrivals>,
 }
+
+/// Who hears of messages newly durable in `new/`.
+pub type Arrivals = Box<dyn Fn(&[QueueId]) + Send + Sync>;
 
 /// One spool thread's state.
 pub struct Writer {
@@ -266,6 +272,10 @@ impl Writer {
         let published = entries.iter().filter(|e| e.ok());
         let (files, bytes) = published.fold((0, 0), |(n, sum), e| (n + 1, sum + e.size));
         self.durable.depth.added(files, bytes);
+        if let Some(arrivals) = self.durable.arrivals.get() {
+            let ids: Vec<QueueId> = entries.iter().filter(|e| e.ok()).map(|e| e.id).collect();
+            arrivals(&ids);
+        }
     }
 
     /// Fails every entry still going, removing its file at `place(id)`.
