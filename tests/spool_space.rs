@@ -2,7 +2,8 @@
 //! mounts (root), filled past the threshold and then freed. While it is
 //! short, MAIL FROM gets `452 4.3.1` and `/metrics` shows the condition and
 //! the refusals; once space is back, mail is accepted again without a
-//! restart.
+//! restart — also when it is the relay that frees it, by delivering what
+//! filled the spool once its next hop (smtp-sink) comes up.
 
 mod support;
 
@@ -14,7 +15,8 @@ use std::time::Duration;
 
 use mxgate::config::Backend;
 
-use support::{queue_id, wait_until, TestServer, READ_TIMEOUT};
+use support::next_hop::{free_addr, SmtpSink};
+use support::{queue_id, wait_until, Client, TestServer, READ_TIMEOUT};
 
 /// The monitor reads once a second; a change must show within this.
 const NOTICE: Duration = Duration::from_secs(5);
@@ -132,4 +134,76 @@ fn refuses_mail_while_the_spool_is_short_of_space(backend: Backend) {
     server.stop();
 }
 
-support::backend_tests!(refuses_mail_while_the_spool_is_short_of_space);
+/// Sends one message of `size` octets of body to alice; returns the reply.
+fn send_big(client: &mut Client, size: usize) -> String {
+    client.cmd(MAIL, 250);
+    client.cmd("RCPT TO:<alice@example.com>", 250);
+    client.cmd("DATA", 354);
+    let line = format!("{}\r\n", "x".repeat(98));
+    client.send(b"Subject: big\r\n\r\n");
+    client.send(line.repeat(size / line.len()).as_bytes());
+    client.send(b".\r\n");
+    client.expect(250)
+}
+
+fn the_relay_draining_the_spool_lifts_the_condition(backend: Backend) {
+    let fs = TinyFs::mount("2m");
+    let spool = fs.path().join("spool").display().to_string();
+    let hop = free_addr();
+    let relay_to = format!("smtp://{hop}");
+    let flags = [
+        "--spool",
+        &spool,
+        "--spool-min-free",
+        "50",
+        "--relay-to",
+        &relay_to,
+    ];
+    let server = TestServer::start(backend, &[&flags[..], &["--relay-backoff", "1,1"]].concat());
+    let mut client = server.client();
+    client.hello();
+    // The next hop is down: three 400 KiB messages stay in new/ and take
+    // more than half of the 2 MiB.
+    for _ in 0..3 {
+        send_big(&mut client, 400 << 10);
+    }
+    let refused = wait_until(NOTICE, || {
+        client.send(format!("{MAIL}\r\n").as_bytes());
+        let reply = client.reply();
+        if reply.code == 250 {
+            client.cmd("RSET", 250);
+        }
+        reply.code == 452
+    });
+    assert!(refused, "MAIL still accepted with the spool short of space");
+    let new = Path::new(&spool).join("new");
+    assert_eq!(support::files_in(&new).len(), 3);
+
+    let sink = SmtpSink::start(hop, &[]);
+    let delivered = wait_until(Duration::from_secs(20), || sink.received().len() == 3);
+    assert!(
+        delivered,
+        "the relay delivered {} of 3",
+        sink.received().len()
+    );
+    let accepted = wait_until(NOTICE, || {
+        client.send(format!("{MAIL}\r\n").as_bytes());
+        client.reply().code == 250
+    });
+    assert!(
+        accepted,
+        "MAIL still refused after the relay drained the spool"
+    );
+    assert!(
+        support::files_in(&new).is_empty(),
+        "{:?}",
+        support::files_in(&new)
+    );
+    client.cmd("QUIT", 221);
+    server.stop();
+}
+
+support::backend_tests!(
+    refuses_mail_while_the_spool_is_short_of_space,
+    the_relay_draining_the_spool_lifts_the_condition,
+);

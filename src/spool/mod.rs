@@ -303,6 +303,12 @@ impl Spool {
         self.depth.clone()
     }
 
+    /// The spool file system's space, kept up to date by the monitor: the
+    /// sessions ask it at MAIL FROM (never low without a monitor).
+    pub fn space(&self) -> SpoolSpace {
+        self.space.clone()
+    }
+
     /// Has `arrivals` told the ids of every later commit, once they are
     /// durable in `new/` (a commit round calls it once, on a spool thread:
     /// it must not block). One listener; `false` if one is set already or
@@ -324,12 +330,6 @@ impl Spool {
     /// rest of a partly delivered message) take their ids from it too.
     pub fn ids(&self) -> Arc<QueueIds> {
         Arc::clone(&self.front.ids)
-    }
-
-    /// The spool file system's space, kept up to date by the monitor: the
-    /// sessions ask it at MAIL FROM (never low without a monitor).
-    pub fn space(&self) -> SpoolSpace {
-        self.space.clone()
     }
 
     /// Refuses new messages, commits and reports every message already

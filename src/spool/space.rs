@@ -9,6 +9,7 @@
 //! (the session does) and does not free space (the relay does, by
 //! delivering): the condition lifts by itself at the next reading.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -115,6 +116,7 @@ impl SpaceMonitor {
             dir: dir.to_path_buf(),
             min_percent,
             space,
+            failing: Cell::new(false),
         };
         watch.read_once();
         let (stop, stopped) = crossbeam_channel::bounded(1);
@@ -142,6 +144,8 @@ struct Watch {
     dir: PathBuf,
     min_percent: u8,
     space: SpoolSpace,
+    /// The last reading failed (its warning is logged once, not each second).
+    failing: Cell<bool>,
 }
 
 impl Watch {
@@ -159,10 +163,13 @@ impl Watch {
         let free = match Free::of(&self.dir) {
             Ok(free) => free,
             Err(err) => {
-                tracing::warn!("spool {}: statvfs failed: {err}", self.dir.display());
+                if !self.failing.replace(true) {
+                    tracing::warn!("spool {}: statvfs failed: {err}", self.dir.display());
+                }
                 return;
             }
         };
+        self.failing.set(false);
         if !self.space.record(free, self.min_percent) {
             return;
         }
