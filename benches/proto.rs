@@ -105,6 +105,7 @@ fn session(c: &mut Criterion) {
         greet_delay: Duration::ZERO,
         min_data_rate: 500,
         starttls: false,
+        spool_space: Default::default(),
     });
     let mut input =
         b"EHLO client.example.org\r\nMAIL FROM:<sender@example.org> SIZE=1100\r\n".to_vec();

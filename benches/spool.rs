@@ -100,6 +100,7 @@ fn run(case: &Case, length: Duration) -> f64 {
         mode: SpoolMode::Durable,
         hostname: "bench.test".into(),
         threads: case.threads,
+        min_free_percent: 0,
     };
     let tuning = SpoolTuning {
         sync: case.sync,

@@ -16,6 +16,7 @@ pub mod logging;
 pub mod metrics;
 pub mod proto;
 pub mod recipients;
+pub mod relay;
 pub mod runtime;
 pub mod shield;
 pub mod spool;

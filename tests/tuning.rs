@@ -10,7 +10,7 @@ use std::process::Command;
 
 use mxgate::config::{self, Backend, Config};
 use mxgate::spool::SyncStrategy;
-use mxgate::tuning::{check, HostReading, Shortfall};
+use mxgate::tuning::{check, Ext4, HostReading, Shortfall};
 
 use support::BinServer;
 
@@ -143,6 +143,10 @@ fn good_host() -> HostReading {
         rmem_max: Some(4 << 20),
         wmem_max: Some(4 << 20),
         allowed_cores: vec![0, 1, 2, 3],
+        spool_ext4: Some(Ext4 {
+            device: "vda".into(),
+            journal: true,
+        }),
     }
 }
 
@@ -172,6 +176,7 @@ fn a_stock_host_falls_short_of_the_dense_profile() {
         rmem_max: Some(8192),
         wmem_max: Some(212_992),
         allowed_cores: vec![0, 1],
+        spool_ext4: None,
     };
     let config = with_profile(
         "dense",
@@ -223,7 +228,7 @@ type Spoil = fn(&mut HostReading);
 #[test]
 fn each_check_fires_alone() {
     let config = with_profile("throughput", &["--workers", "4", "--listen", "[::]:2525"]).unwrap();
-    let cases: [(&str, Spoil); 6] = [
+    let cases: [(&str, Spoil); 7] = [
         ("fs.nr_open", |h| h.nr_open = Some(1000)),
         ("net.core.wmem_max", |h| h.wmem_max = Some(0)),
         ("net.ipv4.ip_local_reserved_ports", |h| {
@@ -232,6 +237,12 @@ fn each_check_fires_alone() {
         ("workers", |h| h.allowed_cores = vec![0]),
         ("net.core.somaxconn", |h| h.somaxconn = Some(128)),
         ("RLIMIT_NOFILE", |h| h.nofile = 4096),
+        ("spool journal", |h| {
+            h.spool_ext4 = Some(Ext4 {
+                device: "vda".into(),
+                journal: false,
+            })
+        }),
     ];
     let config = Config {
         socket_send_buffer: 65536,

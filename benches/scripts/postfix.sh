@@ -1,12 +1,13 @@
 # shellcheck shell=bash
 # A private Postfix instance in a throwaway directory, for the benchmarks
 # (Postfix's smtpd with TLS as the peer mxgate is measured against) and for
-# tests/tls_peers.rs (Postfix's SMTP client relaying to mxgate over STARTTLS).
+# the tests (tests/support/peers.rs: Postfix's SMTP client relaying to mxgate,
+# or Postfix as the next hop mxgate relays to).
 # Source it; do not run it. It defines functions only and needs root, as
 # Postfix's master does.
 #
 # An instance lives entirely under DIR: etc/ (its config_directory: main.cf,
-# master.cf), queue/, data/ and maillog (postlogd writes there; no syslog
+# master.cf), queue/, data/, mail/ (postfix_mailboxes) and maillog (postlogd writes there; no syslog
 # needed). It listens only where postfix_listen says, on loopback, and shares
 # nothing with a system Postfix: start, stop and sendmail all take
 # `-c DIR/etc`. Typical use:
@@ -86,14 +87,43 @@ postfix_set() {
     postconf -c "$dir/etc" -e "$@"
 }
 
-# postfix_listen DIR ADDR: smtpd on ADDR (a loopback address:port). Mail it
-# accepts is queued durably and put on hold, never delivered: the receiving
-# side of a benchmark, like mxgate's spool.
-postfix_listen() {
+# postfix_smtpd DIR ADDR: smtpd on ADDR (a loopback address:port); what it
+# accepts goes wherever the instance sends mail (postfix_relay_to,
+# postfix_mailboxes).
+postfix_smtpd() {
     local dir=$1 addr=$2
     echo "$addr inet n - n - - smtpd" >>"$dir/etc/master.cf"
+}
+
+# postfix_listen DIR ADDR: smtpd on ADDR. Mail it accepts is queued durably
+# and put on hold, never delivered: the receiving side of a benchmark, like
+# mxgate's spool.
+postfix_listen() {
+    local dir=$1 addr=$2
+    postfix_smtpd "$dir" "$addr"
     postfix_set "$dir" \
         "smtpd_recipient_restrictions = check_client_access static:HOLD, permit_mynetworks, reject"
+}
+
+# postfix_mailboxes DIR < TABLE: a final destination. Each TABLE line is
+# `ADDRESS MAILDIR/` (`@domain` for a catch-all, MAILDIR relative to
+# DIR/mail); the domains named there are Postfix's own (virtual mailbox
+# domains), an unlisted user in them gets 550 5.1.1 at RCPT, and the virtual
+# agent delivers into DIR/mail/MAILDIR/new/ as nobody.
+postfix_mailboxes() {
+    local dir=$1 domains
+    cat >"$dir/etc/mailboxes"
+    domains=$(sed -n 's/^[^@[:space:]]*@\([^[:space:]]*\).*/\1/p' "$dir/etc/mailboxes" |
+        sort -u | paste -sd, -)
+    mkdir -p "$dir/mail"
+    chown nobody:nogroup "$dir/mail"
+    echo "virtual   unix  -  n  n  -      -  virtual" >>"$dir/etc/master.cf"
+    postfix_set "$dir" \
+        "virtual_mailbox_domains = $domains" \
+        "virtual_mailbox_base = $dir/mail" \
+        "virtual_mailbox_maps = texthash:$dir/etc/mailboxes" \
+        "virtual_uid_maps = static:$(id -u nobody)" \
+        "virtual_gid_maps = static:$(id -g nobody)"
 }
 
 # postfix_tls_server DIR CERT KEY: smtpd offers STARTTLS with that PEM

@@ -1,8 +1,9 @@
 //! `mxgate-load`: an SMTP load generator for any SMTP server (mxgate,
 //! Postfix, Postfix's smtp-sink).
 //!
-//! A crate of its own, beside the server's: it needs none of mxgate's code,
-//! and the server needs none of its dependencies (plotters, serde_json, nix).
+//! A crate of its own, beside the server's: it shares only the reply parser
+//! (the `mxgate-reply` crate) with mxgate's relay, and the server needs none
+//! of its dependencies (plotters, serde_json, nix).
 //!
 //! Owns: the command-line [`Config`], starting one mio event-loop thread per
 //! core ([`load_thread`]), merging their [`Stats`] and producing the [`Report`].
@@ -30,10 +31,12 @@ pub mod client;
 pub mod hgrm;
 pub mod load_thread;
 pub mod net;
-pub mod reply;
 pub mod report;
 pub mod stats;
 pub mod tls;
+
+/// The reply parser, shared with the server's relay.
+pub use mxgate_reply as reply;
 
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};

@@ -35,8 +35,9 @@ use clap::Parser;
 
 use crate::proto::SessionConfig;
 use crate::recipients::TableOptions;
+use crate::relay::RelaySettings;
 use crate::shield::LimitSettings;
-use crate::spool::{SpoolConfig, SpoolTuning};
+use crate::spool::{SpoolConfig, SpoolSpace, SpoolTuning};
 
 pub use declare::{Fallback, Setting};
 pub use error::ConfigError;
@@ -134,8 +135,9 @@ impl Config {
         Config::resolve(layer.over(Layer::defaults()))?.check_tls_pair()
     }
 
-    /// The settings every session of this server shares.
-    pub fn session_config(&self) -> Arc<SessionConfig> {
+    /// The settings every session of this server shares; `space` is the
+    /// spool's (see [`crate::spool::Spool::space`]).
+    pub fn session_config(&self, space: SpoolSpace) -> Arc<SessionConfig> {
         Arc::new(SessionConfig {
             hostname: self.hostname.clone(),
             max_message_size: self.max_message_size,
@@ -145,6 +147,7 @@ impl Config {
             greet_delay: self.greet_delay,
             min_data_rate: self.min_data_rate,
             starttls: self.tls_cert.is_some(),
+            spool_space: space,
         })
     }
 
@@ -173,10 +176,23 @@ impl Config {
             mode: self.spool_mode,
             hostname: self.hostname.clone(),
             threads: self.spool_threads,
+            min_free_percent: self.spool_min_free,
         }
     }
 
     /// How the spool commits (the batch limit stays the spool's default).
+    /// The relay's settings, when `--relay-to` is set.
+    pub fn relay_settings(&self) -> Option<RelaySettings> {
+        Some(RelaySettings {
+            hop: self.relay_to.clone()?,
+            connections: self.relay_connections,
+            backoff: self.relay_backoff,
+            max_age: self.relay_max_age,
+            timeout: self.relay_timeout,
+            hostname: self.hostname.clone(),
+        })
+    }
+
     pub fn spool_tuning(&self) -> SpoolTuning {
         SpoolTuning {
             sync: self.spool_sync,

@@ -13,6 +13,7 @@ use super::declare::Setting;
 use super::layer::{one_or_many, Rebase};
 use super::values::*;
 use super::ConfigError;
+use crate::relay::{Backoff, NextHop};
 use crate::shield::{Cidr, ErrorLimits};
 use crate::spool::{SpoolMode, SyncStrategy};
 
@@ -189,6 +190,14 @@ settings! {
     /// PEM private key of tls-cert; STARTTLS is offered only when both are set.
     tls_key: PathBuf => Option<PathBuf> = Off, "FILE", optional;
 
+    // Room for the relay to catch up, and for the files of the messages
+    // already past MAIL, before the file system fills (Postfix keeps
+    // 1.5 x message_size_limit free for the same reason).
+    /// Below this share (percent) of the spool's file system available,
+    /// MAIL FROM gets 452 4.3.1 until space is back (read every second);
+    /// 0: never.
+    spool_min_free: u32 => u8 = Value("5"), "PERCENT", percent;
+
     /// Balancers that must open each connection with a PROXY v1 or v2
     /// header naming the client (address ranges, comma-separated); the
     /// greeting waits for it. Anyone else sending one gets 500.
@@ -205,4 +214,27 @@ settings! {
     /// Octets per second a DATA/BDAT body must average: it must arrive
     /// within data-timeout + size / rate of its start; 0: no rate.
     min_data_rate: u32 => u32 = Value("500"), "BYTES_PER_S", required;
+    // Relay (issue 14).
+    /// Next hop for the spool: smtp://HOST:PORT, lmtp://HOST:PORT or
+    /// lmtp:/PATH; off: messages stay in the spool's new/.
+    relay_to: String => Option<NextHop> = Off, "URL", next_hop;
+
+    /// Concurrent connections to the next hop.
+    relay_connections: usize => usize = Value("4"), "N", positive;
+
+    // Postfix's minimal_backoff_time is 300 s and maximal 4000 s; a front
+    // door hands off to a next hop of its own, usually back within a
+    // minute, so the first retry comes sooner.
+    /// Seconds between tries of a deferred message: MIN, doubling on each
+    /// try, at most MAX.
+    relay_backoff: String => Backoff = Value("60,3600"), "MIN,MAX", backoff;
+
+    // Postfix's maximal_queue_lifetime (5 days).
+    /// Seconds after its arrival a message still deferred goes to dead/.
+    relay_max_age: u64 => Duration = Value("432000"), "SECS", seconds;
+
+    // Postfix's smtp_data_done_timeout is 600 s, its other reply timeouts
+    // 300 s.
+    /// Seconds the relay waits to connect, for each reply and each write.
+    relay_timeout: u64 => Duration = Value("300"), "SECS", seconds;
 }

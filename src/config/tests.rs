@@ -289,3 +289,12 @@ fn proxy_protocol_peers_are_off_unless_listed() {
         "{err}"
     );
 }
+
+#[test]
+fn spool_min_free_is_a_percentage() {
+    assert_eq!(from_args(args(&[])).unwrap().spool_min_free, 5);
+    let off = from_args(args(&["--spool-min-free", "0"])).unwrap();
+    assert_eq!(off.spool_config().min_free_percent, 0);
+    let err = from_args(args(&["--spool-min-free", "101"])).unwrap_err();
+    assert!(err.to_string().contains("not a percentage"), "{err}");
+}

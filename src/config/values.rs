@@ -11,6 +11,7 @@ use clap::ValueEnum;
 use serde::Deserialize;
 
 use super::{ConfigError, MIN_RECIPIENTS, RESERVED_FDS};
+use crate::relay::{Backoff, NextHop};
 use crate::shield::{Cidr, ErrorLimits};
 use crate::spool::{SpoolMode, SyncStrategy};
 
@@ -207,6 +208,30 @@ pub(super) fn error_limits(key: &str, value: Option<String>) -> Result<ErrorLimi
     ErrorLimits::parse(&required(key, value)?).map_err(|err| invalid(format!("{key}: {err}")))
 }
 
+/// Off unless set; else a next hop the relay can reach.
+pub(super) fn next_hop(key: &str, value: Option<String>) -> Result<Option<NextHop>, ConfigError> {
+    value
+        .map(|text| text.parse().map_err(|err| invalid(format!("{key}: {err}"))))
+        .transpose()
+}
+
+pub(super) fn backoff(key: &str, value: Option<String>) -> Result<Backoff, ConfigError> {
+    required(key, value)?
+        .parse()
+        .map_err(|err| invalid(format!("{key}: {err}")))
+}
+
 pub(super) fn invalid(message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid(message.into())
+}
+
+/// A share of something, 0 to 100.
+pub(super) fn percent(key: &str, value: Option<u32>) -> Result<u8, ConfigError> {
+    let percent = required(key, value)?;
+    match u8::try_from(percent) {
+        Ok(share) if share <= 100 => Ok(share),
+        _ => Err(invalid(format!(
+            "{key}: {percent} is not a percentage (0 to 100)"
+        ))),
+    }
 }

@@ -23,14 +23,15 @@ mod text;
 
 pub use http::MetricsServer;
 pub use latency::Latency;
-pub use recorder::{channels, Recorder, Scraper};
+pub use recorder::{channels, Recorder, RelayScrape, Scraper};
 pub use text::render;
 
 use crate::proto::command::Verb;
 use crate::proto::{RcptOutcome, Refusal, Tally};
+use crate::relay::RelaySnapshot;
 use crate::shield::timing::Rule;
 use crate::shield::Limit;
-use crate::spool::SpoolDepth;
+use crate::spool::{SpaceReading, SpoolDepth};
 
 /// What a command's service time is filed under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +122,12 @@ pub struct Metrics {
     /// What waits in the spool's `new/`: read by the scraper from the
     /// spool, not kept by workers (a merge leaves it as it is).
     pub spool_depth: Option<SpoolDepth>,
+    /// The spool file system's space and the MAILs refused for it: read by
+    /// the scraper from the spool too.
+    pub spool_space: Option<SpaceReading>,
+    /// The relay's counters and queue, when `--relay-to` is set: read by
+    /// the scraper from the relay.
+    pub relay: Option<RelaySnapshot>,
 }
 
 impl Default for Metrics {
@@ -149,6 +156,8 @@ impl Default for Metrics {
             table_domains: 0,
             table_reload_failures: 0,
             spool_depth: None,
+            spool_space: None,
+            relay: None,
         }
     }
 }

@@ -15,10 +15,11 @@ use crossbeam_channel::{Receiver, Sender};
 use super::{count, Class, Metrics};
 use crate::proto::Tally;
 use crate::recipients::SharedTable;
+use crate::relay::RelaySnapshot;
 use crate::runtime::Wake;
 use crate::shield::timing::Rule;
 use crate::shield::Limit;
-use crate::spool::DepthGauge;
+use crate::spool::{DepthGauge, SpoolSpace};
 use crate::tls::{Failure, Negotiated};
 
 /// Where a worker sends its copy of the metrics.
@@ -37,7 +38,12 @@ pub struct Scraper {
     /// The recipient table whose size and reload failures are reported.
     table: Option<Arc<SharedTable>>,
     spool_depth: Option<DepthGauge>,
+    spool_space: Option<SpoolSpace>,
+    relay: Option<RelayScrape>,
 }
+
+/// How a scrape reads the relay (see [`crate::relay::Relay::snapshots`]).
+pub type RelayScrape = Box<dyn Fn() -> RelaySnapshot + Send + Sync>;
 
 /// One recorder per worker and the scraper that reaches them all.
 pub fn channels(workers: usize) -> (Vec<Recorder>, Scraper) {
@@ -56,6 +62,8 @@ pub fn channels(workers: usize) -> (Vec<Recorder>, Scraper) {
         wakers: Vec::new(),
         table: None,
         spool_depth: None,
+        spool_space: None,
+        relay: None,
     };
     (recorders, scraper)
 }
@@ -160,6 +168,16 @@ impl Scraper {
         self.spool_depth = Some(depth);
     }
 
+    /// Where scrapes read the spool file system's space.
+    pub fn set_spool_space(&mut self, space: SpoolSpace) {
+        self.spool_space = Some(space);
+    }
+
+    /// Where scrapes read the relay, when there is one.
+    pub fn set_relay(&mut self, relay: RelayScrape) {
+        self.relay = Some(relay);
+    }
+
     pub fn workers(&self) -> usize {
         self.requests.len()
     }
@@ -197,6 +215,8 @@ impl Scraper {
             merged.table_reload_failures = shared.reload_failures();
         }
         merged.spool_depth = self.spool_depth.as_ref().map(DepthGauge::read);
+        merged.spool_space = self.spool_space.as_ref().map(SpoolSpace::read);
+        merged.relay = self.relay.as_ref().map(|relay| relay());
         (merged, answered)
     }
 }

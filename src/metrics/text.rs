@@ -23,6 +23,8 @@ pub fn render(m: &Metrics, answered: usize, workers: usize) -> String {
     recipient_table(&mut out, m);
     transactions(&mut out, m);
     spool_depth(&mut out, m);
+    spool_space(&mut out, m);
+    relay(&mut out, m);
     tls(&mut out, m);
     latencies(&mut out, m);
     out
@@ -101,6 +103,46 @@ fn spool_depth(o: &mut String, m: &Metrics) {
     gauge(o, "spool_depth_messages", help, depth.messages);
     let help = "Octets of the files waiting in the spool's new/ directory.";
     gauge(o, "spool_depth_bytes", help, depth.bytes);
+}
+
+fn spool_space(o: &mut String, m: &Metrics) {
+    let Some(space) = m.spool_space else { return };
+    let help = "1 while the spool's file system is below --spool-min-free: MAIL gets 452 4.3.1.";
+    gauge(o, "spool_low_space", help, u64::from(space.low));
+    let help = "Octets available to mxgate on the spool's file system (read every second).";
+    gauge(o, "spool_available_bytes", help, space.available);
+    let help = "MAIL FROM refused with 452 4.3.1 because the spool was short of space.";
+    total(o, "low_space_refusals_total", help, space.refusals);
+}
+
+fn relay(o: &mut String, m: &Metrics) {
+    let Some(relay) = &m.relay else { return };
+    let help = "Recipients by the outcome of their relay attempts (dead: in dead/, never bounced).";
+    let outcomes = [
+        ("delivered", relay.delivered),
+        ("deferred", relay.deferred),
+        ("dead", relay.dead),
+    ];
+    counter(o, "relay_recipients_total", help, "outcome", &outcomes);
+    let help = "Messages the relay has still to deliver (ready, waiting to retry, in delivery).";
+    gauge(o, "relay_queue_messages", help, relay.queued);
+    let help = "Age of the oldest message the relay has still to deliver, in seconds.";
+    gauge(
+        o,
+        "relay_oldest_message_age_seconds",
+        help,
+        relay.oldest_age.as_secs(),
+    );
+    let help = "Connections to the next hop open now.";
+    gauge(o, "relay_connections", help, relay.connections);
+    let help = "A write to the next hop to its reply (with pipelining, to the group's last).";
+    summary(
+        o,
+        "relay_reply_seconds",
+        help,
+        "",
+        &[("", &relay.reply_latency)],
+    );
 }
 
 fn tls(o: &mut String, m: &Metrics) {

@@ -44,6 +44,7 @@ pub enum Reply {
     TooManyRecipients,
     BareCrLf,
     SpoolFailed,
+    InsufficientStorage,
     LineTooLong,
     UnknownCommand,
     Vrfy,
@@ -97,6 +98,7 @@ impl Reply {
                 b"550 5.5.2 Error: bare <CR> or <LF> in message content; message refused\r\n"
             }
             Reply::SpoolFailed => b"451 4.3.0 Error: queue file write error\r\n",
+            Reply::InsufficientStorage => b"452 4.3.1 Insufficient system storage\r\n",
             Reply::LineTooLong => b"500 5.5.2 Error: line too long\r\n",
             Reply::UnknownCommand => b"500 5.5.2 Error: command not recognized\r\n",
             Reply::Vrfy => {

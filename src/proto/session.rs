@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use crate::recipients::address::Path;
 use crate::recipients::Table;
 use crate::shield;
+use crate::spool::SpoolSpace;
 
 use super::command::{self, Command, MailParams, Verb};
 use super::reply::{self, Reply};
@@ -52,6 +53,9 @@ pub struct SessionConfig {
     pub min_data_rate: u32,
     /// STARTTLS is offered (a certificate is configured).
     pub starttls: bool,
+    /// The spool file system's space, read at MAIL FROM: 452 4.3.1 while
+    /// it is short (`--spool-min-free`). Kept up to date by the spool.
+    pub spool_space: SpoolSpace,
 }
 
 /// How the body bytes of a message are encoded on the wire.

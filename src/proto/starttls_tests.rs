@@ -18,6 +18,7 @@ fn config(starttls: bool) -> Arc<SessionConfig> {
         greet_delay: Duration::ZERO,
         min_data_rate: 500,
         starttls,
+        spool_space: Default::default(),
     })
 }
 

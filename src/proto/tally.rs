@@ -198,6 +198,7 @@ pub(crate) fn run_session(
         greet_delay: Duration::ZERO,
         min_data_rate: 500,
         starttls: false,
+        spool_space: Default::default(),
     });
     let now = Instant::now();
     let mut session = Session::new(config, now);

@@ -64,6 +64,9 @@ impl Transaction {
         if !params.smtputf8 && !path_bytes(&path).is_ascii() {
             return Reply::Utf8Undeclared;
         }
+        if !limits.spool_space.admits_mail() {
+            return Reply::InsufficientStorage;
+        }
         self.envelope.mail_from.extend_from_slice(path_bytes(&path));
         self.envelope.body_8bitmime = params.body_8bitmime;
         self.envelope.smtputf8 = params.smtputf8;

@@ -16,6 +16,7 @@ use super::uring::RingWorker;
 use crate::config::{Backend, Config};
 use crate::metrics::{self, MetricsServer};
 use crate::recipients::{SharedTable, Table};
+use crate::relay::Relay;
 use crate::spool::Spool;
 use crate::tls::CertStore;
 use crate::tuning::ListenOptions;
@@ -41,12 +42,13 @@ impl Server {
             .map_err(|err| io::Error::other(err.to_string()))?;
         let (recorders, mut scraper) = metrics::channels(listeners.len());
         scraper.set_spool_depth(spool.depth());
+        scraper.set_spool_space(spool.space());
         let control = Arc::new(Control::new(config));
         let set = WorkerSet {
             listeners,
             spool: &spool,
             table: Arc::clone(&table),
-            session_config: config.session_config(),
+            session_config: config.session_config(spool.space()),
             tls: certs.clone().map(crate::tls::server_config),
             control: Arc::clone(&control),
             cores: pinning_plan(config),
@@ -56,6 +58,10 @@ impl Server {
             Backend::Uring => backend::start::<RingWorker>(set),
             _ => backend::start::<EpollWorker>(set),
         };
+        let relay = start_relay(config, &spool)?;
+        if let Some(relay) = &relay {
+            scraper.set_relay(Box::new(relay.snapshots()));
+        }
         scraper.set_wakers(wakers.clone());
         scraper.set_table(Arc::clone(&table));
         let mut handle = ServerHandle {
@@ -65,6 +71,7 @@ impl Server {
             control,
             table,
             spool: Some(spool),
+            relay,
             backend,
             metrics: None,
             certs,
@@ -91,6 +98,8 @@ pub struct ServerHandle {
     control: Arc<Control>,
     table: Arc<SharedTable>,
     spool: Option<Spool>,
+    /// Stopped after the spool, so it hears of every last commit.
+    relay: Option<Relay>,
     backend: Backend,
     metrics: Option<MetricsServer>,
     /// The STARTTLS certificate, when configured.
@@ -159,7 +168,32 @@ impl ServerHandle {
         if let Some(spool) = self.spool.take() {
             spool.shutdown();
         }
+        if let Some(relay) = self.relay.take() {
+            relay.stop();
+        }
     }
+}
+
+/// The relay, when `--relay-to` is set, on the cores the workers leave.
+fn start_relay(config: &Config, spool: &Spool) -> io::Result<Option<Relay>> {
+    let Some(settings) = config.relay_settings() else {
+        return Ok(None);
+    };
+    let workers: Vec<usize> = pinning_plan(config)
+        .iter()
+        .take(config.workers)
+        .map(|core| core.id)
+        .collect();
+    let spare: Vec<_> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|core| !workers.contains(&core.id))
+        .collect();
+    let hop = settings.hop.to_string();
+    let relay = Relay::start(settings, spool, &config.spool, &spare)
+        .map_err(|err| io::Error::new(err.kind(), format!("relay: {err}")))?;
+    tracing::info!(relay_to = %hop, spare_cores = spare.len(), "relay started");
+    Ok(Some(relay))
 }
 
 impl Drop for ServerHandle {

@@ -329,7 +329,7 @@ mod tests {
         let mut sessions: Sessions<()> = Sessions::new(
             spool.link(Box::new(|| {})),
             Arc::new(SharedTable::new(table)),
-            config.session_config(),
+            config.session_config(Default::default()),
             Arc::new(Control::new(&config)),
             Recorder::detached(),
         );

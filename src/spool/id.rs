@@ -39,6 +39,21 @@ impl QueueId {
         QueueId(text)
     }
 
+    /// When the id was made (its stamp), if `text` is a queue id; the
+    /// relay counts a message's age from it.
+    pub fn arrival(text: &str) -> Option<SystemTime> {
+        let text = text.as_bytes();
+        if text.len() != ID_LEN || !text.iter().all(|b| ALPHABET.contains(b)) {
+            return None;
+        }
+        let mut stamp = 0u64;
+        for &digit in &text[..STAMP_DIGITS] {
+            let value = ALPHABET.iter().position(|&a| a == digit)?;
+            stamp = (stamp << 5) | value as u64;
+        }
+        UNIX_EPOCH.checked_add(std::time::Duration::from_micros(stamp))
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).expect("the alphabet is ASCII")
@@ -156,6 +171,17 @@ mod tests {
         for pair in stamps.windows(2) {
             let (a, b) = (QueueId::encode(pair[0], 7), QueueId::encode(pair[1], 0));
             assert!(a < b, "{a} !< {b}");
+        }
+    }
+
+    #[test]
+    fn arrival_is_read_back_from_the_id() {
+        let id = QueueId::encode(1_795_750_329_123_456, 99);
+        let arrival = QueueId::arrival(id.as_str()).unwrap();
+        let micros = arrival.duration_since(UNIX_EPOCH).unwrap().as_micros();
+        assert_eq!(micros, 1_795_750_329_123_456);
+        for bad in ["", "short", "1NZ5XGQ7A3K00G2T8H!", "1NZ5XGQ7A3K00G2T8HMX"] {
+            assert_eq!(QueueId::arrival(bad), None, "{bad}");
         }
     }
 

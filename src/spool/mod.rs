@@ -7,8 +7,9 @@
 //! in `new/`. The parts: `id` (queue ids), `date` (the Received line's date),
 //! `bsmtp` (the file format), `dir` (the directory and its preparation),
 //! `writer` (the threads and group commit), `link` (the worker hand-off),
-//! `gate` (a shutdown that loses nothing) and `stats` (counters and the
-//! depth of `new/`).
+//! `gate` (a shutdown that loses nothing), `stats` (counters and the
+//! depth of `new/`) and `space` (the free-space monitor behind
+//! `--spool-min-free`).
 //!
 //! Lifecycle for a driver:
 //! 1. [`Spool::open`] prepares the directory and starts the threads.
@@ -26,6 +27,8 @@ mod dir;
 mod gate;
 mod id;
 mod link;
+mod recycle;
+mod space;
 mod stats;
 mod writer;
 
@@ -39,13 +42,17 @@ use crossbeam_channel::{Receiver, Sender};
 
 pub use id::{QueueId, QueueIds, ID_LEN};
 pub use link::SpoolLink;
+pub use recycle::Recycler;
+pub use space::{SpaceReading, SpoolSpace};
 pub use stats::{DepthGauge, SpoolDepth, SpoolStats};
+pub use writer::Arrivals;
 
 use crate::proto::Envelope;
 use crate::tls::Negotiated;
 use dir::SpoolDir;
 use gate::Gate;
 use link::{Front, Work};
+use space::SpaceMonitor;
 use writer::{DurableSpool, Writer};
 
 /// Durable (the default) or the benchmark-only discard mode.
@@ -65,6 +72,9 @@ pub struct SpoolConfig {
     pub hostname: String,
     /// Spool writer threads (at least one is started in durable mode).
     pub threads: usize,
+    /// Below this share of its file system available (percent), MAIL gets
+    /// 452 4.3.1 ([`Spool::space`]); 0: never.
+    pub min_free_percent: u8,
 }
 
 /// How a commit round makes its files durable.
@@ -162,6 +172,11 @@ pub struct Spool {
     /// `None` in discard mode.
     durable: Option<Arc<DurableSpool>>,
     depth: DepthGauge,
+    space: SpoolSpace,
+    /// Runs while durable with a `min_free_percent`.
+    monitor: Option<SpaceMonitor>,
+    /// The spool directory and its `min_free_percent`, for the monitor.
+    min_free: (PathBuf, u8),
     jobs: Receiver<Work>,
     threads: Vec<JoinHandle<()>>,
     wanted_threads: usize,
@@ -183,6 +198,7 @@ impl Spool {
             mode: SpoolMode::Discard,
             hostname: "mx.test".into(),
             threads: 1,
+            min_free_percent: 0,
         })
         .expect("a discard spool opens anywhere")
     }
@@ -202,12 +218,16 @@ impl Spool {
             SpoolMode::Discard => None,
             SpoolMode::Durable => Some(Arc::new(DurableSpool {
                 dir: SpoolDir::prepare(&config.dir)?,
+                recycler: Arc::new(
+                    Recycler::open(&config.dir).map_err(dir::io_error(&config.dir.join("free")))?,
+                ),
                 depth: depth.clone(),
                 ids: Arc::clone(&ids),
                 hostname: config.hostname,
                 sync: tuning.sync,
                 max_batch: tuning.max_batch.max(1),
                 counters: Default::default(),
+                arrivals: Default::default(),
             })),
         };
         if let Some(durable) = &durable {
@@ -225,6 +245,9 @@ impl Spool {
             front,
             durable,
             depth,
+            space: SpoolSpace::default(),
+            monitor: None,
+            min_free: (config.dir.clone(), config.min_free_percent),
             jobs,
             threads: Vec::new(),
             wanted_threads: config.threads.max(1),
@@ -235,6 +258,14 @@ impl Spool {
         let Some(durable) = &self.durable else {
             return Ok(());
         };
+        let (dir, min_percent) = &self.min_free;
+        if *min_percent > 0 {
+            let monitor = SpaceMonitor::start(dir, *min_percent, self.space.clone());
+            self.monitor = Some(monitor.map_err(|source| SpoolError::Io {
+                path: "(space monitor thread)".into(),
+                source,
+            })?);
+        }
         for n in 0..self.wanted_threads {
             let writer = Writer::new(Arc::clone(durable), self.jobs.clone())?;
             let thread = std::thread::Builder::new()
@@ -272,6 +303,35 @@ impl Spool {
         self.depth.clone()
     }
 
+    /// The spool file system's space, kept up to date by the monitor: the
+    /// sessions ask it at MAIL FROM (never low without a monitor).
+    pub fn space(&self) -> SpoolSpace {
+        self.space.clone()
+    }
+
+    /// Has `arrivals` told the ids of every later commit, once they are
+    /// durable in `new/` (a commit round calls it once, on a spool thread:
+    /// it must not block). One listener; `false` if one is set already or
+    /// the spool discards.
+    pub fn on_arrival(&self, arrivals: Arrivals) -> bool {
+        match &self.durable {
+            Some(durable) => durable.arrivals.set(arrivals).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Where spent spool files go to be written again (the relay's
+    /// delivered messages); `None` in discard mode.
+    pub fn recycler(&self) -> Option<Arc<Recycler>> {
+        self.durable.as_ref().map(|d| Arc::clone(&d.recycler))
+    }
+
+    /// The spool's id source: files the relay writes (dead letters, the
+    /// rest of a partly delivered message) take their ids from it too.
+    pub fn ids(&self) -> Arc<QueueIds> {
+        Arc::clone(&self.front.ids)
+    }
+
     /// Refuses new messages, commits and reports every message already
     /// submitted, and joins the threads. Blocks until the queued backlog is
     /// committed: call it (or drop the spool) from the main thread once the
@@ -281,6 +341,7 @@ impl Spool {
     }
 
     fn close(&mut self) {
+        self.monitor = None;
         self.front.gate.close();
         for _ in &self.threads {
             let _ = self.front.jobs.send(Work::Stop);

@@ -19,6 +19,7 @@ fn config(dir: &Path, threads: usize) -> SpoolConfig {
         mode: SpoolMode::Durable,
         hostname: "mx.test".into(),
         threads,
+        min_free_percent: 0,
     }
 }
 

@@ -10,7 +10,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
 
@@ -21,6 +21,7 @@ use super::date::rfc5322;
 use super::dir::{io_error, FileSystem, SpoolDir};
 use super::id::{QueueId, QueueIds};
 use super::link::{Inbox, Job, Work};
+use super::recycle::Recycler;
 use super::stats::{Counters, DepthGauge};
 use super::{Completion, SpoolError, SyncStrategy};
 
@@ -35,13 +36,21 @@ const SYNC_HELPERS: usize = 8;
 /// (absent in discard mode).
 pub struct DurableSpool {
     pub dir: SpoolDir,
+    /// Empty files to write messages into before creating new ones.
+    pub recycler: Arc<Recycler>,
     pub depth: DepthGauge,
     pub ids: Arc<QueueIds>,
     pub hostname: String,
     pub sync: SyncStrategy,
     pub max_batch: usize,
     pub counters: Counters,
+    /// Told the ids of each round's messages once they are durable in
+    /// `new/` (the relay, when there is one).
+    pub arrivals: OnceLock<Arrivals>,
 }
+
+/// Who hears of messages newly durable in `new/`.
+pub type Arrivals = Box<dyn Fn(&[QueueId]) + Send + Sync>;
 
 /// One spool thread's state.
 pub struct Writer {
@@ -163,7 +172,10 @@ impl Writer {
 
     /// Writes the file; returns it with its size.
     fn write_file(&self, path: &Path, entry: &Staged, date: &str) -> io::Result<(File, u64)> {
-        let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+        let file = match self.durable.recycler.take(path) {
+            Some(file) => file,
+            None => OpenOptions::new().write(true).create_new(true).open(path)?,
+        };
         let mut out = Counted {
             inner: BufWriter::with_capacity(WRITE_BUFFER, file),
             written: 0,
@@ -266,6 +278,10 @@ impl Writer {
         let published = entries.iter().filter(|e| e.ok());
         let (files, bytes) = published.fold((0, 0), |(n, sum), e| (n + 1, sum + e.size));
         self.durable.depth.added(files, bytes);
+        if let Some(arrivals) = self.durable.arrivals.get() {
+            let ids: Vec<QueueId> = entries.iter().filter(|e| e.ok()).map(|e| e.id).collect();
+            arrivals(&ids);
+        }
     }
 
     /// Fails every entry still going, removing its file at `place(id)`.

@@ -6,6 +6,7 @@ use std::fmt;
 
 use super::HostReading;
 use crate::config::{Config, RESERVED_FDS};
+use crate::spool::SpoolMode;
 
 /// One way the host falls short, and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +37,7 @@ pub fn check(host: &HostReading, config: &Config) -> Vec<Shortfall> {
     listen_ports(host, config, &mut found);
     workers(host, config, &mut found);
     cores(host, config, &mut found);
+    spool_journal(host, config, &mut found);
     found
 }
 
@@ -190,6 +192,26 @@ fn cores(host: &HostReading, config: &Config, found: &mut Vec<Shortfall>) {
             ),
         ));
     }
+}
+
+/// ext4 without a journal slows every create once many files were deleted
+/// (see `spool_fs`), which a relayed spool does all day.
+fn spool_journal(host: &HostReading, config: &Config, found: &mut Vec<Shortfall>) {
+    let Some(ext4) = host.spool_ext4.as_ref().filter(|ext4| !ext4.journal) else {
+        return;
+    };
+    if config.spool_mode == SpoolMode::Discard {
+        return;
+    }
+    found.push(shortfall(
+        "spool journal",
+        format!(
+            "spool {} is on ext4 without a journal (/dev/{}): once many spool files were deleted (a relay deletes one per message), ext4 searches recently deleted inodes on every create and the durable rate falls (5,800 to 1,600 msg/s measured): put the spool on a journaled file system, e.g. tune2fs -O has_journal /dev/{} while it is unmounted, or a dedicated journaled mount for the spool",
+            config.spool.display(),
+            ext4.device,
+            ext4.device
+        ),
+    ));
 }
 
 fn list(cores: &[usize]) -> String {

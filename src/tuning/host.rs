@@ -5,6 +5,8 @@
 
 use std::path::Path;
 
+use super::spool_fs::{ext4_of, Ext4};
+
 /// The host's side of the start-up check.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostReading {
@@ -30,11 +32,14 @@ pub struct HostReading {
     pub wmem_max: Option<u64>,
     /// Cores this process may run on (its CPU affinity), ascending.
     pub allowed_cores: Vec<usize>,
+    /// The spool's file system when it is ext4 (device, journal or not).
+    pub spool_ext4: Option<Ext4>,
 }
 
 impl HostReading {
-    /// Reads `/proc/sys`, `getrlimit` and the CPU affinity of this process.
-    pub fn read() -> HostReading {
+    /// Reads `/proc/sys`, `getrlimit`, the CPU affinity of this process
+    /// and the file system of the directory `spool`.
+    pub fn read(spool: &Path) -> HostReading {
         HostReading {
             nofile: super::open_files_limit(),
             nr_open: sysctl_number("fs/nr_open"),
@@ -50,6 +55,7 @@ impl HostReading {
             rmem_max: sysctl_number("net/core/rmem_max"),
             wmem_max: sysctl_number("net/core/wmem_max"),
             allowed_cores: allowed_cores(),
+            spool_ext4: ext4_of(spool),
         }
     }
 }
@@ -110,7 +116,7 @@ mod tests {
 
     #[test]
     fn this_host_reads() {
-        let host = HostReading::read();
+        let host = HostReading::read(Path::new("."));
         assert!(host.nofile > 0);
         assert!(!host.allowed_cores.is_empty());
         if Path::new("/proc/sys/net/core/somaxconn").exists() {

@@ -47,6 +47,7 @@ pub fn config(max_message_size: usize) -> Arc<SessionConfig> {
         greet_delay: Duration::ZERO,
         min_data_rate: 500,
         starttls: false,
+        spool_space: Default::default(),
     })
 }
 

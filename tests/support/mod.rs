@@ -22,6 +22,7 @@ use mxgate::spool::Spool;
 
 pub mod haproxy;
 pub mod netns;
+pub mod next_hop;
 pub mod peers;
 
 pub const HOST: &str = "mx.test";
@@ -94,7 +95,8 @@ impl TestServer {
 }
 
 /// The flags every test server gets, except those `extra` sets itself,
-/// then `extra`.
+/// then `extra`. `--spool-min-free 0`: a test is not about the free space
+/// of the host's disk (tests/spool_space.rs sets its own).
 pub fn base_args(dir: &Path, extra: &[&str]) -> Vec<String> {
     let table = dir.join("table.txt").display().to_string();
     let spool = dir.join("spool").display().to_string();
@@ -104,6 +106,7 @@ pub fn base_args(dir: &Path, extra: &[&str]) -> Vec<String> {
         ("--listen", "127.0.0.1:0"),
         ("--workers", "2"),
         ("--hostname", HOST),
+        ("--spool-min-free", "0"),
     ];
     let mut args = vec!["mxgate".to_string()];
     for (flag, value) in defaults {
@@ -141,6 +144,8 @@ pub fn uring_usable(test: &str) -> bool {
 /// Runs every listed test, a `fn name(backend: Backend)` of the calling
 /// file, once per backend: as `epoll::name` and as `uring::name` (which
 /// passes, printing why, where the kernel offers no usable io_uring).
+/// Test files that run on no backend (real next hops alone) leave it unused.
+#[allow(unused_macros)]
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
         mod epoll {
@@ -163,6 +168,7 @@ macro_rules! backend_tests {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use backend_tests;
 
 /// CPU time (user + system) process `pid` has used, in clock ticks.
@@ -516,4 +522,19 @@ fn listen_addr_in(line: &str) -> Option<SocketAddr> {
     let list = &line[line.find("listen=[")? + "listen=[".len()..];
     let mut ends = list.match_indices([',', ']']);
     ends.find_map(|(end, _)| list[..end].parse().ok())
+}
+
+/// `/metrics` at `addr`: each sample's value by its name with labels
+/// (`mxgate_x{a="b"}`).
+pub fn scrape(addr: SocketAddr) -> std::collections::HashMap<String, f64> {
+    let mut stream = TcpStream::connect(addr).expect("connect to /metrics");
+    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read /metrics");
+    text.lines()
+        .filter(|line| line.starts_with("mxgate_"))
+        .filter_map(|line| line.rsplit_once(' '))
+        .map(|(name, value)| (name.to_string(), value.parse().expect("a number")))
+        .collect()
 }

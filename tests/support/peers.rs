@@ -2,7 +2,8 @@
 //! (tests/haproxy.rs and tests/scale_out.rs, through [`super::haproxy`]): a certificate made at
 //! test time, command-line clients no one here wrote (openssl s_client,
 //! swaks, python3) run under a deadline, and a private Postfix instance
-//! whose SMTP client relays to the server under test.
+//! whose SMTP client relays to the server under test, or that is the next
+//! hop the server relays to (with the other next hops in [`super::next_hop`]).
 //!
 //! Owns plumbing only; the assertions live in the test files. A peer that is
 //! not installed fails the test, naming it: `.ci/run` installs them all.
@@ -26,7 +27,7 @@ const PEER_DEADLINE_SECS: &str = "60";
 pub const DELIVERY_LIMIT: Duration = Duration::from_secs(30);
 
 /// `PATH` plus the sbin directories, where Debian puts Postfix's commands.
-fn search_path() -> String {
+pub fn search_path() -> String {
     let path = std::env::var("PATH").unwrap_or_default();
     format!("{path}:/usr/sbin:/sbin")
 }
@@ -45,7 +46,7 @@ pub fn locate(tool: &str) -> PathBuf {
     found.unwrap_or_else(|| {
         panic!(
             "`{tool}` is not installed; the real-peer tests need it \
-             (.ci/run installs postfix, swaks, openssl, python3, haproxy and iproute2)"
+             (.ci/run installs postfix, swaks, openssl, python3, haproxy, iproute2 and dovecot-lmtpd)"
         )
     })
 }
@@ -269,6 +270,31 @@ impl Postfix {
         postfix
     }
 
+    /// Starts an instance that is a final destination on `addr` (smtpd,
+    /// queue, the virtual agent into maildirs): the next hop a relay test
+    /// hands mail to. `mailboxes` are its users (`user@domain`, or `@domain`
+    /// for a catch-all); an unlisted user in their domains gets 550 5.1.1.
+    /// Count arrivals with [`Postfix::delivered`].
+    pub fn next_hop(addr: SocketAddr, mailboxes: &[&str]) -> Postfix {
+        let postfix = Postfix::init();
+        let table: String = mailboxes
+            .iter()
+            .map(|entry| format!("{entry} {}\n", maildir_of(entry)))
+            .collect();
+        postfix.lib("postfix_smtpd", &[&addr.to_string()]);
+        postfix.lib_with_input("postfix_mailboxes", &[], &table);
+        postfix.lib("postfix_start", &[]);
+        super::next_hop::wait_listening(addr);
+        postfix
+    }
+
+    /// The messages delivered so far to `mailbox` (an entry given to
+    /// [`Postfix::next_hop`]), as text.
+    pub fn delivered(&self, mailbox: &str) -> Vec<String> {
+        let dir = self.dir.path().join("mail").join(maildir_of(mailbox));
+        super::next_hop::maildir_messages(&dir)
+    }
+
     /// A configured, not yet started instance in a new temporary directory.
     fn init() -> Postfix {
         require("postfix");
@@ -335,6 +361,14 @@ impl Postfix {
             self.log()
         );
     }
+}
+
+/// The maildir (relative to the instance's mail/) of a [`Postfix::next_hop`]
+/// mailbox: `domain/user/`, `domain/@/` for a catch-all.
+fn maildir_of(mailbox: &str) -> String {
+    let (user, domain) = mailbox.split_once('@').expect("user@domain or @domain");
+    let user = if user.is_empty() { "@" } else { user };
+    format!("{domain}/{user}/")
 }
 
 impl Drop for Postfix {

@@ -48,6 +48,7 @@ fn session_for_tests(starttls: bool) -> Session {
         greet_delay: Duration::ZERO,
         min_data_rate: 500,
         starttls,
+        spool_space: Default::default(),
     });
     Session::new(config, Instant::now())
 }

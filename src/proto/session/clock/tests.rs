@@ -30,6 +30,7 @@ fn config(greet_delay: Duration) -> Arc<SessionConfig> {
         greet_delay,
         min_data_rate: 100,
         starttls: false,
+        spool_space: Default::default(),
     })
 }
 

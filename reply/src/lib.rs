@@ -2,10 +2,13 @@
 //!
 //! Owns: splitting server output into complete, possibly multi-line replies
 //! (`250-…` continued, `250 …` last), checking that every line of a reply
-//! carries the same code, and noticing the EHLO `PIPELINING` and `STARTTLS`
-//! keywords.
+//! carries the same code, noticing the EHLO `PIPELINING` and `STARTTLS`
+//! keywords, and keeping the text of the last reply (for logs and the
+//! relay's `.reason` files).
 //! Input may arrive split anywhere; only a partial line is carried between
-//! calls, bounded by [`MAX_LINE`]. Does not know what the client sent.
+//! calls, bounded by [`MAX_LINE`], and the kept text by [`MAX_TEXT`]. Does
+//! not know what the client sent. Shared by mxgate's relay and mxgate-load,
+//! so there is one reply parser in the workspace.
 
 use memchr::memchr;
 
@@ -13,6 +16,9 @@ use memchr::memchr;
 pub const MAX_LINE: usize = 4096;
 /// Most lines one multi-line reply may have before it is called hostile.
 pub const MAX_LINES: usize = 1000;
+/// Most octets of a reply's text kept; the rest is cut (an EHLO reply's
+/// keyword list is long and says nothing a log needs).
+pub const MAX_TEXT: usize = 512;
 
 /// One complete reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,9 +59,21 @@ pub struct ReplyParser {
     pipelining: bool,
     starttls: bool,
     lines: usize,
+    /// Text of the reply in progress: its lines after the code, joined by
+    /// spaces, cut at [`MAX_TEXT`].
+    partial_text: Vec<u8>,
+    /// Text of the last complete reply.
+    last_text: Vec<u8>,
 }
 
 impl ReplyParser {
+    /// The text of the last complete reply (after its code, lines joined
+    /// by a space; at most [`MAX_TEXT`] octets, as sent: not necessarily
+    /// UTF-8). Empty before the first reply.
+    pub fn text(&self) -> &[u8] {
+        &self.last_text
+    }
+
     /// Consumes input up to and including the end of the next complete
     /// reply. Returns the bytes consumed and the reply, or `None` when all
     /// of `input` was consumed without completing one.
@@ -112,9 +130,12 @@ impl ReplyParser {
         }
         self.pipelining |= is_keyword(text, b"PIPELINING");
         self.starttls |= is_keyword(text, b"STARTTLS");
+        self.keep_text(text);
         if !last {
             return Ok(None);
         }
+        std::mem::swap(&mut self.partial_text, &mut self.last_text);
+        self.partial_text.clear();
         let reply = Reply {
             code,
             pipelining: self.pipelining,
@@ -125,6 +146,17 @@ impl ReplyParser {
         self.starttls = false;
         self.lines = 0;
         Ok(Some(reply))
+    }
+}
+
+impl ReplyParser {
+    fn keep_text(&mut self, line: &[u8]) {
+        if !self.partial_text.is_empty() {
+            self.partial_text.push(b' ');
+        }
+        let room = MAX_TEXT.saturating_sub(self.partial_text.len());
+        self.partial_text
+            .extend_from_slice(&line[..line.len().min(room)]);
     }
 }
 
@@ -206,6 +238,34 @@ mod tests {
             got.extend(parse_all(&mut parser, byte).unwrap());
         }
         assert_eq!(got, expected());
+    }
+
+    #[test]
+    fn the_text_of_each_reply_is_kept() {
+        let mut parser = ReplyParser::default();
+        let input = b"250-first line\r\n250 second\r\n550 5.1.1 <a@b>: no\r\n221\r\n";
+        let mut texts = Vec::new();
+        let mut rest = &input[..];
+        while !rest.is_empty() {
+            let (used, reply) = parser.parse(rest).unwrap();
+            if reply.is_some() {
+                texts.push(String::from_utf8(parser.text().to_vec()).unwrap());
+            }
+            rest = &rest[used..];
+        }
+        assert_eq!(texts, ["first line second", "5.1.1 <a@b>: no", ""]);
+    }
+
+    #[test]
+    fn long_texts_are_cut() {
+        let mut input = b"250-".to_vec();
+        input.extend([b'a'; 400]);
+        input.extend(b"\r\n250 ");
+        input.extend([b'b'; 400]);
+        input.extend(b"\r\n");
+        let mut parser = ReplyParser::default();
+        parse_all(&mut parser, &input).unwrap();
+        assert_eq!(parser.text().len(), MAX_TEXT);
     }
 
     #[test]
