@@ -72,6 +72,20 @@ fn sample(metrics: SocketAddr, name: &str) -> f64 {
     line[prefix.len()..].parse().expect("a number")
 }
 
+/// Sends MAIL until it is answered `code`, for up to [`NOTICE`] (the
+/// monitor's next readings); a 250 that is not the answer awaited is
+/// RSET. After a 250 awaited, the transaction is open.
+fn mail_soon_gets(client: &mut Client, code: u16) -> bool {
+    wait_until(NOTICE, || {
+        client.send(format!("{MAIL}\r\n").as_bytes());
+        let reply = client.reply().code;
+        if reply == 250 && code != 250 {
+            client.cmd("RSET", 250);
+        }
+        reply == code
+    })
+}
+
 /// Writes a file of `bytes` zeros.
 fn ballast(path: &Path, bytes: usize) -> PathBuf {
     std::fs::write(path, vec![0u8; bytes]).expect("write the ballast");
@@ -100,14 +114,7 @@ fn refuses_mail_while_the_spool_is_short_of_space(backend: Backend) {
 
     // 1.5 MiB of 2: a quarter left, below the half asked for.
     let heavy = ballast(&fs.path().join("ballast"), 3 << 19);
-    let refused = wait_until(NOTICE, || {
-        client.send(format!("{MAIL}\r\n").as_bytes());
-        let reply = client.reply();
-        if reply.code == 250 {
-            client.cmd("RSET", 250);
-        }
-        reply.code == 452
-    });
+    let refused = mail_soon_gets(&mut client, 452);
     assert!(refused, "MAIL still accepted with the spool short of space");
     let reply = client.cmd(MAIL, 452);
     assert_eq!(reply, "452 4.3.1 Insufficient system storage");
@@ -117,10 +124,7 @@ fn refuses_mail_while_the_spool_is_short_of_space(backend: Backend) {
     assert!(sample(metrics, "mxgate_spool_available_bytes") < (1 << 20) as f64);
 
     std::fs::remove_file(heavy).expect("free the space");
-    let accepted = wait_until(NOTICE, || {
-        client.send(format!("{MAIL}\r\n").as_bytes());
-        client.reply().code == 250
-    });
+    let accepted = mail_soon_gets(&mut client, 250);
     assert!(accepted, "MAIL still refused with the space back");
     client.cmd("RCPT TO:<alice@example.com>", 250);
     client.cmd("DATA", 354);
@@ -167,14 +171,7 @@ fn the_relay_draining_the_spool_lifts_the_condition(backend: Backend) {
     for _ in 0..3 {
         send_big(&mut client, 400 << 10);
     }
-    let refused = wait_until(NOTICE, || {
-        client.send(format!("{MAIL}\r\n").as_bytes());
-        let reply = client.reply();
-        if reply.code == 250 {
-            client.cmd("RSET", 250);
-        }
-        reply.code == 452
-    });
+    let refused = mail_soon_gets(&mut client, 452);
     assert!(refused, "MAIL still accepted with the spool short of space");
     let new = Path::new(&spool).join("new");
     assert_eq!(support::files_in(&new).len(), 3);
@@ -186,10 +183,7 @@ fn the_relay_draining_the_spool_lifts_the_condition(backend: Backend) {
         "the relay delivered {} of 3",
         sink.received().len()
     );
-    let accepted = wait_until(NOTICE, || {
-        client.send(format!("{MAIL}\r\n").as_bytes());
-        client.reply().code == 250
-    });
+    let accepted = mail_soon_gets(&mut client, 250);
     assert!(
         accepted,
         "MAIL still refused after the relay drained the spool"
