@@ -115,10 +115,27 @@ fn start(backend: Backend, milter: &ScriptedMilter, extra: &[&str]) -> TestServe
     TestServer::start(backend, &flags)
 }
 
+/// The `/metrics` text of `server` (started with `--metrics`).
+fn scrape(server: &TestServer) -> String {
+    let handle = server.handle.as_ref().expect("running");
+    let addr = handle.metrics_addr().expect("metrics on");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
 fn a_rejection_is_passed_through_and_nothing_spooled(backend: Backend) {
     let milter = ScriptedMilter::start(eom(&[(b'y', b"554 5.7.1 virus found\0")]));
-    let server = start(backend, &milter, &[]);
+    let server = start(backend, &milter, &["--metrics", "127.0.0.1:0"]);
     assert_eq!(send_message(&server, "eicar"), "554 5.7.1 virus found");
+    let metrics = scrape(&server);
+    let name = &milter.addr;
+    let verdict = format!("mxgate_milter_verdicts_total{{milter=\"{name}\",action=\"reject\"}} 1");
+    assert!(metrics.contains(&verdict), "{metrics}");
+    let latency = format!("mxgate_milter_latency_seconds_count{{milter=\"{name}\"}} 1");
+    assert!(metrics.contains(&latency), "{metrics}");
     let plain = ScriptedMilter::start(eom(&[(b'r', b"")]));
     let other = start(backend, &plain, &[]);
     let reply = send_message(&other, "spam");
@@ -180,9 +197,11 @@ fn a_milter_down_gives_the_default(backend: Backend) {
         addr: format!("inet:{port}"),
         connections: Arc::default(),
     };
-    let server = start(backend, &down, &[]);
+    let server = start(backend, &down, &["--metrics", "127.0.0.1:0"]);
     let reply = send_message(&server, "x");
     assert!(reply.starts_with("451 4.7.1 "), "{reply}");
+    let failures = format!("mxgate_milter_failures_total{{milter=\"{}\"}} 1", down.addr);
+    assert!(scrape(&server).contains(&failures));
     assert!(server.spooled().is_empty());
     server.stop();
     let server = start(backend, &down, &["--milter-default", "accept"]);

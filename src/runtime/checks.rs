@@ -5,6 +5,7 @@
 //! is dropped: its client never got a 250.
 
 use super::sessions::{unticket, Sessions};
+use crate::check::pool::Observed;
 use crate::check::{Finished, Verdict};
 use crate::proto::reply::Reply;
 
@@ -14,6 +15,16 @@ pub fn complete<I>(sessions: &mut Sessions<I>) -> Vec<usize> {
     let Some(pool) = sessions.checks.as_mut() else {
         return Vec::new();
     };
+    for observed in std::mem::take(&mut pool.observed) {
+        match observed {
+            Observed::Verdict(milter, action, took) => {
+                sessions
+                    .metrics
+                    .milter_verdict(&pool.name(milter), action, took)
+            }
+            Observed::Failure(milter) => sessions.metrics.milter_failure(&pool.name(milter)),
+        }
+    }
     let finished = std::mem::take(&mut pool.finished);
     let mut drive = Vec::new();
     for done in finished {
@@ -33,6 +44,7 @@ pub fn complete<I>(sessions: &mut Sessions<I>) -> Vec<usize> {
         let action = verdict.action();
         match verdict {
             Verdict::Pass { quarantine } => {
+                slot.conn.milter_verdict(&milter, action);
                 message.quarantine = quarantine;
                 sessions.link.submit(ticket, message);
             }

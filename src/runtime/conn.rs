@@ -30,6 +30,7 @@
 //! connection's first octets are looked at once: a PROXY header there gets
 //! the session's 500 and the connection closes.
 
+use std::fmt::Write;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -74,7 +75,7 @@ macro_rules! session_end {
             rejected_rcpts = $conn.log.rejected_rcpts,
             messages = $conn.log.messages,
             spool_failures = $conn.log.spool_failures,
-            milter_refusals = $conn.log.milter_refusals,
+            milter_verdict = %$conn.log.milter_verdict,
             outcome = $outcome.as_str(),
             queue_ids = %$conn.log.queue_ids,
             $($key = $($value)+,)?
@@ -153,8 +154,8 @@ pub struct SessionLog {
     pub rejected_rcpts: u32,
     pub messages: u32,
     pub spool_failures: u32,
-    /// Messages the milters refused or discarded.
-    pub milter_refusals: u32,
+    /// The milters' last verdict, `ACTION by MILTER` (empty without).
+    pub milter_verdict: String,
     /// Queue IDs of the first few messages, space-separated.
     pub queue_ids: String,
 }
@@ -682,10 +683,17 @@ impl Conn {
         let out = lend(&mut self.out);
         let start = out.len();
         self.session.check_done(reply, out, &mut tally);
-        self.log.milter_refusals += 1;
+        self.milter_verdict(milter, action);
         tracing::info!(client = %self.peer, milter, action, reply = %Printable(reply.trim_ascii_end()), "milter verdict");
         self.seal(start);
         mail_log::rejections(self.peer, tally.rejections());
+    }
+
+    /// Notes the milters' verdict on this connection's message for its
+    /// log line.
+    pub fn milter_verdict(&mut self, milter: &str, action: &str) {
+        self.log.milter_verdict.clear();
+        let _ = write!(self.log.milter_verdict, "{action} by {milter}");
     }
 
     /// Whether a spool completion for `generation` answers the message
