@@ -2,7 +2,8 @@
 //! (tests/haproxy.rs, which needs only [`require`]): a certificate made at
 //! test time, command-line clients no one here wrote (openssl s_client,
 //! swaks, python3) run under a deadline, and a private Postfix instance
-//! whose SMTP client relays to the server under test.
+//! whose SMTP client relays to the server under test, or whose smtpd
+//! hands its sessions to milters (tests/milter_peers.rs).
 //!
 //! Owns plumbing only; the assertions live in the test files. A peer that is
 //! not installed fails the test, naming it: `.ci/run` installs them all.
@@ -254,6 +255,18 @@ impl Postfix {
         postfix
     }
 
+    /// Starts an instance whose smtpd listens on `addr` and hands every
+    /// session to `milters` (`inet:HOST:PORT`, in order; see
+    /// `postfix_milters`): Postfix as the milter client, to prove a milter
+    /// peer speaks the protocol. Accepted mail is held.
+    pub fn filtering(addr: SocketAddr, milters: &[&str]) -> Postfix {
+        let postfix = Postfix::init();
+        postfix.lib("postfix_listen", &[&addr.to_string()]);
+        postfix.lib("postfix_milters", milters);
+        postfix.lib("postfix_start", &[]);
+        postfix
+    }
+
     /// A configured, not yet started instance in a new temporary directory.
     fn init() -> Postfix {
         require("postfix");
@@ -274,6 +287,22 @@ impl Postfix {
     pub fn held(&self) -> usize {
         let hold = self.dir.path().join("queue").join("hold");
         std::fs::read_dir(hold).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// The messages in its hold queue, as postcat prints them (envelope
+    /// records, then headers and body).
+    pub fn held_messages(&self) -> Vec<String> {
+        let hold = self.dir.path().join("queue").join("hold");
+        super::files_in(&hold)
+            .iter()
+            .map(|file| {
+                let mut postcat = peer("postcat");
+                postcat.arg(file);
+                let done = run(postcat, "");
+                assert!(done.success, "postcat {}: {}", file.display(), done.stderr);
+                done.stdout
+            })
+            .collect()
     }
 
     /// Hands a message to this instance's sendmail.
