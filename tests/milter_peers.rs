@@ -11,7 +11,7 @@
 
 mod support;
 
-use support::milters::{free_addr, Scripted};
+use support::milters::{eicar, free_addr, Clamav, Rspamd, Scripted, GTUBE};
 use support::peers::{Postfix, DELIVERY_LIMIT};
 use support::{wait_until, Client};
 
@@ -29,16 +29,16 @@ fn send_through(addr: std::net::SocketAddr, rcpt: &str, body: &str) -> support::
     reply
 }
 
-/// Postfix in front of `milter`.
-fn postfix_with(milter: &Scripted) -> (Postfix, std::net::SocketAddr) {
+/// Postfix in front of the milter at `spec`.
+fn postfix_with(spec: &str) -> (Postfix, std::net::SocketAddr) {
     let addr = free_addr();
-    (Postfix::filtering(addr, &[&milter.spec()]), addr)
+    (Postfix::filtering(addr, &[spec]), addr)
 }
 
 #[test]
 fn postfix_refuses_what_the_scripted_milter_rejects() {
     let milter = Scripted::start(&["--on", "eom/REJECTME=reject"]);
-    let (postfix, addr) = postfix_with(&milter);
+    let (postfix, addr) = postfix_with(&milter.spec());
 
     let refused = send_through(addr, "alice@example.com", "please REJECTME now");
     assert_eq!(refused.code, 550, "{:?}\n{}", refused.lines, postfix.log());
@@ -89,7 +89,7 @@ fn postfix_passes_on_the_scripted_milters_reply_codes_per_stage() {
         "--on",
         "eom/LATER=sleep:1;tempfail",
     ]);
-    let (postfix, addr) = postfix_with(&milter);
+    let (postfix, addr) = postfix_with(&milter.spec());
 
     let mut client = Client::connect(addr);
     client.hello();
@@ -112,7 +112,7 @@ fn postfix_keeps_the_headers_the_scripted_milter_adds_and_changes() {
         "--on",
         "eom=addheader:X-Scripted:added;chgheader:1:Subject:changed;accept",
     ]);
-    let (postfix, addr) = postfix_with(&milter);
+    let (postfix, addr) = postfix_with(&milter.spec());
     let accepted = send_through(addr, "alice@example.com", "modify me");
     assert_eq!(accepted.code, 250, "{:?}", accepted.lines);
     assert!(
@@ -135,7 +135,7 @@ fn postfix_tempfails_when_the_scripted_milter_misbehaves() {
     for fault in ["close", "garbage", "raw:not a milter reply", "oversized"] {
         let rule = format!("eom={fault}");
         let milter = Scripted::start(&["--on", &rule]);
-        let (postfix, addr) = postfix_with(&milter);
+        let (postfix, addr) = postfix_with(&milter.spec());
         let reply = send_through(addr, "alice@example.com", "a message");
         assert_eq!(
             reply.code,
@@ -149,5 +149,53 @@ fn postfix_tempfails_when_the_scripted_milter_misbehaves() {
             "{fault}: {}",
             postfix.log()
         );
+    }
+}
+
+#[test]
+fn postfix_refuses_eicar_through_clamav_milter() {
+    let clamav = Clamav::start();
+    let (postfix, addr) = postfix_with(&clamav.spec());
+    let infected = send_through(addr, "alice@example.com", &eicar());
+    assert_eq!(
+        infected.code / 100,
+        5,
+        "{:?}\n{}\n{}",
+        infected.lines,
+        postfix.log(),
+        clamav.log()
+    );
+    let clean = send_through(addr, "alice@example.com", "nothing to see here");
+    assert_eq!(clean.code, 250, "{:?}\n{}", clean.lines, clamav.log());
+    assert!(
+        clamav.log().contains("Mxgate.Test.EICAR"),
+        "{}",
+        clamav.log()
+    );
+}
+
+#[test]
+fn postfix_refuses_gtube_through_rspamd_and_keeps_its_headers() {
+    let rspamd = Rspamd::start();
+    let (postfix, addr) = postfix_with(&rspamd.spec());
+    let spam = send_through(addr, "alice@example.com", GTUBE);
+    assert_eq!(
+        spam.code / 100,
+        5,
+        "{:?}\n{}\n{}",
+        spam.lines,
+        postfix.log(),
+        rspamd.log()
+    );
+    let clean = send_through(addr, "alice@example.com", "a perfectly ordinary note");
+    assert_eq!(clean.code, 250, "{:?}\n{}", clean.lines, rspamd.log());
+    assert!(
+        wait_until(DELIVERY_LIMIT, || postfix.held() == 1),
+        "{}",
+        postfix.log()
+    );
+    let held = postfix.held_messages().join("\n");
+    for header in ["X-Spamd-Result:", "X-Rspamd-Server:", "X-Rspamd-Queue-Id:"] {
+        assert!(held.contains(header), "no {header} in\n{held}");
     }
 }

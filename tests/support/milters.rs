@@ -8,11 +8,14 @@
 //! naming it: `.ci/run` installs them.
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use rustix::process::{kill_process_group, Pid, Signal};
 
 use super::peers::require;
 
@@ -188,16 +191,311 @@ pub fn free_addr() -> SocketAddr {
         .expect("a free port")
 }
 
-/// Waits until something accepts connections on `addr`; fails with
-/// `what` and `log`'s contents if nothing does within `limit`.
-pub fn wait_for_port(addr: SocketAddr, limit: Duration, what: &str, log: &Path) {
-    let up = super::wait_until(limit, || {
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-    });
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    assert!(
-        up,
-        "{what} did not listen on {addr} within {limit:?}; its log {}:\n{text}",
-        log.display()
-    );
+/// A daemon the test started, in a process group of its own (rspamd forks
+/// workers); stopped with SIGTERM to the group, then SIGKILL, when dropped.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `command` (`tool` is its name, checked to be installed),
+    /// with stdout and stderr going to `log`.
+    fn spawn(tool: &str, mut command: Command, log: PathBuf) -> Daemon {
+        require(tool);
+        let out = std::fs::File::create(&log).expect("create a daemon's log");
+        let child = command
+            .env(
+                "PATH",
+                format!(
+                    "{}:/usr/sbin:/sbin",
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {tool}: {e}"));
+        Daemon { child, log }
+    }
+
+    /// Waits until it accepts connections on `addr`; fails with its log
+    /// (and `also`'s) if it exits first or `limit` passes.
+    fn wait_for(&mut self, addr: SocketAddr, limit: Duration, what: &str, also: &Path) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{what} exited ({status}) before listening on {addr}; {}",
+                    self.logs(also)
+                );
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{what} did not listen on {addr} within {limit:?}; {}",
+            self.logs(also)
+        );
+    }
+
+    fn logs(&self, also: &Path) -> String {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        format!(
+            "its output ({}):\n{}\nits log ({}):\n{}",
+            self.log.display(),
+            read(&self.log),
+            also.display(),
+            read(also)
+        )
+    }
+
+    fn signal_group(&self, signal: Signal) {
+        if let Some(pid) = Pid::from_raw(self.child.id() as i32) {
+            let _ = kill_process_group(pid, signal);
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.signal_group(Signal::TERM);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The leader may be gone while workers linger: the group gets KILL.
+        self.signal_group(Signal::KILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// The EICAR anti-virus test string, put together at run time so that no
+/// scanner flags this source file.
+pub fn eicar() -> String {
+    let halves = [
+        r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR",
+        "-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*",
+    ];
+    halves.concat()
+}
+
+/// GTUBE, the Generic Test for Unsolicited Bulk Email: rspamd rejects a
+/// message holding it.
+pub const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
+
+/// clamd with a database of one signature (EICAR, as an `.ndb` body
+/// signature: no freshclam, no network) and clamav-milter in front of it,
+/// both on loopback ports in a private directory. clamav-milter rejects
+/// infected mail and defers when clamd fails.
+pub struct Clamav {
+    // Dropped in this order: the milter, then clamd, then the directory.
+    _milter: Daemon,
+    _clamd: Daemon,
+    dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+}
+
+impl Clamav {
+    pub fn start() -> Clamav {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        let db = root.join("db");
+        std::fs::create_dir(&db).expect("database dir");
+        let hex: String = eicar().bytes().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(
+            db.join("mxgate-test.ndb"),
+            format!("Mxgate.Test.EICAR:0:*:{hex}\n"),
+        )
+        .expect("write the signature");
+
+        let clamd_addr = free_addr();
+        let clamd_conf = root.join("clamd.conf");
+        std::fs::write(&clamd_conf, clamd_config(root, clamd_addr)).expect("clamd.conf");
+        let mut clamd = Command::new("clamd");
+        clamd.arg("--config-file").arg(&clamd_conf);
+        let mut clamd = Daemon::spawn("clamd", clamd, root.join("clamd.out"));
+        clamd.wait_for(clamd_addr, START_LIMIT, "clamd", &root.join("clamd.log"));
+
+        let addr = free_addr();
+        let milter_conf = root.join("clamav-milter.conf");
+        std::fs::write(&milter_conf, clamav_milter_config(root, addr, clamd_addr))
+            .expect("clamav-milter.conf");
+        let mut milter = Command::new("clamav-milter");
+        milter.arg("--config-file").arg(&milter_conf);
+        let mut milter = Daemon::spawn("clamav-milter", milter, root.join("clamav-milter.out"));
+        milter.wait_for(
+            addr,
+            START_LIMIT,
+            "clamav-milter",
+            &root.join("clamav-milter.log"),
+        );
+        Clamav {
+            _milter: milter,
+            _clamd: clamd,
+            dir,
+            addr,
+        }
+    }
+
+    /// `inet:127.0.0.1:PORT`.
+    pub fn spec(&self) -> String {
+        format!("inet:{}", self.addr)
+    }
+
+    /// clamav-milter's log (it names what it found).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("clamav-milter.log")).unwrap_or_default()
+    }
+}
+
+/// clamd.conf: TCP on `addr` only, in the foreground, everything under `root`.
+fn clamd_config(root: &Path, addr: SocketAddr) -> String {
+    let root = root.display();
+    format!(
+        "Foreground yes\n\
+         DatabaseDirectory {root}/db\n\
+         TCPSocket {port}\n\
+         TCPAddr {ip}\n\
+         LogFile {root}/clamd.log\n\
+         LogTime yes\n\
+         PidFile {root}/clamd.pid\n\
+         TemporaryDirectory {root}\n",
+        port = addr.port(),
+        ip = addr.ip(),
+    )
+}
+
+/// clamav-milter.conf: listens on `addr`, asks clamd at `clamd`, rejects
+/// infected mail, defers when clamd fails.
+fn clamav_milter_config(root: &Path, addr: SocketAddr, clamd: SocketAddr) -> String {
+    let root = root.display();
+    format!(
+        "Foreground yes\n\
+         MilterSocket inet:{port}@{ip}\n\
+         ClamdSocket tcp:{clamd}\n\
+         LogFile {root}/clamav-milter.log\n\
+         LogInfected Basic\n\
+         LogClean Basic\n\
+         PidFile {root}/clamav-milter.pid\n\
+         TemporaryDirectory {root}\n\
+         OnInfected Reject\n\
+         OnFail Defer\n\
+         AddHeader Replace\n",
+        port = addr.port(),
+        ip = addr.ip(),
+    )
+}
+
+/// rspamd with Debian's stock configuration and a private local
+/// configuration (local.d/override.d) that puts its proxy worker, in milter
+/// mode and scanning itself, on a loopback port; the normal and controller
+/// workers on other loopback ports; DNS at a closed loopback port (no
+/// network); the headers of milter_headers on every message. No Redis:
+/// the modules that need it turn themselves off. rspamd rejects GTUBE.
+pub struct Rspamd {
+    _daemon: Daemon,
+    dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+}
+
+/// rspamd compiles its regular expressions at start-up: tens of seconds on
+/// a busy machine.
+const RSPAMD_START_LIMIT: Duration = Duration::from_secs(120);
+
+impl Rspamd {
+    pub fn start() -> Rspamd {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        let addr = free_addr();
+        for sub in ["local/local.d", "local/override.d", "db", "run"] {
+            std::fs::create_dir_all(root.join(sub)).expect("rspamd dirs");
+        }
+        let files = rspamd_local_config(addr, free_addr(), free_addr());
+        for (name, text) in files {
+            std::fs::write(root.join("local").join(name), text).expect("rspamd config");
+        }
+        let var = |name: &str, sub: &str| format!("{name}={}", root.join(sub).display());
+        let mut command = Command::new("rspamd");
+        command
+            // In the foreground; as root, which it refuses without -i.
+            .args(["-f", "-i", "-u", "root", "-g", "root"])
+            .args(["-c", "/etc/rspamd/rspamd.conf"])
+            .args(["--var", &var("LOCAL_CONFDIR", "local")])
+            .args(["--var", &var("DBDIR", "db")])
+            .args(["--var", &var("RUNDIR", "run")])
+            .args(["--var", &var("LOGDIR", "")]);
+        let mut daemon = Daemon::spawn("rspamd", command, root.join("rspamd.out"));
+        daemon.wait_for(
+            addr,
+            RSPAMD_START_LIMIT,
+            "rspamd's proxy",
+            &root.join("rspamd.log"),
+        );
+        Rspamd {
+            _daemon: daemon,
+            dir,
+            addr,
+        }
+    }
+
+    /// `inet:127.0.0.1:PORT`.
+    pub fn spec(&self) -> String {
+        format!("inet:{}", self.addr)
+    }
+
+    /// rspamd's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("rspamd.log")).unwrap_or_default()
+    }
+}
+
+/// The files of rspamd's private local configuration, relative to its
+/// LOCAL_CONFDIR: the proxy as a milter on `proxy`, the other workers on
+/// `normal` and `controller`, no DNS, milter_headers' headers.
+fn rspamd_local_config(
+    proxy: SocketAddr,
+    normal: SocketAddr,
+    controller: SocketAddr,
+) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "local.d/worker-proxy.inc",
+            format!(
+                "bind_socket = \"{proxy}\";\n\
+                 milter = yes;\n\
+                 timeout = 120s;\n\
+                 upstream \"local\" {{\n  default = yes;\n  self_scan = yes;\n}}\n"
+            ),
+        ),
+        // override.d: these replace the stock localhost:1133x sockets.
+        (
+            "override.d/worker-normal.inc",
+            format!("bind_socket = \"{normal}\";\n"),
+        ),
+        (
+            "override.d/worker-controller.inc",
+            format!("bind_socket = \"{controller}\";\n"),
+        ),
+        (
+            "local.d/options.inc",
+            // A closed loopback port: every lookup fails at once.
+            "dns {\n  nameserver = [\"127.0.0.1:1\"];\n  timeout = 1s;\n  retransmits = 1;\n}\n"
+                .to_string(),
+        ),
+        (
+            "local.d/milter_headers.conf",
+            "use = [\"x-spamd-result\", \"x-rspamd-server\", \"x-rspamd-queue-id\"];\n\
+             skip_local = false;\n\
+             skip_authenticated = false;\n"
+                .to_string(),
+        ),
+    ]
 }

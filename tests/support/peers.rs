@@ -40,7 +40,8 @@ pub fn require(tool: &str) {
     assert!(
         found,
         "`{tool}` is not installed; the real-peer tests need it \
-         (.ci/run installs postfix, swaks, openssl, python3 and haproxy)"
+         (.ci/run installs postfix, swaks, openssl, python3, haproxy, \
+         clamav-daemon, clamav-milter and rspamd)"
     );
 }
 
