@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{kill_process_group, Pid, Signal};
 
-use super::peers::require;
+use super::peers::{library, require, run};
 
 /// The scripted milter.
 pub const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/milter.py");
@@ -277,14 +277,28 @@ impl Drop for Daemon {
     }
 }
 
-/// The EICAR anti-virus test string, put together at run time so that no
-/// scanner flags this source file.
+/// The shell library that writes the real milters' configurations.
+const MILTERS_LIB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/scripts/milters.sh");
+
+/// Runs `function DIR ARGS...` of benches/scripts/milters.sh; returns its
+/// stdout.
+fn milters_lib(function: &str, dir: &Path, args: &[String]) -> String {
+    let mut command = library(MILTERS_LIB, function);
+    command.arg(dir).args(args);
+    let done = run(command, "");
+    assert!(
+        done.success,
+        "{function} failed: {}{}",
+        done.stdout, done.stderr
+    );
+    done.stdout
+}
+
+/// The EICAR anti-virus test string (benches/scripts/milters.sh's).
 pub fn eicar() -> String {
-    let halves = [
-        r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR",
-        "-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*",
-    ];
-    halves.concat()
+    let done = run(library(MILTERS_LIB, "eicar_string"), "");
+    assert!(done.success, "eicar_string: {}", done.stderr);
+    done.stdout
 }
 
 /// GTUBE, the Generic Test for Unsolicited Bulk Email: rspamd rejects a
@@ -293,8 +307,9 @@ pub const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TES
 
 /// clamd with a database of one signature (EICAR, as an `.ndb` body
 /// signature: no freshclam, no network) and clamav-milter in front of it,
-/// both on loopback ports in a private directory. clamav-milter rejects
-/// infected mail and defers when clamd fails.
+/// both on loopback ports in a private directory, as `clamav_init` of
+/// benches/scripts/milters.sh sets them up: clamav-milter rejects infected
+/// mail and defers when clamd fails.
 pub struct Clamav {
     // Dropped in this order: the milter, then clamd, then the directory.
     _milter: Daemon,
@@ -307,29 +322,19 @@ impl Clamav {
     pub fn start() -> Clamav {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
-        let db = root.join("db");
-        std::fs::create_dir(&db).expect("database dir");
-        let hex: String = eicar().bytes().map(|b| format!("{b:02x}")).collect();
-        std::fs::write(
-            db.join("mxgate-test.ndb"),
-            format!("Mxgate.Test.EICAR:0:*:{hex}\n"),
-        )
-        .expect("write the signature");
+        let (clamd_addr, addr) = (free_addr(), free_addr());
+        let ports = [clamd_addr.port().to_string(), addr.port().to_string()];
+        milters_lib("clamav_init", root, &ports);
 
-        let clamd_addr = free_addr();
-        let clamd_conf = root.join("clamd.conf");
-        std::fs::write(&clamd_conf, clamd_config(root, clamd_addr)).expect("clamd.conf");
         let mut clamd = Command::new("clamd");
-        clamd.arg("--config-file").arg(&clamd_conf);
+        clamd.arg("--config-file").arg(root.join("clamd.conf"));
         let mut clamd = Daemon::spawn("clamd", clamd, root.join("clamd.out"));
         clamd.wait_for(clamd_addr, START_LIMIT, "clamd", &root.join("clamd.log"));
 
-        let addr = free_addr();
-        let milter_conf = root.join("clamav-milter.conf");
-        std::fs::write(&milter_conf, clamav_milter_config(root, addr, clamd_addr))
-            .expect("clamav-milter.conf");
         let mut milter = Command::new("clamav-milter");
-        milter.arg("--config-file").arg(&milter_conf);
+        milter
+            .arg("--config-file")
+            .arg(root.join("clamav-milter.conf"));
         let mut milter = Daemon::spawn("clamav-milter", milter, root.join("clamav-milter.out"));
         milter.wait_for(
             addr,
@@ -356,50 +361,10 @@ impl Clamav {
     }
 }
 
-/// clamd.conf: TCP on `addr` only, in the foreground, everything under `root`.
-fn clamd_config(root: &Path, addr: SocketAddr) -> String {
-    let root = root.display();
-    format!(
-        "Foreground yes\n\
-         DatabaseDirectory {root}/db\n\
-         TCPSocket {port}\n\
-         TCPAddr {ip}\n\
-         LogFile {root}/clamd.log\n\
-         LogTime yes\n\
-         PidFile {root}/clamd.pid\n\
-         TemporaryDirectory {root}\n",
-        port = addr.port(),
-        ip = addr.ip(),
-    )
-}
-
-/// clamav-milter.conf: listens on `addr`, asks clamd at `clamd`, rejects
-/// infected mail, defers when clamd fails.
-fn clamav_milter_config(root: &Path, addr: SocketAddr, clamd: SocketAddr) -> String {
-    let root = root.display();
-    format!(
-        "Foreground yes\n\
-         MilterSocket inet:{port}@{ip}\n\
-         ClamdSocket tcp:{clamd}\n\
-         LogFile {root}/clamav-milter.log\n\
-         LogInfected Basic\n\
-         LogClean Basic\n\
-         PidFile {root}/clamav-milter.pid\n\
-         TemporaryDirectory {root}\n\
-         OnInfected Reject\n\
-         OnFail Defer\n\
-         AddHeader Replace\n",
-        port = addr.port(),
-        ip = addr.ip(),
-    )
-}
-
-/// rspamd with Debian's stock configuration and a private local
-/// configuration (local.d/override.d) that puts its proxy worker, in milter
-/// mode and scanning itself, on a loopback port; the normal and controller
-/// workers on other loopback ports; DNS at a closed loopback port (no
-/// network); the headers of milter_headers on every message. No Redis:
-/// the modules that need it turn themselves off. rspamd rejects GTUBE.
+/// rspamd with Debian's stock configuration under the private local one
+/// of `rspamd_init` (benches/scripts/milters.sh): its proxy worker, in
+/// milter mode and scanning itself, on a loopback port; no Redis, no DNS;
+/// milter_headers' headers on every message. rspamd rejects GTUBE.
 pub struct Rspamd {
     _daemon: Daemon,
     dir: tempfile::TempDir,
@@ -415,23 +380,15 @@ impl Rspamd {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
         let addr = free_addr();
-        for sub in ["local/local.d", "local/override.d", "db", "run"] {
-            std::fs::create_dir_all(root.join(sub)).expect("rspamd dirs");
-        }
-        let files = rspamd_local_config(addr, free_addr(), free_addr());
-        for (name, text) in files {
-            std::fs::write(root.join("local").join(name), text).expect("rspamd config");
-        }
-        let var = |name: &str, sub: &str| format!("{name}={}", root.join(sub).display());
+        let ports = [addr, free_addr(), free_addr()].map(|a| a.port().to_string());
+        milters_lib("rspamd_init", root, &ports);
+        let vars = milters_lib("rspamd_vars", root, &[]);
         let mut command = Command::new("rspamd");
         command
             // In the foreground; as root, which it refuses without -i.
             .args(["-f", "-i", "-u", "root", "-g", "root"])
             .args(["-c", "/etc/rspamd/rspamd.conf"])
-            .args(["--var", &var("LOCAL_CONFDIR", "local")])
-            .args(["--var", &var("DBDIR", "db")])
-            .args(["--var", &var("RUNDIR", "run")])
-            .args(["--var", &var("LOGDIR", "")]);
+            .args(vars.split_whitespace());
         let mut daemon = Daemon::spawn("rspamd", command, root.join("rspamd.out"));
         daemon.wait_for(
             addr,
@@ -455,47 +412,4 @@ impl Rspamd {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("rspamd.log")).unwrap_or_default()
     }
-}
-
-/// The files of rspamd's private local configuration, relative to its
-/// LOCAL_CONFDIR: the proxy as a milter on `proxy`, the other workers on
-/// `normal` and `controller`, no DNS, milter_headers' headers.
-fn rspamd_local_config(
-    proxy: SocketAddr,
-    normal: SocketAddr,
-    controller: SocketAddr,
-) -> Vec<(&'static str, String)> {
-    vec![
-        (
-            "local.d/worker-proxy.inc",
-            format!(
-                "bind_socket = \"{proxy}\";\n\
-                 milter = yes;\n\
-                 timeout = 120s;\n\
-                 upstream \"local\" {{\n  default = yes;\n  self_scan = yes;\n}}\n"
-            ),
-        ),
-        // override.d: these replace the stock localhost:1133x sockets.
-        (
-            "override.d/worker-normal.inc",
-            format!("bind_socket = \"{normal}\";\n"),
-        ),
-        (
-            "override.d/worker-controller.inc",
-            format!("bind_socket = \"{controller}\";\n"),
-        ),
-        (
-            "local.d/options.inc",
-            // A closed loopback port: every lookup fails at once.
-            "dns {\n  nameserver = [\"127.0.0.1:1\"];\n  timeout = 1s;\n  retransmits = 1;\n}\n"
-                .to_string(),
-        ),
-        (
-            "local.d/milter_headers.conf",
-            "use = [\"x-spamd-result\", \"x-rspamd-server\", \"x-rspamd-queue-id\"];\n\
-             skip_local = false;\n\
-             skip_authenticated = false;\n"
-                .to_string(),
-        ),
-    ]
 }

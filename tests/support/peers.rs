@@ -90,6 +90,16 @@ pub fn run(command: Command, input: &str) -> Finished {
     }
 }
 
+/// A command running `function` of the shell library `lib` (one of
+/// benches/scripts/*.sh); its arguments are the command's.
+pub fn library(lib: &str, function: &str) -> Command {
+    let mut command = Command::new("bash");
+    command
+        .args(["-c", "source \"$0\" && \"$@\"", lib, function])
+        .env("PATH", search_path());
+    command
+}
+
 /// A self-signed certificate (ECDSA P-256 unless said otherwise) for
 /// `mx.test` and 127.0.0.1 (so a
 /// client connecting to the address can verify it), as PEM files in its own
@@ -335,12 +345,8 @@ impl Postfix {
     }
 
     fn lib_with_input(&self, function: &str, args: &[&str], input: &str) {
-        let mut command = Command::new("bash");
-        command
-            .args(["-c", "source \"$0\" && \"$@\"", POSTFIX_LIB, function])
-            .arg(self.dir.path())
-            .args(args)
-            .env("PATH", search_path());
+        let mut command = library(POSTFIX_LIB, function);
+        command.arg(self.dir.path()).args(args);
         let done = run(command, input);
         assert!(
             done.success,
