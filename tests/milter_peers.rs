@@ -29,10 +29,12 @@ fn send_through(addr: std::net::SocketAddr, rcpt: &str, body: &str) -> support::
     reply
 }
 
-/// Postfix in front of the milter at `spec`.
+/// Postfix in front of the milter at `spec`, waiting at most 5 s for
+/// each of its replies.
 fn postfix_with(spec: &str) -> (Postfix, std::net::SocketAddr) {
     let addr = free_addr();
-    (Postfix::filtering(addr, &[spec]), addr)
+    let timeouts = ["milter_command_timeout = 5s", "milter_content_timeout = 5s"];
+    (Postfix::filtering(addr, &[spec], &timeouts), addr)
 }
 
 #[test]
@@ -87,7 +89,7 @@ fn postfix_passes_on_the_scripted_milters_reply_codes_per_stage() {
         "--on",
         "rcpt/nobody@=replycode:550 5.1.1 scripted: no such user",
         "--on",
-        "eom/LATER=sleep:1;tempfail",
+        "eom/LATER=sleep:1;replycode:451 4.7.1 scripted: try later",
     ]);
     let (postfix, addr) = postfix_with(&milter.spec());
 
@@ -102,8 +104,15 @@ fn postfix_passes_on_the_scripted_milters_reply_codes_per_stage() {
     client.cmd("RCPT TO:<alice@example.com>", 250);
     client.cmd("DATA", 354);
     client.send(b"Subject: x\r\n\r\ntry LATER\r\n.\r\n");
+    let started = std::time::Instant::now();
     let late = client.reply();
     assert_eq!(late.code, 451, "{:?}\n{}", late.lines, postfix.log());
+    assert!(
+        late.last().contains("scripted: try later"),
+        "{:?}",
+        late.lines
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
 }
 
 #[test]
@@ -127,12 +136,20 @@ fn postfix_keeps_the_headers_the_scripted_milter_adds_and_changes() {
 }
 
 /// The faults: Postfix's milter_default_action (tempfail) turns each into a
-/// 451, so each must have broken the exchange. (A modification the milter
+/// 451, so each must have broken the exchange (`hang` and `sleep:8` by
+/// outlasting Postfix's 5 s milter timeout). (A modification the milter
 /// did not negotiate, `--actions none` and `addheader:...`, Postfix lets
 /// pass, so it is mxgate's own tests that prove that one.)
 #[test]
 fn postfix_tempfails_when_the_scripted_milter_misbehaves() {
-    for fault in ["close", "garbage", "raw:not a milter reply", "oversized"] {
+    for fault in [
+        "close",
+        "garbage",
+        "raw:not a milter reply",
+        "oversized",
+        "hang",
+        "sleep:8",
+    ] {
         let rule = format!("eom={fault}");
         let milter = Scripted::start(&["--on", &rule]);
         let (postfix, addr) = postfix_with(&milter.spec());

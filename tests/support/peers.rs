@@ -268,12 +268,16 @@ impl Postfix {
 
     /// Starts an instance whose smtpd listens on `addr` and hands every
     /// session to `milters` (`inet:HOST:PORT`, in order; see
-    /// `postfix_milters`): Postfix as the milter client, to prove a milter
-    /// peer speaks the protocol. Accepted mail is held.
-    pub fn filtering(addr: SocketAddr, milters: &[&str]) -> Postfix {
+    /// `postfix_milters`), with the main.cf `settings`: Postfix as the
+    /// milter client, to prove a milter peer speaks the protocol. Accepted
+    /// mail is held.
+    pub fn filtering(addr: SocketAddr, milters: &[&str], settings: &[&str]) -> Postfix {
         let postfix = Postfix::init();
         postfix.lib("postfix_listen", &[&addr.to_string()]);
         postfix.lib("postfix_milters", milters);
+        if !settings.is_empty() {
+            postfix.lib("postfix_set", settings);
+        }
         postfix.lib("postfix_start", &[]);
         postfix
     }
