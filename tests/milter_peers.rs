@@ -11,7 +11,7 @@
 
 mod support;
 
-use support::milters::{eicar, free_addr, Clamav, Rspamd, Scripted, GTUBE};
+use support::milters::{eicar, free_addr, RealMilter, Scripted, GTUBE};
 use support::peers::{Postfix, DELIVERY_LIMIT};
 use support::{wait_until, Client};
 
@@ -169,43 +169,30 @@ fn postfix_tempfails_when_the_scripted_milter_misbehaves() {
     }
 }
 
+/// Postfix in front of `milter`: a message with `bad` in its body gets a
+/// 5xx, then one with `good` a 250. Returns Postfix for more checks.
+fn refused_then_accepted(milter: &RealMilter, bad: &str, good: &str) -> Postfix {
+    let (postfix, addr) = postfix_with(&milter.spec());
+    let refused = send_through(addr, "alice@example.com", bad);
+    let logs = || format!("{}\n{}", postfix.log(), milter.log());
+    assert_eq!(refused.code / 100, 5, "{:?}\n{}", refused.lines, logs());
+    let accepted = send_through(addr, "alice@example.com", good);
+    assert_eq!(accepted.code, 250, "{:?}\n{}", accepted.lines, logs());
+    postfix
+}
+
 #[test]
 fn postfix_refuses_eicar_through_clamav_milter() {
-    let clamav = Clamav::start();
-    let (postfix, addr) = postfix_with(&clamav.spec());
-    let infected = send_through(addr, "alice@example.com", &eicar());
-    assert_eq!(
-        infected.code / 100,
-        5,
-        "{:?}\n{}\n{}",
-        infected.lines,
-        postfix.log(),
-        clamav.log()
-    );
-    let clean = send_through(addr, "alice@example.com", "nothing to see here");
-    assert_eq!(clean.code, 250, "{:?}\n{}", clean.lines, clamav.log());
-    assert!(
-        clamav.log().contains("Mxgate.Test.EICAR"),
-        "{}",
-        clamav.log()
-    );
+    let clamav = RealMilter::clamav();
+    refused_then_accepted(&clamav, &eicar(), "nothing to see here");
+    let log = clamav.log();
+    assert!(log.contains("Mxgate.Test.EICAR"), "{log}");
 }
 
 #[test]
 fn postfix_refuses_gtube_through_rspamd_and_keeps_its_headers() {
-    let rspamd = Rspamd::start();
-    let (postfix, addr) = postfix_with(&rspamd.spec());
-    let spam = send_through(addr, "alice@example.com", GTUBE);
-    assert_eq!(
-        spam.code / 100,
-        5,
-        "{:?}\n{}\n{}",
-        spam.lines,
-        postfix.log(),
-        rspamd.log()
-    );
-    let clean = send_through(addr, "alice@example.com", "a perfectly ordinary note");
-    assert_eq!(clean.code, 250, "{:?}\n{}", clean.lines, rspamd.log());
+    let rspamd = RealMilter::rspamd();
+    let postfix = refused_then_accepted(&rspamd, GTUBE, "a perfectly ordinary note");
     assert!(
         wait_until(DELIVERY_LIMIT, || postfix.held() == 1),
         "{}",

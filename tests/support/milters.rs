@@ -64,7 +64,7 @@ impl Scripted {
 
     /// `inet:127.0.0.1:PORT`, for `--milter` and Postfix's `smtpd_milters`.
     pub fn spec(&self) -> String {
-        format!("inet:{}", self.addr)
+        inet(self.addr)
     }
 
     /// Every packet it received so far, in order.
@@ -305,21 +305,27 @@ pub fn eicar() -> String {
 /// message holding it.
 pub const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
 
-/// clamd with a database of one signature (EICAR, as an `.ndb` body
-/// signature: no freshclam, no network) and clamav-milter in front of it,
-/// both on loopback ports in a private directory, as `clamav_init` of
-/// benches/scripts/milters.sh sets them up: clamav-milter rejects infected
-/// mail and defers when clamd fails.
-pub struct Clamav {
-    // Dropped in this order: the milter, then clamd, then the directory.
-    _milter: Daemon,
-    _clamd: Daemon,
+/// A real milter daemon the test started, with what it needs behind it,
+/// in a private directory; stopped when dropped.
+pub struct RealMilter {
+    // Dropped first to last: the milter, then what it uses.
+    _daemons: Vec<Daemon>,
     dir: tempfile::TempDir,
+    log: &'static str,
     pub addr: SocketAddr,
 }
 
-impl Clamav {
-    pub fn start() -> Clamav {
+/// rspamd compiles its regular expressions at start-up: tens of seconds on
+/// a busy machine.
+const RSPAMD_START_LIMIT: Duration = Duration::from_secs(120);
+
+impl RealMilter {
+    /// clamd with a database of one signature (EICAR, as an `.ndb` body
+    /// signature: no freshclam, no network) and clamav-milter in front of
+    /// it, both on loopback ports, as `clamav_init` of
+    /// benches/scripts/milters.sh sets them up: clamav-milter rejects
+    /// infected mail and defers when clamd fails.
+    pub fn clamav() -> RealMilter {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
         let (clamd_addr, addr) = (free_addr(), free_addr());
@@ -336,47 +342,21 @@ impl Clamav {
             .arg("--config-file")
             .arg(root.join("clamav-milter.conf"));
         let mut milter = Daemon::spawn("clamav-milter", milter, root.join("clamav-milter.out"));
-        milter.wait_for(
-            addr,
-            START_LIMIT,
-            "clamav-milter",
-            &root.join("clamav-milter.log"),
-        );
-        Clamav {
-            _milter: milter,
-            _clamd: clamd,
+        let log = "clamav-milter.log";
+        milter.wait_for(addr, START_LIMIT, "clamav-milter", &root.join(log));
+        RealMilter {
+            _daemons: vec![milter, clamd],
             dir,
+            log,
             addr,
         }
     }
 
-    /// `inet:127.0.0.1:PORT`.
-    pub fn spec(&self) -> String {
-        format!("inet:{}", self.addr)
-    }
-
-    /// clamav-milter's log (it names what it found).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("clamav-milter.log")).unwrap_or_default()
-    }
-}
-
-/// rspamd with Debian's stock configuration under the private local one
-/// of `rspamd_init` (benches/scripts/milters.sh): its proxy worker, in
-/// milter mode and scanning itself, on a loopback port; no Redis, no DNS;
-/// milter_headers' headers on every message. rspamd rejects GTUBE.
-pub struct Rspamd {
-    _daemon: Daemon,
-    dir: tempfile::TempDir,
-    pub addr: SocketAddr,
-}
-
-/// rspamd compiles its regular expressions at start-up: tens of seconds on
-/// a busy machine.
-const RSPAMD_START_LIMIT: Duration = Duration::from_secs(120);
-
-impl Rspamd {
-    pub fn start() -> Rspamd {
+    /// rspamd with Debian's stock configuration under the private local
+    /// one of `rspamd_init` (benches/scripts/milters.sh): its proxy worker,
+    /// in milter mode and scanning itself, on a loopback port; no Redis, no
+    /// DNS; milter_headers' headers on every message. rspamd rejects GTUBE.
+    pub fn rspamd() -> RealMilter {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
         let addr = free_addr();
@@ -390,26 +370,28 @@ impl Rspamd {
             .args(["-c", "/etc/rspamd/rspamd.conf"])
             .args(vars.split_whitespace());
         let mut daemon = Daemon::spawn("rspamd", command, root.join("rspamd.out"));
-        daemon.wait_for(
-            addr,
-            RSPAMD_START_LIMIT,
-            "rspamd's proxy",
-            &root.join("rspamd.log"),
-        );
-        Rspamd {
-            _daemon: daemon,
+        let log = "rspamd.log";
+        daemon.wait_for(addr, RSPAMD_START_LIMIT, "rspamd's proxy", &root.join(log));
+        RealMilter {
+            _daemons: vec![daemon],
             dir,
+            log,
             addr,
         }
     }
 
     /// `inet:127.0.0.1:PORT`.
     pub fn spec(&self) -> String {
-        format!("inet:{}", self.addr)
+        inet(self.addr)
     }
 
-    /// rspamd's log.
+    /// The milter's log (clamav-milter names the signature it found).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("rspamd.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join(self.log)).unwrap_or_default()
     }
+}
+
+/// `inet:IP:PORT`, the form `--milter` and Postfix's `smtpd_milters` take.
+fn inet(addr: SocketAddr) -> String {
+    format!("inet:{addr}")
 }
