@@ -203,3 +203,74 @@ fn postfix_refuses_gtube_through_rspamd_and_keeps_its_headers() {
         assert!(held.contains(header), "no {header} in\n{held}");
     }
 }
+
+/// What Postfix never does, mxgate's pool will: several sessions on one
+/// connection (SMFIC_QUIT_NC), and steps the milter asks not to answer.
+/// Spoken here packet by packet.
+#[test]
+fn the_scripted_milter_serves_several_sessions_per_connection_and_no_reply_steps() {
+    let milter = Scripted::start(&[
+        "--protocol",
+        "nr_hdr,nohelo",
+        "--actions",
+        "addhdrs",
+        "--on",
+        "eom=addheader:X-Seen:yes;accept",
+    ]);
+    let mut conn = std::net::TcpStream::connect(milter.addr).expect("connect");
+    conn.set_read_timeout(Some(support::READ_TIMEOUT)).unwrap();
+    // Offered: every action, every step; it keeps what it asked for.
+    let offer = [6u32, 0x1ff, 0x1f_ffff].map(u32::to_be_bytes).concat();
+    let (command, data) = exchange(&mut conn, b'O', &offer);
+    assert_eq!(command, b'O');
+    let words: Vec<u32> = data
+        .chunks(4)
+        .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(words, [6, 0x01, 0x80 | 0x02]);
+    for session in 1..=2 {
+        assert_eq!(
+            exchange(&mut conn, b'C', b"client\x004\x00\x19127.0.0.1\x00").0,
+            b'c'
+        );
+        send_packet(&mut conn, b'L', b"Subject\x00hello\x00"); // no reply: nr_hdr
+        assert_eq!(exchange(&mut conn, b'N', b"").0, b'c');
+        let (header, data) = exchange(&mut conn, b'E', b"");
+        assert_eq!((header, data.as_slice()), (b'h', &b"X-Seen\x00yes\x00"[..]));
+        assert_eq!(read_packet(&mut conn).0, b'a', "session {session}");
+        send_packet(&mut conn, b'K', b""); // QUIT_NC: another session follows
+    }
+    send_packet(&mut conn, b'Q', b"");
+    let connects: Vec<String> = milter
+        .stage("connect")
+        .into_iter()
+        .map(|r| r.session)
+        .collect();
+    assert_eq!(connects, ["1.1", "1.2"]);
+    let header = &milter.stage("header")[0];
+    assert_eq!(
+        (header.get("name"), header.get("value")),
+        (Some("Subject"), Some("hello"))
+    );
+}
+
+fn send_packet(conn: &mut std::net::TcpStream, command: u8, data: &[u8]) {
+    use std::io::Write;
+    let length = u32::try_from(data.len() + 1).unwrap().to_be_bytes();
+    conn.write_all(&[&length[..], &[command], data].concat())
+        .expect("send a packet");
+}
+
+fn read_packet(conn: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
+    use std::io::Read;
+    let mut length = [0u8; 4];
+    conn.read_exact(&mut length).expect("a packet's length");
+    let mut packet = vec![0u8; u32::from_be_bytes(length) as usize];
+    conn.read_exact(&mut packet).expect("a packet");
+    (packet[0], packet[1..].to_vec())
+}
+
+fn exchange(conn: &mut std::net::TcpStream, command: u8, data: &[u8]) -> (u8, Vec<u8>) {
+    send_packet(conn, command, data);
+    read_packet(conn)
+}
