@@ -193,5 +193,6 @@ fn message() -> Message {
             ..Envelope::default()
         },
         body,
+        quarantine: None,
     }
 }

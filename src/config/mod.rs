@@ -33,6 +33,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 
+use crate::check::Milters;
 use crate::proto::SessionConfig;
 use crate::recipients::TableOptions;
 use crate::shield::LimitSettings;
@@ -143,6 +144,18 @@ impl Config {
             command_timeout: self.command_timeout,
             data_timeout: self.data_timeout,
             starttls: self.tls_cert.is_some(),
+        })
+    }
+
+    /// The milters to consult, if any are configured.
+    pub fn milters(&self) -> Option<Arc<Milters>> {
+        (!self.milter.is_empty()).then(|| {
+            Arc::new(Milters {
+                endpoints: self.milter.clone(),
+                timeout: self.milter_timeout,
+                default: self.milter_default,
+                hostname: self.hostname.clone(),
+            })
         })
     }
 

@@ -13,6 +13,7 @@ use super::declare::Setting;
 use super::layer::{one_or_many, Rebase};
 use super::values::*;
 use super::ConfigError;
+use crate::check::{Endpoint, MilterDefault};
 use crate::shield::Cidr;
 use crate::spool::{SpoolMode, SyncStrategy};
 
@@ -183,4 +184,16 @@ settings! {
     /// header naming the client (address ranges, comma-separated); the
     /// greeting waits for it. Anyone else sending one gets 500.
     proxy_protocol_from: String => Vec<Cidr> = Off, "CIDR[,CIDR]...", cidrs;
+
+    // Milters (docs/operations.md, "Milters").
+    /// Milter to consult at each stage, inet:HOST:PORT or unix:/PATH;
+    /// repeat for several, applied in order (in a file: a list).
+    milter: Vec<String> => Vec<Endpoint> = Off, "inet:HOST:PORT|unix:/PATH", milters;
+
+    /// Seconds to wait for each reply from a milter (and to connect).
+    milter_timeout: u64 => Duration = Value("30"), "SECS", seconds;
+
+    /// When a milter is down, times out or breaks the protocol: tempfail
+    /// (451 4.7.1) or accept (skip that milter).
+    milter_default: MilterDefaultName => MilterDefault = Value("tempfail"), "tempfail|accept", named;
 }

@@ -53,6 +53,10 @@ pub enum Reply {
     TlsNotOffered,
     TlsActive,
     TlsInTransaction,
+    /// A milter rejected the message (and sent no reply of its own).
+    ContentRejected,
+    /// A milter failed temporarily, is down or timed out.
+    ContentTempfail,
 }
 
 impl Reply {
@@ -108,6 +112,10 @@ impl Reply {
             Reply::TlsNotOffered => b"502 5.5.1 Error: command not implemented\r\n",
             Reply::TlsActive => b"503 5.5.1 Error: TLS already active\r\n",
             Reply::TlsInTransaction => b"503 5.5.1 Error: MAIL transaction in progress\r\n",
+            Reply::ContentRejected => b"550 5.7.1 Error: message content rejected\r\n",
+            Reply::ContentTempfail => {
+                b"451 4.7.1 Error: message content check failed; try again later\r\n"
+            }
         }
     }
 

@@ -385,6 +385,23 @@ impl Session {
         self.reset_transaction();
     }
 
+    /// The milters' verdict on the message after [`Event::MessageReady`]
+    /// when it is not to be spooled: `reply` (whole, CRLF included) goes
+    /// out, recorded in `tally` as a refusal if it is one (not for a
+    /// discard's 250). Ignored at any other time.
+    pub fn check_done(&mut self, reply: &[u8], out: &mut Vec<u8>, tally: &mut Tally) {
+        if !matches!(self.state, State::Spooling) {
+            return;
+        }
+        out.extend_from_slice(reply);
+        if !reply.starts_with(b"2") {
+            let rcpts = &self.transaction.envelope.rcpts;
+            let rejections = tally.rejections_mut();
+            rejections.push(Stage::EndOfMessage, reply, &self.helo, self.sender(), rcpts);
+        }
+        self.reset_transaction();
+    }
+
     /// The message waiting for the spool (after [`Event::MessageReady`],
     /// before [`Session::spool_done`]) as the mail log shows it once queued
     /// as `queue_id`.

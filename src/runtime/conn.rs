@@ -40,6 +40,7 @@ use rustls::ServerConfig;
 use super::mail_log;
 use super::spare;
 use super::timer::{Expiry, TimerWheel};
+use crate::check::Pool;
 use crate::metrics::Recorder;
 use crate::proto::{Event, Printable, Session, Tally};
 use crate::recipients::Table;
@@ -73,6 +74,7 @@ macro_rules! session_end {
             rejected_rcpts = $conn.log.rejected_rcpts,
             messages = $conn.log.messages,
             spool_failures = $conn.log.spool_failures,
+            milter_refusals = $conn.log.milter_refusals,
             outcome = $outcome.as_str(),
             queue_ids = %$conn.log.queue_ids,
             $($key = $($value)+,)?
@@ -138,6 +140,9 @@ pub struct Cx<'w> {
     pub tls: Option<&'w Arc<ServerConfig>>,
     /// The per-client limits, for a client known only from its PROXY header.
     pub clients: &'w ClientLimits,
+    /// The worker's milter connections: a finished message goes there
+    /// before the spool.
+    pub checks: Option<&'w mut Pool>,
 }
 
 /// Counters for the session's log line.
@@ -148,6 +153,8 @@ pub struct SessionLog {
     pub rejected_rcpts: u32,
     pub messages: u32,
     pub spool_failures: u32,
+    /// Messages the milters refused or discarded.
+    pub milter_refusals: u32,
     /// Queue IDs of the first few messages, space-separated.
     pub queue_ids: String,
 }
@@ -616,12 +623,17 @@ impl Conn {
             tls,
             envelope,
             body: std::mem::take(&mut self.body),
+            quarantine: None,
         };
         let data_ended = cx.now.saturating_duration_since(self.opened);
         self.data_ended_ns = u64::try_from(data_ended.as_nanos()).unwrap_or(u64::MAX);
         let lag = cx.now.elapsed().as_nanos();
         self.submit_lag_ns = u32::try_from(lag).unwrap_or(u32::MAX);
-        cx.link.submit(cx.ticket, message);
+        // Parked the same way whether milters or the spool look at it.
+        match cx.checks.as_deref_mut() {
+            Some(checks) => checks.start(cx.ticket, message, cx.now),
+            None => cx.link.submit(cx.ticket, message),
+        }
         self.awaiting_spool = true;
     }
 
@@ -656,6 +668,22 @@ impl Conn {
                 self.session.spool_done_tallied(None, out, &mut tally);
             }
         }
+        self.seal(start);
+        mail_log::rejections(self.peer, tally.rejections());
+    }
+
+    /// The milters refused or discarded the message this connection
+    /// submitted (`reply`, whole): the session writes it and goes on
+    /// with what it held back, as after the spool.
+    pub fn check_done(&mut self, reply: &[u8], milter: &str, action: &str) {
+        self.awaiting_spool = false;
+        self.feed_due = true;
+        let mut tally = Tally::default();
+        let out = lend(&mut self.out);
+        let start = out.len();
+        self.session.check_done(reply, out, &mut tally);
+        self.log.milter_refusals += 1;
+        tracing::info!(client = %self.peer, milter, action, reply = %Printable(reply.trim_ascii_end()), "milter verdict");
         self.seal(start);
         mail_log::rejections(self.peer, tally.rejections());
     }

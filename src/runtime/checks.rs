@@ -1,0 +1,61 @@
+//! What a worker does with the milters' verdicts, the same on every
+//! backend: a message let through goes to the spool (its connection stays
+//! parked until the spool answers); a refused or discarded one gets its
+//! reply from the session. A verdict for a connection that has gone since
+//! is dropped: its client never got a 250.
+
+use super::sessions::{unticket, Sessions};
+use crate::check::{Finished, Verdict};
+use crate::proto::reply::Reply;
+
+/// Takes the finished runs of the worker's pool; returns the connections
+/// to drive (those whose session has a reply to write).
+pub fn complete<I>(sessions: &mut Sessions<I>) -> Vec<usize> {
+    let Some(pool) = sessions.checks.as_mut() else {
+        return Vec::new();
+    };
+    let finished = std::mem::take(&mut pool.finished);
+    let mut drive = Vec::new();
+    for done in finished {
+        let (key, generation) = unticket(done.ticket);
+        let Some(slot) = sessions.conns.get_mut(key) else {
+            continue;
+        };
+        if !slot.conn.awaits_spool(generation) {
+            continue;
+        }
+        let Finished {
+            ticket,
+            mut message,
+            verdict,
+            milter,
+        } = done;
+        let action = verdict.action();
+        match verdict {
+            Verdict::Pass { quarantine } => {
+                message.quarantine = quarantine;
+                sessions.link.submit(ticket, message);
+            }
+            refused => {
+                let reply = reply_of(&refused);
+                slot.conn.check_done(&reply, &milter, action);
+                drive.push(key);
+            }
+        }
+    }
+    drive
+}
+
+/// The reply for a message the milters did not let through: the milter's
+/// own (REPLYCODE), or ours.
+fn reply_of(verdict: &Verdict) -> Vec<u8> {
+    let (own, ours) = match verdict {
+        Verdict::Reject(own) => (own, Reply::ContentRejected),
+        Verdict::Tempfail(own) => (own, Reply::ContentTempfail),
+        Verdict::Discard | Verdict::Pass { .. } => (&None, Reply::Ok),
+    };
+    match own {
+        Some(text) => [text.as_bytes(), b"\r\n"].concat(),
+        None => ours.text().to_vec(),
+    }
+}

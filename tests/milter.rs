@@ -1,0 +1,237 @@
+//! Milters at end of data, over loopback, on each backend, against a small
+//! scripted milter in this file (the fuller scripted milter and the real
+//! ones live in their own tests): a rejection with the milter's own reply
+//! and nothing spooled; headers a milter adds in the spooled file after the
+//! Received line; quarantine and discard; a milter that is down, or
+//! silent past `--milter-timeout`, gives `--milter-default`; pipelined
+//! commands behind a checked message are answered in order; a connection
+//! is reused for the next session.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mxgate::config::Backend;
+use support::{files_in, queue_id, TestServer};
+
+/// What the scripted milter answers at end of message.
+#[derive(Clone)]
+struct Script {
+    /// Reply packets (code, data) at end of message.
+    end_of_message: Vec<(u8, Vec<u8>)>,
+    /// Waits this long before them.
+    delay: Duration,
+}
+
+/// A milter on a loopback port answering every stage with continue and
+/// end of message with its script; counts the connections it took.
+struct ScriptedMilter {
+    addr: String,
+    connections: Arc<AtomicUsize>,
+}
+
+impl ScriptedMilter {
+    fn start(script: Script) -> ScriptedMilter {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("inet:{}", listener.local_addr().unwrap());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&connections);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                count.fetch_add(1, Ordering::SeqCst);
+                let script = script.clone();
+                std::thread::spawn(move || serve(stream, &script));
+            }
+        });
+        ScriptedMilter { addr, connections }
+    }
+}
+
+fn packet(code: u8, data: &[u8]) -> Vec<u8> {
+    let mut out = (u32::try_from(data.len() + 1).unwrap())
+        .to_be_bytes()
+        .to_vec();
+    out.push(code);
+    out.extend_from_slice(data);
+    out
+}
+
+/// One milter connection: reads packets and answers them until EOF.
+fn serve(mut stream: TcpStream, script: &Script) {
+    loop {
+        let mut head = [0u8; 4];
+        if stream.read_exact(&mut head).is_err() {
+            return;
+        }
+        let mut data = vec![0; u32::from_be_bytes(head) as usize];
+        if stream.read_exact(&mut data).is_err() {
+            return;
+        }
+        let reply = match data[0] {
+            // Version 6; add/change headers and quarantine; every stage.
+            b'O' => packet(b'O', &[0, 0, 0, 6, 0, 0, 0, 0x31, 0, 0, 0, 0]),
+            b'D' | b'A' | b'K' => continue,
+            b'Q' => return,
+            b'E' => {
+                std::thread::sleep(script.delay);
+                let replies = script.end_of_message.iter();
+                replies
+                    .flat_map(|(code, data)| packet(*code, data))
+                    .collect()
+            }
+            _ => packet(b'c', b""),
+        };
+        if stream.write_all(&reply).is_err() {
+            return;
+        }
+    }
+}
+
+fn eom(replies: &[(u8, &[u8])]) -> Script {
+    Script {
+        end_of_message: replies.iter().map(|(c, d)| (*c, d.to_vec())).collect(),
+        delay: Duration::ZERO,
+    }
+}
+
+/// Sends one message; returns the reply to its end.
+fn send_message(server: &TestServer, subject: &str) -> String {
+    let mut c = server.client();
+    c.hello();
+    c.open_data("alice@example.com");
+    c.send(format!("Subject: {subject}\r\n\r\n.. dotted\r\nbody\r\n.\r\n").as_bytes());
+    let reply = c.reply();
+    c.cmd("QUIT", 221);
+    reply.lines.join("\n")
+}
+
+fn start(backend: Backend, milter: &ScriptedMilter, extra: &[&str]) -> TestServer {
+    let mut flags = vec!["--milter", milter.addr.as_str(), "--milter-timeout", "1"];
+    flags.extend_from_slice(extra);
+    TestServer::start(backend, &flags)
+}
+
+fn a_rejection_is_passed_through_and_nothing_spooled(backend: Backend) {
+    let milter = ScriptedMilter::start(eom(&[(b'y', b"554 5.7.1 virus found\0")]));
+    let server = start(backend, &milter, &[]);
+    assert_eq!(send_message(&server, "eicar"), "554 5.7.1 virus found");
+    let plain = ScriptedMilter::start(eom(&[(b'r', b"")]));
+    let other = start(backend, &plain, &[]);
+    let reply = send_message(&other, "spam");
+    assert!(reply.starts_with("550 5.7.1 "), "{reply}");
+    assert!(server.spooled().is_empty() && other.spooled().is_empty());
+    server.stop();
+    other.stop();
+}
+
+fn added_headers_follow_the_received_line(backend: Backend) {
+    let replies: &[(u8, &[u8])] = &[(b'h', b"X-Scanned\0clean\0"), (b'a', b"")];
+    let milter = ScriptedMilter::start(eom(replies));
+    let server = start(backend, &milter, &[]);
+    let id = queue_id(&send_message(&server, "hello"));
+    let path = server.spool_dir().join("new").join(format!("{id}.bsmtp"));
+    let text = std::fs::read_to_string(path).expect("spooled");
+    let lines: Vec<&str> = text.lines().collect();
+    let received = lines
+        .iter()
+        .position(|l| l.starts_with("Received: "))
+        .unwrap();
+    assert_eq!(lines[received + 1], "X-Scanned: clean", "{text}");
+    assert_eq!(lines[received + 2], "Subject: hello", "{text}");
+    assert!(
+        text.contains("\r\n.. dotted\r\nbody\r\n.\r\n"),
+        "body as received: {text}"
+    );
+    server.stop();
+}
+
+fn quarantine_and_discard(backend: Backend) {
+    let replies: &[(u8, &[u8])] = &[(b'q', b"suspicious\0"), (b'c', b"")];
+    let milter = ScriptedMilter::start(eom(replies));
+    let server = start(backend, &milter, &[]);
+    let id = queue_id(&send_message(&server, "odd"));
+    let quarantine = server.spool_dir().join("quarantine");
+    let reason = std::fs::read_to_string(quarantine.join(format!("{id}.reason"))).unwrap();
+    assert_eq!(reason, "suspicious\n");
+    assert!(quarantine.join(format!("{id}.bsmtp")).is_file());
+    assert!(server.spooled().is_empty());
+    server.stop();
+
+    let milter = ScriptedMilter::start(eom(&[(b'd', b"")]));
+    let server = start(backend, &milter, &[]);
+    let reply = send_message(&server, "drop me");
+    assert!(reply.starts_with("250 "), "{reply}");
+    assert!(server.spooled().is_empty());
+    assert!(files_in(&server.spool_dir().join("quarantine")).is_empty());
+    server.stop();
+}
+
+fn a_milter_down_gives_the_default(backend: Backend) {
+    // A port nobody listens on.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = ScriptedMilter {
+        addr: format!("inet:{port}"),
+        connections: Arc::default(),
+    };
+    let server = start(backend, &down, &[]);
+    let reply = send_message(&server, "x");
+    assert!(reply.starts_with("451 4.7.1 "), "{reply}");
+    assert!(server.spooled().is_empty());
+    server.stop();
+    let server = start(backend, &down, &["--milter-default", "accept"]);
+    queue_id(&send_message(&server, "x"));
+    assert_eq!(server.spooled().len(), 1);
+    server.stop();
+}
+
+fn a_silent_milter_times_out_and_pipelining_stays_in_order(backend: Backend) {
+    let mut script = eom(&[(b'a', b"")]);
+    script.delay = Duration::from_secs(30);
+    let milter = ScriptedMilter::start(script);
+    let server = start(backend, &milter, &[]);
+    let mut c = server.client();
+    c.hello();
+    c.open_data("alice@example.com");
+    let started = Instant::now();
+    c.send(b"Subject: slow\r\n\r\nbody\r\n.\r\nNOOP\r\nRSET\r\n");
+    let reply = c.expect(451);
+    assert!(reply.starts_with("451 4.7.1 "), "{reply}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    c.expect(250);
+    c.expect(250);
+    c.cmd("QUIT", 221);
+    assert!(server.spooled().is_empty());
+    server.stop();
+}
+
+fn connections_are_reused_across_sessions(backend: Backend) {
+    let milter = ScriptedMilter::start(eom(&[(b'c', b"")]));
+    // One worker: every session shares its pool.
+    let server = start(backend, &milter, &["--workers", "1"]);
+    for n in 0..3 {
+        queue_id(&send_message(&server, &format!("message {n}")));
+    }
+    assert_eq!(server.spooled().len(), 3);
+    assert_eq!(milter.connections.load(Ordering::SeqCst), 1);
+    server.stop();
+}
+
+support::backend_tests!(
+    a_rejection_is_passed_through_and_nothing_spooled,
+    added_headers_follow_the_received_line,
+    quarantine_and_discard,
+    a_milter_down_gives_the_default,
+    a_silent_milter_times_out_and_pipelining_stays_in_order,
+    connections_are_reused_across_sessions,
+);
