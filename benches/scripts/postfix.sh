@@ -1,7 +1,9 @@
 # shellcheck shell=bash
 # A private Postfix instance in a throwaway directory, for the benchmarks
-# (Postfix's smtpd with TLS as the peer mxgate is measured against) and for
-# tests/tls_peers.rs (Postfix's SMTP client relaying to mxgate over STARTTLS).
+# (Postfix's smtpd with TLS, or with milters, as the peer mxgate is measured
+# against), for tests/tls_peers.rs (Postfix's SMTP client relaying to mxgate
+# over STARTTLS) and tests/milter_peers.rs (Postfix's smtpd as the client of
+# the milters the tests run).
 # Source it; do not run it. It defines functions only and needs root, as
 # Postfix's master does.
 #
@@ -105,6 +107,18 @@ postfix_tls_server() {
         "smtpd_tls_key_file = $key" \
         "smtpd_tls_security_level = may" \
         "smtpd_tls_loglevel = 1"
+}
+
+# postfix_milters DIR SPEC...: smtpd hands every session to these milters
+# (inet:HOST:PORT or unix:PATH, in order), protocol version 6; a milter
+# that is down or fails makes smtpd answer 451, as mxgate's default does.
+postfix_milters() {
+    local dir=$1
+    shift
+    postfix_set "$dir" \
+        "smtpd_milters = $*" \
+        "milter_protocol = 6" \
+        "milter_default_action = tempfail"
 }
 
 # postfix_relay_to DIR ADDR LEVEL: every message goes to ADDR (host:port, no

@@ -19,6 +19,7 @@ use mxgate::recipients::SharedTable;
 use mxgate::runtime::{Server, ServerHandle};
 use mxgate::spool::Spool;
 
+pub mod milters;
 pub mod peers;
 
 pub const HOST: &str = "mx.test";
@@ -123,6 +124,8 @@ pub fn uring_usable(test: &str) -> bool {
 /// Runs every listed test, a `fn name(backend: Backend)` of the calling
 /// file, once per backend: as `epoll::name` and as `uring::name` (which
 /// passes, printing why, where the kernel offers no usable io_uring).
+/// (Allowed unused: a file of real-peer self-tests runs no server.)
+#[allow(unused_macros)]
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
         mod epoll {
@@ -145,6 +148,7 @@ macro_rules! backend_tests {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use backend_tests;
 
 /// CPU time (user + system) process `pid` has used, in clock ticks.
