@@ -1,11 +1,13 @@
 //! Milters at end of data, over loopback, on each backend, against a small
-//! scripted milter in this file (the fuller scripted milter and the real
-//! ones live in their own tests): a rejection with the milter's own reply
+//! scripted milter in this file (the fuller one is tests/peers/milter.py):
+//! a rejection with the milter's own reply
 //! and nothing spooled; headers a milter adds in the spooled file after the
 //! Received line; quarantine and discard; a milter that is down, or
 //! silent past `--milter-timeout`, gives `--milter-default`; pipelined
 //! commands behind a checked message are answered in order; a connection
-//! is reused for the next session.
+//! is reused for the next session. The real milters (clamd +
+//! clamav-milter, rspamd; launchers in tests/support/milters.rs): EICAR and
+//! GTUBE refused, clean messages spooled, with rspamd's headers.
 
 mod support;
 
@@ -246,6 +248,66 @@ fn connections_are_reused_across_sessions(backend: Backend) {
     server.stop();
 }
 
+/// Sends one message with `body` to a fresh session; returns the reply to
+/// its end.
+fn send_body(server: &TestServer, body: &str) -> support::Reply {
+    let mut c = server.client();
+    c.hello();
+    c.open_data("alice@example.com");
+    let message =
+        format!("Subject: real milter\r\nFrom: <s@remote.example>\r\n\r\n{body}\r\n.\r\n");
+    c.send(message.as_bytes());
+    let reply = c.reply();
+    c.cmd("QUIT", 221);
+    reply
+}
+
+/// clamd + clamav-milter (one EICAR signature): EICAR is refused with a
+/// 5xx and not spooled; a clean message is spooled.
+fn clamav_refuses_eicar(backend: Backend) {
+    let clamav = support::milters::RealMilter::clamav();
+    let spec = clamav.spec();
+    let server = TestServer::start(backend, &["--milter", &spec, "--milter-timeout", "20"]);
+    let refused = send_body(&server, &support::milters::eicar());
+    assert_eq!(
+        refused.code / 100,
+        5,
+        "{:?}\n{}",
+        refused.lines,
+        clamav.log()
+    );
+    assert!(server.spooled().is_empty());
+    let accepted = send_body(&server, "nothing to see here");
+    assert_eq!(accepted.code, 250, "{:?}\n{}", accepted.lines, clamav.log());
+    assert_eq!(server.spooled().len(), 1);
+    server.stop();
+}
+
+/// rspamd's milter proxy: GTUBE is refused with a 5xx; a clean message is
+/// spooled with rspamd's headers after the Received line.
+fn rspamd_refuses_gtube_and_adds_its_headers(backend: Backend) {
+    let rspamd = support::milters::RealMilter::rspamd();
+    let spec = rspamd.spec();
+    let server = TestServer::start(backend, &["--milter", &spec, "--milter-timeout", "20"]);
+    let refused = send_body(&server, support::milters::GTUBE);
+    assert_eq!(
+        refused.code / 100,
+        5,
+        "{:?}\n{}",
+        refused.lines,
+        rspamd.log()
+    );
+    let accepted = send_body(&server, "a perfectly ordinary note");
+    assert_eq!(accepted.code, 250, "{:?}\n{}", accepted.lines, rspamd.log());
+    let spooled = server.spooled();
+    assert_eq!(spooled.len(), 1);
+    let text = std::fs::read_to_string(&spooled[0]).unwrap();
+    for header in ["X-Spamd-Result:", "X-Rspamd-Server:"] {
+        assert!(text.contains(header), "no {header} in\n{text}");
+    }
+    server.stop();
+}
+
 support::backend_tests!(
     a_rejection_is_passed_through_and_nothing_spooled,
     added_headers_follow_the_received_line,
@@ -253,4 +315,6 @@ support::backend_tests!(
     a_milter_down_gives_the_default,
     a_silent_milter_times_out_and_pipelining_stays_in_order,
     connections_are_reused_across_sessions,
+    clamav_refuses_eicar,
+    rspamd_refuses_gtube_and_adds_its_headers,
 );
