@@ -5,7 +5,8 @@
 //! Received line; quarantine and discard; a milter that is down, or
 //! silent past `--milter-timeout`, gives `--milter-default`; pipelined
 //! commands behind a checked message are answered in order; a connection
-//! is reused for the next session. The real milters (clamd +
+//! is reused for the next session; a recipient a milter refuses is
+//! refused at RCPT. The real milters (clamd +
 //! clamav-milter, rspamd; launchers in tests/support/milters.rs): EICAR and
 //! GTUBE refused, clean messages spooled, with rspamd's headers.
 
@@ -27,6 +28,8 @@ struct Script {
     end_of_message: Vec<(u8, Vec<u8>)>,
     /// Waits this long before them.
     delay: Duration,
+    /// The reply packet to a RCPT whose address starts with `bad`.
+    bad_rcpt: (u8, Vec<u8>),
 }
 
 /// A milter on a loopback port answering every stage with continue and
@@ -78,6 +81,7 @@ fn serve(mut stream: TcpStream, script: &Script) {
             b'O' => packet(b'O', &[0, 0, 0, 6, 0, 0, 0, 0x31, 0, 0, 0, 0]),
             b'D' | b'A' | b'K' => continue,
             b'Q' => return,
+            b'R' if data[1..].starts_with(b"<bad") => packet(script.bad_rcpt.0, &script.bad_rcpt.1),
             b'E' => {
                 std::thread::sleep(script.delay);
                 let replies = script.end_of_message.iter();
@@ -97,6 +101,7 @@ fn eom(replies: &[(u8, &[u8])]) -> Script {
     Script {
         end_of_message: replies.iter().map(|(c, d)| (*c, d.to_vec())).collect(),
         delay: Duration::ZERO,
+        bad_rcpt: (b'c', Vec::new()),
     }
 }
 
@@ -136,7 +141,8 @@ fn a_rejection_is_passed_through_and_nothing_spooled(backend: Backend) {
     let name = &milter.addr;
     let verdict = format!("mxgate_milter_verdicts_total{{milter=\"{name}\",action=\"reject\"}} 1");
     assert!(metrics.contains(&verdict), "{metrics}");
-    let latency = format!("mxgate_milter_latency_seconds_count{{milter=\"{name}\"}} 1");
+    // Once for the recipient, once for the message.
+    let latency = format!("mxgate_milter_latency_seconds_count{{milter=\"{name}\"}} 2");
     assert!(metrics.contains(&latency), "{metrics}");
     let plain = ScriptedMilter::start(eom(&[(b'r', b"")]));
     let other = start(backend, &plain, &[]);
@@ -200,11 +206,15 @@ fn a_milter_down_gives_the_default(backend: Backend) {
         connections: Arc::default(),
     };
     let server = start(backend, &down, &["--metrics", "127.0.0.1:0"]);
-    let reply = send_message(&server, "x");
+    let mut c = server.client();
+    c.hello();
+    c.cmd("MAIL FROM:<s@remote.example>", 250);
+    // The first stage that waits for a milter is RCPT.
+    let reply = c.cmd("RCPT TO:<alice@example.com>", 451);
     assert!(reply.starts_with("451 4.7.1 "), "{reply}");
+    c.cmd("QUIT", 221);
     let failures = format!("mxgate_milter_failures_total{{milter=\"{}\"}} 1", down.addr);
     assert!(scrape(&server).contains(&failures));
-    assert!(server.spooled().is_empty());
     server.stop();
     let server = start(backend, &down, &["--milter-default", "accept"]);
     queue_id(&send_message(&server, "x"));
@@ -308,6 +318,47 @@ fn rspamd_refuses_gtube_and_adds_its_headers(backend: Backend) {
     server.stop();
 }
 
+fn a_recipient_the_milter_refuses_is_refused_at_rcpt(backend: Backend) {
+    let mut script = eom(&[(b'c', b"")]);
+    script.bad_rcpt = (
+        b'y',
+        b"550 5.7.1 <bad@catchall.example>: no thanks\0".to_vec(),
+    );
+    let milter = ScriptedMilter::start(script);
+    let server = start(backend, &milter, &[]);
+    let mut c = server.client();
+    c.hello();
+    c.cmd("MAIL FROM:<s@remote.example>", 250);
+    // Pipelined: the answers come in order, the refused one in its place.
+    c.send(b"RCPT TO:<alice@example.com>\r\nRCPT TO:<bad@catchall.example>\r\nRCPT TO:<bob@example.com>\r\n");
+    c.expect(250);
+    assert_eq!(c.expect(550), "550 5.7.1 <bad@catchall.example>: no thanks");
+    c.expect(250);
+    c.cmd("DATA", 354);
+    c.send(b"Subject: two of three\r\n\r\nhi\r\n.\r\n");
+    queue_id(&c.expect(250));
+    c.cmd("QUIT", 221);
+    let text = std::fs::read_to_string(&server.spooled()[0]).unwrap();
+    assert!(
+        text.contains("RCPT TO:<alice@example.com>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n"),
+        "{text}"
+    );
+    server.stop();
+
+    // A milter that fails at RCPT: 451 there, under the default.
+    let mut script = eom(&[(b'c', b"")]);
+    script.bad_rcpt = (b't', Vec::new());
+    let milter = ScriptedMilter::start(script);
+    let server = start(backend, &milter, &[]);
+    let mut c = server.client();
+    c.hello();
+    c.cmd("MAIL FROM:<s@remote.example>", 250);
+    let reply = c.cmd("RCPT TO:<bad@catchall.example>", 451);
+    assert!(reply.starts_with("451 4.7.1 "), "{reply}");
+    c.cmd("QUIT", 221);
+    server.stop();
+}
+
 support::backend_tests!(
     a_rejection_is_passed_through_and_nothing_spooled,
     added_headers_follow_the_received_line,
@@ -315,6 +366,7 @@ support::backend_tests!(
     a_milter_down_gives_the_default,
     a_silent_milter_times_out_and_pipelining_stays_in_order,
     connections_are_reused_across_sessions,
+    a_recipient_the_milter_refuses_is_refused_at_rcpt,
     clamav_refuses_eicar,
     rspamd_refuses_gtube_and_adds_its_headers,
 );

@@ -56,6 +56,8 @@ pub struct Finished {
     pub verdict: Verdict,
     /// The milter that decided (the last one when all let it through).
     pub milter: String,
+    /// It was a check of the envelope's last recipient, not the message.
+    pub rcpt: bool,
 }
 
 enum Socket {
@@ -207,6 +209,16 @@ impl Pool {
     /// Starts checking `message` of connection `ticket`.
     pub fn start(&mut self, ticket: u64, message: Message, now: Instant) {
         let run = Run::new(message, &self.milters.hostname);
+        self.start_run(ticket, run, now);
+    }
+
+    /// Starts checking the last recipient of `message`'s envelope.
+    pub fn start_rcpt(&mut self, ticket: u64, message: Message, now: Instant) {
+        let run = Run::for_rcpt(message, &self.milters.hostname);
+        self.start_run(ticket, run, now);
+    }
+
+    fn start_run(&mut self, ticket: u64, run: Run, now: Instant) {
         let key = self.runs.insert(RunSlot {
             run,
             ticket,
@@ -480,6 +492,7 @@ impl Pool {
     fn finish(&mut self, key: usize, milter: usize, verdict: Verdict) {
         let slot = self.runs.remove(key);
         self.finished.push(Finished {
+            rcpt: slot.run.rcpt_only,
             ticket: slot.ticket,
             message: slot.run.message,
             verdict,

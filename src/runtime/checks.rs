@@ -40,8 +40,17 @@ pub fn complete<I>(sessions: &mut Sessions<I>) -> Vec<usize> {
             mut message,
             verdict,
             milter,
+            rcpt,
         } = done;
         let action = verdict.action();
+        if rcpt {
+            let refusal = rcpt_refusal(&verdict);
+            let metrics = &mut sessions.metrics;
+            slot.conn
+                .rcpt_checked(refusal.as_deref(), &milter, action, metrics);
+            drive.push(key);
+            continue;
+        }
         match verdict {
             Verdict::Pass { quarantine } => {
                 slot.conn.milter_verdict(&milter, action);
@@ -58,6 +67,25 @@ pub fn complete<I>(sessions: &mut Sessions<I>) -> Vec<usize> {
     drive
 }
 
+/// The reply for a recipient the milters refused, if they did (a discard
+/// at RCPT accepts it: the message's own check decides).
+fn rcpt_refusal(verdict: &Verdict) -> Option<Vec<u8>> {
+    let (own, ours) = match verdict {
+        Verdict::Reject(own) => (own, Reply::RecipientRejectedByCheck),
+        Verdict::Tempfail(own) => (own, Reply::RecipientTempfail),
+        Verdict::Discard | Verdict::Pass { .. } => return None,
+    };
+    Some(with_own(own, ours))
+}
+
+/// The milter's own reply (REPLYCODE) if it sent one, else ours.
+fn with_own(own: &Option<String>, ours: Reply) -> Vec<u8> {
+    match own {
+        Some(text) => [text.as_bytes(), b"\r\n"].concat(),
+        None => ours.text().to_vec(),
+    }
+}
+
 /// The reply for a message the milters did not let through: the milter's
 /// own (REPLYCODE), or ours.
 fn reply_of(verdict: &Verdict) -> Vec<u8> {
@@ -66,8 +94,5 @@ fn reply_of(verdict: &Verdict) -> Vec<u8> {
         Verdict::Tempfail(own) => (own, Reply::ContentTempfail),
         Verdict::Discard | Verdict::Pass { .. } => (&None, Reply::Ok),
     };
-    match own {
-        Some(text) => [text.as_bytes(), b"\r\n"].concat(),
-        None => ours.text().to_vec(),
-    }
+    with_own(own, ours)
 }
