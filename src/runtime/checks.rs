@@ -4,6 +4,7 @@
 //! reply from the session. A verdict for a connection that has gone since
 //! is dropped: its client never got a 250.
 
+use super::conn::Checked;
 use super::sessions::{unticket, Sessions};
 use crate::check::pool::Observed;
 use crate::check::{Finished, Verdict};
@@ -46,8 +47,8 @@ pub fn complete<I>(sessions: &mut Sessions<I>) -> Vec<usize> {
         if rcpt {
             let refusal = rcpt_refusal(&verdict);
             let metrics = &mut sessions.metrics;
-            slot.conn
-                .rcpt_checked(refusal.as_deref(), &milter, action, metrics);
+            let verdict = Checked::Rcpt(refusal.as_deref());
+            slot.conn.checked(verdict, &milter, action, metrics);
             drive.push(key);
             continue;
         }
@@ -59,7 +60,9 @@ pub fn complete<I>(sessions: &mut Sessions<I>) -> Vec<usize> {
             }
             refused => {
                 let reply = reply_of(&refused);
-                slot.conn.check_done(&reply, &milter, action);
+                let metrics = &mut sessions.metrics;
+                slot.conn
+                    .checked(Checked::Message(&reply), &milter, action, metrics);
                 drive.push(key);
             }
         }

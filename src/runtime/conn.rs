@@ -173,6 +173,15 @@ impl std::fmt::Display for MilterVerdict {
     }
 }
 
+/// What the milters decided, when the session answers it.
+#[derive(Debug, Clone, Copy)]
+pub enum Checked<'a> {
+    /// On the recipient: refused with this reply, or accepted.
+    Rcpt(Option<&'a [u8]>),
+    /// On the message: this reply (a refusal, or a discard's 250).
+    Message(&'a [u8]),
+}
+
 /// What stands between a connection's input and its session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
@@ -656,7 +665,7 @@ impl Conn {
     }
 
     /// The recipient the table just accepted goes to the milters; the
-    /// session stays paused until [`Conn::rcpt_checked`].
+    /// session stays paused until [`Conn::checked`].
     fn check_rcpt(&mut self, tls: Option<Negotiated>, cx: &mut Cx) {
         let message = Message {
             peer: self.peer,
@@ -670,34 +679,8 @@ impl Conn {
             checks.start_rcpt(cx.ticket, message, cx.now);
             self.awaiting_spool = true;
         } else {
-            self.rcpt_checked(None, "", "accept", cx.metrics);
+            self.checked(Checked::Rcpt(None), "", "accept", cx.metrics);
         }
-    }
-
-    /// The milters' verdict on the recipient this connection submitted:
-    /// `refusal` (a whole reply) or none; the session writes its reply and
-    /// goes on with what it held back.
-    pub fn rcpt_checked(
-        &mut self,
-        refusal: Option<&[u8]>,
-        milter: &str,
-        action: &'static str,
-        metrics: &mut Recorder,
-    ) {
-        self.awaiting_spool = false;
-        self.feed_due = true;
-        let mut tally = Tally::default();
-        let out = lend(&mut self.out);
-        let start = out.len();
-        self.session.rcpt_checked(refusal, out, &mut tally);
-        if let Some(reply) = refusal {
-            self.milter_verdict(milter, action);
-            tracing::info!(client = %self.peer, milter, action, reply = %Printable(reply.trim_ascii_end()), "milter verdict on recipient");
-        }
-        self.seal(start);
-        self.log.rejected_rcpts += tally.rejected_rcpts();
-        metrics.tally(&tally, Duration::ZERO);
-        mail_log::rejections(self.peer, tally.rejections());
     }
 
     /// The spool answered for the message this connection submitted: the
@@ -735,19 +718,39 @@ impl Conn {
         mail_log::rejections(self.peer, tally.rejections());
     }
 
-    /// The milters refused or discarded the message this connection
-    /// submitted (`reply`, whole): the session writes it and goes on
-    /// with what it held back, as after the spool.
-    pub fn check_done(&mut self, reply: &[u8], milter: &str, action: &'static str) {
+    /// The milters' verdict on what this connection submitted, when the
+    /// session (not the spool) answers it: the session writes its reply
+    /// and goes on with what it held back.
+    pub fn checked(
+        &mut self,
+        verdict: Checked,
+        milter: &str,
+        action: &'static str,
+        metrics: &mut Recorder,
+    ) {
         self.awaiting_spool = false;
         self.feed_due = true;
         let mut tally = Tally::default();
         let out = lend(&mut self.out);
         let start = out.len();
-        self.session.check_done(reply, out, &mut tally);
-        self.milter_verdict(milter, action);
-        tracing::info!(client = %self.peer, milter, action, reply = %Printable(reply.trim_ascii_end()), "milter verdict");
+        let reply = match verdict {
+            Checked::Rcpt(refusal) => {
+                self.session.rcpt_checked(refusal, out, &mut tally);
+                refusal
+            }
+            Checked::Message(reply) => {
+                self.session.check_done(reply, out, &mut tally);
+                Some(reply)
+            }
+        };
+        if let Some(reply) = reply {
+            self.milter_verdict(milter, action);
+            let reply = Printable(reply.trim_ascii_end());
+            tracing::info!(client = %self.peer, milter, action, reply = %reply, "milter verdict");
+        }
         self.seal(start);
+        self.log.rejected_rcpts += tally.rejected_rcpts();
+        metrics.tally(&tally, Duration::ZERO);
         mail_log::rejections(self.peer, tally.rejections());
     }
 
