@@ -40,6 +40,22 @@ struct ScriptedMilter {
 }
 
 impl ScriptedMilter {
+    /// The same milter on a unix socket at `path`.
+    fn start_unix(script: Script, path: &std::path::Path) -> ScriptedMilter {
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&connections);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                count.fetch_add(1, Ordering::SeqCst);
+                let script = script.clone();
+                std::thread::spawn(move || serve(stream, &script));
+            }
+        });
+        let addr = format!("unix:{}", path.display());
+        ScriptedMilter { addr, connections }
+    }
+
     fn start(script: Script) -> ScriptedMilter {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = format!("inet:{}", listener.local_addr().unwrap());
@@ -66,7 +82,7 @@ fn packet(code: u8, data: &[u8]) -> Vec<u8> {
 }
 
 /// One milter connection: reads packets and answers them until EOF.
-fn serve(mut stream: TcpStream, script: &Script) {
+fn serve(mut stream: impl Read + Write, script: &Script) {
     loop {
         let mut head = [0u8; 4];
         if stream.read_exact(&mut head).is_err() {
@@ -359,6 +375,21 @@ fn a_recipient_the_milter_refuses_is_refused_at_rcpt(backend: Backend) {
     server.stop();
 }
 
+fn a_milter_on_a_unix_socket(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let replies: &[(u8, &[u8])] = &[(b'h', b"X-Unix\0yes\0"), (b'a', b"")];
+    let milter = ScriptedMilter::start_unix(eom(replies), &dir.path().join("milter.sock"));
+    let server = start(backend, &milter, &[]);
+    let id = queue_id(&send_message(&server, "over unix"));
+    let path = server.spool_dir().join("new").join(format!("{id}.bsmtp"));
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(
+        text.contains("\r\nX-Unix: yes\r\nSubject: over unix\r\n"),
+        "{text}"
+    );
+    server.stop();
+}
+
 support::backend_tests!(
     a_rejection_is_passed_through_and_nothing_spooled,
     added_headers_follow_the_received_line,
@@ -367,6 +398,7 @@ support::backend_tests!(
     a_silent_milter_times_out_and_pipelining_stays_in_order,
     connections_are_reused_across_sessions,
     a_recipient_the_milter_refuses_is_refused_at_rcpt,
+    a_milter_on_a_unix_socket,
     clamav_refuses_eicar,
     rspamd_refuses_gtube_and_adds_its_headers,
 );
