@@ -390,6 +390,43 @@ fn a_milter_on_a_unix_socket(backend: Backend) {
     server.stop();
 }
 
+fn several_milters_apply_in_order(backend: Backend) {
+    let first = ScriptedMilter::start(eom(&[(b'h', b"X-First\01\0"), (b'c', b"")]));
+    let second = ScriptedMilter::start(eom(&[(b'h', b"X-Second\02\0"), (b'a', b"")]));
+    let flags = ["--milter", second.addr.as_str()];
+    let server = start(backend, &first, &flags);
+    let id = queue_id(&send_message(&server, "both"));
+    let path = server.spool_dir().join("new").join(format!("{id}.bsmtp"));
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(
+        text.contains("\r\nX-First: 1\r\nX-Second: 2\r\nSubject: both\r\n"),
+        "{text}"
+    );
+    server.stop();
+
+    // The first one down and skipped (accept), the second still refuses.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = format!("inet:{port}");
+    let refusing = ScriptedMilter::start(eom(&[(b'r', b"")]));
+    let flags = [
+        "--milter",
+        down.as_str(),
+        "--milter",
+        refusing.addr.as_str(),
+    ];
+    let server = TestServer::start(
+        backend,
+        &[&flags[..], &["--milter-default", "accept"]].concat(),
+    );
+    let reply = send_message(&server, "second says no");
+    assert!(reply.starts_with("550 5.7.1 "), "{reply}");
+    assert!(server.spooled().is_empty());
+    server.stop();
+}
+
 support::backend_tests!(
     a_rejection_is_passed_through_and_nothing_spooled,
     added_headers_follow_the_received_line,
@@ -399,6 +436,7 @@ support::backend_tests!(
     connections_are_reused_across_sessions,
     a_recipient_the_milter_refuses_is_refused_at_rcpt,
     a_milter_on_a_unix_socket,
+    several_milters_apply_in_order,
     clamav_refuses_eicar,
     rspamd_refuses_gtube_and_adds_its_headers,
 );
