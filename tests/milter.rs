@@ -427,6 +427,34 @@ fn several_milters_apply_in_order(backend: Backend) {
     server.stop();
 }
 
+/// tests/peers/milter.py misbehaving at end of message (with the marker
+/// BAD in the body): closing mid-stream, garbage, an oversized packet, a
+/// modification it did not negotiate. Each gives that message 451 4.7.1
+/// (nothing spooled); the next message, on a fresh connection, is served.
+fn a_misbehaving_milter_gives_the_default(backend: Backend) {
+    for fault in [
+        "close",
+        "garbage",
+        "oversized",
+        "addheader:X-Sneaky:1;accept",
+    ] {
+        let rule = format!("eom/BAD={fault}");
+        let milter = support::milters::Scripted::start(&["--actions", "none", "--on", &rule]);
+        let spec = milter.spec();
+        let server = TestServer::start(backend, &["--milter", &spec, "--milter-timeout", "5"]);
+        let refused = send_body(&server, "BAD");
+        assert!(
+            refused.last().starts_with("451 4.7.1 "),
+            "{fault}: {:?}",
+            refused.lines
+        );
+        assert!(server.spooled().is_empty(), "{fault}");
+        let accepted = send_body(&server, "fine");
+        assert_eq!(accepted.code, 250, "{fault}: {:?}", accepted.lines);
+        server.stop();
+    }
+}
+
 support::backend_tests!(
     a_rejection_is_passed_through_and_nothing_spooled,
     added_headers_follow_the_received_line,
@@ -437,6 +465,7 @@ support::backend_tests!(
     a_recipient_the_milter_refuses_is_refused_at_rcpt,
     a_milter_on_a_unix_socket,
     several_milters_apply_in_order,
+    a_misbehaving_milter_gives_the_default,
     clamav_refuses_eicar,
     rspamd_refuses_gtube_and_adds_its_headers,
 );
