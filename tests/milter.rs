@@ -391,15 +391,15 @@ fn a_milter_on_a_unix_socket(backend: Backend) {
 }
 
 fn several_milters_apply_in_order(backend: Backend) {
-    let first = ScriptedMilter::start(eom(&[(b'h', b"X-First\01\0"), (b'c', b"")]));
-    let second = ScriptedMilter::start(eom(&[(b'h', b"X-Second\02\0"), (b'a', b"")]));
+    let first = ScriptedMilter::start(eom(&[(b'h', b"X-First\0one\0"), (b'c', b"")]));
+    let second = ScriptedMilter::start(eom(&[(b'h', b"X-Second\0two\0"), (b'a', b"")]));
     let flags = ["--milter", second.addr.as_str()];
     let server = start(backend, &first, &flags);
     let id = queue_id(&send_message(&server, "both"));
     let path = server.spool_dir().join("new").join(format!("{id}.bsmtp"));
     let text = std::fs::read_to_string(path).unwrap();
     assert!(
-        text.contains("\r\nX-First: 1\r\nX-Second: 2\r\nSubject: both\r\n"),
+        text.contains("\r\nX-First: one\r\nX-Second: two\r\nSubject: both\r\n"),
         "{text}"
     );
     server.stop();
