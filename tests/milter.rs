@@ -132,6 +132,12 @@ fn send_message(server: &TestServer, subject: &str) -> String {
     reply.lines.join("\n")
 }
 
+/// The spooled file of message `id`.
+fn spooled_text(server: &TestServer, id: &str) -> String {
+    let path = server.spool_dir().join("new").join(format!("{id}.bsmtp"));
+    std::fs::read_to_string(path).expect("spooled")
+}
+
 fn start(backend: Backend, milter: &ScriptedMilter, extra: &[&str]) -> TestServer {
     let mut flags = vec!["--milter", milter.addr.as_str(), "--milter-timeout", "1"];
     flags.extend_from_slice(extra);
@@ -174,8 +180,7 @@ fn added_headers_follow_the_received_line(backend: Backend) {
     let milter = ScriptedMilter::start(eom(replies));
     let server = start(backend, &milter, &[]);
     let id = queue_id(&send_message(&server, "hello"));
-    let path = server.spool_dir().join("new").join(format!("{id}.bsmtp"));
-    let text = std::fs::read_to_string(path).expect("spooled");
+    let text = spooled_text(&server, &id);
     let lines: Vec<&str> = text.lines().collect();
     let received = lines
         .iter()
@@ -382,8 +387,7 @@ fn a_milter_on_a_unix_socket(backend: Backend) {
     let milter = ScriptedMilter::start_unix(eom(replies), &dir.path().join("milter.sock"));
     let server = start(backend, &milter, &[]);
     let id = queue_id(&send_message(&server, "over unix"));
-    let path = server.spool_dir().join("new").join(format!("{id}.bsmtp"));
-    let text = std::fs::read_to_string(path).unwrap();
+    let text = spooled_text(&server, &id);
     assert!(
         text.contains("\r\nX-Unix: yes\r\nSubject: over unix\r\n"),
         "{text}"
@@ -397,8 +401,7 @@ fn several_milters_apply_in_order(backend: Backend) {
     let flags = ["--milter", second.addr.as_str()];
     let server = start(backend, &first, &flags);
     let id = queue_id(&send_message(&server, "both"));
-    let path = server.spool_dir().join("new").join(format!("{id}.bsmtp"));
-    let text = std::fs::read_to_string(path).unwrap();
+    let text = spooled_text(&server, &id);
     assert!(
         text.contains("\r\nX-First: one\r\nX-Second: two\r\nSubject: both\r\n"),
         "{text}"
