@@ -134,7 +134,11 @@ fn session(c: &mut Criterion) {
                     Event::MessageReady => session.spool_done(Some("4Xq2Zb1mT0"), &mut out),
                     Event::Close => break,
                     Event::Envelope | Event::MessageDiscarded => {}
-                    Event::NeedInput | Event::Paused | Event::StartTls | Event::CommandReady => {
+                    Event::NeedInput
+                    | Event::Paused
+                    | Event::StartTls
+                    | Event::CommandReady
+                    | Event::RcptReady => {
                         panic!("stalled")
                     }
                 }

@@ -194,5 +194,6 @@ fn message() -> Message {
             ..Envelope::default()
         },
         body,
+        quarantine: None,
     }
 }

@@ -11,6 +11,7 @@
 //! Nothing here is specific to the binaries: every test drives these
 //! modules directly or over TCP.
 
+pub mod check;
 pub mod config;
 pub mod logging;
 pub mod metrics;

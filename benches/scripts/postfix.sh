@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # A private Postfix instance in a throwaway directory, for the benchmarks
-# (Postfix's smtpd with TLS as the peer mxgate is measured against) and for
-# the tests (tests/support/peers.rs: Postfix's SMTP client relaying to mxgate,
-# or Postfix as the next hop mxgate relays to).
+# (Postfix's smtpd with TLS, or with milters, as the peer mxgate is measured
+# against) and for the tests (tests/support/peers.rs: Postfix's SMTP client
+# relaying to mxgate over STARTTLS, Postfix as the next hop mxgate relays to,
+# and Postfix's smtpd as the client of the milters tests/milter_peers.rs runs).
 # Source it; do not run it. It defines functions only and needs root, as
 # Postfix's master does.
 #
@@ -135,6 +136,18 @@ postfix_tls_server() {
         "smtpd_tls_key_file = $key" \
         "smtpd_tls_security_level = may" \
         "smtpd_tls_loglevel = 1"
+}
+
+# postfix_milters DIR SPEC...: smtpd hands every session to these milters
+# (inet:HOST:PORT or unix:PATH, in order), protocol version 6; a milter
+# that is down or fails makes smtpd answer 451, as mxgate's default does.
+postfix_milters() {
+    local dir=$1
+    shift
+    postfix_set "$dir" \
+        "smtpd_milters = $*" \
+        "milter_protocol = 6" \
+        "milter_default_action = tempfail"
 }
 
 # postfix_relay_to DIR ADDR LEVEL: every message goes to ADDR (host:port, no

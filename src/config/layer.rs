@@ -11,7 +11,7 @@ use clap::{Args, FromArgMatches};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 use super::declare::Fallback;
-use super::values::{Backend, SpoolModeName, SpoolSyncName};
+use super::values::{Backend, MilterDefaultName, SpoolModeName, SpoolSyncName};
 use super::{ConfigError, Layer, SETTINGS};
 
 impl Layer {
@@ -100,6 +100,7 @@ impl Rebase for SocketAddr {}
 impl Rebase for Backend {}
 impl Rebase for SpoolModeName {}
 impl Rebase for SpoolSyncName {}
+impl Rebase for MilterDefaultName {}
 
 /// `listen = "127.0.0.1:25"` as well as `listen = ["127.0.0.1:25", …]`.
 pub(super) fn one_or_many<'de, D: Deserializer<'de>>(

@@ -33,6 +33,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 
+use crate::check::Milters;
 use crate::proto::SessionConfig;
 use crate::recipients::TableOptions;
 use crate::relay::RelaySettings;
@@ -148,6 +149,18 @@ impl Config {
             min_data_rate: self.min_data_rate,
             starttls: self.tls_cert.is_some(),
             spool_space: space,
+        })
+    }
+
+    /// The milters to consult, if any are configured.
+    pub fn milters(&self) -> Option<Arc<Milters>> {
+        (!self.milter.is_empty()).then(|| {
+            Arc::new(Milters {
+                endpoints: self.milter.clone(),
+                timeout: self.milter_timeout,
+                default: self.milter_default,
+                hostname: self.hostname.clone(),
+            })
         })
     }
 

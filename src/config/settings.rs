@@ -13,6 +13,7 @@ use super::declare::Setting;
 use super::layer::{one_or_many, Rebase};
 use super::values::*;
 use super::ConfigError;
+use crate::check::{Endpoint, MilterDefault};
 use crate::relay::{Backoff, NextHop};
 use crate::shield::{Cidr, ErrorLimits};
 use crate::spool::{SpoolMode, SyncStrategy};
@@ -214,6 +215,7 @@ settings! {
     /// Octets per second a DATA/BDAT body must average: it must arrive
     /// within data-timeout + size / rate of its start; 0: no rate.
     min_data_rate: u32 => u32 = Value("500"), "BYTES_PER_S", required;
+
     // Relay (issue 14).
     /// Next hop for the spool: smtp://HOST:PORT, lmtp://HOST:PORT or
     /// lmtp:/PATH; off: messages stay in the spool's new/.
@@ -237,4 +239,16 @@ settings! {
     // 300 s.
     /// Seconds the relay waits to connect, for each reply and each write.
     relay_timeout: u64 => Duration = Value("300"), "SECS", seconds;
+
+    // Milters (docs/operations.md, "Milters").
+    /// Milter to consult at each stage, inet:HOST:PORT or unix:/PATH;
+    /// repeat for several, applied in order (in a file: a list).
+    milter: Vec<String> => Vec<Endpoint> = Off, "inet:HOST:PORT|unix:/PATH", milters;
+
+    /// Seconds to wait for each reply from a milter (and to connect).
+    milter_timeout: u64 => Duration = Value("30"), "SECS", seconds;
+
+    /// When a milter is down, times out or breaks the protocol: tempfail
+    /// (451 4.7.1) or accept (skip that milter).
+    milter_default: MilterDefaultName => MilterDefault = Value("tempfail"), "tempfail|accept", named;
 }

@@ -11,6 +11,7 @@ use clap::ValueEnum;
 use serde::Deserialize;
 
 use super::{ConfigError, MIN_RECIPIENTS, RESERVED_FDS};
+use crate::check::{Endpoint, MilterDefault};
 use crate::relay::{Backoff, NextHop};
 use crate::shield::{Cidr, ErrorLimits};
 use crate::spool::{SpoolMode, SyncStrategy};
@@ -219,6 +220,32 @@ pub(super) fn backoff(key: &str, value: Option<String>) -> Result<Backoff, Confi
     required(key, value)?
         .parse()
         .map_err(|err| invalid(format!("{key}: {err}")))
+}
+
+/// `--milter` values, each `inet:HOST:PORT` (resolved now, at start-up)
+/// or `unix:/PATH`.
+pub(super) fn milters(key: &str, value: Option<Vec<String>>) -> Result<Vec<Endpoint>, ConfigError> {
+    let parse = |text: &String| text.parse().map_err(|err| invalid(format!("{key}: {err}")));
+    value.unwrap_or_default().iter().map(parse).collect()
+}
+
+/// `--milter-default` as written in flags and files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum MilterDefaultName {
+    /// 451 4.7.1 at the stage where the milter failed.
+    Tempfail,
+    /// Skip that milter; the later ones still run.
+    Accept,
+}
+
+impl From<MilterDefaultName> for MilterDefault {
+    fn from(name: MilterDefaultName) -> MilterDefault {
+        match name {
+            MilterDefaultName::Tempfail => MilterDefault::Tempfail,
+            MilterDefaultName::Accept => MilterDefault::Accept,
+        }
+    }
 }
 
 pub(super) fn invalid(message: impl Into<String>) -> ConfigError {

@@ -128,6 +128,39 @@ pub struct Metrics {
     /// The relay's counters and queue, when `--relay-to` is set: read by
     /// the scraper from the relay.
     pub relay: Option<RelaySnapshot>,
+    /// Per milter (by its `--milter` address), in the order first seen.
+    pub milters: Vec<MilterMetrics>,
+}
+
+/// What one milter decided and how long it took.
+#[derive(Debug, Clone)]
+pub struct MilterMetrics {
+    pub name: String,
+    /// Final answers per message, by action.
+    pub verdicts: Vec<(&'static str, u64)>,
+    /// Connects refused, resets, timeouts, protocol errors.
+    pub failures: u64,
+    /// First stage of a message to the milter's final answer.
+    pub latency: Latency,
+}
+
+impl MilterMetrics {
+    fn new(name: &str) -> MilterMetrics {
+        MilterMetrics {
+            name: name.to_string(),
+            verdicts: Vec::new(),
+            failures: 0,
+            latency: Latency::new(),
+        }
+    }
+
+    fn merge(&mut self, other: &MilterMetrics) {
+        for &(action, n) in &other.verdicts {
+            count(&mut self.verdicts, action, n);
+        }
+        self.failures += other.failures;
+        self.latency.merge(&other.latency);
+    }
 }
 
 impl Default for Metrics {
@@ -158,6 +191,7 @@ impl Default for Metrics {
             spool_depth: None,
             spool_space: None,
             relay: None,
+            milters: Vec::new(),
         }
     }
 }
@@ -220,6 +254,20 @@ impl Metrics {
             count(&mut self.tls_failures, reason, n);
         }
         self.tls_handshake.merge(&other.tls_handshake);
+        for theirs in &other.milters {
+            self.milter(&theirs.name).merge(theirs);
+        }
+    }
+
+    /// The entry of milter `name`, made on first use.
+    pub fn milter(&mut self, name: &str) -> &mut MilterMetrics {
+        match self.milters.iter().position(|m| m.name == name) {
+            Some(at) => &mut self.milters[at],
+            None => {
+                self.milters.push(MilterMetrics::new(name));
+                self.milters.last_mut().expect("just pushed")
+            }
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use super::conn::Outcome;
 use super::limits::is_out_of_descriptors;
 use super::sessions::{unticket, Sessions};
 use super::timer::Expiry;
+use crate::check::pool::TIMER_KEYS;
 use crate::config::Config;
 use crate::shield::{Cidr, ClientLimits};
 
@@ -73,6 +74,18 @@ pub trait Driver: Sized {
     /// Shutdown: stop accepting new connections.
     fn stop_listening(&mut self);
 
+    /// Moves the bytes of the worker's milter connections (each backend
+    /// hears of their sockets its own way).
+    fn pump_checks(&mut self, now: Instant);
+
+    /// The milters' verdicts: to the spool, or the session's reply.
+    fn complete_checks(&mut self, now: Instant) {
+        self.pump_checks(now);
+        for key in super::checks::complete(self.sessions()) {
+            self.drive(key, now);
+        }
+    }
+
     /// The turns that end each pass of a worker's loop, after its I/O:
     /// second turns for connections stopped by their budget, deadlines,
     /// metrics scrapes and the shutdown drain. Returns true once shutdown
@@ -80,6 +93,7 @@ pub trait Driver: Sized {
     fn end_pass(&mut self, now: Instant) -> bool {
         self.run_ready(now);
         self.expire_timers(now);
+        self.complete_checks(now);
         self.sessions().metrics.answer_scrapes();
         self.sessions().control.stopping() && self.drain(now)
     }
@@ -134,6 +148,12 @@ pub trait Driver: Sized {
         self.sessions().wheel.expire(now, |expiry| due.push(expiry));
         for expiry in due {
             let sessions = self.sessions();
+            if expiry.key >= TIMER_KEYS {
+                if let Some(pool) = sessions.checks.as_mut() {
+                    pool.timer_fired(expiry.key - TIMER_KEYS, expiry.generation, now);
+                }
+                continue;
+            }
             let Some(slot) = sessions.conns.get_mut(expiry.key) else {
                 continue;
             };

@@ -48,6 +48,7 @@ use rustls::ServerConfig;
 use super::mail_log;
 use super::spare;
 use super::timer::{Expiry, TimerWheel};
+use crate::check::Pool;
 use crate::metrics::Recorder;
 use crate::proto::{Event, Printable, Session, Tally};
 use crate::recipients::Table;
@@ -83,8 +84,9 @@ macro_rules! session_end {
             rejected_rcpts = $conn.log.rejected_rcpts,
             messages = $conn.log.messages,
             spool_failures = $conn.log.spool_failures,
+            milter_verdict = %$conn.log.milter_verdict().map_or(String::new(), ToString::to_string),
             outcome = $outcome.as_str(),
-            queue_ids = %$conn.log.queue_ids,
+            queue_ids = %$conn.log.queue_ids(),
             $($key = $($value)+,)?
             "session end"
         )
@@ -148,6 +150,9 @@ pub struct Cx<'w> {
     pub tls: Option<&'w Arc<ServerConfig>>,
     /// The per-client limits, for a client known only from its PROXY header.
     pub clients: &'w ClientLimits,
+    /// The worker's milter connections: a finished message goes there
+    /// before the spool.
+    pub checks: Option<&'w mut Pool>,
 }
 
 /// Counters for the session's log line.
@@ -158,8 +163,63 @@ pub struct SessionLog {
     pub rejected_rcpts: u32,
     pub messages: u32,
     pub spool_failures: u32,
+    /// What the line names beyond counts, boxed once there is any: an idle
+    /// connection stays small.
+    notes: Option<Box<LogNotes>>,
+}
+
+/// The names a session's log line carries.
+#[derive(Debug, Default)]
+struct LogNotes {
     /// Queue IDs of the first few messages, space-separated.
-    pub queue_ids: String,
+    queue_ids: String,
+    /// The milters' last verdict.
+    milter_verdict: Option<MilterVerdict>,
+}
+
+impl SessionLog {
+    /// A message was queued as `id`.
+    fn queued(&mut self, id: &str) {
+        self.messages += 1;
+        if self.messages <= LOGGED_IDS {
+            let ids = &mut self.notes.get_or_insert_with(Box::default).queue_ids;
+            if !ids.is_empty() {
+                ids.push(' ');
+            }
+            ids.push_str(id);
+        }
+    }
+
+    fn queue_ids(&self) -> &str {
+        self.notes.as_ref().map_or("", |notes| &notes.queue_ids)
+    }
+
+    fn milter_verdict(&self) -> Option<&MilterVerdict> {
+        self.notes.as_ref()?.milter_verdict.as_ref()
+    }
+}
+
+/// The milters' verdict on a message or recipient, for the log line:
+/// `ACTION by MILTER`.
+#[derive(Debug)]
+pub struct MilterVerdict {
+    pub action: &'static str,
+    pub milter: String,
+}
+
+impl std::fmt::Display for MilterVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} by {}", self.action, self.milter)
+    }
+}
+
+/// What the milters decided, when the session answers it.
+#[derive(Debug, Clone, Copy)]
+pub enum Checked<'a> {
+    /// On the recipient: refused with this reply, or accepted.
+    Rcpt(Option<&'a [u8]>),
+    /// On the message: this reply (a refusal, or a discard's 250).
+    Message(&'a [u8]),
 }
 
 /// What stands between a connection's input and its session.
@@ -615,6 +675,10 @@ impl Conn {
                     self.submit(tls, cx);
                     break;
                 }
+                Event::RcptReady => {
+                    self.check_rcpt(tls, cx);
+                    break;
+                }
                 Event::MessageDiscarded => self.body = Vec::new(),
                 Event::Close => {
                     self.ended = Some(Outcome::Closed);
@@ -698,13 +762,37 @@ impl Conn {
             tls,
             envelope,
             body: std::mem::take(&mut self.body),
+            quarantine: None,
         };
         let data_ended = cx.now.saturating_duration_since(self.opened);
         self.data_ended_ns = u64::try_from(data_ended.as_nanos()).unwrap_or(u64::MAX);
         let lag = cx.now.elapsed().as_nanos();
         self.submit_lag_ns = u32::try_from(lag).unwrap_or(u32::MAX);
-        cx.link.submit(cx.ticket, message);
+        // Parked the same way whether milters or the spool look at it.
+        match cx.checks.as_deref_mut() {
+            Some(checks) => checks.start(cx.ticket, message, cx.now),
+            None => cx.link.submit(cx.ticket, message),
+        }
         self.awaiting_spool = true;
+    }
+
+    /// The recipient the table just accepted goes to the milters; the
+    /// session stays paused until [`Conn::checked`].
+    fn check_rcpt(&mut self, tls: Option<Negotiated>, cx: &mut Cx) {
+        let message = Message {
+            peer: self.peer,
+            helo: self.session.helo().to_vec(),
+            tls,
+            envelope: self.session.envelope().clone(),
+            body: Vec::new(),
+            quarantine: None,
+        };
+        if let Some(checks) = cx.checks.as_deref_mut() {
+            checks.start_rcpt(cx.ticket, message, cx.now);
+            self.awaiting_spool = true;
+        } else {
+            self.checked(Checked::Rcpt(None), "", "accept", cx.metrics);
+        }
     }
 
     /// The spool answered for the message this connection submitted: the
@@ -724,13 +812,7 @@ impl Conn {
             Ok(id) => {
                 mail_log::queued(self.peer, self.session.queued(&id));
                 self.session.spool_done(Some(&id), out);
-                self.log.messages += 1;
-                if self.log.messages <= LOGGED_IDS {
-                    if !self.log.queue_ids.is_empty() {
-                        self.log.queue_ids.push(' ');
-                    }
-                    self.log.queue_ids.push_str(&id);
-                }
+                self.log.queued(&id);
             }
             Err(err) => {
                 tracing::warn!(client = %self.peer, error = %err, "spool failed; replying 451");
@@ -740,6 +822,50 @@ impl Conn {
         }
         self.seal(start);
         mail_log::rejections(self.peer, tally.rejections());
+    }
+
+    /// The milters' verdict on what this connection submitted, when the
+    /// session (not the spool) answers it: the session writes its reply
+    /// and goes on with what it held back.
+    pub fn checked(
+        &mut self,
+        verdict: Checked,
+        milter: &str,
+        action: &'static str,
+        metrics: &mut Recorder,
+    ) {
+        self.awaiting_spool = false;
+        self.feed_due = true;
+        let mut tally = Tally::default();
+        let out = lend(&mut self.out);
+        let start = out.len();
+        let reply = match verdict {
+            Checked::Rcpt(refusal) => {
+                self.session.rcpt_checked(refusal, out, &mut tally);
+                refusal
+            }
+            Checked::Message(reply) => {
+                self.session.check_done(reply, out, &mut tally);
+                Some(reply)
+            }
+        };
+        if let Some(reply) = reply {
+            self.milter_verdict(milter, action);
+            let reply = Printable(reply.trim_ascii_end());
+            tracing::info!(client = %self.peer, milter, action, reply = %reply, "milter verdict");
+        }
+        self.seal(start);
+        self.log.rejected_rcpts += tally.rejected_rcpts();
+        metrics.tally(&tally, Duration::ZERO);
+        mail_log::rejections(self.peer, tally.rejections());
+    }
+
+    /// Notes the milters' verdict on this connection's message for its
+    /// log line.
+    pub fn milter_verdict(&mut self, milter: &str, action: &'static str) {
+        let milter = milter.to_string();
+        let notes = self.log.notes.get_or_insert_with(Box::default);
+        notes.milter_verdict = Some(MilterVerdict { action, milter });
     }
 
     /// Whether a spool completion for `generation` answers the message

@@ -13,6 +13,7 @@
 //! (the deadline wheel), `limits` (process limits).
 
 mod backend;
+mod checks;
 mod conn;
 mod epoll;
 pub mod limits;

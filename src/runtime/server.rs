@@ -53,6 +53,7 @@ impl Server {
             control: Arc::clone(&control),
             cores: pinning_plan(config),
             recorders,
+            milters: config.milters(),
         };
         let (threads, wakers, failure) = match backend {
             Backend::Uring => backend::start::<RingWorker>(set),

@@ -21,6 +21,7 @@ use super::backend::Control;
 use super::conn::{Conn, Cx, Outcome};
 use super::mail_log;
 use super::timer::TimerWheel;
+use crate::check::Pool;
 use crate::metrics::Recorder;
 use crate::proto::reply;
 use crate::proto::{Session, SessionConfig};
@@ -62,6 +63,8 @@ pub struct Sessions<I> {
     pub tls: Option<Arc<ServerConfig>>,
     /// When the worker last had an event to handle (for `busy-poll`).
     last_event: Instant,
+    /// This worker's milter connections, when milters are configured.
+    pub checks: Option<Pool>,
 }
 
 impl<I> Sessions<I> {
@@ -85,6 +88,7 @@ impl<I> Sessions<I> {
             metrics,
             tls: None,
             last_event: Instant::now(),
+            checks: None,
         }
     }
 
@@ -103,7 +107,8 @@ impl<I> Sessions<I> {
     pub fn wait_time(&self, now: Instant) -> Duration {
         let busy_polling = self.link.in_flight() == 0
             && now.saturating_duration_since(self.last_event) < self.control.busy_poll;
-        if !self.ready.is_empty() || self.link.has_immediate() || busy_polling {
+        let checks_due = self.checks.as_ref().is_some_and(Pool::is_due);
+        if !self.ready.is_empty() || self.link.has_immediate() || busy_polling || checks_due {
             Duration::ZERO
         } else {
             self.wheel.until_next_tick(now)
@@ -200,6 +205,10 @@ impl<I> Sessions<I> {
         self.next_generation = generation.wrapping_add(1);
         self.metrics.session_opened();
         let session = Session::new(self.session_config.clone(), now);
+        let mut session = session;
+        if self.checks.is_some() {
+            session.check_rcpts();
+        }
         let mut conn = Conn::new(session, peer, generation, opening.balancer);
         conn.admit(opening.admission);
         let key = self.conns.vacant_key();
@@ -231,6 +240,7 @@ impl<I> Sessions<I> {
             metrics: &mut self.metrics,
             tls: self.tls.as_ref(),
             clients: &self.control.clients,
+            checks: self.checks.as_mut(),
         };
         let turn = panic::catch_unwind(AssertUnwindSafe(|| {
             slot.conn.resume(&mut cx);
@@ -317,6 +327,7 @@ mod tests {
             tls: None,
             envelope: Envelope::default(),
             body: b"body\r\n".to_vec(),
+            quarantine: None,
         }
     }
 

@@ -124,6 +124,7 @@ mod tests {
                 body_kind: Some(kind),
             },
             body: body.to_vec(),
+            quarantine: None,
         }
     }
 

@@ -16,6 +16,8 @@ use super::SpoolError;
 pub struct SpoolDir {
     tmp: PathBuf,
     new: PathBuf,
+    /// Where messages a check quarantined go instead of `new/`.
+    quarantine: PathBuf,
     /// The spool root, `flock`ed while we run: a second process on the same
     /// spool would delete our `tmp/` files at its start-up.
     _lock: File,
@@ -36,7 +38,8 @@ impl SpoolDir {
     pub fn prepare(root: &Path) -> Result<SpoolDir, SpoolError> {
         let tmp = root.join("tmp");
         let new = root.join("new");
-        for dir in [&tmp, &new] {
+        let quarantine = root.join("quarantine");
+        for dir in [&tmp, &new, &quarantine] {
             fs::create_dir_all(dir).map_err(io_error(dir))?;
         }
         sync_dir(root).map_err(io_error(root))?;
@@ -49,6 +52,7 @@ impl SpoolDir {
         Ok(SpoolDir {
             tmp,
             new,
+            quarantine,
             _lock: lock,
         })
     }
@@ -61,6 +65,17 @@ impl SpoolDir {
     /// Where the finished message appears.
     pub fn new_path(&self, id: &QueueId) -> PathBuf {
         self.new.join(file_name(id))
+    }
+
+    /// Where a quarantined message goes, and the file with the reason.
+    pub fn quarantine_paths(&self, id: &QueueId) -> (PathBuf, PathBuf) {
+        let reason = self.quarantine.join(format!("{id}.reason"));
+        (self.quarantine.join(file_name(id)), reason)
+    }
+
+    /// Makes renames into `quarantine/` durable.
+    pub fn sync_quarantine(&self) -> Result<(), SpoolError> {
+        sync_dir(&self.quarantine).map_err(io_error(&self.quarantine))
     }
 
     /// Makes renames into `new/` durable. Opens `new/` afresh so the sync

@@ -129,6 +129,8 @@ pub struct Message {
     pub envelope: Envelope,
     /// The body as received: dot-stuffed for DATA, raw for BDAT.
     pub body: Vec<u8>,
+    /// A check's reason to put the message in `quarantine/`, not `new/`.
+    pub quarantine: Option<String>,
 }
 
 /// The outcome of one submitted message.

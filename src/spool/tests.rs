@@ -35,6 +35,7 @@ fn message(n: usize) -> Message {
             ..Envelope::default()
         },
         body: format!("Subject: {n}\r\n\r\nbody {n}\r\n").into_bytes(),
+        quarantine: None,
     }
 }
 

@@ -263,24 +263,63 @@ impl Writer {
     /// Renames the synced files into `new/`, then syncs `new/` once.
     fn publish(&self, entries: &mut [Staged]) {
         let dir = &self.durable.dir;
-        for entry in entries.iter_mut().filter(|e| e.ok()) {
+        self.quarantine(entries);
+        let normal = |e: &&mut Staged| e.ok() && e.job.message.quarantine.is_none();
+        for entry in entries.iter_mut().filter(normal) {
             let (from, to) = (dir.tmp_path(&entry.id), dir.new_path(&entry.id));
             if let Err(error) = fs::rename(&from, &to) {
                 entry.fail(&from, io_error(&to)(error));
             }
         }
-        if entries.iter().any(Staged::ok) {
+        if entries
+            .iter()
+            .any(|e| e.ok() && e.job.message.quarantine.is_none())
+        {
             if let Err(error) = dir.sync_new() {
                 // Not durable, so not accepted: take the files back out.
                 self.fail_all(entries, |id| dir.new_path(id), &error);
             }
         }
-        let published = entries.iter().filter(|e| e.ok());
+        let published = entries
+            .iter()
+            .filter(|e| e.ok() && e.job.message.quarantine.is_none());
         let (files, bytes) = published.fold((0, 0), |(n, sum), e| (n + 1, sum + e.size));
         self.durable.depth.added(files, bytes);
         if let Some(arrivals) = self.durable.arrivals.get() {
             let ids: Vec<QueueId> = entries.iter().filter(|e| e.ok()).map(|e| e.id).collect();
             arrivals(&ids);
+        }
+    }
+
+    /// Moves the synced files a check quarantined into `quarantine/`, each
+    /// beside a synced `<ID>.reason`, then syncs `quarantine/`; a failure
+    /// fails the message (451) like any spool failure.
+    fn quarantine(&self, entries: &mut [Staged]) {
+        let dir = &self.durable.dir;
+        let mut moved = false;
+        for entry in entries.iter_mut().filter(|e| e.ok()) {
+            let Some(reason) = entry.job.message.quarantine.clone() else {
+                continue;
+            };
+            let (to, reason_path) = dir.quarantine_paths(&entry.id);
+            let from = dir.tmp_path(&entry.id);
+            let written = write_synced(&reason_path, format!("{reason}\n").as_bytes());
+            match written.and_then(|()| fs::rename(&from, &to)) {
+                Ok(()) => moved = true,
+                Err(error) => entry.fail(&from, io_error(&to)(error)),
+            }
+        }
+        if !moved {
+            return;
+        }
+        let Err(error) = dir.sync_quarantine() else {
+            return;
+        };
+        let quarantined = |e: &&mut Staged| e.ok() && e.job.message.quarantine.is_some();
+        for entry in entries.iter_mut().filter(quarantined) {
+            let (file, reason) = dir.quarantine_paths(&entry.id);
+            let _ = fs::remove_file(reason);
+            entry.fail(&file, error.duplicate());
         }
     }
 
@@ -295,6 +334,13 @@ impl Writer {
             entry.fail(&place(&entry.id), error.duplicate());
         }
     }
+}
+
+/// Writes `bytes` to a new file at `path` and syncs it.
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    file.write_all(bytes)?;
+    file.sync_data()
 }
 
 /// An `io::Write` that counts the octets it passes on.

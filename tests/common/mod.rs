@@ -165,6 +165,7 @@ impl Driver {
                     self.run.stops += 1;
                     None
                 }
+                Event::RcptReady => panic!("recipients are not checked here"),
                 Event::StartTls => {
                     // As a runtime would: the rest of the read is dropped
                     // and the handshake (here, none) starts the session over.

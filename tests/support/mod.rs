@@ -21,6 +21,7 @@ use mxgate::runtime::{Server, ServerHandle};
 use mxgate::spool::Spool;
 
 pub mod haproxy;
+pub mod milters;
 pub mod netns;
 pub mod next_hop;
 pub mod peers;
@@ -144,7 +145,7 @@ pub fn uring_usable(test: &str) -> bool {
 /// Runs every listed test, a `fn name(backend: Backend)` of the calling
 /// file, once per backend: as `epoll::name` and as `uring::name` (which
 /// passes, printing why, where the kernel offers no usable io_uring).
-/// Test files that run on no backend (real next hops alone) leave it unused.
+/// Test files that run on no backend (real next hops or milter peers alone) leave it unused.
 #[allow(unused_macros)]
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {

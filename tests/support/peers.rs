@@ -2,8 +2,9 @@
 //! (tests/haproxy.rs and tests/scale_out.rs, through [`super::haproxy`]): a certificate made at
 //! test time, command-line clients no one here wrote (openssl s_client,
 //! swaks, python3) run under a deadline, and a private Postfix instance
-//! whose SMTP client relays to the server under test, or that is the next
-//! hop the server relays to (with the other next hops in [`super::next_hop`]).
+//! whose SMTP client relays to the server under test, that is the next hop
+//! the server relays to (with the other next hops in [`super::next_hop`]),
+//! or whose smtpd hands its sessions to milters (tests/milter_peers.rs).
 //!
 //! Owns plumbing only; the assertions live in the test files. A peer that is
 //! not installed fails the test, naming it: `.ci/run` installs them all.
@@ -46,7 +47,8 @@ pub fn locate(tool: &str) -> PathBuf {
     found.unwrap_or_else(|| {
         panic!(
             "`{tool}` is not installed; the real-peer tests need it \
-             (.ci/run installs postfix, swaks, openssl, python3, haproxy, iproute2 and dovecot-lmtpd)"
+             (.ci/run installs postfix, swaks, openssl, python3, haproxy, iproute2, \
+             dovecot-lmtpd, clamav-daemon, clamav-milter and rspamd)"
         )
     })
 }
@@ -102,6 +104,16 @@ pub fn run(command: Command, input: &str) -> Finished {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
+}
+
+/// A command running `function` of the shell library `lib` (one of
+/// benches/scripts/*.sh); its arguments are the command's.
+pub fn library(lib: &str, function: &str) -> Command {
+    let mut command = Command::new("bash");
+    command
+        .args(["-c", "source \"$0\" && \"$@\"", lib, function])
+        .env("PATH", search_path());
+    command
 }
 
 /// A self-signed certificate (ECDSA P-256 unless said otherwise) for
@@ -295,6 +307,22 @@ impl Postfix {
         super::next_hop::maildir_messages(&dir)
     }
 
+    /// Starts an instance whose smtpd listens on `addr` and hands every
+    /// session to `milters` (`inet:HOST:PORT`, in order; see
+    /// `postfix_milters`), with the main.cf `settings`: Postfix as the
+    /// milter client, to prove a milter peer speaks the protocol. Accepted
+    /// mail is held.
+    pub fn filtering(addr: SocketAddr, milters: &[&str], settings: &[&str]) -> Postfix {
+        let postfix = Postfix::init();
+        postfix.lib("postfix_listen", &[&addr.to_string()]);
+        postfix.lib("postfix_milters", milters);
+        if !settings.is_empty() {
+            postfix.lib("postfix_set", settings);
+        }
+        postfix.lib("postfix_start", &[]);
+        postfix
+    }
+
     /// A configured, not yet started instance in a new temporary directory.
     fn init() -> Postfix {
         require("postfix");
@@ -315,6 +343,22 @@ impl Postfix {
     pub fn held(&self) -> usize {
         let hold = self.dir.path().join("queue").join("hold");
         std::fs::read_dir(hold).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// The messages in its hold queue, as postcat prints them (envelope
+    /// records, then headers and body).
+    pub fn held_messages(&self) -> Vec<String> {
+        let hold = self.dir.path().join("queue").join("hold");
+        super::files_in(&hold)
+            .iter()
+            .map(|file| {
+                let mut postcat = peer("postcat");
+                postcat.arg(file);
+                let done = run(postcat, "");
+                assert!(done.success, "postcat {}: {}", file.display(), done.stderr);
+                done.stdout
+            })
+            .collect()
     }
 
     /// Hands a message to this instance's sendmail.
@@ -346,12 +390,8 @@ impl Postfix {
     }
 
     fn lib_with_input(&self, function: &str, args: &[&str], input: &str) {
-        let mut command = Command::new("bash");
-        command
-            .args(["-c", "source \"$0\" && \"$@\"", POSTFIX_LIB, function])
-            .arg(self.dir.path())
-            .args(args)
-            .env("PATH", search_path());
+        let mut command = library(POSTFIX_LIB, function);
+        command.arg(self.dir.path()).args(args);
         let done = run(command, input);
         assert!(
             done.success,

@@ -186,7 +186,9 @@ impl Session {
             State::Command => Phase::Command,
             State::LongLine => Phase::LongLine,
             State::Data(_) | State::Chunk { .. } | State::SkipChunk { .. } => Phase::Body,
-            State::Spooling => Phase::Spooling,
+            // Waits on the server's side (spool, milters) are never the
+            // client's: its wait starts over at the next feed.
+            State::Spooling | State::RcptCheck => Phase::Spooling,
             State::Handshake => Phase::Handshake,
             State::Closed => Phase::Closed,
         }

@@ -30,6 +30,8 @@ pub struct WorkerSet<'s> {
     pub cores: Vec<core_affinity::CoreId>,
     /// Per worker, its metrics recorder.
     pub recorders: Vec<Recorder>,
+    /// The milters every worker consults, if any (`--milter`).
+    pub milters: Option<Arc<crate::check::Milters>>,
 }
 
 /// What started: the threads, how to wake each, and the first failure
@@ -83,6 +85,7 @@ fn start_one<D: Driver>(
         metrics,
     );
     sessions.tls = set.tls.clone();
+    sessions.checks = set.milters.clone().map(crate::check::Pool::new);
     let core = set.cores.get(index % set.cores.len().max(1)).copied();
     let thread = std::thread::Builder::new()
         .name(format!("mxgate-{}-{index}", D::KIND))

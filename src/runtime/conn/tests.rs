@@ -87,6 +87,7 @@ impl Rig {
             metrics: &mut self.metrics,
             tls: self.tls.as_ref(),
             clients: &self.clients,
+            checks: None,
         };
         turn(&mut cx);
     }

@@ -19,13 +19,23 @@ use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use std::os::fd::RawFd;
+
+use mio::unix::SourceFd;
+
 use super::backend::{AcceptPause, Driver, Wake};
 use super::conn::Outcome;
 use super::sessions::Sessions;
+use super::timer::TimerWheel;
+use crate::check::pool::TIMER_KEYS;
+use crate::check::Readiness;
 pub(crate) use stream::Stream;
 
 /// Token of the waker (spool completions, shutdown, scrapes).
 const WAKER: Token = Token(usize::MAX);
+
+/// Tokens of milter connections: this plus the pool's link key.
+const CHECK_TOKENS: usize = 1 << 48;
 
 fn listener_token(index: usize) -> Token {
     Token(usize::MAX - 1 - index)
@@ -154,6 +164,45 @@ impl Driver for EpollWorker {
             let _ = self.poll.registry().deregister(&mut listener);
         }
     }
+
+    fn pump_checks(&mut self, now: Instant) {
+        let Some(pool) = self.sessions.checks.as_mut() else {
+            return;
+        };
+        let mut readiness = EpollChecks {
+            registry: self.poll.registry(),
+            wheel: &mut self.sessions.wheel,
+        };
+        pool.pump(&mut readiness, now);
+    }
+}
+
+/// Milter sockets under this worker's epoll: registered once for both
+/// directions, edge-triggered, like the sessions' sockets.
+struct EpollChecks<'a> {
+    registry: &'a mio::Registry,
+    wheel: &'a mut TimerWheel,
+}
+
+impl Readiness for EpollChecks<'_> {
+    fn register(&mut self, link: usize, fd: RawFd) {
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        let token = Token(CHECK_TOKENS + link);
+        if let Err(err) = self.registry.register(&mut SourceFd(&fd), token, interest) {
+            // Never woken: its reply timeout fails it.
+            tracing::warn!(error = %err, "milter socket not registered");
+        }
+    }
+
+    fn arm(&mut self, _link: usize, _generation: u32, _fd: RawFd, _write: bool) {}
+
+    fn deregister(&mut self, _link: usize, _generation: u32, fd: RawFd) {
+        let _ = self.registry.deregister(&mut SourceFd(&fd));
+    }
+
+    fn schedule(&mut self, link: usize, generation: u32, at: Instant) {
+        self.wheel.schedule(TIMER_KEYS + link, generation, at);
+    }
 }
 
 impl EpollWorker {
@@ -163,6 +212,10 @@ impl EpollWorker {
             self.complete_spooled(now);
         } else if token.0 >= usize::MAX - self.listeners.len() {
             self.accept_more = true;
+        } else if token.0 >= CHECK_TOKENS {
+            if let Some(pool) = self.sessions.checks.as_mut() {
+                pool.ready(token.0 - CHECK_TOKENS, None);
+            }
         } else if let Some(slot) = self.sessions.conns.get_mut(token.0) {
             if event.is_readable() {
                 slot.io.input_reported();

@@ -36,13 +36,14 @@ pub fn build(entries: u32) -> io::Result<(IoUring, &'static str)> {
 
 /// The operations the worker submits. Send-zc is not used; it stands for
 /// the 6.0 kernels that brought multishot receive with provided buffers.
-const NEEDED: [(u8, &str); 7] = [
+const NEEDED: [(u8, &str); 8] = [
     (opcode::AcceptMulti::CODE, "accept"),
     (opcode::RecvMulti::CODE, "recv"),
     (opcode::Send::CODE, "send"),
     (opcode::AsyncCancel2::CODE, "async-cancel"),
     (opcode::Read::CODE, "read"),
     (opcode::Close::CODE, "close"),
+    (opcode::PollAdd::CODE, "poll"),
     (opcode::SendZc::CODE, "send-zc (kernel 6.0)"),
 ];
 

@@ -22,9 +22,14 @@ use std::time::{Duration, Instant};
 use super::bufring::BufRing;
 use super::wake::RingWaker;
 use super::RingIo;
+use std::os::fd::RawFd;
+
+use crate::check::pool::TIMER_KEYS;
+use crate::check::Readiness;
 use crate::runtime::backend::{AcceptPause, Driver, Wake};
 use crate::runtime::conn::Outcome;
 use crate::runtime::sessions::Sessions;
+use crate::runtime::timer::TimerWheel;
 use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
@@ -56,6 +61,8 @@ const SEND: u64 = 3;
 const WAKE: u64 = 4;
 /// Cancellations and closes: nothing to do when they complete.
 const IGNORE: u64 = 5;
+/// A poll of a milter connection ([`milter_index`]).
+const MILTER: u64 = 6;
 
 fn user_data(kind: u64, index: usize) -> u64 {
     (kind << 56) | index as u64
@@ -63,6 +70,16 @@ fn user_data(kind: u64, index: usize) -> u64 {
 
 fn split_user_data(data: u64) -> (u64, usize) {
     (data >> 56, (data & ((1 << 56) - 1)) as usize)
+}
+
+/// A milter connection's link key (under 2^24) and generation in the 56
+/// bits of user data.
+fn milter_index(link: usize, generation: u32) -> usize {
+    (generation as usize) << 24 | (link & 0xff_ffff)
+}
+
+fn split_milter_index(index: usize) -> (usize, u32) {
+    (index & 0xff_ffff, (index >> 24) as u32)
 }
 
 /// A listening socket and its accept requests in flight: one multishot
@@ -195,6 +212,20 @@ impl Driver for RingWorker {
         self.stop_sending_if_failed(key);
     }
 
+    fn pump_checks(&mut self, now: Instant) {
+        let Some(pool) = self.sessions.checks.as_mut() else {
+            return;
+        };
+        let mut readiness = RingChecks {
+            entries: Vec::new(),
+            wheel: &mut self.sessions.wheel,
+        };
+        pool.pump(&mut readiness, now);
+        for entry in readiness.entries {
+            self.push(entry);
+        }
+    }
+
     fn stop_listening(&mut self) {
         for index in 0..self.listeners.len() {
             // The socket stops listening once its accept request is gone.
@@ -239,7 +270,8 @@ impl RingWorker {
     fn push(&mut self, entry: squeue::Entry) {
         loop {
             // SAFETY: every request pushed here points only at memory that
-            // outlives its completion: the worker's `wake_buf`, or a
+            // outlives its completion (milter polls and cancellations point
+            // at none): the worker's `wake_buf`, or a
             // connection's send buffer, which stays untouched while
             // `send_in_flight` and whose slot is not released before the
             // completion arrives. Receives use the buffer pool.
@@ -332,6 +364,12 @@ impl RingWorker {
             ACCEPT => self.accepted(index, result, flags, now),
             RECV => self.received(index, result, flags, now),
             SEND => self.sent(index, result, now),
+            MILTER => {
+                if let Some(pool) = self.sessions.checks.as_mut() {
+                    let (link, generation) = split_milter_index(index);
+                    pool.ready(link, Some(generation));
+                }
+            }
             WAKE => {
                 self.wake_armed = false;
                 if result != -libc::ECANCELED {
@@ -487,6 +525,35 @@ impl RingWorker {
             .build()
             .user_data(user_data(IGNORE, 0));
         self.push(entry);
+    }
+}
+
+/// Milter sockets under this worker's ring: a one-shot poll each time a
+/// connection would block (the pool then reads and writes it without
+/// blocking), cancelled when it closes.
+struct RingChecks<'a> {
+    entries: Vec<squeue::Entry>,
+    wheel: &'a mut TimerWheel,
+}
+
+impl Readiness for RingChecks<'_> {
+    fn register(&mut self, _link: usize, _fd: RawFd) {}
+
+    fn arm(&mut self, link: usize, generation: u32, fd: RawFd, write: bool) {
+        let mask = libc::POLLIN | if write { libc::POLLOUT } else { 0 };
+        let data = user_data(MILTER, milter_index(link, generation));
+        let entry = opcode::PollAdd::new(Fd(fd), mask as u32).build();
+        self.entries.push(entry.user_data(data));
+    }
+
+    fn deregister(&mut self, link: usize, generation: u32, _fd: RawFd) {
+        let data = user_data(MILTER, milter_index(link, generation));
+        let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(data).all()).build();
+        self.entries.push(entry.user_data(user_data(IGNORE, 0)));
+    }
+
+    fn schedule(&mut self, link: usize, generation: u32, at: Instant) {
+        self.wheel.schedule(TIMER_KEYS + link, generation, at);
     }
 }
 

@@ -1,0 +1,41 @@
+//! The milter reply decoder on arbitrary octets, as a milter would send
+//! them at end of message: it never panics, the answer is the same whole
+//! or cut in two anywhere (as a socket reads it), and the octets it holds
+//! back stay under one packet.
+
+#![no_main]
+
+use std::time::{Duration, Instant};
+
+use libfuzzer_sys::fuzz_target;
+use mxgate::check::milter::{reply, Client, Decoder, Stage, MAX_PACKET};
+
+/// A client past negotiation (all actions, every stage) waiting at end of
+/// message; the answer to `parts` fed in turn, and the edits it kept.
+fn run(parts: &[&[u8]]) -> String {
+    let now = Instant::now();
+    let mut client = Client::new(Duration::from_secs(30), now);
+    let negotiate = [0, 0, 0, 13, b'O', 0, 0, 0, 6, 0, 0, 0, 0x31, 0, 0, 0, 0];
+    client.handle_input(&negotiate, now).expect("a valid negotiation");
+    client.stage(Stage::EndOfMessage, &[], now);
+    let mut result = Ok(None);
+    for part in parts {
+        result = client.handle_input(part, now);
+        if !matches!(result, Ok(None)) {
+            break;
+        }
+    }
+    format!("{result:?} {:?}", client.take_edits())
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut decoder = Decoder::default();
+    decoder.extend(data);
+    while let Ok(Some((code, body))) = decoder.next_packet() {
+        let _ = reply::decode(code, body);
+    }
+    assert!(decoder.pending() < 4 + MAX_PACKET || decoder.next_packet().is_err());
+    let whole = run(&[data]);
+    let cut = data.first().map_or(0, |&b| usize::from(b) % (data.len() + 1));
+    assert_eq!(whole, run(&[&data[..cut], &data[cut..]]), "cut at {cut}");
+});

@@ -1,0 +1,372 @@
+//! One message's way through the milters, in order: for the milter at
+//! hand, the stages of the session replayed at end of data (connect, HELO,
+//! MAIL, each RCPT, DATA, the headers, end of headers, the body in chunks,
+//! end of message) with their macros; each milter's final answer; the
+//! verdict once one refuses the message or all are done. Sans-IO like the
+//! client it drives: the pool owns the sockets and says when a milter
+//! answered or failed.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::message::Plain;
+use super::milter::{Answer, Client, HeaderEdit, Stage, Step, BODY_CHUNK};
+use super::MilterDefault;
+use crate::proto::BodyKind;
+use crate::spool::Message;
+
+/// What a finished run means for the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every milter let it through: spool it (with their header edits
+    /// applied, in quarantine if one asked).
+    Pass { quarantine: Option<String> },
+    /// Refuse it: `550 5.7.1`, or the milter's own reply.
+    Reject(Option<String>),
+    /// Refuse it for now: `451 4.7.1`, or the milter's own reply.
+    Tempfail(Option<String>),
+    /// Say 250 and drop it.
+    Discard,
+}
+
+impl Verdict {
+    /// The action's name in logs and metrics.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Verdict::Pass { quarantine: None } => "accept",
+            Verdict::Pass {
+                quarantine: Some(_),
+            } => "quarantine",
+            Verdict::Reject(_) => "reject",
+            Verdict::Tempfail(_) => "tempfail",
+            Verdict::Discard => "discard",
+        }
+    }
+}
+
+/// The next stage to tell the milter at hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cursor {
+    Connect,
+    Helo,
+    Mail,
+    Rcpt(usize),
+    Data,
+    Header(usize),
+    EndOfHeaders,
+    /// The body from this offset.
+    Body(usize),
+    EndOfMessage,
+    /// End of message was sent.
+    Done,
+}
+
+/// Where the milter at hand is after an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// A stage awaits its reply.
+    Waiting,
+    /// The milter at hand gave its final answer.
+    Answered(Answer),
+}
+
+/// One message on its way through the milters.
+pub struct Run {
+    pub message: Message,
+    plain: Plain,
+    headers: Vec<(String, Vec<u8>)>,
+    /// The milter at hand (an index into the configured ones).
+    pub milter: usize,
+    cursor: Cursor,
+    edits: Vec<HeaderEdit>,
+    quarantine: Option<String>,
+    hostname: String,
+    /// Only the session's stages up to its last RCPT are told (a check of
+    /// that recipient); the milters then forget the message.
+    pub rcpt_only: bool,
+}
+
+impl Run {
+    pub fn new(message: Message, hostname: &str) -> Run {
+        let stuffed = message.envelope.body_kind != Some(BodyKind::Bdat);
+        let plain = Plain::new(&message.body, stuffed);
+        let headers = plain.headers().map(|(n, v)| (n.to_string(), v)).collect();
+        Run {
+            message,
+            plain,
+            headers,
+            milter: 0,
+            cursor: Cursor::Connect,
+            edits: Vec::new(),
+            quarantine: None,
+            hostname: hostname.to_string(),
+            rcpt_only: false,
+        }
+    }
+
+    /// A check of the envelope's last recipient: connect, HELO, MAIL and
+    /// that RCPT, for each milter in turn.
+    pub fn for_rcpt(message: Message, hostname: &str) -> Run {
+        Run {
+            rcpt_only: true,
+            ..Run::new(message, hostname)
+        }
+    }
+
+    /// Tells `client` (negotiated, ready) the stages from the cursor on,
+    /// given the `answer` to the last one, until one awaits a reply or the
+    /// milter has answered for good.
+    pub fn advance(&mut self, client: &mut Client, mut answer: Answer, now: Instant) -> Progress {
+        loop {
+            if answer != Answer::Continue || self.cursor == Cursor::Done {
+                if self.cursor == Cursor::Done {
+                    let edits = client.take_edits();
+                    self.edits.extend(edits.headers);
+                    self.quarantine = edits.quarantine.or(self.quarantine.take());
+                }
+                return Progress::Answered(answer);
+            }
+            let at = self.cursor;
+            self.cursor = self.after(at);
+            match self.send(at, client, now) {
+                Step::Waiting => return Progress::Waiting,
+                Step::Done(next) => answer = next,
+            }
+        }
+    }
+
+    /// The milter at hand answered for good: the verdict, or `None` when
+    /// the next milter is due (the cursor starts over for it).
+    pub fn answered(&mut self, answer: Answer, milters: usize) -> Option<Verdict> {
+        match answer {
+            Answer::Continue | Answer::Accept => self.next_milter(milters),
+            Answer::Reject(reply) => Some(Verdict::Reject(reply)),
+            Answer::Tempfail(reply) => Some(Verdict::Tempfail(reply)),
+            Answer::Discard => Some(Verdict::Discard),
+        }
+    }
+
+    /// The milter at hand is down, timed out or broke the protocol.
+    pub fn failed(&mut self, default: MilterDefault, milters: usize) -> Option<Verdict> {
+        match default {
+            MilterDefault::Tempfail => Some(Verdict::Tempfail(None)),
+            MilterDefault::Accept => self.next_milter(milters),
+        }
+    }
+
+    /// Whether the milter at hand has been told anything of this message.
+    pub fn started(&self) -> bool {
+        self.cursor != Cursor::Connect
+    }
+
+    /// Whether the milter at hand was told the whole message.
+    pub fn complete(&self) -> bool {
+        self.cursor == Cursor::Done && !self.rcpt_only
+    }
+
+    fn next_milter(&mut self, milters: usize) -> Option<Verdict> {
+        self.milter += 1;
+        self.cursor = Cursor::Connect;
+        (self.milter >= milters).then(|| self.pass())
+    }
+
+    /// All milters let the message through: their header edits go into it.
+    fn pass(&mut self) -> Verdict {
+        if !self.edits.is_empty() {
+            self.message.body = self.plain.edited(&self.edits);
+            // The edited copy is plain text: the spool stuffs it.
+            self.message.envelope.body_kind = Some(BodyKind::Bdat);
+        }
+        Verdict::Pass {
+            quarantine: self.quarantine.take(),
+        }
+    }
+
+    fn after(&self, at: Cursor) -> Cursor {
+        let rcpts = self.message.envelope.rcpts.len();
+        let body = self.plain.body().len();
+        match at {
+            Cursor::Connect => Cursor::Helo,
+            Cursor::Helo => Cursor::Mail,
+            Cursor::Mail if self.rcpt_only => Cursor::Rcpt(rcpts.saturating_sub(1)),
+            Cursor::Rcpt(_) if self.rcpt_only => Cursor::Done,
+            Cursor::Mail if rcpts == 0 => Cursor::Data,
+            Cursor::Mail => Cursor::Rcpt(0),
+            Cursor::Rcpt(i) if i + 1 < rcpts => Cursor::Rcpt(i + 1),
+            Cursor::Rcpt(_) => Cursor::Data,
+            Cursor::Data if self.headers.is_empty() => Cursor::EndOfHeaders,
+            Cursor::Data => Cursor::Header(0),
+            Cursor::Header(i) if i + 1 < self.headers.len() => Cursor::Header(i + 1),
+            Cursor::Header(_) => Cursor::EndOfHeaders,
+            Cursor::EndOfHeaders if body == 0 => Cursor::EndOfMessage,
+            Cursor::EndOfHeaders => Cursor::Body(0),
+            Cursor::Body(from) if from + BODY_CHUNK < body => Cursor::Body(from + BODY_CHUNK),
+            Cursor::Body(_) => Cursor::EndOfMessage,
+            Cursor::EndOfMessage | Cursor::Done => Cursor::Done,
+        }
+    }
+
+    /// Tells `client` the stage at `at`, with its macros.
+    fn send(&self, at: Cursor, client: &mut Client, now: Instant) -> Step {
+        let message = &self.message;
+        let envelope = &message.envelope;
+        match at {
+            Cursor::Connect => {
+                let addr = message.peer.to_string();
+                let name = format!("[{addr}]");
+                let macros = [
+                    ("j", self.hostname.as_str()),
+                    ("{client_addr}", addr.as_str()),
+                    ("{client_name}", name.as_str()),
+                ];
+                let addr = Some(SocketAddr::new(message.peer, 0));
+                let stage = Stage::Connect {
+                    hostname: &name,
+                    addr,
+                };
+                client.stage(stage, &macros, now)
+            }
+            Cursor::Helo => {
+                let helo = String::from_utf8_lossy(&message.helo);
+                let tls = message
+                    .tls
+                    .map(|tls| [("{tls_version}", tls.version), ("{cipher}", tls.cipher)]);
+                client.stage(
+                    Stage::Helo(&helo),
+                    tls.as_ref().map_or(&[], |m| &m[..]),
+                    now,
+                )
+            }
+            Cursor::Mail => {
+                let from = String::from_utf8_lossy(&envelope.mail_from);
+                let mut args = Vec::new();
+                if envelope.body_8bitmime {
+                    args.push("BODY=8BITMIME");
+                }
+                if envelope.smtputf8 {
+                    args.push("SMTPUTF8");
+                }
+                let path = format!("<{from}>");
+                client.stage(Stage::Mail(&path, &args), &[("{mail_addr}", &from)], now)
+            }
+            Cursor::Rcpt(i) => {
+                let to = String::from_utf8_lossy(&envelope.rcpts[i]);
+                let path = format!("<{to}>");
+                client.stage(Stage::Rcpt(&path, &[]), &[("{rcpt_addr}", &to)], now)
+            }
+            Cursor::Data => client.stage(Stage::Data, &[], now),
+            Cursor::Header(i) => {
+                let (name, value) = &self.headers[i];
+                client.stage(Stage::Header(name, value), &[], now)
+            }
+            Cursor::EndOfHeaders => client.stage(Stage::EndOfHeaders, &[], now),
+            Cursor::Body(from) => {
+                let body = self.plain.body();
+                let chunk = &body[from..body.len().min(from + BODY_CHUNK)];
+                client.stage(Stage::Body(chunk), &[], now)
+            }
+            Cursor::EndOfMessage | Cursor::Done => client.stage(Stage::EndOfMessage, &[], now),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::proto::Envelope;
+
+    fn message(rcpts: &[&str]) -> Message {
+        Message {
+            peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            helo: b"client.example".to_vec(),
+            tls: None,
+            envelope: Envelope {
+                mail_from: b"s@remote.example".to_vec(),
+                rcpts: rcpts.iter().map(|r| r.as_bytes().to_vec()).collect(),
+                body_kind: Some(BodyKind::Data),
+                ..Envelope::default()
+            },
+            body: b"Subject: hi\r\n\r\n..body\r\n".to_vec(),
+            quarantine: None,
+        }
+    }
+
+    /// A negotiated client (all actions, every stage).
+    fn client(now: Instant) -> Client {
+        let mut client = Client::new(Duration::from_secs(30), now);
+        let reply = [0, 0, 0, 13, b'O', 0, 0, 0, 6, 0, 0, 0, 0x31, 0, 0, 0, 0];
+        assert_eq!(client.handle_input(&reply, now), Ok(Some(Answer::Continue)));
+        client.advance_output(usize::MAX);
+        client
+    }
+
+    /// Answers every stage with continue; returns the commands sent (macros
+    /// left out) and the final answer.
+    fn drive(run: &mut Run, client: &mut Client, now: Instant) -> (Vec<u8>, Answer) {
+        let mut commands = Vec::new();
+        let mut progress = run.advance(client, Answer::Continue, now);
+        loop {
+            let sent = client.poll_output().to_vec();
+            client.advance_output(usize::MAX);
+            let mut rest = &sent[..];
+            while rest.len() >= 5 {
+                let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                if rest[4] != b'D' {
+                    commands.push(rest[4]);
+                }
+                rest = &rest[4 + len..];
+            }
+            match progress {
+                Progress::Answered(answer) => return (commands, answer),
+                Progress::Waiting => {
+                    let answer = client.handle_input(&[0, 0, 0, 1, b'c'], now).unwrap();
+                    progress = run.advance(client, answer.unwrap(), now);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_message_is_told_stage_by_stage() {
+        let now = Instant::now();
+        let mut run = Run::new(message(&["a@x", "b@x"]), "mx.test");
+        let (commands, answer) = drive(&mut run, &mut client(now), now);
+        assert_eq!(commands, b"CHMRRTLNBE");
+        assert_eq!(answer, Answer::Continue);
+        assert!(run.complete());
+        assert_eq!(
+            run.answered(answer, 1),
+            Some(Verdict::Pass { quarantine: None })
+        );
+        assert_eq!(
+            run.message.body, b"Subject: hi\r\n\r\n..body\r\n",
+            "no edits: as received"
+        );
+    }
+
+    #[test]
+    fn a_recipient_check_stops_at_the_last_rcpt() {
+        let now = Instant::now();
+        let mut run = Run::for_rcpt(message(&["a@x", "b@x"]), "mx.test");
+        let (commands, _) = drive(&mut run, &mut client(now), now);
+        assert_eq!(commands, b"CHMR");
+        assert!(!run.complete(), "the milter must be told to forget it");
+    }
+
+    #[test]
+    fn milters_go_in_order_and_the_default_applies_to_failures() {
+        let mut run = Run::new(message(&["a@x"]), "mx.test");
+        assert_eq!(run.answered(Answer::Accept, 3), None);
+        assert_eq!((run.milter, run.started()), (1, false));
+        assert_eq!(run.failed(MilterDefault::Accept, 3), None);
+        assert_eq!(run.milter, 2);
+        let tempfail = run.failed(MilterDefault::Tempfail, 3);
+        assert_eq!(tempfail, Some(Verdict::Tempfail(None)));
+        let reject = Some("550 5.7.1 no".to_string());
+        let verdict = run.answered(Answer::Reject(reject.clone()), 3);
+        assert_eq!(verdict, Some(Verdict::Reject(reject)));
+    }
+}

@@ -1,0 +1,475 @@
+//! Milters at end of data, over loopback, on each backend, against a small
+//! scripted milter in this file (the fuller one is tests/peers/milter.py):
+//! a rejection with the milter's own reply
+//! and nothing spooled; headers a milter adds in the spooled file after the
+//! Received line; quarantine and discard; a milter that is down, or
+//! silent past `--milter-timeout`, gives `--milter-default`; pipelined
+//! commands behind a checked message are answered in order; each check
+//! has a connection of its own; a recipient a milter refuses is
+//! refused at RCPT. The real milters (clamd +
+//! clamav-milter, rspamd; launchers in tests/support/milters.rs): EICAR and
+//! GTUBE refused, clean messages spooled, with rspamd's headers.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mxgate::config::Backend;
+use support::{files_in, queue_id, TestServer};
+
+/// What the scripted milter answers at end of message.
+#[derive(Clone)]
+struct Script {
+    /// Reply packets (code, data) at end of message.
+    end_of_message: Vec<(u8, Vec<u8>)>,
+    /// Waits this long before them.
+    delay: Duration,
+    /// The reply packet to a RCPT whose address starts with `bad`.
+    bad_rcpt: (u8, Vec<u8>),
+}
+
+/// A milter on a loopback port answering every stage with continue and
+/// end of message with its script; counts the connections it took.
+struct ScriptedMilter {
+    addr: String,
+    connections: Arc<AtomicUsize>,
+}
+
+impl ScriptedMilter {
+    /// The same milter on a unix socket at `path`.
+    fn start_unix(script: Script, path: &std::path::Path) -> ScriptedMilter {
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&connections);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                count.fetch_add(1, Ordering::SeqCst);
+                let script = script.clone();
+                std::thread::spawn(move || serve(stream, &script));
+            }
+        });
+        let addr = format!("unix:{}", path.display());
+        ScriptedMilter { addr, connections }
+    }
+
+    fn start(script: Script) -> ScriptedMilter {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("inet:{}", listener.local_addr().unwrap());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&connections);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                count.fetch_add(1, Ordering::SeqCst);
+                let script = script.clone();
+                std::thread::spawn(move || serve(stream, &script));
+            }
+        });
+        ScriptedMilter { addr, connections }
+    }
+}
+
+fn packet(code: u8, data: &[u8]) -> Vec<u8> {
+    let mut out = (u32::try_from(data.len() + 1).unwrap())
+        .to_be_bytes()
+        .to_vec();
+    out.push(code);
+    out.extend_from_slice(data);
+    out
+}
+
+/// One milter connection: reads packets and answers them until EOF.
+fn serve(mut stream: impl Read + Write, script: &Script) {
+    loop {
+        let mut head = [0u8; 4];
+        if stream.read_exact(&mut head).is_err() {
+            return;
+        }
+        let mut data = vec![0; u32::from_be_bytes(head) as usize];
+        if stream.read_exact(&mut data).is_err() {
+            return;
+        }
+        let reply = match data[0] {
+            // Version 6; add/change headers and quarantine; every stage.
+            b'O' => packet(b'O', &[0, 0, 0, 6, 0, 0, 0, 0x31, 0, 0, 0, 0]),
+            b'D' | b'A' | b'K' => continue,
+            b'Q' => return,
+            b'R' if data[1..].starts_with(b"<bad") => packet(script.bad_rcpt.0, &script.bad_rcpt.1),
+            b'E' => {
+                std::thread::sleep(script.delay);
+                let replies = script.end_of_message.iter();
+                replies
+                    .flat_map(|(code, data)| packet(*code, data))
+                    .collect()
+            }
+            _ => packet(b'c', b""),
+        };
+        if stream.write_all(&reply).is_err() {
+            return;
+        }
+    }
+}
+
+fn eom(replies: &[(u8, &[u8])]) -> Script {
+    Script {
+        end_of_message: replies.iter().map(|(c, d)| (*c, d.to_vec())).collect(),
+        delay: Duration::ZERO,
+        bad_rcpt: (b'c', Vec::new()),
+    }
+}
+
+/// Sends one message; returns the reply to its end.
+fn send_message(server: &TestServer, subject: &str) -> String {
+    let mut c = server.client();
+    c.hello();
+    c.open_data("alice@example.com");
+    c.send(format!("Subject: {subject}\r\n\r\n.. dotted\r\nbody\r\n.\r\n").as_bytes());
+    let reply = c.reply();
+    c.cmd("QUIT", 221);
+    reply.lines.join("\n")
+}
+
+/// The spooled file of message `id`.
+fn spooled_text(server: &TestServer, id: &str) -> String {
+    let path = server.spool_dir().join("new").join(format!("{id}.bsmtp"));
+    std::fs::read_to_string(path).expect("spooled")
+}
+
+fn start(backend: Backend, milter: &ScriptedMilter, extra: &[&str]) -> TestServer {
+    let mut flags = vec!["--milter", milter.addr.as_str(), "--milter-timeout", "1"];
+    flags.extend_from_slice(extra);
+    TestServer::start(backend, &flags)
+}
+
+/// The `/metrics` text of `server` (started with `--metrics`).
+fn scrape(server: &TestServer) -> String {
+    let handle = server.handle.as_ref().expect("running");
+    let addr = handle.metrics_addr().expect("metrics on");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+fn a_rejection_is_passed_through_and_nothing_spooled(backend: Backend) {
+    let milter = ScriptedMilter::start(eom(&[(b'y', b"554 5.7.1 virus found\0")]));
+    let server = start(backend, &milter, &["--metrics", "127.0.0.1:0"]);
+    assert_eq!(send_message(&server, "eicar"), "554 5.7.1 virus found");
+    let metrics = scrape(&server);
+    let name = &milter.addr;
+    let verdict = format!("mxgate_milter_verdicts_total{{milter=\"{name}\",action=\"reject\"}} 1");
+    assert!(metrics.contains(&verdict), "{metrics}");
+    // Once for the recipient, once for the message.
+    let latency = format!("mxgate_milter_latency_seconds_count{{milter=\"{name}\"}} 2");
+    assert!(metrics.contains(&latency), "{metrics}");
+    let plain = ScriptedMilter::start(eom(&[(b'r', b"")]));
+    let other = start(backend, &plain, &[]);
+    let reply = send_message(&other, "spam");
+    assert!(reply.starts_with("550 5.7.1 "), "{reply}");
+    assert!(server.spooled().is_empty() && other.spooled().is_empty());
+    server.stop();
+    other.stop();
+}
+
+fn added_headers_follow_the_received_line(backend: Backend) {
+    let replies: &[(u8, &[u8])] = &[(b'h', b"X-Scanned\0clean\0"), (b'a', b"")];
+    let milter = ScriptedMilter::start(eom(replies));
+    let server = start(backend, &milter, &[]);
+    let id = queue_id(&send_message(&server, "hello"));
+    let text = spooled_text(&server, &id);
+    let lines: Vec<&str> = text.lines().collect();
+    let received = lines
+        .iter()
+        .position(|l| l.starts_with("Received: "))
+        .unwrap();
+    assert_eq!(lines[received + 1], "X-Scanned: clean", "{text}");
+    assert_eq!(lines[received + 2], "Subject: hello", "{text}");
+    assert!(
+        text.contains("\r\n.. dotted\r\nbody\r\n.\r\n"),
+        "body as received: {text}"
+    );
+    server.stop();
+}
+
+fn quarantine_and_discard(backend: Backend) {
+    let replies: &[(u8, &[u8])] = &[(b'q', b"suspicious\0"), (b'c', b"")];
+    let milter = ScriptedMilter::start(eom(replies));
+    let server = start(backend, &milter, &[]);
+    let id = queue_id(&send_message(&server, "odd"));
+    let quarantine = server.spool_dir().join("quarantine");
+    let reason = std::fs::read_to_string(quarantine.join(format!("{id}.reason"))).unwrap();
+    assert_eq!(reason, "suspicious\n");
+    assert!(quarantine.join(format!("{id}.bsmtp")).is_file());
+    assert!(server.spooled().is_empty());
+    server.stop();
+
+    let milter = ScriptedMilter::start(eom(&[(b'd', b"")]));
+    let server = start(backend, &milter, &[]);
+    let reply = send_message(&server, "drop me");
+    assert!(reply.starts_with("250 "), "{reply}");
+    assert!(server.spooled().is_empty());
+    assert!(files_in(&server.spool_dir().join("quarantine")).is_empty());
+    server.stop();
+}
+
+fn a_milter_down_gives_the_default(backend: Backend) {
+    // A port nobody listens on.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = ScriptedMilter {
+        addr: format!("inet:{port}"),
+        connections: Arc::default(),
+    };
+    let server = start(backend, &down, &["--metrics", "127.0.0.1:0"]);
+    let mut c = server.client();
+    c.hello();
+    c.cmd("MAIL FROM:<s@remote.example>", 250);
+    // The first stage that waits for a milter is RCPT.
+    let reply = c.cmd("RCPT TO:<alice@example.com>", 451);
+    assert!(reply.starts_with("451 4.7.1 "), "{reply}");
+    c.cmd("QUIT", 221);
+    let failures = format!("mxgate_milter_failures_total{{milter=\"{}\"}} 1", down.addr);
+    assert!(scrape(&server).contains(&failures));
+    server.stop();
+    let server = start(backend, &down, &["--milter-default", "accept"]);
+    queue_id(&send_message(&server, "x"));
+    assert_eq!(server.spooled().len(), 1);
+    server.stop();
+}
+
+fn a_silent_milter_times_out_and_pipelining_stays_in_order(backend: Backend) {
+    let mut script = eom(&[(b'a', b"")]);
+    script.delay = Duration::from_secs(30);
+    let milter = ScriptedMilter::start(script);
+    let server = start(backend, &milter, &[]);
+    let mut c = server.client();
+    c.hello();
+    c.open_data("alice@example.com");
+    let started = Instant::now();
+    c.send(b"Subject: slow\r\n\r\nbody\r\n.\r\nNOOP\r\nRSET\r\n");
+    let reply = c.expect(451);
+    assert!(reply.starts_with("451 4.7.1 "), "{reply}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    c.expect(250);
+    c.expect(250);
+    c.cmd("QUIT", 221);
+    assert!(server.spooled().is_empty());
+    server.stop();
+}
+
+fn each_check_gets_a_fresh_connection(backend: Backend) {
+    let milter = ScriptedMilter::start(eom(&[(b'c', b"")]));
+    let server = start(backend, &milter, &["--workers", "1"]);
+    for n in 0..3 {
+        queue_id(&send_message(&server, &format!("message {n}")));
+    }
+    assert_eq!(server.spooled().len(), 3);
+    // Per session: one for the recipient, one for the message (why not
+    // reused: src/check/pool.rs).
+    assert_eq!(milter.connections.load(Ordering::SeqCst), 6);
+    server.stop();
+}
+
+/// Sends one message with `body` to a fresh session; returns the reply to
+/// its end.
+fn send_body(server: &TestServer, body: &str) -> support::Reply {
+    let mut c = server.client();
+    c.hello();
+    c.open_data("alice@example.com");
+    let message =
+        format!("Subject: real milter\r\nFrom: <s@remote.example>\r\n\r\n{body}\r\n.\r\n");
+    c.send(message.as_bytes());
+    let reply = c.reply();
+    c.cmd("QUIT", 221);
+    reply
+}
+
+/// clamd + clamav-milter (one EICAR signature): EICAR is refused with a
+/// 5xx and not spooled; a clean message is spooled.
+fn clamav_refuses_eicar(backend: Backend) {
+    let clamav = support::milters::RealMilter::clamav();
+    let spec = clamav.spec();
+    let server = TestServer::start(backend, &["--milter", &spec, "--milter-timeout", "20"]);
+    let refused = send_body(&server, &support::milters::eicar());
+    assert_eq!(
+        refused.code / 100,
+        5,
+        "{:?}\n{}",
+        refused.lines,
+        clamav.log()
+    );
+    assert!(server.spooled().is_empty());
+    let accepted = send_body(&server, "nothing to see here");
+    assert_eq!(accepted.code, 250, "{:?}\n{}", accepted.lines, clamav.log());
+    assert_eq!(server.spooled().len(), 1);
+    server.stop();
+}
+
+/// rspamd's milter proxy: GTUBE is refused with a 5xx; a clean message is
+/// spooled with rspamd's headers after the Received line.
+fn rspamd_refuses_gtube_and_adds_its_headers(backend: Backend) {
+    let rspamd = support::milters::RealMilter::rspamd();
+    let spec = rspamd.spec();
+    let server = TestServer::start(backend, &["--milter", &spec, "--milter-timeout", "20"]);
+    let refused = send_body(&server, support::milters::GTUBE);
+    assert_eq!(
+        refused.code / 100,
+        5,
+        "{:?}\n{}",
+        refused.lines,
+        rspamd.log()
+    );
+    let accepted = send_body(&server, "a perfectly ordinary note");
+    assert_eq!(accepted.code, 250, "{:?}\n{}", accepted.lines, rspamd.log());
+    let spooled = server.spooled();
+    assert_eq!(spooled.len(), 1);
+    let text = std::fs::read_to_string(&spooled[0]).unwrap();
+    for header in ["X-Spamd-Result:", "X-Rspamd-Server:"] {
+        assert!(text.contains(header), "no {header} in\n{text}");
+    }
+    server.stop();
+}
+
+fn a_recipient_the_milter_refuses_is_refused_at_rcpt(backend: Backend) {
+    let mut script = eom(&[(b'c', b"")]);
+    script.bad_rcpt = (
+        b'y',
+        b"550 5.7.1 <bad@catchall.example>: no thanks\0".to_vec(),
+    );
+    let milter = ScriptedMilter::start(script);
+    let server = start(backend, &milter, &[]);
+    let mut c = server.client();
+    c.hello();
+    c.cmd("MAIL FROM:<s@remote.example>", 250);
+    // Pipelined: the answers come in order, the refused one in its place.
+    c.send(b"RCPT TO:<alice@example.com>\r\nRCPT TO:<bad@catchall.example>\r\nRCPT TO:<bob@example.com>\r\n");
+    c.expect(250);
+    assert_eq!(c.expect(550), "550 5.7.1 <bad@catchall.example>: no thanks");
+    c.expect(250);
+    c.cmd("DATA", 354);
+    c.send(b"Subject: two of three\r\n\r\nhi\r\n.\r\n");
+    queue_id(&c.expect(250));
+    c.cmd("QUIT", 221);
+    let text = std::fs::read_to_string(&server.spooled()[0]).unwrap();
+    assert!(
+        text.contains("RCPT TO:<alice@example.com>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n"),
+        "{text}"
+    );
+    server.stop();
+
+    // A milter that fails at RCPT: 451 there, under the default.
+    let mut script = eom(&[(b'c', b"")]);
+    script.bad_rcpt = (b't', Vec::new());
+    let milter = ScriptedMilter::start(script);
+    let server = start(backend, &milter, &[]);
+    let mut c = server.client();
+    c.hello();
+    c.cmd("MAIL FROM:<s@remote.example>", 250);
+    let reply = c.cmd("RCPT TO:<bad@catchall.example>", 451);
+    assert!(reply.starts_with("451 4.7.1 "), "{reply}");
+    c.cmd("QUIT", 221);
+    server.stop();
+}
+
+fn a_milter_on_a_unix_socket(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let replies: &[(u8, &[u8])] = &[(b'h', b"X-Unix\0yes\0"), (b'a', b"")];
+    let milter = ScriptedMilter::start_unix(eom(replies), &dir.path().join("milter.sock"));
+    let server = start(backend, &milter, &[]);
+    let id = queue_id(&send_message(&server, "over unix"));
+    let text = spooled_text(&server, &id);
+    assert!(
+        text.contains("\r\nX-Unix: yes\r\nSubject: over unix\r\n"),
+        "{text}"
+    );
+    server.stop();
+}
+
+fn several_milters_apply_in_order(backend: Backend) {
+    let first = ScriptedMilter::start(eom(&[(b'h', b"X-First\0one\0"), (b'c', b"")]));
+    let second = ScriptedMilter::start(eom(&[(b'h', b"X-Second\0two\0"), (b'a', b"")]));
+    let flags = ["--milter", second.addr.as_str()];
+    let server = start(backend, &first, &flags);
+    let id = queue_id(&send_message(&server, "both"));
+    let text = spooled_text(&server, &id);
+    assert!(
+        text.contains("\r\nX-First: one\r\nX-Second: two\r\nSubject: both\r\n"),
+        "{text}"
+    );
+    server.stop();
+
+    // The first one down and skipped (accept), the second still refuses.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = format!("inet:{port}");
+    let refusing = ScriptedMilter::start(eom(&[(b'r', b"")]));
+    let flags = [
+        "--milter",
+        down.as_str(),
+        "--milter",
+        refusing.addr.as_str(),
+    ];
+    let server = TestServer::start(
+        backend,
+        &[&flags[..], &["--milter-default", "accept"]].concat(),
+    );
+    let reply = send_message(&server, "second says no");
+    assert!(reply.starts_with("550 5.7.1 "), "{reply}");
+    assert!(server.spooled().is_empty());
+    server.stop();
+}
+
+/// tests/peers/milter.py misbehaving at end of message (with the marker
+/// BAD in the body): closing mid-stream, garbage, an oversized packet, a
+/// modification it did not negotiate. Each gives that message 451 4.7.1
+/// (nothing spooled); the next message, on a fresh connection, is served.
+fn a_misbehaving_milter_gives_the_default(backend: Backend) {
+    for fault in [
+        "close",
+        "garbage",
+        "oversized",
+        "addheader:X-Sneaky:1;accept",
+    ] {
+        let rule = format!("eom/BAD={fault}");
+        let milter = support::milters::Scripted::start(&["--actions", "none", "--on", &rule]);
+        let spec = milter.spec();
+        let server = TestServer::start(backend, &["--milter", &spec, "--milter-timeout", "5"]);
+        let refused = send_body(&server, "BAD");
+        assert!(
+            refused.last().starts_with("451 4.7.1 "),
+            "{fault}: {:?}",
+            refused.lines
+        );
+        assert!(server.spooled().is_empty(), "{fault}");
+        let accepted = send_body(&server, "fine");
+        assert_eq!(accepted.code, 250, "{fault}: {:?}", accepted.lines);
+        server.stop();
+    }
+}
+
+support::backend_tests!(
+    a_rejection_is_passed_through_and_nothing_spooled,
+    added_headers_follow_the_received_line,
+    quarantine_and_discard,
+    a_milter_down_gives_the_default,
+    a_silent_milter_times_out_and_pipelining_stays_in_order,
+    each_check_gets_a_fresh_connection,
+    a_recipient_the_milter_refuses_is_refused_at_rcpt,
+    a_milter_on_a_unix_socket,
+    several_milters_apply_in_order,
+    a_misbehaving_milter_gives_the_default,
+    clamav_refuses_eicar,
+    rspamd_refuses_gtube_and_adds_its_headers,
+);
