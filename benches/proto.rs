@@ -131,7 +131,9 @@ fn session(c: &mut Criterion) {
                     Event::MessageReady => session.spool_done(Some("4Xq2Zb1mT0"), &mut out),
                     Event::Close => break,
                     Event::Envelope | Event::MessageDiscarded => {}
-                    Event::NeedInput | Event::Paused | Event::StartTls => panic!("stalled"),
+                    Event::NeedInput | Event::Paused | Event::StartTls | Event::RcptReady => {
+                        panic!("stalled")
+                    }
                 }
                 rest = &rest[n..];
             }

@@ -1,11 +1,14 @@
 //! Milters at end of data, over loopback, on each backend, against a small
-//! scripted milter in this file (the fuller scripted milter and the real
-//! ones live in their own tests): a rejection with the milter's own reply
+//! scripted milter in this file (the fuller one is tests/peers/milter.py):
+//! a rejection with the milter's own reply
 //! and nothing spooled; headers a milter adds in the spooled file after the
 //! Received line; quarantine and discard; a milter that is down, or
 //! silent past `--milter-timeout`, gives `--milter-default`; pipelined
 //! commands behind a checked message are answered in order; a connection
-//! is reused for the next session.
+//! is reused for the next session; a recipient a milter refuses is
+//! refused at RCPT. The real milters (clamd +
+//! clamav-milter, rspamd; launchers in tests/support/milters.rs): EICAR and
+//! GTUBE refused, clean messages spooled, with rspamd's headers.
 
 mod support;
 
@@ -25,6 +28,8 @@ struct Script {
     end_of_message: Vec<(u8, Vec<u8>)>,
     /// Waits this long before them.
     delay: Duration,
+    /// The reply packet to a RCPT whose address starts with `bad`.
+    bad_rcpt: (u8, Vec<u8>),
 }
 
 /// A milter on a loopback port answering every stage with continue and
@@ -35,6 +40,22 @@ struct ScriptedMilter {
 }
 
 impl ScriptedMilter {
+    /// The same milter on a unix socket at `path`.
+    fn start_unix(script: Script, path: &std::path::Path) -> ScriptedMilter {
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&connections);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                count.fetch_add(1, Ordering::SeqCst);
+                let script = script.clone();
+                std::thread::spawn(move || serve(stream, &script));
+            }
+        });
+        let addr = format!("unix:{}", path.display());
+        ScriptedMilter { addr, connections }
+    }
+
     fn start(script: Script) -> ScriptedMilter {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = format!("inet:{}", listener.local_addr().unwrap());
@@ -61,7 +82,7 @@ fn packet(code: u8, data: &[u8]) -> Vec<u8> {
 }
 
 /// One milter connection: reads packets and answers them until EOF.
-fn serve(mut stream: TcpStream, script: &Script) {
+fn serve(mut stream: impl Read + Write, script: &Script) {
     loop {
         let mut head = [0u8; 4];
         if stream.read_exact(&mut head).is_err() {
@@ -76,6 +97,7 @@ fn serve(mut stream: TcpStream, script: &Script) {
             b'O' => packet(b'O', &[0, 0, 0, 6, 0, 0, 0, 0x31, 0, 0, 0, 0]),
             b'D' | b'A' | b'K' => continue,
             b'Q' => return,
+            b'R' if data[1..].starts_with(b"<bad") => packet(script.bad_rcpt.0, &script.bad_rcpt.1),
             b'E' => {
                 std::thread::sleep(script.delay);
                 let replies = script.end_of_message.iter();
@@ -95,6 +117,7 @@ fn eom(replies: &[(u8, &[u8])]) -> Script {
     Script {
         end_of_message: replies.iter().map(|(c, d)| (*c, d.to_vec())).collect(),
         delay: Duration::ZERO,
+        bad_rcpt: (b'c', Vec::new()),
     }
 }
 
@@ -115,10 +138,28 @@ fn start(backend: Backend, milter: &ScriptedMilter, extra: &[&str]) -> TestServe
     TestServer::start(backend, &flags)
 }
 
+/// The `/metrics` text of `server` (started with `--metrics`).
+fn scrape(server: &TestServer) -> String {
+    let handle = server.handle.as_ref().expect("running");
+    let addr = handle.metrics_addr().expect("metrics on");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
 fn a_rejection_is_passed_through_and_nothing_spooled(backend: Backend) {
     let milter = ScriptedMilter::start(eom(&[(b'y', b"554 5.7.1 virus found\0")]));
-    let server = start(backend, &milter, &[]);
+    let server = start(backend, &milter, &["--metrics", "127.0.0.1:0"]);
     assert_eq!(send_message(&server, "eicar"), "554 5.7.1 virus found");
+    let metrics = scrape(&server);
+    let name = &milter.addr;
+    let verdict = format!("mxgate_milter_verdicts_total{{milter=\"{name}\",action=\"reject\"}} 1");
+    assert!(metrics.contains(&verdict), "{metrics}");
+    // Once for the recipient, once for the message.
+    let latency = format!("mxgate_milter_latency_seconds_count{{milter=\"{name}\"}} 2");
+    assert!(metrics.contains(&latency), "{metrics}");
     let plain = ScriptedMilter::start(eom(&[(b'r', b"")]));
     let other = start(backend, &plain, &[]);
     let reply = send_message(&other, "spam");
@@ -180,10 +221,16 @@ fn a_milter_down_gives_the_default(backend: Backend) {
         addr: format!("inet:{port}"),
         connections: Arc::default(),
     };
-    let server = start(backend, &down, &[]);
-    let reply = send_message(&server, "x");
+    let server = start(backend, &down, &["--metrics", "127.0.0.1:0"]);
+    let mut c = server.client();
+    c.hello();
+    c.cmd("MAIL FROM:<s@remote.example>", 250);
+    // The first stage that waits for a milter is RCPT.
+    let reply = c.cmd("RCPT TO:<alice@example.com>", 451);
     assert!(reply.starts_with("451 4.7.1 "), "{reply}");
-    assert!(server.spooled().is_empty());
+    c.cmd("QUIT", 221);
+    let failures = format!("mxgate_milter_failures_total{{milter=\"{}\"}} 1", down.addr);
+    assert!(scrape(&server).contains(&failures));
     server.stop();
     let server = start(backend, &down, &["--milter-default", "accept"]);
     queue_id(&send_message(&server, "x"));
@@ -227,6 +274,122 @@ fn connections_are_reused_across_sessions(backend: Backend) {
     server.stop();
 }
 
+/// Sends one message with `body` to a fresh session; returns the reply to
+/// its end.
+fn send_body(server: &TestServer, body: &str) -> support::Reply {
+    let mut c = server.client();
+    c.hello();
+    c.open_data("alice@example.com");
+    let message =
+        format!("Subject: real milter\r\nFrom: <s@remote.example>\r\n\r\n{body}\r\n.\r\n");
+    c.send(message.as_bytes());
+    let reply = c.reply();
+    c.cmd("QUIT", 221);
+    reply
+}
+
+/// clamd + clamav-milter (one EICAR signature): EICAR is refused with a
+/// 5xx and not spooled; a clean message is spooled.
+fn clamav_refuses_eicar(backend: Backend) {
+    let clamav = support::milters::RealMilter::clamav();
+    let spec = clamav.spec();
+    let server = TestServer::start(backend, &["--milter", &spec, "--milter-timeout", "20"]);
+    let refused = send_body(&server, &support::milters::eicar());
+    assert_eq!(
+        refused.code / 100,
+        5,
+        "{:?}\n{}",
+        refused.lines,
+        clamav.log()
+    );
+    assert!(server.spooled().is_empty());
+    let accepted = send_body(&server, "nothing to see here");
+    assert_eq!(accepted.code, 250, "{:?}\n{}", accepted.lines, clamav.log());
+    assert_eq!(server.spooled().len(), 1);
+    server.stop();
+}
+
+/// rspamd's milter proxy: GTUBE is refused with a 5xx; a clean message is
+/// spooled with rspamd's headers after the Received line.
+fn rspamd_refuses_gtube_and_adds_its_headers(backend: Backend) {
+    let rspamd = support::milters::RealMilter::rspamd();
+    let spec = rspamd.spec();
+    let server = TestServer::start(backend, &["--milter", &spec, "--milter-timeout", "20"]);
+    let refused = send_body(&server, support::milters::GTUBE);
+    assert_eq!(
+        refused.code / 100,
+        5,
+        "{:?}\n{}",
+        refused.lines,
+        rspamd.log()
+    );
+    let accepted = send_body(&server, "a perfectly ordinary note");
+    assert_eq!(accepted.code, 250, "{:?}\n{}", accepted.lines, rspamd.log());
+    let spooled = server.spooled();
+    assert_eq!(spooled.len(), 1);
+    let text = std::fs::read_to_string(&spooled[0]).unwrap();
+    for header in ["X-Spamd-Result:", "X-Rspamd-Server:"] {
+        assert!(text.contains(header), "no {header} in\n{text}");
+    }
+    server.stop();
+}
+
+fn a_recipient_the_milter_refuses_is_refused_at_rcpt(backend: Backend) {
+    let mut script = eom(&[(b'c', b"")]);
+    script.bad_rcpt = (
+        b'y',
+        b"550 5.7.1 <bad@catchall.example>: no thanks\0".to_vec(),
+    );
+    let milter = ScriptedMilter::start(script);
+    let server = start(backend, &milter, &[]);
+    let mut c = server.client();
+    c.hello();
+    c.cmd("MAIL FROM:<s@remote.example>", 250);
+    // Pipelined: the answers come in order, the refused one in its place.
+    c.send(b"RCPT TO:<alice@example.com>\r\nRCPT TO:<bad@catchall.example>\r\nRCPT TO:<bob@example.com>\r\n");
+    c.expect(250);
+    assert_eq!(c.expect(550), "550 5.7.1 <bad@catchall.example>: no thanks");
+    c.expect(250);
+    c.cmd("DATA", 354);
+    c.send(b"Subject: two of three\r\n\r\nhi\r\n.\r\n");
+    queue_id(&c.expect(250));
+    c.cmd("QUIT", 221);
+    let text = std::fs::read_to_string(&server.spooled()[0]).unwrap();
+    assert!(
+        text.contains("RCPT TO:<alice@example.com>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n"),
+        "{text}"
+    );
+    server.stop();
+
+    // A milter that fails at RCPT: 451 there, under the default.
+    let mut script = eom(&[(b'c', b"")]);
+    script.bad_rcpt = (b't', Vec::new());
+    let milter = ScriptedMilter::start(script);
+    let server = start(backend, &milter, &[]);
+    let mut c = server.client();
+    c.hello();
+    c.cmd("MAIL FROM:<s@remote.example>", 250);
+    let reply = c.cmd("RCPT TO:<bad@catchall.example>", 451);
+    assert!(reply.starts_with("451 4.7.1 "), "{reply}");
+    c.cmd("QUIT", 221);
+    server.stop();
+}
+
+fn a_milter_on_a_unix_socket(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let replies: &[(u8, &[u8])] = &[(b'h', b"X-Unix\0yes\0"), (b'a', b"")];
+    let milter = ScriptedMilter::start_unix(eom(replies), &dir.path().join("milter.sock"));
+    let server = start(backend, &milter, &[]);
+    let id = queue_id(&send_message(&server, "over unix"));
+    let path = server.spool_dir().join("new").join(format!("{id}.bsmtp"));
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(
+        text.contains("\r\nX-Unix: yes\r\nSubject: over unix\r\n"),
+        "{text}"
+    );
+    server.stop();
+}
+
 support::backend_tests!(
     a_rejection_is_passed_through_and_nothing_spooled,
     added_headers_follow_the_received_line,
@@ -234,4 +397,8 @@ support::backend_tests!(
     a_milter_down_gives_the_default,
     a_silent_milter_times_out_and_pipelining_stays_in_order,
     connections_are_reused_across_sessions,
+    a_recipient_the_milter_refuses_is_refused_at_rcpt,
+    a_milter_on_a_unix_socket,
+    clamav_refuses_eicar,
+    rspamd_refuses_gtube_and_adds_its_headers,
 );

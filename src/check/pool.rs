@@ -56,6 +56,8 @@ pub struct Finished {
     pub verdict: Verdict,
     /// The milter that decided (the last one when all let it through).
     pub milter: String,
+    /// It was a check of the envelope's last recipient, not the message.
+    pub rcpt: bool,
 }
 
 enum Socket {
@@ -163,7 +165,7 @@ pub struct Pool {
     waiting: Vec<usize>,
     /// Runs that ended, for the worker to take.
     pub finished: Vec<Finished>,
-    /// Per milter: (verdicts by action, latency), for the metrics.
+    /// What milters did since the worker last took it, for the metrics.
     pub observed: Vec<Observed>,
     /// Links taken out whose sockets the backend must forget.
     dropped: Vec<(usize, u32, Socket)>,
@@ -171,23 +173,14 @@ pub struct Pool {
     read_buf: Box<[u8]>,
 }
 
-/// What one milter did, since the last scrape.
-#[derive(Debug, Default, Clone)]
-pub struct Observed {
-    /// Final answers, by [`Verdict::action`] name (accept when let through).
-    pub verdicts: Vec<(&'static str, u64)>,
-    pub failures: u64,
-    /// Time from its first stage to its final answer, per message.
-    pub latencies: Vec<Duration>,
-}
-
-impl Observed {
-    fn verdict(&mut self, action: &'static str) {
-        match self.verdicts.iter_mut().find(|(name, _)| *name == action) {
-            Some((_, count)) => *count += 1,
-            None => self.verdicts.push((action, 1)),
-        }
-    }
+/// One thing a milter did, for the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// Milter `0` gave its final answer on a message (its action), after
+    /// this long.
+    Verdict(usize, &'static str, Duration),
+    /// Milter `0` failed.
+    Failure(usize),
 }
 
 impl Pool {
@@ -201,7 +194,7 @@ impl Pool {
             due: Vec::new(),
             waiting: Vec::new(),
             finished: Vec::new(),
-            observed: vec![Observed::default(); count],
+            observed: Vec::new(),
             dropped: Vec::new(),
             next_generation: 0,
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
@@ -216,6 +209,16 @@ impl Pool {
     /// Starts checking `message` of connection `ticket`.
     pub fn start(&mut self, ticket: u64, message: Message, now: Instant) {
         let run = Run::new(message, &self.milters.hostname);
+        self.start_run(ticket, run, now);
+    }
+
+    /// Starts checking the last recipient of `message`'s envelope.
+    pub fn start_rcpt(&mut self, ticket: u64, message: Message, now: Instant) {
+        let run = Run::for_rcpt(message, &self.milters.hostname);
+        self.start_run(ticket, run, now);
+    }
+
+    fn start_run(&mut self, ticket: u64, run: Run, now: Instant) {
         let key = self.runs.insert(RunSlot {
             run,
             ticket,
@@ -409,11 +412,9 @@ impl Pool {
         let complete = slot.run.complete();
         let count = self.milters.endpoints.len();
         let verdict = slot.run.answered(answer.clone(), count);
-        let observed = &mut self.observed[milter];
-        observed
-            .latencies
-            .push(now.saturating_duration_since(slot.started));
-        observed.verdict(answer_action(&answer));
+        let took = now.saturating_duration_since(slot.started);
+        let action = answer_action(&answer);
+        self.observed.push(Observed::Verdict(milter, action, took));
         self.release(link, complete);
         match verdict {
             Some(verdict) => self.finish(key, milter, verdict),
@@ -470,7 +471,7 @@ impl Pool {
     fn run_failed(&mut self, key: usize, milter: usize, why: String, _now: Instant) {
         let name = &self.milters.endpoints[milter];
         tracing::warn!(milter = %name, error = %why, default = ?self.milters.default, "milter failed");
-        self.observed[milter].failures += 1;
+        self.observed.push(Observed::Failure(milter));
         let count = self.milters.endpoints.len();
         let slot = &mut self.runs[key];
         slot.retried = false;
@@ -491,6 +492,7 @@ impl Pool {
     fn finish(&mut self, key: usize, milter: usize, verdict: Verdict) {
         let slot = self.runs.remove(key);
         self.finished.push(Finished {
+            rcpt: slot.run.rcpt_only,
             ticket: slot.ticket,
             message: slot.run.message,
             verdict,

@@ -81,6 +81,9 @@ pub struct Run {
     edits: Vec<HeaderEdit>,
     quarantine: Option<String>,
     hostname: String,
+    /// Only the session's stages up to its last RCPT are told (a check of
+    /// that recipient); the milters then forget the message.
+    pub rcpt_only: bool,
 }
 
 impl Run {
@@ -97,6 +100,16 @@ impl Run {
             edits: Vec::new(),
             quarantine: None,
             hostname: hostname.to_string(),
+            rcpt_only: false,
+        }
+    }
+
+    /// A check of the envelope's last recipient: connect, HELO, MAIL and
+    /// that RCPT, for each milter in turn.
+    pub fn for_rcpt(message: Message, hostname: &str) -> Run {
+        Run {
+            rcpt_only: true,
+            ..Run::new(message, hostname)
         }
     }
 
@@ -153,7 +166,7 @@ impl Run {
 
     /// Whether the milter at hand was told the whole message.
     pub fn complete(&self) -> bool {
-        self.cursor == Cursor::Done
+        self.cursor == Cursor::Done && !self.rcpt_only
     }
 
     fn next_milter(&mut self, milters: usize) -> Option<Verdict> {
@@ -180,6 +193,8 @@ impl Run {
         match at {
             Cursor::Connect => Cursor::Helo,
             Cursor::Helo => Cursor::Mail,
+            Cursor::Mail if self.rcpt_only => Cursor::Rcpt(rcpts.saturating_sub(1)),
+            Cursor::Rcpt(_) if self.rcpt_only => Cursor::Done,
             Cursor::Mail if rcpts == 0 => Cursor::Data,
             Cursor::Mail => Cursor::Rcpt(0),
             Cursor::Rcpt(i) if i + 1 < rcpts => Cursor::Rcpt(i + 1),

@@ -115,6 +115,39 @@ pub struct Metrics {
     /// What waits in the spool's `new/`: read by the scraper from the
     /// spool, not kept by workers (a merge leaves it as it is).
     pub spool_depth: Option<SpoolDepth>,
+    /// Per milter (by its `--milter` address), in the order first seen.
+    pub milters: Vec<MilterMetrics>,
+}
+
+/// What one milter decided and how long it took.
+#[derive(Debug, Clone)]
+pub struct MilterMetrics {
+    pub name: String,
+    /// Final answers per message, by action.
+    pub verdicts: Vec<(&'static str, u64)>,
+    /// Connects refused, resets, timeouts, protocol errors.
+    pub failures: u64,
+    /// First stage of a message to the milter's final answer.
+    pub latency: Latency,
+}
+
+impl MilterMetrics {
+    fn new(name: &str) -> MilterMetrics {
+        MilterMetrics {
+            name: name.to_string(),
+            verdicts: Vec::new(),
+            failures: 0,
+            latency: Latency::new(),
+        }
+    }
+
+    fn merge(&mut self, other: &MilterMetrics) {
+        for &(action, n) in &other.verdicts {
+            count(&mut self.verdicts, action, n);
+        }
+        self.failures += other.failures;
+        self.latency.merge(&other.latency);
+    }
 }
 
 impl Default for Metrics {
@@ -141,6 +174,7 @@ impl Default for Metrics {
             table_domains: 0,
             table_reload_failures: 0,
             spool_depth: None,
+            milters: Vec::new(),
         }
     }
 }
@@ -201,6 +235,20 @@ impl Metrics {
             count(&mut self.tls_failures, reason, n);
         }
         self.tls_handshake.merge(&other.tls_handshake);
+        for theirs in &other.milters {
+            self.milter(&theirs.name).merge(theirs);
+        }
+    }
+
+    /// The entry of milter `name`, made on first use.
+    pub fn milter(&mut self, name: &str) -> &mut MilterMetrics {
+        match self.milters.iter().position(|m| m.name == name) {
+            Some(at) => &mut self.milters[at],
+            None => {
+                self.milters.push(MilterMetrics::new(name));
+                self.milters.last_mut().expect("just pushed")
+            }
+        }
     }
 }
 

@@ -120,6 +120,19 @@ impl Recorder {
         self.metrics.spool_commit.record(nanos(commit));
     }
 
+    /// Milter `name` gave its final answer `action` on a message, `took`
+    /// after the message's first stage.
+    pub fn milter_verdict(&mut self, name: &str, action: &'static str, took: Duration) {
+        let milter = self.metrics.milter(name);
+        super::count(&mut milter.verdicts, action, 1);
+        milter.latency.record(nanos(took));
+    }
+
+    /// Milter `name` failed (down, reset, timed out, broke the protocol).
+    pub fn milter_failure(&mut self, name: &str) {
+        self.metrics.milter(name).failures += 1;
+    }
+
     /// Answers pending scrapes with a copy of this worker's metrics.
     pub fn answer_scrapes(&mut self) {
         while let Ok(reply) = self.requests.try_recv() {

@@ -24,7 +24,38 @@ pub fn render(m: &Metrics, answered: usize, workers: usize) -> String {
     spool_depth(&mut out, m);
     tls(&mut out, m);
     latencies(&mut out, m);
+    milters(&mut out, m);
     out
+}
+
+fn milters(o: &mut String, m: &Metrics) {
+    if m.milters.is_empty() {
+        return;
+    }
+    let name = "milter_verdicts_total";
+    let help = "Final answers of each milter per message, by action (accept covers continue).";
+    header(o, name, help, "counter");
+    for milter in &m.milters {
+        for &(action, n) in &milter.verdicts {
+            let labels = format!("{{milter=\"{}\",action=\"{action}\"}}", milter.name);
+            let _ = writeln!(o, "mxgate_{name}{labels} {n}");
+        }
+    }
+    let failures: Vec<_> = m
+        .milters
+        .iter()
+        .map(|x| (x.name.as_str(), x.failures))
+        .collect();
+    let help =
+        "Milter failures (down, reset, timed out, protocol error): --milter-default applied.";
+    counter(o, "milter_failures_total", help, "milter", &failures);
+    let latencies: Vec<_> = m
+        .milters
+        .iter()
+        .map(|x| (x.name.as_str(), &x.latency))
+        .collect();
+    let help = "A message's first stage sent to a milter to its final answer.";
+    summary(o, "milter_latency_seconds", help, "milter", &latencies);
 }
 
 fn sessions(o: &mut String, m: &Metrics) {

@@ -57,6 +57,10 @@ pub enum Reply {
     ContentRejected,
     /// A milter failed temporarily, is down or timed out.
     ContentTempfail,
+    /// A milter rejected a recipient (with no reply of its own).
+    RecipientRejectedByCheck,
+    /// A milter failed temporarily on a recipient, is down or timed out.
+    RecipientTempfail,
 }
 
 impl Reply {
@@ -113,6 +117,10 @@ impl Reply {
             Reply::TlsActive => b"503 5.5.1 Error: TLS already active\r\n",
             Reply::TlsInTransaction => b"503 5.5.1 Error: MAIL transaction in progress\r\n",
             Reply::ContentRejected => b"550 5.7.1 Error: message content rejected\r\n",
+            Reply::RecipientRejectedByCheck => b"550 5.7.1 Error: recipient rejected\r\n",
+            Reply::RecipientTempfail => {
+                b"451 4.7.1 Error: recipient check failed; try again later\r\n"
+            }
             Reply::ContentTempfail => {
                 b"451 4.7.1 Error: message content check failed; try again later\r\n"
             }

@@ -90,8 +90,14 @@ pub enum Event<'a> {
     /// EHLO between BDAT chunks); the reply is already written. Drop what
     /// was collected.
     MessageDiscarded,
-    /// Waiting for [`Session::spool_done`]; nothing was consumed.
+    /// Waiting for [`Session::spool_done`] or [`Session::rcpt_checked`];
+    /// nothing was consumed.
     Paused,
+    /// The table accepted the recipient of the RCPT just consumed (the last
+    /// of [`Session::envelope`]'s), and recipients are checked (see
+    /// [`Session::check_rcpts`]): its 250 waits for
+    /// [`Session::rcpt_checked`]; until then `feed` returns `Paused`.
+    RcptReady,
     /// STARTTLS was answered with 220 and its line consumed: write out the
     /// replies, discard every octet after that line (held or not yet
     /// read), do the TLS handshake (within [`Session::deadline`]), then
@@ -125,6 +131,8 @@ enum State {
     Spooling,
     /// `StartTls` was returned; waiting for `start_tls`.
     Handshake,
+    /// `RcptReady` was returned; waiting for `rcpt_checked`.
+    RcptCheck,
     Closed,
 }
 
@@ -145,6 +153,8 @@ pub struct Session {
     shutting_down: bool,
     /// The session runs inside TLS (after [`Session::start_tls`]).
     in_tls: bool,
+    /// Recipients the table accepts are checked before their 250.
+    check_rcpts: bool,
 }
 
 impl Session {
@@ -158,6 +168,7 @@ impl Session {
             last_active: now,
             shutting_down: false,
             in_tls: false,
+            check_rcpts: false,
         }
     }
 
@@ -199,7 +210,7 @@ impl Session {
             let rest = &input[pos..];
             let (consumed, event) = match self.state {
                 State::Closed => (0, Some(Event::Close)),
-                State::Spooling => (0, Some(Event::Paused)),
+                State::Spooling | State::RcptCheck => (0, Some(Event::Paused)),
                 // Nothing before the handshake ends is session input.
                 State::Handshake => (0, Some(Event::NeedInput)),
                 State::Command => self.command_step(rest, table, out, tally),
@@ -492,7 +503,7 @@ impl Session {
             Command::Ehlo(name) => return self.hello(name, true, out),
             Command::Helo(name) => return self.hello(name, false, out),
             Command::Mail { path, params } => self.mail(path, params, out, tally),
-            Command::Rcpt(path) => self.rcpt(path, table, out, tally),
+            Command::Rcpt(path) => return self.rcpt(path, table, out, tally),
             Command::Data => return self.data(out, tally),
             Command::Bdat { size, last } => return self.bdat(size, last),
             Command::Rset => {
@@ -531,10 +542,22 @@ impl Session {
         }
     }
 
-    /// RCPT TO: answers from the table, counting how.
-    fn rcpt(&mut self, path: Path<'_>, table: &Table, out: &mut Vec<u8>, tally: &mut Tally) {
+    /// RCPT TO: answers from the table, counting how; a recipient it
+    /// accepts waits for the checks, if recipients are checked.
+    fn rcpt(
+        &mut self,
+        path: Path<'_>,
+        table: &Table,
+        out: &mut Vec<u8>,
+        tally: &mut Tally,
+    ) -> Option<Event<'static>> {
         let start = out.len();
         let outcome = self.transaction.rcpt(path, table, &self.config, out);
+        if outcome == RcptOutcome::Accepted && self.check_rcpts {
+            out.truncate(start);
+            self.state = State::RcptCheck;
+            return Some(Event::RcptReady);
+        }
         tally.rcpt(outcome);
         if outcome != RcptOutcome::Accepted {
             let (reply, to) = (&out[start..], [path_bytes(&path)]);
@@ -542,6 +565,34 @@ impl Session {
             let rejections = tally.rejections_mut();
             rejections.push(Stage::Rcpt, reply, &self.helo, from, &to);
         }
+        None
+    }
+
+    /// From now on, a recipient the table accepts waits for
+    /// [`Session::rcpt_checked`] before its 250 ([`Event::RcptReady`]).
+    pub fn check_rcpts(&mut self) {
+        self.check_rcpts = true;
+    }
+
+    /// The checks' verdict on the recipient after [`Event::RcptReady`]:
+    /// `None` accepts it (250); `Some(reply)` (whole, CRLF included)
+    /// refuses it, and it leaves the envelope. Ignored at any other time.
+    pub fn rcpt_checked(&mut self, refusal: Option<&[u8]>, out: &mut Vec<u8>, tally: &mut Tally) {
+        if !matches!(self.state, State::RcptCheck) {
+            return;
+        }
+        self.state = State::Command;
+        let Some(reply) = refusal else {
+            Reply::RecipientOk.write(out);
+            tally.rcpt(RcptOutcome::Accepted);
+            return;
+        };
+        out.extend_from_slice(reply);
+        tally.rcpt(RcptOutcome::Milter);
+        let to = self.transaction.envelope.rcpts.pop().unwrap_or_default();
+        let from = self.sender();
+        let rejections = tally.rejections_mut();
+        rejections.push(Stage::Rcpt, reply, &self.helo, from, &[&to[..]]);
     }
 
     /// Records the refusal of a MAIL, RCPT, DATA or BDAT line whose

@@ -29,17 +29,20 @@ pub enum RcptOutcome {
     TooMany,
     /// `503`: no MAIL yet, or inside a BDAT transfer.
     OutOfSequence,
+    /// `550 5.7.1`/`451 4.7.1` (or its own reply): a milter refused it.
+    Milter,
 }
 
 impl RcptOutcome {
     /// Every outcome, in declaration order (`outcome as usize` indexes it).
-    pub const ALL: [RcptOutcome; 6] = [
+    pub const ALL: [RcptOutcome; 7] = [
         RcptOutcome::Accepted,
         RcptOutcome::UnknownUser,
         RcptOutcome::RelayDenied,
         RcptOutcome::Syntax,
         RcptOutcome::TooMany,
         RcptOutcome::OutOfSequence,
+        RcptOutcome::Milter,
     ];
 
     /// Lower-case name, e.g. for a metrics label.
@@ -51,6 +54,7 @@ impl RcptOutcome {
             RcptOutcome::Syntax => "syntax",
             RcptOutcome::TooMany => "too_many",
             RcptOutcome::OutOfSequence => "out_of_sequence",
+            RcptOutcome::Milter => "milter",
         }
     }
 }

@@ -4,7 +4,9 @@
 //! reply from the session. A verdict for a connection that has gone since
 //! is dropped: its client never got a 250.
 
+use super::conn::Checked;
 use super::sessions::{unticket, Sessions};
+use crate::check::pool::Observed;
 use crate::check::{Finished, Verdict};
 use crate::proto::reply::Reply;
 
@@ -14,6 +16,16 @@ pub fn complete<I>(sessions: &mut Sessions<I>) -> Vec<usize> {
     let Some(pool) = sessions.checks.as_mut() else {
         return Vec::new();
     };
+    for observed in std::mem::take(&mut pool.observed) {
+        match observed {
+            Observed::Verdict(milter, action, took) => {
+                sessions
+                    .metrics
+                    .milter_verdict(&pool.name(milter), action, took)
+            }
+            Observed::Failure(milter) => sessions.metrics.milter_failure(&pool.name(milter)),
+        }
+    }
     let finished = std::mem::take(&mut pool.finished);
     let mut drive = Vec::new();
     for done in finished {
@@ -29,21 +41,52 @@ pub fn complete<I>(sessions: &mut Sessions<I>) -> Vec<usize> {
             mut message,
             verdict,
             milter,
+            rcpt,
         } = done;
         let action = verdict.action();
+        if rcpt {
+            let refusal = rcpt_refusal(&verdict);
+            let metrics = &mut sessions.metrics;
+            let verdict = Checked::Rcpt(refusal.as_deref());
+            slot.conn.checked(verdict, &milter, action, metrics);
+            drive.push(key);
+            continue;
+        }
         match verdict {
             Verdict::Pass { quarantine } => {
+                slot.conn.milter_verdict(&milter, action);
                 message.quarantine = quarantine;
                 sessions.link.submit(ticket, message);
             }
             refused => {
                 let reply = reply_of(&refused);
-                slot.conn.check_done(&reply, &milter, action);
+                let metrics = &mut sessions.metrics;
+                slot.conn
+                    .checked(Checked::Message(&reply), &milter, action, metrics);
                 drive.push(key);
             }
         }
     }
     drive
+}
+
+/// The reply for a recipient the milters refused, if they did (a discard
+/// at RCPT accepts it: the message's own check decides).
+fn rcpt_refusal(verdict: &Verdict) -> Option<Vec<u8>> {
+    let (own, ours) = match verdict {
+        Verdict::Reject(own) => (own, Reply::RecipientRejectedByCheck),
+        Verdict::Tempfail(own) => (own, Reply::RecipientTempfail),
+        Verdict::Discard | Verdict::Pass { .. } => return None,
+    };
+    Some(with_own(own, ours))
+}
+
+/// The milter's own reply (REPLYCODE) if it sent one, else ours.
+fn with_own(own: &Option<String>, ours: Reply) -> Vec<u8> {
+    match own {
+        Some(text) => [text.as_bytes(), b"\r\n"].concat(),
+        None => ours.text().to_vec(),
+    }
 }
 
 /// The reply for a message the milters did not let through: the milter's
@@ -54,8 +97,5 @@ fn reply_of(verdict: &Verdict) -> Vec<u8> {
         Verdict::Tempfail(own) => (own, Reply::ContentTempfail),
         Verdict::Discard | Verdict::Pass { .. } => (&None, Reply::Ok),
     };
-    match own {
-        Some(text) => [text.as_bytes(), b"\r\n"].concat(),
-        None => ours.text().to_vec(),
-    }
+    with_own(own, ours)
 }

@@ -74,7 +74,7 @@ macro_rules! session_end {
             rejected_rcpts = $conn.log.rejected_rcpts,
             messages = $conn.log.messages,
             spool_failures = $conn.log.spool_failures,
-            milter_refusals = $conn.log.milter_refusals,
+            milter_verdict = %$conn.log.milter_verdict.as_deref().map_or(String::new(), ToString::to_string),
             outcome = $outcome.as_str(),
             queue_ids = %$conn.log.queue_ids,
             $($key = $($value)+,)?
@@ -153,10 +153,33 @@ pub struct SessionLog {
     pub rejected_rcpts: u32,
     pub messages: u32,
     pub spool_failures: u32,
-    /// Messages the milters refused or discarded.
-    pub milter_refusals: u32,
+    /// The milters' last verdict (boxed: an idle connection stays small).
+    pub milter_verdict: Option<Box<MilterVerdict>>,
     /// Queue IDs of the first few messages, space-separated.
     pub queue_ids: String,
+}
+
+/// The milters' verdict on a message or recipient, for the log line:
+/// `ACTION by MILTER`.
+#[derive(Debug)]
+pub struct MilterVerdict {
+    pub action: &'static str,
+    pub milter: String,
+}
+
+impl std::fmt::Display for MilterVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} by {}", self.action, self.milter)
+    }
+}
+
+/// What the milters decided, when the session answers it.
+#[derive(Debug, Clone, Copy)]
+pub enum Checked<'a> {
+    /// On the recipient: refused with this reply, or accepted.
+    Rcpt(Option<&'a [u8]>),
+    /// On the message: this reply (a refusal, or a discard's 250).
+    Message(&'a [u8]),
 }
 
 /// What stands between a connection's input and its session.
@@ -584,6 +607,10 @@ impl Conn {
                     self.submit(tls, cx);
                     break;
                 }
+                Event::RcptReady => {
+                    self.check_rcpt(tls, cx);
+                    break;
+                }
                 Event::MessageDiscarded => self.body = Vec::new(),
                 Event::Close => {
                     self.ended = Some(Outcome::Closed);
@@ -637,6 +664,25 @@ impl Conn {
         self.awaiting_spool = true;
     }
 
+    /// The recipient the table just accepted goes to the milters; the
+    /// session stays paused until [`Conn::checked`].
+    fn check_rcpt(&mut self, tls: Option<Negotiated>, cx: &mut Cx) {
+        let message = Message {
+            peer: self.peer,
+            helo: self.session.helo().to_vec(),
+            tls,
+            envelope: self.session.envelope().clone(),
+            body: Vec::new(),
+            quarantine: None,
+        };
+        if let Some(checks) = cx.checks.as_deref_mut() {
+            checks.start_rcpt(cx.ticket, message, cx.now);
+            self.awaiting_spool = true;
+        } else {
+            self.checked(Checked::Rcpt(None), "", "accept", cx.metrics);
+        }
+    }
+
     /// The spool answered for the message this connection submitted: the
     /// session writes the 250 (or 451); input held back is fed on the
     /// connection's next turn.
@@ -672,20 +718,47 @@ impl Conn {
         mail_log::rejections(self.peer, tally.rejections());
     }
 
-    /// The milters refused or discarded the message this connection
-    /// submitted (`reply`, whole): the session writes it and goes on
-    /// with what it held back, as after the spool.
-    pub fn check_done(&mut self, reply: &[u8], milter: &str, action: &str) {
+    /// The milters' verdict on what this connection submitted, when the
+    /// session (not the spool) answers it: the session writes its reply
+    /// and goes on with what it held back.
+    pub fn checked(
+        &mut self,
+        verdict: Checked,
+        milter: &str,
+        action: &'static str,
+        metrics: &mut Recorder,
+    ) {
         self.awaiting_spool = false;
         self.feed_due = true;
         let mut tally = Tally::default();
         let out = lend(&mut self.out);
         let start = out.len();
-        self.session.check_done(reply, out, &mut tally);
-        self.log.milter_refusals += 1;
-        tracing::info!(client = %self.peer, milter, action, reply = %Printable(reply.trim_ascii_end()), "milter verdict");
+        let reply = match verdict {
+            Checked::Rcpt(refusal) => {
+                self.session.rcpt_checked(refusal, out, &mut tally);
+                refusal
+            }
+            Checked::Message(reply) => {
+                self.session.check_done(reply, out, &mut tally);
+                Some(reply)
+            }
+        };
+        if let Some(reply) = reply {
+            self.milter_verdict(milter, action);
+            let reply = Printable(reply.trim_ascii_end());
+            tracing::info!(client = %self.peer, milter, action, reply = %reply, "milter verdict");
+        }
         self.seal(start);
+        self.log.rejected_rcpts += tally.rejected_rcpts();
+        metrics.tally(&tally, Duration::ZERO);
         mail_log::rejections(self.peer, tally.rejections());
+    }
+
+    /// Notes the milters' verdict on this connection's message for its
+    /// log line.
+    pub fn milter_verdict(&mut self, milter: &str, action: &'static str) {
+        let milter = milter.to_string();
+        self.log.milter_verdict = Some(Box::new(MilterVerdict { action, milter }));
     }
 
     /// Whether a spool completion for `generation` answers the message

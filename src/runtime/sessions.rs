@@ -200,6 +200,10 @@ impl<I> Sessions<I> {
         self.next_generation = generation.wrapping_add(1);
         self.metrics.session_opened();
         let session = Session::new(self.session_config.clone(), now);
+        let mut session = session;
+        if self.checks.is_some() {
+            session.check_rcpts();
+        }
         let mut conn = Conn::new(session, peer, generation, opening.balancer);
         conn.admission = opening.admission;
         let key = self.conns.vacant_key();

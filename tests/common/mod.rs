@@ -153,6 +153,7 @@ impl Driver {
                 Event::MessageReady => Some(Outcome::Ready),
                 Event::MessageDiscarded => Some(Outcome::Discarded),
                 Event::Paused => panic!("Paused although spool_done was called"),
+                Event::RcptReady => panic!("recipients are not checked here"),
                 Event::StartTls => {
                     // As a runtime would: the rest of the read is dropped
                     // and the handshake (here, none) starts the session over.
