@@ -6,9 +6,8 @@
 //! silent past `--milter-timeout`, gives `--milter-default`; pipelined
 //! commands behind a checked message are answered in order; a connection
 //! is reused for the next session; a recipient a milter refuses is
-//! refused at RCPT. The real milters (clamd +
-//! clamav-milter, rspamd; launchers in tests/support/milters.rs): EICAR and
-//! GTUBE refused, clean messages spooled, with rspamd's headers.
+//! refused at RCPT. The real milters (clamd + clamav-milter, rspamd) are
+//! tests/milters_real.rs.
 
 mod support;
 
@@ -274,66 +273,6 @@ fn connections_are_reused_across_sessions(backend: Backend) {
     server.stop();
 }
 
-/// Sends one message with `body` to a fresh session; returns the reply to
-/// its end.
-fn send_body(server: &TestServer, body: &str) -> support::Reply {
-    let mut c = server.client();
-    c.hello();
-    c.open_data("alice@example.com");
-    let message =
-        format!("Subject: real milter\r\nFrom: <s@remote.example>\r\n\r\n{body}\r\n.\r\n");
-    c.send(message.as_bytes());
-    let reply = c.reply();
-    c.cmd("QUIT", 221);
-    reply
-}
-
-/// clamd + clamav-milter (one EICAR signature): EICAR is refused with a
-/// 5xx and not spooled; a clean message is spooled.
-fn clamav_refuses_eicar(backend: Backend) {
-    let clamav = support::milters::RealMilter::clamav();
-    let spec = clamav.spec();
-    let server = TestServer::start(backend, &["--milter", &spec, "--milter-timeout", "20"]);
-    let refused = send_body(&server, &support::milters::eicar());
-    assert_eq!(
-        refused.code / 100,
-        5,
-        "{:?}\n{}",
-        refused.lines,
-        clamav.log()
-    );
-    assert!(server.spooled().is_empty());
-    let accepted = send_body(&server, "nothing to see here");
-    assert_eq!(accepted.code, 250, "{:?}\n{}", accepted.lines, clamav.log());
-    assert_eq!(server.spooled().len(), 1);
-    server.stop();
-}
-
-/// rspamd's milter proxy: GTUBE is refused with a 5xx; a clean message is
-/// spooled with rspamd's headers after the Received line.
-fn rspamd_refuses_gtube_and_adds_its_headers(backend: Backend) {
-    let rspamd = support::milters::RealMilter::rspamd();
-    let spec = rspamd.spec();
-    let server = TestServer::start(backend, &["--milter", &spec, "--milter-timeout", "20"]);
-    let refused = send_body(&server, support::milters::GTUBE);
-    assert_eq!(
-        refused.code / 100,
-        5,
-        "{:?}\n{}",
-        refused.lines,
-        rspamd.log()
-    );
-    let accepted = send_body(&server, "a perfectly ordinary note");
-    assert_eq!(accepted.code, 250, "{:?}\n{}", accepted.lines, rspamd.log());
-    let spooled = server.spooled();
-    assert_eq!(spooled.len(), 1);
-    let text = std::fs::read_to_string(&spooled[0]).unwrap();
-    for header in ["X-Spamd-Result:", "X-Rspamd-Server:"] {
-        assert!(text.contains(header), "no {header} in\n{text}");
-    }
-    server.stop();
-}
-
 fn a_recipient_the_milter_refuses_is_refused_at_rcpt(backend: Backend) {
     let mut script = eom(&[(b'c', b"")]);
     script.bad_rcpt = (
@@ -399,6 +338,4 @@ support::backend_tests!(
     connections_are_reused_across_sessions,
     a_recipient_the_milter_refuses_is_refused_at_rcpt,
     a_milter_on_a_unix_socket,
-    clamav_refuses_eicar,
-    rspamd_refuses_gtube_and_adds_its_headers,
 );
