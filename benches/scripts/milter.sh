@@ -37,6 +37,8 @@
 #   MESSAGES=5000  CONCURRENCY=50  SIZE=1024          (speed)
 #   HOLD_SESSIONS=2000  HOLD_VERDICT=discard          (wait)
 #   LOAD_RATE=200  LOAD_SECS=10                       (wait)
+#   SCRIPTED_ARGS=""     extra scripted-milter flags (wait), e.g.
+#                        "--protocol nr_hdr,nr_eoh,nr_body": fewer replies to wait for
 #   MXGATE_ARGS=""       extra mxgate flags, every mxgate server
 #   NO_BUILD=1           use target/release/{mxgate,mxgate-load} as they are
 #   KEEP_WORK=1  BENCH_TMP=/tmp  SPOOL_FS=loop|host   as in compare.sh
@@ -63,6 +65,7 @@ HOLD_VERDICT=${HOLD_VERDICT:-discard}
 LOAD_RATE=${LOAD_RATE:-200}
 LOAD_SECS=${LOAD_SECS:-10}
 MXGATE_ARGS=${MXGATE_ARGS:-}
+SCRIPTED_ARGS=${SCRIPTED_ARGS:-}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 SCRIPTED_MILTER=$REPO_DIR/tests/peers/milter.py
 HOLD_MARKER=HOLD-2S
@@ -112,8 +115,9 @@ start_clamav() {
 }
 
 start_scripted() {
+    # shellcheck disable=SC2086 # SCRIPTED_ARGS is split on purpose
     start_daemon scripted python3 "$SCRIPTED_MILTER" --listen "inet:127.0.0.1:$SCRIPTED_PORT" \
-        --on "eom/$HOLD_MARKER=sleep:2;$HOLD_VERDICT"
+        --on "eom/$HOLD_MARKER=sleep:2;$HOLD_VERDICT" $SCRIPTED_ARGS
     wait_listening "$SCRIPTED_PORT" 30 "the scripted milter" "$WORK/scripted.log"
 }
 
