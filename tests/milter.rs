@@ -273,6 +273,20 @@ fn connections_are_reused_across_sessions(backend: Backend) {
     server.stop();
 }
 
+/// Sends one message with `body` to a fresh session; returns the reply to
+/// its end.
+fn send_body(server: &TestServer, body: &str) -> support::Reply {
+    let mut c = server.client();
+    c.hello();
+    c.open_data("alice@example.com");
+    let message =
+        format!("Subject: real milter\r\nFrom: <s@remote.example>\r\n\r\n{body}\r\n.\r\n");
+    c.send(message.as_bytes());
+    let reply = c.reply();
+    c.cmd("QUIT", 221);
+    reply
+}
+
 fn a_recipient_the_milter_refuses_is_refused_at_rcpt(backend: Backend) {
     let mut script = eom(&[(b'c', b"")]);
     script.bad_rcpt = (
@@ -329,6 +343,71 @@ fn a_milter_on_a_unix_socket(backend: Backend) {
     server.stop();
 }
 
+fn several_milters_apply_in_order(backend: Backend) {
+    let first = ScriptedMilter::start(eom(&[(b'h', b"X-First\0one\0"), (b'c', b"")]));
+    let second = ScriptedMilter::start(eom(&[(b'h', b"X-Second\0two\0"), (b'a', b"")]));
+    let flags = ["--milter", second.addr.as_str()];
+    let server = start(backend, &first, &flags);
+    let id = queue_id(&send_message(&server, "both"));
+    let path = server.spool_dir().join("new").join(format!("{id}.bsmtp"));
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(
+        text.contains("\r\nX-First: one\r\nX-Second: two\r\nSubject: both\r\n"),
+        "{text}"
+    );
+    server.stop();
+
+    // The first one down and skipped (accept), the second still refuses.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = format!("inet:{port}");
+    let refusing = ScriptedMilter::start(eom(&[(b'r', b"")]));
+    let flags = [
+        "--milter",
+        down.as_str(),
+        "--milter",
+        refusing.addr.as_str(),
+    ];
+    let server = TestServer::start(
+        backend,
+        &[&flags[..], &["--milter-default", "accept"]].concat(),
+    );
+    let reply = send_message(&server, "second says no");
+    assert!(reply.starts_with("550 5.7.1 "), "{reply}");
+    assert!(server.spooled().is_empty());
+    server.stop();
+}
+
+/// tests/peers/milter.py misbehaving at end of message (with the marker
+/// BAD in the body): closing mid-stream, garbage, an oversized packet, a
+/// modification it did not negotiate. Each gives that message 451 4.7.1
+/// (nothing spooled); the next message, on a fresh connection, is served.
+fn a_misbehaving_milter_gives_the_default(backend: Backend) {
+    for fault in [
+        "close",
+        "garbage",
+        "oversized",
+        "addheader:X-Sneaky:1;accept",
+    ] {
+        let rule = format!("eom/BAD={fault}");
+        let milter = support::milters::Scripted::start(&["--actions", "none", "--on", &rule]);
+        let spec = milter.spec();
+        let server = TestServer::start(backend, &["--milter", &spec, "--milter-timeout", "5"]);
+        let refused = send_body(&server, "BAD");
+        assert!(
+            refused.last().starts_with("451 4.7.1 "),
+            "{fault}: {:?}",
+            refused.lines
+        );
+        assert!(server.spooled().is_empty(), "{fault}");
+        let accepted = send_body(&server, "fine");
+        assert_eq!(accepted.code, 250, "{fault}: {:?}", accepted.lines);
+        server.stop();
+    }
+}
+
 support::backend_tests!(
     a_rejection_is_passed_through_and_nothing_spooled,
     added_headers_follow_the_received_line,
@@ -338,4 +417,6 @@ support::backend_tests!(
     connections_are_reused_across_sessions,
     a_recipient_the_milter_refuses_is_refused_at_rcpt,
     a_milter_on_a_unix_socket,
+    several_milters_apply_in_order,
+    a_misbehaving_milter_gives_the_default,
 );

@@ -274,3 +274,104 @@ impl Run {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::proto::Envelope;
+
+    fn message(rcpts: &[&str]) -> Message {
+        Message {
+            peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            helo: b"client.example".to_vec(),
+            tls: None,
+            envelope: Envelope {
+                mail_from: b"s@remote.example".to_vec(),
+                rcpts: rcpts.iter().map(|r| r.as_bytes().to_vec()).collect(),
+                body_kind: Some(BodyKind::Data),
+                ..Envelope::default()
+            },
+            body: b"Subject: hi\r\n\r\n..body\r\n".to_vec(),
+            quarantine: None,
+        }
+    }
+
+    /// A negotiated client (all actions, every stage).
+    fn client(now: Instant) -> Client {
+        let mut client = Client::new(Duration::from_secs(30), now);
+        let reply = [0, 0, 0, 13, b'O', 0, 0, 0, 6, 0, 0, 0, 0x31, 0, 0, 0, 0];
+        assert_eq!(client.handle_input(&reply, now), Ok(Some(Answer::Continue)));
+        client.advance_output(usize::MAX);
+        client
+    }
+
+    /// Answers every stage with continue; returns the commands sent (macros
+    /// left out) and the final answer.
+    fn drive(run: &mut Run, client: &mut Client, now: Instant) -> (Vec<u8>, Answer) {
+        let mut commands = Vec::new();
+        let mut progress = run.advance(client, Answer::Continue, now);
+        loop {
+            let sent = client.poll_output().to_vec();
+            client.advance_output(usize::MAX);
+            let mut rest = &sent[..];
+            while rest.len() >= 5 {
+                let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                if rest[4] != b'D' {
+                    commands.push(rest[4]);
+                }
+                rest = &rest[4 + len..];
+            }
+            match progress {
+                Progress::Answered(answer) => return (commands, answer),
+                Progress::Waiting => {
+                    let answer = client.handle_input(&[0, 0, 0, 1, b'c'], now).unwrap();
+                    progress = run.advance(client, answer.unwrap(), now);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_message_is_told_stage_by_stage() {
+        let now = Instant::now();
+        let mut run = Run::new(message(&["a@x", "b@x"]), "mx.test");
+        let (commands, answer) = drive(&mut run, &mut client(now), now);
+        assert_eq!(commands, b"CHMRRTLNBE");
+        assert_eq!(answer, Answer::Continue);
+        assert!(run.complete());
+        assert_eq!(
+            run.answered(answer, 1),
+            Some(Verdict::Pass { quarantine: None })
+        );
+        assert_eq!(
+            run.message.body, b"Subject: hi\r\n\r\n..body\r\n",
+            "no edits: as received"
+        );
+    }
+
+    #[test]
+    fn a_recipient_check_stops_at_the_last_rcpt() {
+        let now = Instant::now();
+        let mut run = Run::for_rcpt(message(&["a@x", "b@x"]), "mx.test");
+        let (commands, _) = drive(&mut run, &mut client(now), now);
+        assert_eq!(commands, b"CHMR");
+        assert!(!run.complete(), "the milter must be told to forget it");
+    }
+
+    #[test]
+    fn milters_go_in_order_and_the_default_applies_to_failures() {
+        let mut run = Run::new(message(&["a@x"]), "mx.test");
+        assert_eq!(run.answered(Answer::Accept, 3), None);
+        assert_eq!((run.milter, run.started()), (1, false));
+        assert_eq!(run.failed(MilterDefault::Accept, 3), None);
+        assert_eq!(run.milter, 2);
+        let tempfail = run.failed(MilterDefault::Tempfail, 3);
+        assert_eq!(tempfail, Some(Verdict::Tempfail(None)));
+        let reject = Some("550 5.7.1 no".to_string());
+        let verdict = run.answered(Answer::Reject(reject.clone()), 3);
+        assert_eq!(verdict, Some(Verdict::Reject(reject)));
+    }
+}
