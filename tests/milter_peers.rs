@@ -58,16 +58,10 @@ fn postfix_refuses_what_the_scripted_milter_rejects() {
             "no {stage} in {stages:?}"
         );
     }
-    let rcpt_macros = milter
-        .stage("macros")
-        .into_iter()
-        .find(|r| r.get("for") == Some("R"))
-        .expect("RCPT macros");
+    let rcpt_macros = milter.find("macros", "for", "R").expect("RCPT macros");
     assert_eq!(rcpt_macros.get("{rcpt_addr}"), Some("alice@example.com"));
     let subject = milter
-        .stage("header")
-        .into_iter()
-        .find(|r| r.get("name") == Some("Subject"))
+        .find("header", "name", "Subject")
         .expect("the Subject header");
     assert_eq!(subject.get("value"), Some("milter peer test"));
     let bodies: Vec<String> = milter
