@@ -154,11 +154,6 @@ impl Run {
         }
     }
 
-    /// Starts the stages over for the same milter (on a new connection).
-    pub fn restart(&mut self) {
-        self.cursor = Cursor::Connect;
-    }
-
     /// Whether the milter at hand has been told anything of this message.
     pub fn started(&self) -> bool {
         self.cursor != Cursor::Connect
