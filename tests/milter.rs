@@ -6,9 +6,8 @@
 //! silent past `--milter-timeout`, gives `--milter-default`; pipelined
 //! commands behind a checked message are answered in order; each check
 //! has a connection of its own; a recipient a milter refuses is
-//! refused at RCPT. The real milters (clamd +
-//! clamav-milter, rspamd; launchers in tests/support/milters.rs): EICAR and
-//! GTUBE refused, clean messages spooled, with rspamd's headers.
+//! refused at RCPT. The real milters (clamd + clamav-milter, rspamd) are
+//! tests/milters_real.rs.
 
 mod support;
 
@@ -294,52 +293,6 @@ fn send_body(server: &TestServer, body: &str) -> support::Reply {
     reply
 }
 
-/// clamd + clamav-milter (one EICAR signature): EICAR is refused with a
-/// 5xx and not spooled; a clean message is spooled.
-fn clamav_refuses_eicar(backend: Backend) {
-    let clamav = support::milters::RealMilter::clamav();
-    let spec = clamav.spec();
-    let server = TestServer::start(backend, &["--milter", &spec, "--milter-timeout", "20"]);
-    let refused = send_body(&server, &support::milters::eicar());
-    assert_eq!(
-        refused.code / 100,
-        5,
-        "{:?}\n{}",
-        refused.lines,
-        clamav.log()
-    );
-    assert!(server.spooled().is_empty());
-    let accepted = send_body(&server, "nothing to see here");
-    assert_eq!(accepted.code, 250, "{:?}\n{}", accepted.lines, clamav.log());
-    assert_eq!(server.spooled().len(), 1);
-    server.stop();
-}
-
-/// rspamd's milter proxy: GTUBE is refused with a 5xx; a clean message is
-/// spooled with rspamd's headers after the Received line.
-fn rspamd_refuses_gtube_and_adds_its_headers(backend: Backend) {
-    let rspamd = support::milters::RealMilter::rspamd();
-    let spec = rspamd.spec();
-    let server = TestServer::start(backend, &["--milter", &spec, "--milter-timeout", "20"]);
-    let refused = send_body(&server, support::milters::GTUBE);
-    assert_eq!(
-        refused.code / 100,
-        5,
-        "{:?}\n{}",
-        refused.lines,
-        rspamd.log()
-    );
-    let accepted = send_body(&server, "a perfectly ordinary note");
-    assert_eq!(accepted.code, 250, "{:?}\n{}", accepted.lines, rspamd.log());
-    let spooled = server.spooled();
-    assert_eq!(spooled.len(), 1);
-    let text = std::fs::read_to_string(&spooled[0]).unwrap();
-    for header in ["X-Spamd-Result:", "X-Rspamd-Server:"] {
-        assert!(text.contains(header), "no {header} in\n{text}");
-    }
-    server.stop();
-}
-
 fn a_recipient_the_milter_refuses_is_refused_at_rcpt(backend: Backend) {
     let mut script = eom(&[(b'c', b"")]);
     script.bad_rcpt = (
@@ -470,6 +423,4 @@ support::backend_tests!(
     a_milter_on_a_unix_socket,
     several_milters_apply_in_order,
     a_misbehaving_milter_gives_the_default,
-    clamav_refuses_eicar,
-    rspamd_refuses_gtube_and_adds_its_headers,
 );

@@ -58,16 +58,10 @@ fn postfix_refuses_what_the_scripted_milter_rejects() {
             "no {stage} in {stages:?}"
         );
     }
-    let rcpt_macros = milter
-        .stage("macros")
-        .into_iter()
-        .find(|r| r.get("for") == Some("R"))
-        .expect("RCPT macros");
+    let rcpt_macros = milter.find("macros", "for", "R").expect("RCPT macros");
     assert_eq!(rcpt_macros.get("{rcpt_addr}"), Some("alice@example.com"));
     let subject = milter
-        .stage("header")
-        .into_iter()
-        .find(|r| r.get("name") == Some("Subject"))
+        .find("header", "name", "Subject")
         .expect("the Subject header");
     assert_eq!(subject.get("value"), Some("milter peer test"));
     let bodies: Vec<String> = milter
@@ -273,4 +267,24 @@ fn read_packet(conn: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
 fn exchange(conn: &mut std::net::TcpStream, command: u8, data: &[u8]) -> (u8, Vec<u8>) {
     send_packet(conn, command, data);
     read_packet(conn)
+}
+
+/// `--quit-nc ignore` plays clamav-milter 1.4.6, which answers nothing on a
+/// connection after SMFIC_QUIT_NC (found with tests/support/milters.rs's
+/// clamav-milter): the next session's connect gets no reply.
+#[test]
+fn the_scripted_milter_can_ignore_sessions_after_quit_nc_as_clamav_milter_does() {
+    let milter = Scripted::start(&["--quit-nc", "ignore"]);
+    let mut conn = std::net::TcpStream::connect(milter.addr).expect("connect");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+        .unwrap();
+    let offer = [6u32, 0x1ff, 0x1f_ffff].map(u32::to_be_bytes).concat();
+    assert_eq!(exchange(&mut conn, b'O', &offer).0, b'O');
+    let connect = b"client\x004\x00\x19127.0.0.1\x00";
+    assert_eq!(exchange(&mut conn, b'C', connect).0, b'c');
+    send_packet(&mut conn, b'K', b"");
+    send_packet(&mut conn, b'C', connect);
+    let mut byte = [0u8; 1];
+    let silent = std::io::Read::read(&mut conn, &mut byte);
+    assert!(silent.is_err(), "an answer after QUIT_NC: {silent:?}");
 }

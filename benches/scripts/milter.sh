@@ -37,6 +37,8 @@
 #   MESSAGES=5000  CONCURRENCY=50  SIZE=1024          (speed)
 #   HOLD_SESSIONS=2000  HOLD_VERDICT=discard          (wait)
 #   LOAD_RATE=200  LOAD_SECS=10                       (wait)
+#   SCRIPTED_ARGS=""     extra scripted-milter flags (wait), e.g.
+#                        "--protocol nr_hdr,nr_eoh,nr_body": fewer replies to wait for
 #   MXGATE_ARGS=""       extra mxgate flags, every mxgate server
 #   NO_BUILD=1           use target/release/{mxgate,mxgate-load} as they are
 #   KEEP_WORK=1  BENCH_TMP=/tmp  SPOOL_FS=loop|host   as in compare.sh
@@ -63,6 +65,7 @@ HOLD_VERDICT=${HOLD_VERDICT:-discard}
 LOAD_RATE=${LOAD_RATE:-200}
 LOAD_SECS=${LOAD_SECS:-10}
 MXGATE_ARGS=${MXGATE_ARGS:-}
+SCRIPTED_ARGS=${SCRIPTED_ARGS:-}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 SCRIPTED_MILTER=$REPO_DIR/tests/peers/milter.py
 HOLD_MARKER=HOLD-2S
@@ -112,8 +115,9 @@ start_clamav() {
 }
 
 start_scripted() {
+    # shellcheck disable=SC2086 # SCRIPTED_ARGS is split on purpose
     start_daemon scripted python3 "$SCRIPTED_MILTER" --listen "inet:127.0.0.1:$SCRIPTED_PORT" \
-        --on "eom/$HOLD_MARKER=sleep:2;$HOLD_VERDICT"
+        --on "eom/$HOLD_MARKER=sleep:2;$HOLD_VERDICT" $SCRIPTED_ARGS
     wait_listening "$SCRIPTED_PORT" 30 "the scripted milter" "$WORK/scripted.log"
 }
 
@@ -265,9 +269,14 @@ wait_run() {
         wait_for_holders "$hold_out.out" || log "  only $(tail -n 1 "$hold_out.out" | cut -d' ' -f2) of $HOLD_SESSIONS sessions waiting; measuring anyway"
     fi
     t0=$(date +%s.%N)
-    run_client "$RUN_TIMEOUT" "$json" "$json.err" "$MXGATE_LOAD_BIN" --target "127.0.0.1:${PORT_OF[mx-wait]}" \
-        --rate "$LOAD_RATE" --duration "$LOAD_SECS" --messages 1 --size "$SIZE" --json || rc=$?
+    local cores0
+    cores0=$(core_times)
+    timed_client "${PID_OF[mx-wait]}" "$json" "$json.err" "$MXGATE_LOAD_BIN" \
+        --target "127.0.0.1:${PORT_OF[mx-wait]}" --rate "$LOAD_RATE" --duration "$LOAD_SECS" \
+        --messages 1 --size "$SIZE" --json || rc=$?
     t1=$(date +%s.%N)
+    log "  wait/$mode round $round: mxgate used $(awk -v c="$RUN_SERVER_CPU" -v s="$RUN_SECS" \
+        'BEGIN { printf "%.0f%%", 100 * c / s }') of a core; cores busy (everyone's) $(core_busy "$cores0" "$(core_times)")"
     if [[ -n $holder ]]; then
         kill -TERM "$holder" 2>/dev/null || true
         wait "$holder" 2>/dev/null || true
@@ -286,6 +295,14 @@ p = {e["phase"]: e["p99"] for e in doc["phases"] if e.get("count")}
 print("\t".join(str(p.get(k, "nan")) for k in ("ehlo", "mail", "rcpt")))' "$json")
     printf '%s\t%s\t%s\t%b\n' "$mode" "$round" "$p99s" "$waiting" >>"$WAIT"
     log "  wait/$mode round $round: EHLO/MAIL/RCPT p99 $(tr '\t' ' ' <<<"$p99s") µs"
+}
+
+# core_times: "busy total" jiffies per core, one core per line (/proc/stat).
+core_times() { awk '/^cpu[0-9]/ { print $1, $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat; }
+
+# core_busy BEFORE AFTER: "cpuN busy%" for each core between two core_times.
+core_busy() {
+    join <(echo "$1") <(echo "$2") | awk '{ printf "%s %.0f%% ", $1, 100 * ($4 - $2) / ($5 - $3) }'
 }
 
 # wait_for_holders OUT: until the holders report HOLD_SESSIONS waiting (60 s).

@@ -51,6 +51,10 @@ steps we ask for (comma-separated names as below, a number, or `none`);
 the steps are masked by what the MTA offered, as libmilter does. An
 SMFIP_NR_* step (no reply) silences that stage's answer.
 
+--quit-nc ignore answers nothing after SMFIC_QUIT_NC, as clamav-milter
+1.4.6 (libmilter) was found to do: a client that reuses connections must
+not wait on it forever. The default serves the next session.
+
 --log FILE writes one line per packet received, tab-separated:
 `CONN.SESSION STAGE KEY=VALUE...`, values escaped (\\t \\r \\n \\\\ \\xNN),
 flushed per line. Stages logged: optneg, macros (for=the command octet),
@@ -213,6 +217,7 @@ class Milter:
         self.rules = args.on
         self.actions = args.actions
         self.steps = args.protocol
+        self.quit_nc = args.quit_nc
         self.log_file = open(args.log, "a", encoding="ascii") if args.log else None
         self.connections = 0
         self.messages = 0
@@ -301,6 +306,9 @@ class Connection:
             self.log("quit_nc")
             self.session += 1
             self.message.clear()
+            if self.milter.quit_nc == "ignore":
+                await self.reader.read()  # silent until the MTA gives up, as clamav-milter is
+                return False
             return True
         stage = STAGES.get(command)
         if stage is None:
@@ -439,6 +447,9 @@ def arguments():
                         help=f"SMFIP_ steps asked for: {','.join(STEP_FLAGS)}, a number, or none")
     parser.add_argument("--on", type=parse_rule, action="append", default=[],
                         help="STAGE[/TEXT]=ACTION[;ACTION]... (see the module text)")
+    parser.add_argument("--quit-nc", choices=["serve", "ignore"], default="serve",
+                        help="after SMFIC_QUIT_NC: serve the next session on the connection, or "
+                        "never answer again (what clamav-milter 1.4 does)")
     parser.add_argument("--log", help="append one line per packet received to this file")
     return parser.parse_args()
 

@@ -80,6 +80,12 @@ impl Scripted {
         records
     }
 
+    /// The first packet of `stage` whose `key` is `value`.
+    pub fn find(&self, stage: &str, key: &str, value: &str) -> Option<Record> {
+        let mut records = self.stage(stage).into_iter();
+        records.find(|r| r.get(key) == Some(value))
+    }
+
     /// Stops it (SIGTERM) and returns what it printed on stderr: its
     /// summary line, or a traceback if the script broke.
     pub fn stop(mut self) -> String {
