@@ -84,7 +84,7 @@ macro_rules! session_end {
             rejected_rcpts = $conn.log.rejected_rcpts,
             messages = $conn.log.messages,
             spool_failures = $conn.log.spool_failures,
-            milter_verdict = %$conn.log.milter_verdict().map_or(String::new(), ToString::to_string),
+            milter_verdict = $conn.log.milter_verdict().map(tracing::field::display),
             outcome = $outcome.as_str(),
             queue_ids = %$conn.log.queue_ids(),
             $($key = $($value)+,)?
