@@ -6,7 +6,8 @@
 //! silent past `--milter-timeout`, gives `--milter-default`; pipelined
 //! commands behind a checked message are answered in order; each check
 //! has a connection of its own; a recipient a milter refuses is
-//! refused at RCPT. The real milters (clamd + clamav-milter, rspamd) are
+//! refused at RCPT, and one that declines RCPT is not asked or waited for
+//! there (tests/peers/milter.py). The real milters (clamd + clamav-milter, rspamd) are
 //! tests/milters_real.rs.
 
 mod support;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mxgate::config::Backend;
+use support::milters::Scripted;
 use support::{files_in, queue_id, TestServer};
 
 /// What the scripted milter answers at end of message.
@@ -273,8 +275,8 @@ fn each_check_gets_a_fresh_connection(backend: Backend) {
         queue_id(&send_message(&server, &format!("message {n}")));
     }
     assert_eq!(server.spooled().len(), 3);
-    // Per session: one for the recipient, one for the message (why not
-    // reused: src/check/pool.rs).
+    // Per session: one for the recipient (the milter answers RCPT), one
+    // for the message (why not reused: src/check/pool.rs).
     assert_eq!(milter.connections.load(Ordering::SeqCst), 6);
     server.stop();
 }
@@ -331,6 +333,63 @@ fn a_recipient_the_milter_refuses_is_refused_at_rcpt(backend: Backend) {
     let reply = c.cmd("RCPT TO:<bad@catchall.example>", 451);
     assert!(reply.starts_with("451 4.7.1 "), "{reply}");
     c.cmd("QUIT", 221);
+    server.stop();
+}
+
+/// A milter that declines RCPT (SMFIP_NORCPT, as clamav-milter does) is
+/// not asked about recipients once a worker knows it: after the first
+/// session, a recipient gets its 250 at once (the milter is slow at MAIL,
+/// which only an RCPT check would wait for) and each session costs one
+/// milter connection, the message's.
+fn a_milter_that_declines_rcpt_is_not_waited_for_at_rcpt(backend: Backend) {
+    let milter = Scripted::start(&["--protocol", "norcpt", "--on", "mail=sleep:2"]);
+    let spec = milter.spec();
+    let flags = [
+        "--milter",
+        &spec,
+        "--milter-timeout",
+        "10",
+        "--workers",
+        "1",
+    ];
+    let server = TestServer::start(backend, &flags);
+    // The first session checks its recipient: the milter's steps are not
+    // known yet.
+    queue_id(&send_message(&server, "first"));
+    let connections = |milter: &Scripted| {
+        let mut conns: Vec<String> = milter
+            .stage("optneg")
+            .into_iter()
+            .map(|r| r.session)
+            .collect();
+        conns.dedup();
+        conns.len()
+    };
+    assert_eq!(connections(&milter), 2, "{:?}", milter.records());
+    for n in 0..2 {
+        let mut c = server.client();
+        c.hello();
+        c.cmd("MAIL FROM:<s@remote.example>", 250);
+        let asked = Instant::now();
+        c.cmd("RCPT TO:<alice@example.com>", 250);
+        let waited = asked.elapsed();
+        assert!(
+            waited < Duration::from_secs(1),
+            "RCPT {n} waited {waited:?}"
+        );
+        c.cmd("DATA", 354);
+        c.send(b"Subject: later\r\n\r\nbody\r\n.\r\n");
+        queue_id(&c.expect(250));
+        c.cmd("QUIT", 221);
+    }
+    assert_eq!(connections(&milter), 4, "{:?}", milter.records());
+    assert!(
+        milter.stage("rcpt").is_empty(),
+        "{:?}",
+        milter.stage("rcpt")
+    );
+    assert_eq!(milter.stage("eom").len(), 3);
+    assert_eq!(server.spooled().len(), 3);
     server.stop();
 }
 
@@ -420,6 +479,7 @@ support::backend_tests!(
     a_silent_milter_times_out_and_pipelining_stays_in_order,
     each_check_gets_a_fresh_connection,
     a_recipient_the_milter_refuses_is_refused_at_rcpt,
+    a_milter_that_declines_rcpt_is_not_waited_for_at_rcpt,
     a_milter_on_a_unix_socket,
     several_milters_apply_in_order,
     a_misbehaving_milter_gives_the_default,

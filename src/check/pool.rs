@@ -9,6 +9,11 @@
 //! here blocks or spawns a thread; finished runs wait in
 //! [`Pool::finished`] for the worker to spool or refuse their message.
 //!
+//! What each milter declined at its last negotiation on this worker is
+//! kept: a recipient is checked only while some milter may answer RCPT
+//! ([`Pool::checks_rcpt`]), and a recipient check skips the milters that
+//! do not.
+//!
 //! A connection that fails (connect refused, reset, timeout, a protocol
 //! error) is dropped and its run gets `--milter-default`. A connection is
 //! closed once its check is over: reusing it for the next session
@@ -174,6 +179,9 @@ pub struct Pool {
     dropped: Vec<(usize, u32, Socket)>,
     next_generation: u32,
     read_buf: Box<[u8]>,
+    /// Per milter, whether its last negotiation said it answers RCPT
+    /// (`None`: not negotiated yet on this worker).
+    answers_rcpt: Vec<Option<bool>>,
 }
 
 /// One thing a milter did, for the metrics.
@@ -189,7 +197,6 @@ pub enum Observed {
 impl Pool {
     pub fn new(milters: Arc<Milters>) -> Pool {
         Pool {
-            milters,
             links: Slab::new(),
             runs: Slab::new(),
             due: Vec::new(),
@@ -199,6 +206,8 @@ impl Pool {
             dropped: Vec::new(),
             next_generation: 0,
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            answers_rcpt: vec![None; milters.endpoints.len()],
+            milters,
         }
     }
 
@@ -211,6 +220,14 @@ impl Pool {
     pub fn start(&mut self, ticket: u64, message: Message, now: Instant) {
         let run = Run::new(message, &self.milters.hostname);
         self.start_run(ticket, run, now);
+    }
+
+    /// Whether a recipient is worth checking: some milter answers RCPT, or
+    /// has not said yet. If none does, a session never waits at RCPT.
+    pub fn checks_rcpt(&self) -> bool {
+        self.answers_rcpt
+            .iter()
+            .any(|&answers| answers != Some(false))
     }
 
     /// Starts checking the last recipient of `message`'s envelope.
@@ -287,6 +304,15 @@ impl Pool {
     /// fails the run's milter at once).
     fn attach(&mut self, key: usize, r: &mut impl Readiness, now: Instant) {
         let milter = self.runs[key].run.milter;
+        if self.runs[key].run.rcpt_only && self.answers_rcpt[milter] == Some(false) {
+            // It does not answer RCPT: nothing to ask it of a recipient.
+            let count = self.milters.endpoints.len();
+            match self.runs[key].run.answered(Answer::Continue, count) {
+                Some(verdict) => self.finish(key, milter, verdict),
+                None => self.waiting.push(key),
+            }
+            return;
+        }
         self.runs[key].started = now;
         let endpoint = &self.milters.endpoints[milter];
         let socket = match Socket::connect(endpoint) {
@@ -378,6 +404,7 @@ impl Pool {
     /// The client of `link` answered a stage (or negotiation).
     fn answered(&mut self, link: usize, answer: Answer, now: Instant) {
         let l = &mut self.links[link];
+        self.answers_rcpt[l.milter] = Some(l.client.answers_rcpt());
         let Some(key) = l.run else { return };
         let progress = self.runs[key].run.advance(&mut l.client, answer, now);
         self.progress(link, progress, now);

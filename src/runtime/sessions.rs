@@ -204,11 +204,8 @@ impl<I> Sessions<I> {
         let generation = self.next_generation;
         self.next_generation = generation.wrapping_add(1);
         self.metrics.session_opened();
+        // Whether its recipients wait for the milters is decided per feed.
         let session = Session::new(self.session_config.clone(), now);
-        let mut session = session;
-        if self.checks.is_some() {
-            session.check_rcpts();
-        }
         let mut conn = Conn::new(session, peer, generation, opening.balancer);
         conn.admit(opening.admission);
         let key = self.conns.vacant_key();
