@@ -267,6 +267,9 @@ impl<I> Sessions<I> {
         let conn = &mut self.conns[key].conn;
         conn.end(outcome);
         conn.log_end(outcome, &mut self.metrics);
+        if let Some(checks) = self.checks.as_mut() {
+            checks.forget(ticket(key, conn.generation));
+        }
     }
 
     /// Connections whose session is still running.
