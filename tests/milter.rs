@@ -5,8 +5,9 @@
 //! Received line; quarantine and discard; a milter that is down, or
 //! silent past `--milter-timeout`, gives `--milter-default`; pipelined
 //! commands behind a checked message are answered in order; each check
-//! has a connection of its own; a recipient a milter refuses is
-//! refused at RCPT. The real milters (clamd + clamav-milter, rspamd) are
+//! is one conversation per session; a recipient a milter refuses is
+//! refused at RCPT, and one that declines RCPT is not asked or waited for
+//! there (tests/peers/milter.py). The real milters (clamd + clamav-milter, rspamd) are
 //! tests/milters_real.rs.
 
 mod support;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mxgate::config::Backend;
+use support::milters::Scripted;
 use support::{files_in, queue_id, TestServer};
 
 /// What the scripted milter answers at end of message.
@@ -266,16 +268,16 @@ fn a_silent_milter_times_out_and_pipelining_stays_in_order(backend: Backend) {
     server.stop();
 }
 
-fn each_check_gets_a_fresh_connection(backend: Backend) {
+fn each_session_has_one_milter_conversation(backend: Backend) {
     let milter = ScriptedMilter::start(eom(&[(b'c', b"")]));
     let server = start(backend, &milter, &["--workers", "1"]);
     for n in 0..3 {
         queue_id(&send_message(&server, &format!("message {n}")));
     }
     assert_eq!(server.spooled().len(), 3);
-    // Per session: one for the recipient, one for the message (why not
-    // reused: src/check/pool.rs).
-    assert_eq!(milter.connections.load(Ordering::SeqCst), 6);
+    // Per session: the recipient's check goes on to the message's (not
+    // reused across sessions: src/check/pool.rs).
+    assert_eq!(milter.connections.load(Ordering::SeqCst), 3);
     server.stop();
 }
 
@@ -332,6 +334,136 @@ fn a_recipient_the_milter_refuses_is_refused_at_rcpt(backend: Backend) {
     assert!(reply.starts_with("451 4.7.1 "), "{reply}");
     c.cmd("QUIT", 221);
     server.stop();
+}
+
+/// A milter that declines RCPT (SMFIP_NORCPT) is not asked about
+/// recipients once a worker knows it: after the first session, a recipient
+/// gets its 250 at once (the milter is slow at MAIL, which only an RCPT
+/// check would wait for). Each session is one milter conversation.
+fn a_milter_that_declines_rcpt_is_not_waited_for_at_rcpt(backend: Backend) {
+    let milter = Scripted::start(&["--protocol", "norcpt", "--on", "mail=sleep:2"]);
+    let spec = milter.spec();
+    let flags = [
+        "--milter",
+        &spec,
+        "--milter-timeout",
+        "10",
+        "--workers",
+        "1",
+    ];
+    let server = TestServer::start(backend, &flags);
+    // The first session checks its recipient: the milter's steps are not
+    // known yet.
+    queue_id(&send_message(&server, "first"));
+    let connections = |milter: &Scripted| {
+        let mut conns: Vec<String> = milter
+            .stage("optneg")
+            .into_iter()
+            .map(|r| r.session)
+            .collect();
+        conns.dedup();
+        conns.len()
+    };
+    assert_eq!(connections(&milter), 1, "{:?}", milter.records());
+    for n in 0..2 {
+        let mut c = server.client();
+        c.hello();
+        c.cmd("MAIL FROM:<s@remote.example>", 250);
+        let asked = Instant::now();
+        c.cmd("RCPT TO:<alice@example.com>", 250);
+        let waited = asked.elapsed();
+        assert!(
+            waited < Duration::from_secs(1),
+            "RCPT {n} waited {waited:?}"
+        );
+        c.cmd("DATA", 354);
+        c.send(b"Subject: later\r\n\r\nbody\r\n.\r\n");
+        queue_id(&c.expect(250));
+        c.cmd("QUIT", 221);
+    }
+    assert_eq!(connections(&milter), 3, "{:?}", milter.records());
+    assert!(
+        milter.stage("rcpt").is_empty(),
+        "{:?}",
+        milter.stage("rcpt")
+    );
+    assert_eq!(milter.stage("eom").len(), 3);
+    assert_eq!(server.spooled().len(), 3);
+    server.stop();
+}
+
+/// The stages each connection to `milter` was told, in order (macros and
+/// closes left out), by connection.
+fn conversations(milter: &Scripted) -> Vec<Vec<String>> {
+    let mut by_conn: Vec<(String, Vec<String>)> = Vec::new();
+    for record in milter.records() {
+        if ["macros", "closed", "optneg"].contains(&record.stage.as_str()) {
+            continue;
+        }
+        let conn = record.session.split('.').next().unwrap_or_default();
+        let stage = match record.get("addr") {
+            Some(addr) if record.stage == "rcpt" => format!("rcpt {addr}"),
+            _ => record.stage.clone(),
+        };
+        match by_conn.iter_mut().find(|(c, _)| c == conn) {
+            Some((_, stages)) => stages.push(stage),
+            None => by_conn.push((conn.to_string(), vec![stage])),
+        }
+    }
+    by_conn.into_iter().map(|(_, stages)| stages).collect()
+}
+
+/// A milter that takes RCPT hears a transaction as one conversation: each
+/// recipient's check goes on from the last, the message from there. A
+/// recipient it refused, or a transaction given up (RSET), ends that
+/// conversation: the next check starts over, and the message is told
+/// whole.
+fn checks_of_a_transaction_are_one_conversation(backend: Backend) {
+    let milter = Scripted::start(&["--on", "rcpt/bad@=reject"]);
+    let spec = milter.spec();
+    let server = TestServer::start(backend, &["--milter", &spec, "--workers", "1"]);
+    let mut c = server.client();
+    c.hello();
+    c.cmd("MAIL FROM:<s@remote.example>", 250);
+    c.cmd("RCPT TO:<alice@example.com>", 250);
+    c.cmd("RCPT TO:<bob@example.com>", 250);
+    c.cmd("DATA", 354);
+    c.send(b"Subject: one\r\n\r\nhi\r\n.\r\n");
+    queue_id(&c.expect(250));
+    c.cmd("MAIL FROM:<s@remote.example>", 250);
+    c.cmd("RCPT TO:<alice@example.com>", 250);
+    c.cmd("RSET", 250);
+    c.cmd("MAIL FROM:<s@remote.example>", 250);
+    c.cmd("RCPT TO:<alice@example.com>", 250);
+    c.cmd("RCPT TO:<bad@catchall.example>", 550);
+    c.cmd("RCPT TO:<bob@example.com>", 250);
+    c.cmd("DATA", 354);
+    c.send(b"Subject: two\r\n\r\nhi\r\n.\r\n");
+    queue_id(&c.expect(250));
+    c.cmd("QUIT", 221);
+    server.stop();
+    let head = ["connect", "helo", "mail"];
+    let message = ["data", "header", "eoh", "body", "eom"];
+    let told = |rcpts: &[&str], tail: &[&str]| -> Vec<String> {
+        let rcpts = rcpts.iter().map(|r| format!("rcpt <{r}>"));
+        let stages = head.iter().map(|s| s.to_string()).chain(rcpts);
+        stages.chain(tail.iter().map(|s| s.to_string())).collect()
+    };
+    let (alice, bob, bad) = (
+        "alice@example.com",
+        "bob@example.com",
+        "bad@catchall.example",
+    );
+    assert_eq!(
+        conversations(&milter),
+        [
+            told(&[alice, bob], &message),
+            told(&[alice], &[]),
+            told(&[alice, bad], &[]),
+            told(&[bob], &[]),
+            told(&[alice, bob], &message),
+        ]
+    );
 }
 
 fn a_milter_on_a_unix_socket(backend: Backend) {
@@ -418,8 +550,10 @@ support::backend_tests!(
     quarantine_and_discard,
     a_milter_down_gives_the_default,
     a_silent_milter_times_out_and_pipelining_stays_in_order,
-    each_check_gets_a_fresh_connection,
+    each_session_has_one_milter_conversation,
     a_recipient_the_milter_refuses_is_refused_at_rcpt,
+    a_milter_that_declines_rcpt_is_not_waited_for_at_rcpt,
+    checks_of_a_transaction_are_one_conversation,
     a_milter_on_a_unix_socket,
     several_milters_apply_in_order,
     a_misbehaving_milter_gives_the_default,

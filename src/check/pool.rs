@@ -1,5 +1,6 @@
-//! A worker's milter connections: non-blocking sockets, one per check in
-//! flight (as Postfix's smtpd has one per session), each carrying one
+//! A worker's milter connections: non-blocking sockets, one per milter
+//! and session transaction (as Postfix's smtpd has one per session), each
+//! carrying one
 //! [`Client`], and the runs
 //! ([`Run`]) they serve. The worker's event loop drives it: the backend
 //! says when a socket may move ([`Pool::ready`]) through its own readiness
@@ -9,14 +10,25 @@
 //! here blocks or spawns a thread; finished runs wait in
 //! [`Pool::finished`] for the worker to spool or refuse their message.
 //!
+//! What each milter declined at its last negotiation on this worker is
+//! kept: a recipient is checked only while some milter may answer RCPT
+//! ([`Pool::checks_rcpt`]), and a recipient check skips the milters that
+//! do not.
+//!
 //! A connection that fails (connect refused, reset, timeout, a protocol
-//! error) is dropped and its run gets `--milter-default`. A connection is
-//! closed once its check is over: reusing it for the next session
+//! error) is dropped and its run gets `--milter-default`. A recipient
+//! check the milter went along with keeps its connection (parked, per
+//! ticket and milter, with what it was told): the transaction's next check
+//! goes on from there, the message from DATA, if the session's envelope
+//! still matches; else, and when the session ends, it is closed and the
+//! next check starts over. A connection is closed once the message's
+//! check is over: reusing it for the next session
 //! (SMFIC_QUIT_NC) stalled clamav-milter 1.4 under load (50 concurrent
 //! sessions: replies that never came, 30 s timeouts, a few messages/s; a
 //! connection per check ran at 935 messages/s), and a milter cannot say
 //! whether it handles reuse.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -25,7 +37,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::milter::{Answer, Client};
-use super::run::{Progress, Run, Verdict};
+use super::run::{Progress, Run, Told, Verdict};
 use super::{Endpoint, Milters};
 use crate::spool::Message;
 
@@ -147,6 +159,17 @@ struct RunSlot {
     ticket: u64,
     /// When the milter at hand got the message's first stage.
     started: Instant,
+    /// Its connection may stay open for the session's next check (not once
+    /// the session has ended).
+    park: bool,
+}
+
+/// A connection kept after a recipient check that the milter went along
+/// with, for the same session's next check to go on with.
+struct Parked {
+    link: usize,
+    generation: u32,
+    told: Told,
 }
 
 /// How one pump of a link ended.
@@ -174,6 +197,11 @@ pub struct Pool {
     dropped: Vec<(usize, u32, Socket)>,
     next_generation: u32,
     read_buf: Box<[u8]>,
+    /// Per milter, whether its last negotiation said it answers RCPT
+    /// (`None`: not negotiated yet on this worker).
+    answers_rcpt: Vec<Option<bool>>,
+    /// Per (ticket, milter): the conversation its next check goes on with.
+    parked: HashMap<(u64, usize), Parked>,
 }
 
 /// One thing a milter did, for the metrics.
@@ -189,7 +217,6 @@ pub enum Observed {
 impl Pool {
     pub fn new(milters: Arc<Milters>) -> Pool {
         Pool {
-            milters,
             links: Slab::new(),
             runs: Slab::new(),
             due: Vec::new(),
@@ -199,6 +226,9 @@ impl Pool {
             dropped: Vec::new(),
             next_generation: 0,
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            answers_rcpt: vec![None; milters.endpoints.len()],
+            parked: HashMap::new(),
+            milters,
         }
     }
 
@@ -213,6 +243,14 @@ impl Pool {
         self.start_run(ticket, run, now);
     }
 
+    /// Whether a recipient is worth checking: some milter answers RCPT, or
+    /// has not said yet. If none does, a session never waits at RCPT.
+    pub fn checks_rcpt(&self) -> bool {
+        self.answers_rcpt
+            .iter()
+            .any(|&answers| answers != Some(false))
+    }
+
     /// Starts checking the last recipient of `message`'s envelope.
     pub fn start_rcpt(&mut self, ticket: u64, message: Message, now: Instant) {
         let run = Run::for_rcpt(message, &self.milters.hostname);
@@ -224,8 +262,22 @@ impl Pool {
             run,
             ticket,
             started: now,
+            park: true,
         });
         self.waiting.push(key);
+    }
+
+    /// Connection `ticket` ended: the conversations kept for it close, and
+    /// its checks in flight keep none.
+    pub fn forget(&mut self, ticket: u64) {
+        for milter in 0..self.milters.endpoints.len() {
+            if let Some(link) = self.take_parked(ticket, milter) {
+                self.drop_link(link.0);
+            }
+        }
+        for (_, slot) in self.runs.iter_mut().filter(|(_, s)| s.ticket == ticket) {
+            slot.park = false;
+        }
     }
 
     /// Whether a [`Pool::pump`] has work now.
@@ -287,7 +339,23 @@ impl Pool {
     /// fails the run's milter at once).
     fn attach(&mut self, key: usize, r: &mut impl Readiness, now: Instant) {
         let milter = self.runs[key].run.milter;
+        if self.runs[key].run.rcpt_only && self.answers_rcpt[milter] == Some(false) {
+            // It does not answer RCPT: nothing to ask it of a recipient.
+            let count = self.milters.endpoints.len();
+            match self.runs[key].run.answered(Answer::Continue, count) {
+                Some(verdict) => self.finish(key, milter, verdict),
+                None => self.waiting.push(key),
+            }
+            return;
+        }
         self.runs[key].started = now;
+        let ticket = self.runs[key].ticket;
+        if let Some((link, told)) = self.take_parked(ticket, milter) {
+            if self.runs[key].run.continues(&told) {
+                return self.resume(key, link, now);
+            }
+            self.drop_link(link);
+        }
         let endpoint = &self.milters.endpoints[milter];
         let socket = match Socket::connect(endpoint) {
             Ok(socket) => socket,
@@ -308,6 +376,29 @@ impl Pool {
         });
         r.register(link, fd);
         self.due.push(link);
+    }
+
+    /// The kept connection `link` of run `key`'s session goes on with it.
+    fn resume(&mut self, key: usize, link: usize, now: Instant) {
+        self.runs[key].run.resume();
+        self.links[link].run = Some(key);
+        self.answered(link, Answer::Continue, now);
+        if self.links.contains(link) {
+            self.due.push(link);
+        }
+    }
+
+    /// The live connection kept for `ticket` and `milter`, and what it was
+    /// told.
+    fn take_parked(&mut self, ticket: u64, milter: usize) -> Option<(usize, Told)> {
+        let parked = self.parked.remove(&(ticket, milter))?;
+        self.is_live(&parked).then_some((parked.link, parked.told))
+    }
+
+    /// Whether a kept connection is still open and idle.
+    fn is_live(&self, parked: &Parked) -> bool {
+        let link = self.links.get(parked.link);
+        link.is_some_and(|l| l.generation == parked.generation && l.run.is_none())
     }
 
     /// Writes what the link's client has to send and reads what the milter
@@ -378,6 +469,7 @@ impl Pool {
     /// The client of `link` answered a stage (or negotiation).
     fn answered(&mut self, link: usize, answer: Answer, now: Instant) {
         let l = &mut self.links[link];
+        self.answers_rcpt[l.milter] = Some(l.client.answers_rcpt());
         let Some(key) = l.run else { return };
         let progress = self.runs[key].run.advance(&mut l.client, answer, now);
         self.progress(link, progress, now);
@@ -393,12 +485,30 @@ impl Pool {
         };
         let slot = &mut self.runs[key];
         let count = self.milters.endpoints.len();
+        let park = slot.park && slot.run.rcpt_only && answer == Answer::Continue;
+        let mut replaced = None;
+        if park {
+            // The session's next check goes on from here.
+            let told = slot.run.told();
+            let generation = l.generation;
+            let parked = Parked {
+                link,
+                generation,
+                told,
+            };
+            replaced = self.parked.insert((slot.ticket, milter), parked);
+        }
         let verdict = slot.run.answered(answer.clone(), count);
         let took = now.saturating_duration_since(slot.started);
         let action = answer_action(&answer);
         self.observed.push(Observed::Verdict(milter, action, took));
-        // Its check is over: the milter sees the connection close.
-        self.drop_link(link);
+        if !park {
+            // Its check is over: the milter sees the connection close.
+            self.drop_link(link);
+        }
+        if let Some(old) = replaced.filter(|old| self.is_live(old)) {
+            self.drop_link(old.link);
+        }
         match verdict {
             Some(verdict) => self.finish(key, milter, verdict),
             None => self.waiting.push(key),

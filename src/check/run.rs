@@ -2,7 +2,9 @@
 //! hand, the stages of the session replayed at end of data (connect, HELO,
 //! MAIL, each RCPT, DATA, the headers, end of headers, the body in chunks,
 //! end of message) with their macros; each milter's final answer; the
-//! verdict once one refuses the message or all are done. Sans-IO like the
+//! verdict once one refuses the message or all are done. A milter whose
+//! conversation from the session's recipient checks goes on ([`Run::resume`])
+//! is told only what it has not heard. Sans-IO like the
 //! client it drives: the pool owns the sockets and says when a milter
 //! answered or failed.
 
@@ -14,6 +16,9 @@ use super::milter::{Answer, Client, HeaderEdit, Stage, Step, BODY_CHUNK};
 use super::MilterDefault;
 use crate::proto::BodyKind;
 use crate::spool::Message;
+
+/// The HELO, sender and recipients a milter was told, in order.
+pub type Told = (Vec<u8>, Vec<u8>, Vec<Vec<u8>>);
 
 /// What a finished run means for the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +89,8 @@ pub struct Run {
     /// Only the session's stages up to its last RCPT are told (a check of
     /// that recipient); the milters then forget the message.
     pub rcpt_only: bool,
+    /// The milter at hand went on from an earlier check ([`Run::resume`]).
+    resumed: bool,
 }
 
 impl Run {
@@ -101,6 +108,7 @@ impl Run {
             quarantine: None,
             hostname: hostname.to_string(),
             rcpt_only: false,
+            resumed: false,
         }
     }
 
@@ -154,6 +162,46 @@ impl Run {
         }
     }
 
+    /// What a milter that went along with this check was told: the HELO,
+    /// the sender and the recipients, in order.
+    pub fn told(&self) -> Told {
+        let envelope = &self.message.envelope;
+        let helo = self.message.helo.clone();
+        // A recipient check of its own tells only its recipient.
+        let first = match self.rcpt_only && !self.resumed {
+            true => envelope.rcpts.len().saturating_sub(1),
+            false => 0,
+        };
+        let rcpts = envelope.rcpts[first..].to_vec();
+        (helo, envelope.mail_from.clone(), rcpts)
+    }
+
+    /// Whether a conversation that was `told` that is this check's so far
+    /// (all its recipients but the last for a recipient check; all of them
+    /// for the message).
+    pub fn continues(&self, told: &Told) -> bool {
+        let (helo, from, rcpts) = told;
+        let envelope = &self.message.envelope;
+        let before = envelope
+            .rcpts
+            .len()
+            .saturating_sub(usize::from(self.rcpt_only));
+        *helo == self.message.helo
+            && *from == envelope.mail_from
+            && envelope.rcpts.get(..before) == Some(&rcpts[..])
+    }
+
+    /// The milter at hand goes on from a conversation that [`Run::continues`]:
+    /// the last recipient, or the message from DATA on.
+    pub fn resume(&mut self) {
+        self.resumed = true;
+        let rcpts = self.message.envelope.rcpts.len();
+        self.cursor = match self.rcpt_only {
+            true => Cursor::Rcpt(rcpts.saturating_sub(1)),
+            false => Cursor::Data,
+        };
+    }
+
     /// Whether the milter at hand has been told anything of this message.
     pub fn started(&self) -> bool {
         self.cursor != Cursor::Connect
@@ -167,6 +215,7 @@ impl Run {
     fn next_milter(&mut self, milters: usize) -> Option<Verdict> {
         self.milter += 1;
         self.cursor = Cursor::Connect;
+        self.resumed = false;
         (self.milter >= milters).then(|| self.pass())
     }
 
@@ -354,6 +403,30 @@ mod tests {
         let (commands, _) = drive(&mut run, &mut client(now), now);
         assert_eq!(commands, b"CHMR");
         assert!(!run.complete(), "the milter must be told to forget it");
+    }
+
+    #[test]
+    fn a_conversation_goes_on_from_the_recipient_checks() {
+        let now = Instant::now();
+        let mut client = client(now);
+        let mut first = Run::for_rcpt(message(&["a@x"]), "mx.test");
+        assert_eq!(drive(&mut first, &mut client, now).0, b"CHMR");
+        let told = first.told();
+        let mut second = Run::for_rcpt(message(&["a@x", "b@x"]), "mx.test");
+        assert!(second.continues(&told));
+        second.resume();
+        assert_eq!(drive(&mut second, &mut client, now).0, b"R");
+        let told = second.told();
+        assert_eq!(told.2, [b"a@x".to_vec(), b"b@x".to_vec()]);
+        let mut message_run = Run::new(message(&["a@x", "b@x"]), "mx.test");
+        assert!(message_run.continues(&told));
+        assert!(!Run::new(message(&["b@x"]), "mx.test").continues(&told));
+        message_run.resume();
+        assert_eq!(drive(&mut message_run, &mut client, now).0, b"TLNBE");
+        assert!(message_run.complete());
+        // A check of its own tells (and so remembers) only its recipient.
+        let fresh = Run::for_rcpt(message(&["a@x", "b@x"]), "mx.test");
+        assert_eq!(fresh.told().2, [b"b@x".to_vec()]);
     }
 
     #[test]

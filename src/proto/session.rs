@@ -630,10 +630,10 @@ impl Session {
         None
     }
 
-    /// From now on, a recipient the table accepts waits for
+    /// Whether, from now on, a recipient the table accepts waits for
     /// [`Session::rcpt_checked`] before its 250 ([`Event::RcptReady`]).
-    pub fn check_rcpts(&mut self) {
-        self.check_rcpts = true;
+    pub fn check_rcpts(&mut self, on: bool) {
+        self.check_rcpts = on;
     }
 
     /// The checks' verdict on the recipient after [`Event::RcptReady`]:

@@ -656,6 +656,9 @@ impl Conn {
     /// pauses for the spool or closes; returns the octets consumed.
     fn feed(&mut self, input: &[u8], tls: Option<Negotiated>, cx: &mut Cx) -> usize {
         lend(&mut self.out);
+        // A recipient waits for the milters only if one may answer RCPT.
+        let check_rcpts = cx.checks.as_deref().is_some_and(Pool::checks_rcpt);
+        self.session.check_rcpts(check_rcpts);
         let mut tally = Tally::default();
         let mut pos = 0;
         loop {

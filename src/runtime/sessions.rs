@@ -204,11 +204,8 @@ impl<I> Sessions<I> {
         let generation = self.next_generation;
         self.next_generation = generation.wrapping_add(1);
         self.metrics.session_opened();
+        // Whether its recipients wait for the milters is decided per feed.
         let session = Session::new(self.session_config.clone(), now);
-        let mut session = session;
-        if self.checks.is_some() {
-            session.check_rcpts();
-        }
         let mut conn = Conn::new(session, peer, generation, opening.balancer);
         conn.admit(opening.admission);
         let key = self.conns.vacant_key();
@@ -270,6 +267,9 @@ impl<I> Sessions<I> {
         let conn = &mut self.conns[key].conn;
         conn.end(outcome);
         conn.log_end(outcome, &mut self.metrics);
+        if let Some(checks) = self.checks.as_mut() {
+            checks.forget(ticket(key, conn.generation));
+        }
     }
 
     /// Connections whose session is still running.

@@ -487,6 +487,13 @@ impl Client {
         Ok(Some(answer))
     }
 
+    /// Whether the milter, as negotiated, answers RCPT: it neither
+    /// declined the step nor asked to leave it unanswered (before
+    /// negotiation: yes).
+    pub fn answers_rcpt(&self) -> bool {
+        self.protocol & (step::NO_RCPT | step::NR_RCPT) == 0
+    }
+
     /// The answer to negotiation: what the milter declines or leaves
     /// unanswered, and the actions it may take, within what was offered.
     fn negotiated(&mut self, code: u8, reply: Reply) -> Result<Answer, MilterError> {

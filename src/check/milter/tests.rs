@@ -118,6 +118,15 @@ fn declined_stages_are_skipped_and_unanswered_ones_not_awaited() {
 }
 
 #[test]
+fn whether_rcpt_is_answered_follows_negotiation() {
+    let now = Instant::now();
+    assert!(Client::new(TIMEOUT, now).answers_rcpt(), "not known yet");
+    assert!(ready(0, step::NO_HELO | step::NR_MAIL).0.answers_rcpt());
+    assert!(!ready(0, step::NO_RCPT).0.answers_rcpt());
+    assert!(!ready(0, step::NR_RCPT).0.answers_rcpt());
+}
+
+#[test]
 fn every_final_reply_maps_to_an_answer() {
     let cases: &[(u8, &[u8], Answer)] = &[
         (b'a', b"", Answer::Accept),
