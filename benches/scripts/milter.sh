@@ -170,9 +170,21 @@ start_mxgate() {
     return 1
 }
 
+# core_times: "busy total" jiffies per core, one core per line (/proc/stat).
+core_times() { awk '/^cpu[0-9]/ { print $1, $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat; }
+
+# core_busy BEFORE AFTER: "cpuN busy%" for each core between two core_times.
+core_busy() {
+    join <(echo "$1") <(echo "$2") | awk '{ printf "%s %.0f%% ", $1, 100 * ($4 - $2) / ($5 - $3) }'
+}
+
 # --- speed --------------------------------------------------------------------
 
-SPEED=$WORK/speed.tsv # server round messages/s eod-p50 eod-p99 server-CPU-µs/msg
+SPEED=$WORK/speed.tsv # server round messages/s eod-p50 eod-p99 server-CPU-µs/msg milter-CPU-µs/msg
+
+# milter_ticks: the CPU ticks clamd and clamav-milter have used (each
+# process's, threads that ended included).
+milter_ticks() { echo $(($(cpu_ticks "${PID_OF[clamd]}") + $(cpu_ticks "${PID_OF[clamav-milter]}"))); }
 
 # speed_run SERVER ROUND: one mxgate-load run; a row in $SPEED if every
 # message was accepted.
@@ -180,23 +192,30 @@ speed_run() {
     local server=$1 round=$2 rc=0 row
     local json=$WORK/speed-$server-$round.json pid=${PID_OF[$server]}
     alive "$pid" || die "$server died (log: $WORK/$server.log)"
+    local milter0 cores0
+    milter0=$(milter_ticks)
+    cores0=$(core_times)
     timed_client "$pid" "$json" "$json.err" "$MXGATE_LOAD_BIN" --target "127.0.0.1:${PORT_OF[$server]}" \
         --sessions "$CONCURRENCY" --sessions-total "$MESSAGES" --messages 1 --size "$SIZE" --json || rc=$?
+    local milter_cpu
+    milter_cpu=$(awk -v a="$milter0" -v b="$(milter_ticks)" -v hz="$(getconf CLK_TCK)" 'BEGIN { print (b - a) / hz }')
+    log "  $server round $round: cores busy (everyone's) $(core_busy "$cores0" "$(core_times)")"
     if [[ $rc != 0 ]]; then
         log "  $server round $round FAILED (status $rc): $(tail -n 1 "$json.err")"
         return
     fi
     local cpu=$RUN_SERVER_CPU
     [[ $server != postfix ]] || cpu=nan
-    if ! row=$(python3 - "$json" "$MESSAGES" "$RUN_SECS" "$cpu" <<'EOF'
+    if ! row=$(python3 - "$json" "$MESSAGES" "$RUN_SECS" "$cpu" "$milter_cpu" <<'EOF'
 import json, sys
 path, expected, secs, cpu = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+milter_cpu = float(sys.argv[5])
 doc = json.load(open(path))
 accepted = doc["counts"]["messages_accepted"]
 if accepted != expected:
     sys.exit(f"{accepted} of {expected} messages accepted: {doc['counts']}")
 eod = next(p for p in doc["phases"] if p["phase"] == "eod")
-print(f"{accepted / secs:.1f}\t{eod['p50']}\t{eod['p99']}\t{cpu * 1e6 / accepted:.1f}")
+print(f"{accepted / secs:.1f}\t{eod['p50']}\t{eod['p99']}\t{cpu * 1e6 / accepted:.1f}\t{milter_cpu * 1e6 / accepted:.1f}")
 EOF
     ); then
         log "  $server round $round not counted"
@@ -226,17 +245,21 @@ import statistics, sys
 from collections import defaultdict
 rows = defaultdict(list)
 for line in open(sys.argv[1]):
-    server, _, rate, p50, p99, cpu = line.split("\t")
-    rows[server].append((float(rate), float(p50), float(p99), float(cpu)))
+    server, _, rate, p50, p99, cpu, milter = line.split("\t")
+    rows[server].append((float(rate), float(p50), float(p99), float(cpu), float(milter)))
 labels = {"postfix": "Postfix smtpd + clamav", "mx-clamav": "mxgate + clamav", "mx-plain": "mxgate, no milter"}
 med = {s: [statistics.median(col) for col in zip(*r)] for s, r in rows.items()}
-print(f"{'server':<24} {'runs':>5} {'msgs/s':>8} {'eod p50 µs':>11} {'eod p99 µs':>11} {'server CPU µs/msg':>18}")
+print(f"{'server':<24} {'runs':>5} {'msgs/s':>8} {'eod p50 µs':>11} {'eod p99 µs':>11} {'server CPU µs/msg':>18} {'milter CPU µs/msg':>18}")
 for server, label in labels.items():
     if server in med:
-        rate, p50, p99, cpu = med[server]
-        print(f"{label:<24} {len(rows[server]):>2}/{sys.argv[2]:<2} {rate:>8.0f} {p50:>11.0f} {p99:>11.0f} {cpu:>18.1f}")
+        rate, p50, p99, cpu, milter = med[server]
+        print(f"{label:<24} {len(rows[server]):>2}/{sys.argv[2]:<2} {rate:>8.0f} {p50:>11.0f} {p99:>11.0f} {cpu:>18.1f} {milter:>18.1f}")
     else:
         print(f"{label:<24}  0/{sys.argv[2]:<2} no run counted")
+if "mx-clamav" in med and med["mx-clamav"][4] > 0:
+    milter = med["mx-clamav"][4]
+    print(f"clamd + clamav-milter alone cost {milter:.0f} µs of CPU per message: on their one core, at most "
+          f"{1e6 / milter:.0f} messages/s, whoever drives them")
 def ratio(a, b):
     return f"{med[a][0] / med[b][0]:.2f}" if a in med and b in med else "n/a"
 print(f"mxgate + clamav ÷ Postfix + clamav: {ratio('mx-clamav', 'postfix')} (issue 16: ≥ 3)")
@@ -295,14 +318,6 @@ p = {e["phase"]: e["p99"] for e in doc["phases"] if e.get("count")}
 print("\t".join(str(p.get(k, "nan")) for k in ("ehlo", "mail", "rcpt")))' "$json")
     printf '%s\t%s\t%s\t%b\n' "$mode" "$round" "$p99s" "$waiting" >>"$WAIT"
     log "  wait/$mode round $round: EHLO/MAIL/RCPT p99 $(tr '\t' ' ' <<<"$p99s") µs"
-}
-
-# core_times: "busy total" jiffies per core, one core per line (/proc/stat).
-core_times() { awk '/^cpu[0-9]/ { print $1, $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat; }
-
-# core_busy BEFORE AFTER: "cpuN busy%" for each core between two core_times.
-core_busy() {
-    join <(echo "$1") <(echo "$2") | awk '{ printf "%s %.0f%% ", $1, 100 * ($4 - $2) / ($5 - $3) }'
 }
 
 # wait_for_holders OUT: until the holders report HOLD_SESSIONS waiting (60 s).

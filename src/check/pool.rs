@@ -93,6 +93,17 @@ impl Socket {
         }
     }
 
+    /// Acknowledges what was read at once. A milter sends its end of
+    /// message replies (header edits, then the verdict) as separate small
+    /// packets on a socket with Nagle on (libmilter does): each waits for
+    /// the ACK of the one before, which a lockstep peer delays by 40 ms.
+    fn ack_now(&self) {
+        if let Socket::Tcp(s) = self {
+            // Best effort: a failure costs only the delay it would save.
+            let _ = socket2::SockRef::from(s).set_quickack(true);
+        }
+    }
+
     fn fd(&self) -> RawFd {
         match self {
             Socket::Tcp(s) => s.as_raw_fd(),
@@ -427,6 +438,7 @@ impl Pool {
                 }
             }
             let read = l.socket.read(&mut self.read_buf);
+            let got_octets = matches!(read, Ok(n) if n > 0);
             let result = match read {
                 Ok(0) => match l.client.handle_eof() {
                     Ok(()) => return self.drop_link(link),
@@ -443,6 +455,7 @@ impl Pool {
             };
             match result {
                 Ok(Some(answer)) => self.answered(link, answer, now),
+                Ok(None) if got_octets => self.links[link].socket.ack_now(),
                 Ok(None) => {}
                 Err(err) => return self.fail(link, err.to_string(), now),
             }
