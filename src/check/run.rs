@@ -17,6 +17,10 @@ use super::MilterDefault;
 use crate::proto::BodyKind;
 use crate::spool::Message;
 
+/// Octets of stages sent ahead while replies are due: a large body goes
+/// in windows, not copied whole into the client's output.
+const WINDOW: usize = BODY_CHUNK;
+
 /// The HELO, sender and recipients a milter was told, in order.
 pub type Told = (Vec<u8>, Vec<u8>, Vec<Vec<u8>>);
 
@@ -121,26 +125,31 @@ impl Run {
         }
     }
 
-    /// Tells `client` (negotiated, ready) the stages from the cursor on,
-    /// given the `answer` to the last one, until one awaits a reply or the
-    /// milter has answered for good.
-    pub fn advance(&mut self, client: &mut Client, mut answer: Answer, now: Instant) -> Progress {
-        loop {
-            if answer != Answer::Continue || self.cursor == Cursor::Done {
-                if self.cursor == Cursor::Done {
-                    let edits = client.take_edits();
-                    self.edits.extend(edits.headers);
-                    self.quarantine = edits.quarantine.or(self.quarantine.take());
-                }
-                return Progress::Answered(answer);
+    /// Tells `client` (negotiated, in step) the stages from the cursor on,
+    /// given the `answer` to all it was told so far: every stage up to the
+    /// run's end at once, or while replies are due up to [`WINDOW`] octets
+    /// of them; then waits for the replies, until the milter has answered
+    /// for good.
+    pub fn advance(&mut self, client: &mut Client, answer: Answer, now: Instant) -> Progress {
+        if answer == Answer::Continue {
+            while self.cursor != Cursor::Done
+                && (!client.is_waiting() || client.poll_output().len() < WINDOW)
+            {
+                let at = self.cursor;
+                self.cursor = self.after(at);
+                // A stage skipped or left unanswered is a continue.
+                let _ = self.send(at, client, now);
             }
-            let at = self.cursor;
-            self.cursor = self.after(at);
-            match self.send(at, client, now) {
-                Step::Waiting => return Progress::Waiting,
-                Step::Done(next) => answer = next,
+            if client.is_waiting() {
+                return Progress::Waiting;
             }
         }
+        if self.cursor == Cursor::Done {
+            let edits = client.take_edits();
+            self.edits.extend(edits.headers);
+            self.quarantine = edits.quarantine.or(self.quarantine.take());
+        }
+        Progress::Answered(answer)
     }
 
     /// The milter at hand answered for good: the verdict, or `None` when
@@ -352,14 +361,16 @@ mod tests {
         client
     }
 
-    /// Answers every stage with continue; returns the commands sent (macros
-    /// left out) and the final answer.
-    fn drive(run: &mut Run, client: &mut Client, now: Instant) -> (Vec<u8>, Answer) {
-        let mut commands = Vec::new();
+    /// Answers every stage with continue, a batch at a time; returns the
+    /// commands of each batch sent before its replies (macros left out)
+    /// and the final answer.
+    fn drive(run: &mut Run, client: &mut Client, now: Instant) -> (Vec<Vec<u8>>, Answer) {
+        let mut batches = Vec::new();
         let mut progress = run.advance(client, Answer::Continue, now);
         loop {
             let sent = client.poll_output().to_vec();
             client.advance_output(usize::MAX);
+            let mut commands = Vec::new();
             let mut rest = &sent[..];
             while rest.len() >= 5 {
                 let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
@@ -368,22 +379,32 @@ mod tests {
                 }
                 rest = &rest[4 + len..];
             }
+            let replies = [0, 0, 0, 1, b'c'].repeat(commands.len());
+            batches.push(commands);
             match progress {
-                Progress::Answered(answer) => return (commands, answer),
+                Progress::Answered(answer) => return (batches, answer),
                 Progress::Waiting => {
-                    let answer = client.handle_input(&[0, 0, 0, 1, b'c'], now).unwrap();
+                    let answer = client.handle_input(&replies, now).unwrap();
                     progress = run.advance(client, answer.unwrap(), now);
                 }
             }
         }
     }
 
+    /// The commands of all batches, in order.
+    fn commands(batches: &[Vec<u8>]) -> Vec<u8> {
+        batches.concat()
+    }
+
     #[test]
     fn a_message_is_told_stage_by_stage() {
         let now = Instant::now();
         let mut run = Run::new(message(&["a@x", "b@x"]), "mx.test");
-        let (commands, answer) = drive(&mut run, &mut client(now), now);
-        assert_eq!(commands, b"CHMRRTLNBE");
+        let (batches, answer) = drive(&mut run, &mut client(now), now);
+        assert_eq!(
+            batches[0], b"CHMRRTLNBE",
+            "told in one go, before any reply"
+        );
         assert_eq!(answer, Answer::Continue);
         assert!(run.complete());
         assert_eq!(
@@ -397,11 +418,35 @@ mod tests {
     }
 
     #[test]
+    fn a_large_body_goes_in_windows() {
+        let now = Instant::now();
+        let mut big = message(&["a@x"]);
+        big.body = [
+            &b"Subject: big\r\n\r\n"[..],
+            &b"0123456789abcde\n".repeat(40_000),
+        ]
+        .concat();
+        let mut run = Run::new(big, "mx.test");
+        let (batches, answer) = drive(&mut run, &mut client(now), now);
+        assert_eq!(answer, Answer::Continue);
+        let all = commands(&batches);
+        assert_eq!(
+            all.iter().filter(|&&c| c == b'B').count(),
+            10,
+            "640,000 octets in 64 KiB chunks"
+        );
+        assert!(batches.len() > 5, "sent as replies came, not all at once");
+        assert!(batches
+            .iter()
+            .all(|b| b.iter().filter(|&&c| c == b'B').count() <= 2));
+    }
+
+    #[test]
     fn a_recipient_check_stops_at_the_last_rcpt() {
         let now = Instant::now();
         let mut run = Run::for_rcpt(message(&["a@x", "b@x"]), "mx.test");
-        let (commands, _) = drive(&mut run, &mut client(now), now);
-        assert_eq!(commands, b"CHMR");
+        let (batches, _) = drive(&mut run, &mut client(now), now);
+        assert_eq!(commands(&batches), b"CHMR");
         assert!(!run.complete(), "the milter must be told to forget it");
     }
 
@@ -410,19 +455,22 @@ mod tests {
         let now = Instant::now();
         let mut client = client(now);
         let mut first = Run::for_rcpt(message(&["a@x"]), "mx.test");
-        assert_eq!(drive(&mut first, &mut client, now).0, b"CHMR");
+        assert_eq!(commands(&drive(&mut first, &mut client, now).0), b"CHMR");
         let told = first.told();
         let mut second = Run::for_rcpt(message(&["a@x", "b@x"]), "mx.test");
         assert!(second.continues(&told));
         second.resume();
-        assert_eq!(drive(&mut second, &mut client, now).0, b"R");
+        assert_eq!(commands(&drive(&mut second, &mut client, now).0), b"R");
         let told = second.told();
         assert_eq!(told.2, [b"a@x".to_vec(), b"b@x".to_vec()]);
         let mut message_run = Run::new(message(&["a@x", "b@x"]), "mx.test");
         assert!(message_run.continues(&told));
         assert!(!Run::new(message(&["b@x"]), "mx.test").continues(&told));
         message_run.resume();
-        assert_eq!(drive(&mut message_run, &mut client, now).0, b"TLNBE");
+        assert_eq!(
+            commands(&drive(&mut message_run, &mut client, now).0),
+            b"TLNBE"
+        );
         assert!(message_run.complete());
         // A check of its own tells (and so remembers) only its recipient.
         let fresh = Run::for_rcpt(message(&["a@x", "b@x"]), "mx.test");

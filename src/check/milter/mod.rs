@@ -7,12 +7,20 @@
 //! [`Edits`]. The time is passed in; the client owns no socket and no
 //! clock, and never decides what the SMTP client is told.
 //!
-//! Invariants: one reply is awaited at a time (the protocol is lockstep);
-//! a stage the milter declined in negotiation (`SMFIP_NO*`) is never sent
-//! and one it asked not to answer (`SMFIP_NR_*`) is sent but not waited
-//! for; a modification it did not negotiate, a reply out of place, a
-//! malformed or oversized packet is a [`MilterError`], after which the
-//! client is broken and its connection must be dropped.
+//! Stages may be sent while earlier ones await their replies (pipelined):
+//! a milter answers in order, so each final reply answers the oldest stage
+//! due. A milter that refuses or accepts a stage for good answers none of
+//! those sent after it (libmilter skips them), so such an answer with
+//! stages still due ends the connection's use. Pipelining saves both sides
+//! a wake-up per stage (clamav-milter alone, driven by a test client: 245
+//! µs of CPU per message in lockstep, 175 µs pipelined).
+//!
+//! Invariants: a stage the milter declined in negotiation (`SMFIP_NO*`) is
+//! never sent and one it asked not to answer (`SMFIP_NR_*`) is sent but not
+//! waited for; modifications are taken only as replies to end of message;
+//! a modification it did not negotiate, a reply out of place, a malformed
+//! or oversized packet is a [`MilterError`], after which the client is
+//! broken and its connection must be dropped.
 
 mod packet;
 pub mod reply;
@@ -230,12 +238,13 @@ impl fmt::Display for MilterError {
 enum Phase {
     /// The answer to option negotiation.
     Negotiating,
-    /// Nothing: a stage may be sent.
+    /// Nothing is due.
     Ready,
-    /// The reply to a stage; `true` at end of message, where
-    /// modifications may come first.
-    Waiting { end_of_message: bool },
-    /// An error happened; nothing more is sent or taken.
+    /// Replies to `due` stages, the last of them end of message if
+    /// `end_of_message` (where modifications may come first).
+    Waiting { due: u32, end_of_message: bool },
+    /// An error happened, or the milter answered for good with stages
+    /// still due; nothing more is sent or taken.
     Broken,
 }
 
@@ -280,10 +289,23 @@ impl Client {
         }
     }
 
-    /// Sends `stage`, preceded by its `macros` (name, value). Only when
-    /// [`Client::is_ready`].
+    /// Sends `stage`, preceded by its `macros` (name, value), after any
+    /// still awaiting replies. Only once negotiated and not broken.
     pub fn stage(&mut self, stage: Stage, macros: &[(&str, &str)], now: Instant) -> Step {
-        debug_assert!(self.is_ready(), "a stage sent while a reply is due");
+        let (due, eom_sent) = match self.phase {
+            Phase::Ready => (0, false),
+            Phase::Waiting {
+                due,
+                end_of_message,
+            } => (due, end_of_message),
+            Phase::Negotiating | Phase::Broken => {
+                debug_assert!(false, "a stage sent before negotiation or after a failure");
+                // Overdue at once: the connection fails, not the session.
+                self.deadline = Some(now);
+                return Step::Waiting;
+            }
+        };
+        debug_assert!(!eom_sent, "a stage sent after end of message");
         let (command, skip, no_reply) = stage.command();
         if self.protocol & skip != 0 {
             return Step::Done(Answer::Continue);
@@ -297,9 +319,12 @@ impl Client {
             self.edits = Edits::default();
         }
         self.phase = Phase::Waiting {
+            due: due + 1,
             end_of_message: command == b'E',
         };
-        self.deadline = Some(now + self.timeout);
+        if due == 0 {
+            self.deadline = Some(now + self.timeout);
+        }
         Step::Waiting
     }
 
@@ -365,9 +390,14 @@ impl Client {
         }
     }
 
-    /// Nothing is awaited: a stage may be sent.
+    /// Nothing is awaited: the connection is in step with the milter.
     pub fn is_ready(&self) -> bool {
         self.phase == Phase::Ready
+    }
+
+    /// Whether replies are due.
+    pub fn is_waiting(&self) -> bool {
+        matches!(self.phase, Phase::Waiting { .. })
     }
 
     /// Octets to send to the milter.
@@ -408,7 +438,8 @@ impl Client {
     }
 
     /// Takes octets from the milter (all of them); returns the answer once
-    /// a stage's final reply is complete.
+    /// every stage due was answered with continue, or at the first other
+    /// final answer.
     pub fn handle_input(
         &mut self,
         input: &[u8],
@@ -433,15 +464,33 @@ impl Client {
     ) -> Result<Option<Answer>, MilterError> {
         while let Some((code, data)) = decoder.next_packet().map_err(MilterError::Frame)? {
             let reply = reply::decode(code, data).map_err(MilterError::Reply)?;
-            if let Some(answer) = self.take_reply(code, reply, now)? {
-                self.phase = Phase::Ready;
-                self.deadline = None;
-                if decoder.pending() != 0 {
-                    // A milter speaks only when asked.
-                    return Err(MilterError::Unexpected(code));
-                }
+            let Some(answer) = self.take_reply(code, reply, now)? else {
+                continue;
+            };
+            let due = match self.phase {
+                Phase::Waiting { due, .. } => due - 1,
+                _ => 0,
+            };
+            if due > 0 && answer == Answer::Continue {
+                self.phase = Phase::Waiting {
+                    due,
+                    end_of_message: self.phase_ends_message(),
+                };
+                self.deadline = Some(now + self.timeout);
+                continue;
+            }
+            self.deadline = None;
+            if due > 0 {
+                // The stages after it go unanswered: out of step for good.
+                self.phase = Phase::Broken;
                 return Ok(Some(answer));
             }
+            self.phase = Phase::Ready;
+            if decoder.pending() != 0 {
+                // A milter speaks only when asked.
+                return Err(MilterError::Unexpected(code));
+            }
+            return Ok(Some(answer));
         }
         Ok(None)
     }
@@ -462,7 +511,11 @@ impl Client {
     ) -> Result<Option<Answer>, MilterError> {
         let end_of_message = match self.phase {
             Phase::Negotiating => return self.negotiated(code, reply).map(Some),
-            Phase::Waiting { end_of_message } => end_of_message,
+            // Modifications come only before the verdict on the message.
+            Phase::Waiting {
+                due,
+                end_of_message,
+            } => due == 1 && end_of_message,
             Phase::Ready | Phase::Broken => return Err(MilterError::Unexpected(code)),
         };
         let answer = match reply {
@@ -485,6 +538,16 @@ impl Client {
             }
         };
         Ok(Some(answer))
+    }
+
+    fn phase_ends_message(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Waiting {
+                end_of_message: true,
+                ..
+            }
+        )
     }
 
     /// Whether the milter, as negotiated, answers RCPT: it neither

@@ -226,6 +226,58 @@ fn a_modification_before_end_of_message_is_out_of_place() {
     assert!(!client.is_ready());
 }
 
+/// Sends the stages without waiting; returns the client.
+fn pipelined(stages: &[Stage]) -> (Client, Instant) {
+    let (mut client, now) = ready(action::OFFERED, 0);
+    for &stage in stages {
+        assert_eq!(client.stage(stage, &[], now), Step::Waiting);
+    }
+    (client, now)
+}
+
+#[test]
+fn pipelined_stages_are_answered_in_order() {
+    let stages = [
+        Stage::Mail("<a@b>", &[]),
+        Stage::Rcpt("<c@d>", &[]),
+        Stage::EndOfMessage,
+    ];
+    let (mut client, now) = pipelined(&stages);
+    let continue_ = packet(b'c', b"");
+    assert_eq!(client.handle_input(&continue_, now), Ok(None));
+    // Edits belong to end of message, not to the RCPT still due.
+    let mut early = pipelined(&stages).0;
+    let edit = packet(b'h', b"X\0y\0");
+    assert_eq!(
+        early.handle_input(&[continue_.clone(), edit.clone()].concat(), now),
+        Err(MilterError::Unexpected(b'h'))
+    );
+    assert_eq!(
+        client.handle_input(&[continue_.clone(), edit].concat(), now),
+        Ok(None)
+    );
+    assert_eq!(
+        client.handle_input(&packet(b'a', b""), now),
+        Ok(Some(Answer::Accept))
+    );
+    assert!(client.is_ready(), "every stage answered: in step");
+    assert_eq!(client.take_edits().headers.len(), 1);
+}
+
+#[test]
+fn a_final_answer_with_stages_due_ends_the_conversation() {
+    let (mut client, now) = pipelined(&[Stage::Mail("<a@b>", &[]), Stage::Rcpt("<c@d>", &[])]);
+    assert_eq!(
+        client.handle_input(&packet(b'r', b""), now),
+        Ok(Some(Answer::Reject(None)))
+    );
+    assert!(
+        !client.is_ready() && !client.is_waiting(),
+        "out of step: not reusable"
+    );
+    assert_eq!(client.deadline(), None, "nothing more is awaited");
+}
+
 #[test]
 fn progress_restarts_the_timeout() {
     let (mut client, now) = ready(0, 0);
