@@ -96,17 +96,7 @@ fn session(c: &mut Criterion) {
         },
     )
     .expect("table");
-    let config = Arc::new(SessionConfig {
-        hostname: "mx.example.net".into(),
-        max_message_size: 25 << 20,
-        max_recipients: 100,
-        command_timeout: Duration::from_secs(300),
-        data_timeout: Duration::from_secs(180),
-        greet_delay: Duration::ZERO,
-        min_data_rate: 500,
-        starttls: false,
-        spool_space: Default::default(),
-    });
+    let config = Arc::new(SessionConfig::new("mx.example.net"));
     let mut input =
         b"EHLO client.example.org\r\nMAIL FROM:<sender@example.org> SIZE=1100\r\n".to_vec();
     for i in 0..5 {

@@ -36,6 +36,24 @@ fn defaults_are_documented_values() {
 }
 
 #[test]
+fn a_session_configs_defaults_are_the_command_lines() {
+    let c = from_args(args(&[])).unwrap();
+    let built = c.session_config(Default::default());
+    let new = SessionConfig::new(c.hostname.clone());
+    let key = |s: &SessionConfig| {
+        let times = (s.command_timeout, s.data_timeout, s.greet_delay);
+        (
+            s.max_message_size,
+            s.max_recipients,
+            times,
+            s.min_data_rate,
+            s.starttls,
+        )
+    };
+    assert_eq!(key(&built), key(&new));
+}
+
+#[test]
 fn flags_override_file_which_overrides_defaults() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("mx.toml");

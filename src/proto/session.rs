@@ -58,6 +58,26 @@ pub struct SessionConfig {
     pub spool_space: SpoolSpace,
 }
 
+impl SessionConfig {
+    /// A configuration with the command line's defaults: 25 MiB messages,
+    /// 100 recipients, RFC 5321's timeouts, no greeting delay, a 500
+    /// octets/s data rate, no STARTTLS, no spool space monitor. Tests and
+    /// benches change what they need with `..SessionConfig::new(name)`.
+    pub fn new(hostname: impl Into<String>) -> SessionConfig {
+        SessionConfig {
+            hostname: hostname.into(),
+            max_message_size: 25 << 20,
+            max_recipients: 100,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            greet_delay: Duration::ZERO,
+            min_data_rate: 500,
+            starttls: false,
+            spool_space: SpoolSpace::default(),
+        }
+    }
+}
+
 /// How the body bytes of a message are encoded on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyKind {

@@ -10,15 +10,9 @@ use crate::recipients::Table;
 
 fn config(starttls: bool) -> Arc<SessionConfig> {
     Arc::new(SessionConfig {
-        hostname: "mx.test".into(),
         max_message_size: 10_000,
-        max_recipients: 100,
-        command_timeout: Duration::from_secs(300),
-        data_timeout: Duration::from_secs(180),
-        greet_delay: Duration::ZERO,
-        min_data_rate: 500,
         starttls,
-        spool_space: Default::default(),
+        ..SessionConfig::new("mx.test")
     })
 }
 

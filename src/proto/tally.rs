@@ -194,15 +194,10 @@ pub(crate) fn run_session(
 
     let table = Table::parse(b"a@example.com\n", TableOptions::default()).unwrap();
     let config = Arc::new(SessionConfig {
-        hostname: "mx.test".into(),
         max_message_size: 16,
-        max_recipients: 100,
         command_timeout: Duration::from_secs(60),
         data_timeout: Duration::from_secs(60),
-        greet_delay: Duration::ZERO,
-        min_data_rate: 500,
-        starttls: false,
-        spool_space: Default::default(),
+        ..SessionConfig::new("mx.test")
     });
     let now = Instant::now();
     let mut session = Session::new(config, now);

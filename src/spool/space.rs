@@ -228,15 +228,10 @@ mod tests {
 
         let space = SpoolSpace::default();
         let config = std::sync::Arc::new(SessionConfig {
-            hostname: "mx.test".into(),
             max_message_size: 1000,
-            max_recipients: 100,
-            command_timeout: Duration::from_secs(300),
-            data_timeout: Duration::from_secs(180),
-            greet_delay: Duration::ZERO,
             min_data_rate: 0,
-            starttls: false,
             spool_space: space.clone(),
+            ..SessionConfig::new("mx.test")
         });
         let table = Table::parse(b"a@example.com\n", Default::default()).unwrap();
         let (now, mut out) = (Instant::now(), Vec::new());

@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mxgate::proto::{Envelope, Event, Session, SessionConfig};
 use mxgate::recipients::{Table, TableOptions};
@@ -39,15 +39,8 @@ pub fn table() -> Table {
 
 pub fn config(max_message_size: usize) -> Arc<SessionConfig> {
     Arc::new(SessionConfig {
-        hostname: HOST.to_string(),
         max_message_size,
-        max_recipients: 100,
-        command_timeout: Duration::from_secs(300),
-        data_timeout: Duration::from_secs(180),
-        greet_delay: Duration::ZERO,
-        min_data_rate: 500,
-        starttls: false,
-        spool_space: Default::default(),
+        ..SessionConfig::new(HOST)
     })
 }
 

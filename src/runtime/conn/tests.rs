@@ -40,15 +40,9 @@ impl Conn {
 /// A session of host `mx.test`, offering STARTTLS if `starttls`.
 fn session_for_tests(starttls: bool) -> Session {
     let config = std::sync::Arc::new(crate::proto::SessionConfig {
-        hostname: "mx.test".into(),
         max_message_size: 1 << 20,
-        max_recipients: 100,
-        command_timeout: Duration::from_secs(300),
-        data_timeout: Duration::from_secs(180),
-        greet_delay: Duration::ZERO,
-        min_data_rate: 500,
         starttls,
-        spool_space: Default::default(),
+        ..crate::proto::SessionConfig::new("mx.test")
     });
     Session::new(config, Instant::now())
 }

@@ -22,15 +22,12 @@ struct Client {
 
 fn config(greet_delay: Duration) -> Arc<SessionConfig> {
     Arc::new(SessionConfig {
-        hostname: "mx.test".into(),
         max_message_size: 1 << 20,
-        max_recipients: 100,
         command_timeout: COMMAND,
         data_timeout: DATA,
         greet_delay,
         min_data_rate: 100,
-        starttls: false,
-        spool_space: Default::default(),
+        ..SessionConfig::new("mx.test")
     })
 }
 
