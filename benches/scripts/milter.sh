@@ -260,6 +260,10 @@ if "mx-clamav" in med and med["mx-clamav"][4] > 0:
     milter = med["mx-clamav"][4]
     print(f"clamd + clamav-milter alone cost {milter:.0f} µs of CPU per message: on their one core, at most "
           f"{1e6 / milter:.0f} messages/s, whoever drives them")
+    if "mx-plain" in med:
+        half = med["mx-plain"][0] / 2
+        verdict = "within" if 1e6 / milter >= half else "beyond"
+        print(f"half of mxgate alone is {half:.0f} messages/s: {verdict} what the milter's core can do")
 def ratio(a, b):
     return f"{med[a][0] / med[b][0]:.2f}" if a in med and b in med else "n/a"
 print(f"mxgate + clamav ÷ Postfix + clamav: {ratio('mx-clamav', 'postfix')} (issue 16: ≥ 3)")
