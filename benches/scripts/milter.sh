@@ -16,17 +16,20 @@
 #        each (the milter's share is the difference to plain mxgate), and
 #        the milter lines of mxgate's /metrics.
 #
-# wait   mxgate with the scripted milter (tests/peers/milter.py), which
-#        answers the end of a message holding the marker HOLD-2S after 2 s
+# wait   mxgate with mxgate-milter (load/src/milter.rs, single-threaded,
+#        thousands of connections), which answers every stage at once and
+#        the end of a message whose sender holds "hold" after 2 s
 #        (HOLD_VERDICT, default discard: nothing to spool, no error counted
-#        against the client) and everything else at once. Rounds alternate:
+#        against the client). Rounds alternate:
 #          base   mxgate-load, open loop: LOAD_RATE sessions/s for LOAD_SECS
-#          held   the same while HOLD_SESSIONS sessions (milter_hold.py)
-#                 wait for that 2 s answer, each sending its next message
-#                 as soon as the last is answered
+#          held   the same while HOLD_SESSIONS sessions of a second
+#                 mxgate-load (from hold@bench.test, started evenly over 2 s)
+#                 wait for that 2 s answer, each sending its next message as
+#                 soon as the last is answered; stopped after the run
 #        Reports the EHLO, MAIL and RCPT reply p99 (medians over rounds) and
 #        held ÷ base (issue 16: within 2×), and how many sessions were
-#        waiting during each held run.
+#        waiting during each held run (held answers not yet sent, as the
+#        milter counts them every half second).
 #
 # Cores: each server on SERVER_CPUS (default: the last core), the milters
 # on MILTER_CPUS and the clients on CLIENT_CPUS (default: the other cores).
@@ -37,10 +40,8 @@
 #   MESSAGES=5000  CONCURRENCY=50  SIZE=1024          (speed)
 #   HOLD_SESSIONS=2000  HOLD_VERDICT=discard          (wait)
 #   LOAD_RATE=200  LOAD_SECS=10                       (wait)
-#   SCRIPTED_ARGS=""     extra scripted-milter flags (wait), e.g.
-#                        "--protocol nr_hdr,nr_eoh,nr_body": fewer replies to wait for
 #   MXGATE_ARGS=""       extra mxgate flags, every mxgate server
-#   NO_BUILD=1           use target/release/{mxgate,mxgate-load} as they are
+#   NO_BUILD=1           use target/release/{mxgate,mxgate-load,mxgate-milter} as they are
 #   KEEP_WORK=1  BENCH_TMP=/tmp  SPOOL_FS=loop|host   as in compare.sh
 # Output: the tables on stdout, progress on stderr.
 set -euo pipefail
@@ -65,10 +66,10 @@ HOLD_VERDICT=${HOLD_VERDICT:-discard}
 LOAD_RATE=${LOAD_RATE:-200}
 LOAD_SECS=${LOAD_SECS:-10}
 MXGATE_ARGS=${MXGATE_ARGS:-}
-SCRIPTED_ARGS=${SCRIPTED_ARGS:-}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
-SCRIPTED_MILTER=$REPO_DIR/tests/peers/milter.py
-HOLD_MARKER=HOLD-2S
+MXGATE_MILTER_BIN=${MXGATE_MILTER_BIN:-$REPO_DIR/target/release/mxgate-milter}
+HOLD_FROM=hold@bench.test # the milter holds senders containing "hold"
+HOLD_SECS=2               # for HOLD_SECS seconds
 
 declare -A PORT_OF PID_OF
 PORT_OF[postfix]=$PORT
@@ -114,11 +115,12 @@ start_clamav() {
     wait_listening "$CLAMAV_PORT" 60 clamav-milter "$dir/clamav-milter.log"
 }
 
+# start_scripted: mxgate-milter, printing "EPOCH_SECONDS WAITING" to
+# $WORK/scripted.log every half second.
 start_scripted() {
-    # shellcheck disable=SC2086 # SCRIPTED_ARGS is split on purpose
-    start_daemon scripted python3 "$SCRIPTED_MILTER" --listen "inet:127.0.0.1:$SCRIPTED_PORT" \
-        --on "eom/$HOLD_MARKER=sleep:2;$HOLD_VERDICT" $SCRIPTED_ARGS
-    wait_listening "$SCRIPTED_PORT" 30 "the scripted milter" "$WORK/scripted.log"
+    start_daemon scripted "$MXGATE_MILTER_BIN" --listen "127.0.0.1:$SCRIPTED_PORT" \
+        --hold-from hold --hold-secs "$HOLD_SECS" --hold-verdict "$HOLD_VERDICT" --status-every 0.5
+    wait_listening "$SCRIPTED_PORT" 30 "mxgate-milter" "$WORK/scripted.log"
 }
 
 # --- servers ----------------------------------------------------------------
@@ -287,13 +289,17 @@ WAIT=$WORK/wait.tsv # mode round ehlo-p99 mail-p99 rcpt-p99 waiting-min waiting-
 # sessions waiting on the milter when MODE is held.
 wait_run() {
     local mode=$1 round=$2 rc=0 holder="" t0 t1 waiting="-\t-"
-    local json=$WORK/wait-$mode-$round.json hold_out=$WORK/hold-$round
+    local json=$WORK/wait-$mode-$round.json hold_err=$WORK/hold-$round.err
     if [[ $mode == held ]]; then
-        $(on_cpus "$CLIENT_CPUS") python3 "$BENCH_DIR/milter_hold.py" "127.0.0.1:${PORT_OF[mx-wait]}" \
-            "$HOLD_SESSIONS" "$HOLD_MARKER" >"$hold_out.out" 2>"$hold_out.err" &
+        # Their starts spread over one hold (--rate), so that their answers
+        # come evenly after, not in waves of HOLD_SESSIONS at once.
+        $(on_cpus "$CLIENT_CPUS") "$MXGATE_LOAD_BIN" --target "127.0.0.1:${PORT_OF[mx-wait]}" \
+            --rate $((HOLD_SESSIONS / HOLD_SECS)) --sessions-total "$HOLD_SESSIONS" --messages 1000000 \
+            --size "$SIZE" --from "$HOLD_FROM" --threads 1 >/dev/null 2>"$hold_err" &
         holder=$!
         SERVER_PIDS+=("$holder")
-        wait_for_holders "$hold_out.out" || log "  only $(tail -n 1 "$hold_out.out" | cut -d' ' -f2) of $HOLD_SESSIONS sessions waiting; measuring anyway"
+        wait_for_waiting $((HOLD_SESSIONS * 99 / 100)) "$HOLD_SESSIONS" 60 ||
+            log "  only $(milter_waiting) of $HOLD_SESSIONS sessions waiting; measuring anyway"
     fi
     t0=$(date +%s.%N)
     local cores0
@@ -305,11 +311,13 @@ wait_run() {
     log "  wait/$mode round $round: mxgate used $(awk -v c="$RUN_SERVER_CPU" -v s="$RUN_SECS" \
         'BEGIN { printf "%.0f%%", 100 * c / s }') of a core; cores busy (everyone's) $(core_busy "$cores0" "$(core_times)")"
     if [[ -n $holder ]]; then
+        alive "$holder" || log "  the holding mxgate-load ended early: $(tail -n 1 "$hold_err")"
         kill -TERM "$holder" 2>/dev/null || true
         wait "$holder" 2>/dev/null || true
-        waiting=$(awk -v a="$t0" -v b="$t1" '$1 >= a && $1 <= b { print $2 }' "$hold_out.out" | sort -n |
+        waiting=$(milter_status | awk -v a="$t0" -v b="$t1" '$1 >= a && $1 <= b { print $2 }' | sort -n |
             awk '{ v[NR] = $1 } END { if (NR) printf "%d\t%d", v[1], v[int((NR + 1) / 2)]; else printf "-\t-" }')
-        log "  holders: $(tail -n 1 "$hold_out.err")"
+        # The next base run starts with no answer held.
+        wait_for_waiting 0 0 10 || log "  $(milter_waiting) answers still held after 10 s"
     fi
     if [[ $rc != 0 ]]; then
         log "  wait/$mode round $round FAILED (status $rc): $(tail -n 1 "$json.err")"
@@ -324,11 +332,16 @@ print("\t".join(str(p.get(k, "nan")) for k in ("ehlo", "mail", "rcpt")))' "$json
     log "  wait/$mode round $round: EHLO/MAIL/RCPT p99 $(tr '\t' ' ' <<<"$p99s") µs"
 }
 
-# wait_for_holders OUT: until the holders report HOLD_SESSIONS waiting (60 s).
-wait_for_holders() {
-    local out=$1 i
-    for ((i = 0; i < 120; i++)); do
-        [[ $(tail -n 1 "$out" 2>/dev/null | cut -d' ' -f2) -ge $HOLD_SESSIONS ]] 2>/dev/null && return 0
+# milter_status: mxgate-milter's "EPOCH_SECONDS WAITING" lines so far.
+milter_status() { awk 'NF == 2 && $1 ~ /^[0-9.]+$/ && $2 ~ /^[0-9]+$/' "$WORK/scripted.log"; }
+milter_waiting() { milter_status | tail -n 1 | cut -d' ' -f2; }
+
+# wait_for_waiting MIN MAX SECS: until MIN ≤ the milter's waiting count ≤ MAX.
+wait_for_waiting() {
+    local min=$1 max=$2 secs=$3 i now
+    for ((i = 0; i < secs * 2; i++)); do
+        now=$(milter_waiting)
+        [[ -n $now ]] && ((now >= min && now <= max)) && return 0
         sleep 0.5
     done
     return 1
@@ -336,7 +349,8 @@ wait_for_holders() {
 
 run_wait() {
     local round mode
-    start_scripted
+    [[ -x $MXGATE_MILTER_BIN ]] || MXGATE_PROBLEM=${MXGATE_PROBLEM:-"$MXGATE_MILTER_BIN does not exist"}
+    [[ -n $MXGATE_PROBLEM ]] || start_scripted
     if [[ -n $MXGATE_PROBLEM ]] || ! start_mxgate mx-wait --milter "inet:127.0.0.1:$SCRIPTED_PORT" \
         --max-sessions $((HOLD_SESSIONS + 2000)); then
         echo "== wait: skipped: $MXGATE_PROBLEM"
@@ -347,7 +361,7 @@ run_wait() {
     for ((round = 1; round <= ROUNDS; round++)); do
         for mode in base held; do wait_run "$mode" "$round"; done
     done
-    echo "== wait: mxgate-load at $LOAD_RATE sessions/s for $LOAD_SECS s, alone (base) and while $HOLD_SESSIONS sessions wait 2 s on the scripted milter (held)"
+    echo "== wait: mxgate-load at $LOAD_RATE sessions/s for $LOAD_SECS s, alone (base) and while $HOLD_SESSIONS sessions wait 2 s on mxgate-milter (held)"
     python3 - "$WAIT" "$ROUNDS" <<'EOF'
 import statistics, sys
 from collections import defaultdict

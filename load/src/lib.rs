@@ -26,10 +26,14 @@
 //! exactly ⌊n × ratio⌋ of them. Output: a table (or `--json`) and, with
 //! `--hgrm-dir`, one `.hgrm` per phase plus `percentiles.svg`.
 //! Does not interpret what the server does with the mail.
+//!
+//! Also here, for the same benchmarks: [`milter`], the `mxgate-milter`
+//! binary's fast scripted milter.
 
 pub mod client;
 pub mod hgrm;
 pub mod load_thread;
+pub mod milter;
 pub mod net;
 pub mod report;
 pub mod stats;
