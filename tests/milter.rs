@@ -466,6 +466,46 @@ fn checks_of_a_transaction_are_one_conversation(backend: Backend) {
     );
 }
 
+/// A discard at RCPT discards the transaction, as Postfix takes it: every
+/// recipient gets 250, later ones are not checked, and the message gets
+/// 250 without being spooled or told to the milter. The next transaction
+/// is checked and spooled as usual.
+fn a_discard_at_rcpt_discards_the_message(backend: Backend) {
+    let milter = Scripted::start(&["--on", "rcpt/bad@=discard"]);
+    let spec = milter.spec();
+    let flags = ["--milter", &spec, "--metrics", "127.0.0.1:0"];
+    let server = TestServer::start(backend, &flags);
+    let mut c = server.client();
+    c.hello();
+    c.cmd("MAIL FROM:<s@remote.example>", 250);
+    c.cmd("RCPT TO:<alice@example.com>", 250);
+    c.cmd("RCPT TO:<bad@catchall.example>", 250);
+    c.cmd("RCPT TO:<bob@example.com>", 250);
+    c.cmd("DATA", 354);
+    c.send(b"Subject: dropped\r\n\r\nhi\r\n.\r\n");
+    assert_eq!(c.expect(250), "250 2.0.0 Ok");
+    assert!(server.spooled().is_empty());
+    let rcpts: Vec<_> = milter
+        .stage("rcpt")
+        .into_iter()
+        .map(|r| r.get("addr").map(str::to_string))
+        .collect();
+    assert!(
+        !rcpts.contains(&Some("<bob@example.com>".to_string())),
+        "{rcpts:?}"
+    );
+    assert!(milter.stage("eom").is_empty(), "{:?}", milter.stage("eom"));
+    c.cmd("MAIL FROM:<s@remote.example>", 250);
+    c.cmd("RCPT TO:<bob@example.com>", 250);
+    c.cmd("DATA", 354);
+    c.send(b"Subject: kept\r\n\r\nhi\r\n.\r\n");
+    queue_id(&c.expect(250));
+    c.cmd("QUIT", 221);
+    assert_eq!(server.spooled().len(), 1);
+    assert_eq!(milter.stage("eom").len(), 1);
+    server.stop();
+}
+
 fn a_milter_on_a_unix_socket(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let replies: &[(u8, &[u8])] = &[(b'h', b"X-Unix\0yes\0"), (b'a', b"")];
@@ -554,6 +594,7 @@ support::backend_tests!(
     a_recipient_the_milter_refuses_is_refused_at_rcpt,
     a_milter_that_declines_rcpt_is_not_waited_for_at_rcpt,
     checks_of_a_transaction_are_one_conversation,
+    a_discard_at_rcpt_discards_the_message,
     a_milter_on_a_unix_socket,
     several_milters_apply_in_order,
     a_misbehaving_milter_gives_the_default,

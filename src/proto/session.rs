@@ -615,7 +615,9 @@ impl Session {
     ) -> Option<Event<'static>> {
         let start = out.len();
         let outcome = self.transaction.rcpt(path, table, &self.config, out);
-        if outcome == RcptOutcome::Accepted && self.check_rcpts {
+        // A transaction already discarded asks the checks nothing more.
+        let check = self.check_rcpts && !self.transaction.discarded;
+        if outcome == RcptOutcome::Accepted && check {
             out.truncate(start);
             self.state = State::RcptCheck;
             return Some(Event::RcptReady);
@@ -655,6 +657,23 @@ impl Session {
         let from = self.sender();
         let rejections = tally.rejections_mut();
         rejections.push(Stage::Rcpt, reply, &self.helo, from, &[&to[..]]);
+    }
+
+    /// A check asked for the transaction's message to be thrown away (a
+    /// milter's discard at RCPT, as Postfix takes it): later recipients
+    /// are not checked, and its end of data reports
+    /// [`Session::transaction_discarded`] for the driver to answer 250
+    /// without spooling. Lasts until the transaction ends.
+    pub fn discard_transaction(&mut self) {
+        if self.transaction.is_open() {
+            self.transaction.discarded = true;
+        }
+    }
+
+    /// Whether the transaction's message is to be thrown away
+    /// ([`Session::discard_transaction`]).
+    pub fn transaction_discarded(&self) -> bool {
+        self.transaction.discarded
     }
 
     /// Records the refusal of a MAIL, RCPT, DATA or BDAT line whose

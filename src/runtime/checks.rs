@@ -47,7 +47,10 @@ pub fn complete<I>(sessions: &mut Sessions<I>) -> Vec<usize> {
         if rcpt {
             let refusal = rcpt_refusal(&verdict);
             let metrics = &mut sessions.metrics;
-            let verdict = Checked::Rcpt(refusal.as_deref());
+            let verdict = match verdict {
+                Verdict::Discard => Checked::RcptDiscard,
+                _ => Checked::Rcpt(refusal.as_deref()),
+            };
             slot.conn.checked(verdict, &milter, action, metrics);
             drive.push(key);
             continue;
@@ -71,7 +74,7 @@ pub fn complete<I>(sessions: &mut Sessions<I>) -> Vec<usize> {
 }
 
 /// The reply for a recipient the milters refused, if they did (a discard
-/// at RCPT accepts it: the message's own check decides).
+/// at RCPT accepts it, and discards the transaction's message).
 fn rcpt_refusal(verdict: &Verdict) -> Option<Vec<u8>> {
     let (own, ours) = match verdict {
         Verdict::Reject(own) => (own, Reply::RecipientRejectedByCheck),

@@ -50,6 +50,7 @@ use super::spare;
 use super::timer::{Expiry, TimerWheel};
 use crate::check::Pool;
 use crate::metrics::Recorder;
+use crate::proto::reply::Reply;
 use crate::proto::{Event, Printable, Session, Tally};
 use crate::recipients::Table;
 use crate::shield::proxy::{self, Flaw, Parse, Sniff};
@@ -175,6 +176,8 @@ struct LogNotes {
     queue_ids: String,
     /// The milters' last verdict.
     milter_verdict: Option<MilterVerdict>,
+    /// The milter that discarded the transaction at RCPT.
+    discarded_by: Option<String>,
 }
 
 impl SessionLog {
@@ -218,6 +221,9 @@ impl std::fmt::Display for MilterVerdict {
 pub enum Checked<'a> {
     /// On the recipient: refused with this reply, or accepted.
     Rcpt(Option<&'a [u8]>),
+    /// On the recipient: accepted, and the transaction's message is to be
+    /// thrown away at its end of data (a discard at RCPT).
+    RcptDiscard,
     /// On the message: this reply (a refusal, or a discard's 250).
     Message(&'a [u8]),
 }
@@ -674,6 +680,9 @@ impl Conn {
                 Event::NeedInput | Event::Paused => break,
                 Event::Envelope => self.body.clear(),
                 Event::Body(bytes) => self.body.extend_from_slice(bytes),
+                Event::MessageReady if self.session.transaction_discarded() => {
+                    self.drop_discarded(&mut tally, cx);
+                }
                 Event::MessageReady => {
                     self.submit(tls, cx);
                     break;
@@ -779,6 +788,23 @@ impl Conn {
         self.awaiting_spool = true;
     }
 
+    /// The message of a transaction a milter discarded at RCPT: 250,
+    /// nothing spooled, no milter asked again (their conversations about
+    /// it close).
+    fn drop_discarded(&mut self, tally: &mut Tally, cx: &mut Cx) {
+        self.body = Vec::new();
+        let rcpts = self.session.envelope().rcpts.len();
+        self.log.accepted_rcpts += u32::try_from(rcpts).unwrap_or(u32::MAX);
+        if let Some(checks) = cx.checks.as_deref_mut() {
+            checks.forget(cx.ticket);
+        }
+        let notes = self.log.notes.get_or_insert_with(Box::default);
+        let milter = notes.discarded_by.take().unwrap_or_default();
+        let reply = Reply::Ok.text();
+        self.session.check_done(reply, &mut self.out, tally);
+        self.note_verdict(&milter, "discard", reply);
+    }
+
     /// The recipient the table just accepted goes to the milters; the
     /// session stays paused until [`Conn::checked`].
     fn check_rcpt(&mut self, tls: Option<Negotiated>, cx: &mut Cx) {
@@ -847,20 +873,33 @@ impl Conn {
                 self.session.rcpt_checked(refusal, out, &mut tally);
                 refusal
             }
+            Checked::RcptDiscard => {
+                self.session.discard_transaction();
+                self.session.rcpt_checked(None, out, &mut tally);
+                let notes = self.log.notes.get_or_insert_with(Box::default);
+                notes.discarded_by = Some(milter.to_string());
+                Some(Reply::RecipientOk.text())
+            }
             Checked::Message(reply) => {
                 self.session.check_done(reply, out, &mut tally);
                 Some(reply)
             }
         };
         if let Some(reply) = reply {
-            self.milter_verdict(milter, action);
-            let reply = Printable(reply.trim_ascii_end());
-            tracing::info!(client = %self.peer, milter, action, reply = %reply, "milter verdict");
+            self.note_verdict(milter, action, reply);
         }
         self.seal(start);
         self.log.rejected_rcpts += tally.rejected_rcpts();
         metrics.tally(&tally, Duration::ZERO);
         mail_log::rejections(self.peer, tally.rejections());
+    }
+
+    /// Logs a verdict the session answered with `reply`, and notes it
+    /// for the session's log line.
+    fn note_verdict(&mut self, milter: &str, action: &'static str, reply: &[u8]) {
+        self.milter_verdict(milter, action);
+        let reply = Printable(reply.trim_ascii_end());
+        tracing::info!(client = %self.peer, milter, action, reply = %reply, "milter verdict");
     }
 
     /// Notes the milters' verdict on this connection's message for its
