@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use mxgate::config::Backend;
 use support::milters::Scripted;
-use support::{files_in, queue_id, TestServer};
+use support::{files_in, queue_id, Client, TestServer};
 
 /// What the scripted milter answers at end of message.
 #[derive(Clone)]
@@ -506,6 +506,68 @@ fn a_discard_at_rcpt_discards_the_message(backend: Backend) {
     server.stop();
 }
 
+/// A client outside the limit exceptions, greeted.
+fn greeted_from(server: &TestServer, client: &str) -> Client {
+    let mut c = Client::connect_from(server.addr, client.parse().unwrap());
+    c.hello();
+    c
+}
+
+/// Sends one message on `c`; returns the reply code to its end.
+fn message_on(c: &mut Client, rcpt: &str) -> u16 {
+    c.open_data(rcpt);
+    c.send(b"Subject: scored\r\n\r\nhi\r\n.\r\n");
+    c.reply().code
+}
+
+/// A milter's own refusal counts toward the client's error score
+/// (`--error-limits`) like any other refusal, at end of data and at RCPT;
+/// `--milter-default` for a milter that failed does not (our fault, not
+/// the client's).
+fn milter_refusals_count_as_errors_and_its_failures_do_not(backend: Backend) {
+    let limits = ["--error-limits", "2,2", "--client-limit-exceptions", ""];
+    let mut script = eom(&[(b'r', b"")]);
+    script.bad_rcpt = (b'r', Vec::new());
+    let refusing = ScriptedMilter::start(script);
+    let server = start(backend, &refusing, &limits);
+    let mut c = greeted_from(&server, "127.0.0.2");
+    assert_eq!(message_on(&mut c, "alice@example.com"), 550);
+    assert_eq!(message_on(&mut c, "alice@example.com"), 550);
+    c.cmd("NOOP", 421);
+    let mut c = greeted_from(&server, "127.0.0.3");
+    c.cmd("MAIL FROM:<s@remote.example>", 250);
+    c.cmd("RCPT TO:<bad1@catchall.example>", 550);
+    c.cmd("RCPT TO:<bad2@catchall.example>", 550);
+    c.cmd("NOOP", 421);
+    server.stop();
+
+    // Silent at end of message: 451 after --milter-timeout, twice.
+    let mut script = eom(&[(b'a', b"")]);
+    script.delay = Duration::from_secs(30);
+    let silent = ScriptedMilter::start(script);
+    let server = start(backend, &silent, &limits);
+    let mut c = greeted_from(&server, "127.0.0.2");
+    assert_eq!(message_on(&mut c, "alice@example.com"), 451);
+    assert_eq!(message_on(&mut c, "alice@example.com"), 451);
+    c.cmd("NOOP", 250);
+    server.stop();
+    // Down: 451 at RCPT, twice.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = ["--milter", &format!("inet:{port}")].map(String::from);
+    let flags: Vec<&str> = down.iter().map(String::as_str).chain(limits).collect();
+    let server = TestServer::start(backend, &flags);
+    let mut c = greeted_from(&server, "127.0.0.2");
+    c.cmd("MAIL FROM:<s@remote.example>", 250);
+    c.cmd("RCPT TO:<alice@example.com>", 451);
+    c.cmd("RCPT TO:<bob@example.com>", 451);
+    c.cmd("NOOP", 250);
+    c.cmd("QUIT", 221);
+    server.stop();
+}
+
 fn a_milter_on_a_unix_socket(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let replies: &[(u8, &[u8])] = &[(b'h', b"X-Unix\0yes\0"), (b'a', b"")];
@@ -595,6 +657,7 @@ support::backend_tests!(
     a_milter_that_declines_rcpt_is_not_waited_for_at_rcpt,
     checks_of_a_transaction_are_one_conversation,
     a_discard_at_rcpt_discards_the_message,
+    milter_refusals_count_as_errors_and_its_failures_do_not,
     a_milter_on_a_unix_socket,
     several_milters_apply_in_order,
     a_misbehaving_milter_gives_the_default,

@@ -72,6 +72,9 @@ pub struct Finished {
     pub milter: String,
     /// It was a check of the envelope's last recipient, not the message.
     pub rcpt: bool,
+    /// The verdict is `--milter-default`'s: a milter failed (not the
+    /// client's doing).
+    pub defaulted: bool,
 }
 
 enum Socket {
@@ -354,7 +357,7 @@ impl Pool {
             // It does not answer RCPT: nothing to ask it of a recipient.
             let count = self.milters.endpoints.len();
             match self.runs[key].run.answered(Answer::Continue, count) {
-                Some(verdict) => self.finish(key, milter, verdict),
+                Some(verdict) => self.finish(key, milter, verdict, false),
                 None => self.waiting.push(key),
             }
             return;
@@ -523,7 +526,7 @@ impl Pool {
             self.drop_link(old.link);
         }
         match verdict {
-            Some(verdict) => self.finish(key, milter, verdict),
+            Some(verdict) => self.finish(key, milter, verdict, false),
             None => self.waiting.push(key),
         }
     }
@@ -547,7 +550,7 @@ impl Pool {
         let count = self.milters.endpoints.len();
         let slot = &mut self.runs[key];
         match slot.run.failed(self.milters.default, count) {
-            Some(verdict) => self.finish(key, milter, verdict),
+            Some(verdict) => self.finish(key, milter, verdict, true),
             None => self.waiting.push(key),
         }
     }
@@ -559,10 +562,11 @@ impl Pool {
         Pumped::Gone
     }
 
-    fn finish(&mut self, key: usize, milter: usize, verdict: Verdict) {
+    fn finish(&mut self, key: usize, milter: usize, verdict: Verdict, defaulted: bool) {
         let slot = self.runs.remove(key);
         self.finished.push(Finished {
             rcpt: slot.run.rcpt_only,
+            defaulted,
             ticket: slot.ticket,
             message: slot.run.message,
             verdict,

@@ -470,13 +470,14 @@ impl Session {
 
     /// The milters' verdict on the message after [`Event::MessageReady`]
     /// when it is not to be spooled: `reply` (whole, CRLF included) goes
-    /// out, recorded in `tally` as a refusal if it is one (not for a
-    /// discard's 250). Ignored at any other time.
+    /// out, recorded in `tally` as a refusal and an error if it is one
+    /// (not for a discard's 250). Ignored at any other time.
     pub fn check_done(&mut self, reply: &[u8], out: &mut Vec<u8>, tally: &mut Tally) {
         if !matches!(self.state, State::Spooling) {
             return;
         }
         out.extend_from_slice(reply);
+        tally.replied(reply);
         if !reply.starts_with(b"2") {
             let rcpts = &self.transaction.envelope.rcpts;
             let rejections = tally.rejections_mut();
@@ -640,7 +641,8 @@ impl Session {
 
     /// The checks' verdict on the recipient after [`Event::RcptReady`]:
     /// `None` accepts it (250); `Some(reply)` (whole, CRLF included)
-    /// refuses it, and it leaves the envelope. Ignored at any other time.
+    /// refuses it (an error in `tally`), and it leaves the envelope.
+    /// Ignored at any other time.
     pub fn rcpt_checked(&mut self, refusal: Option<&[u8]>, out: &mut Vec<u8>, tally: &mut Tally) {
         if !matches!(self.state, State::RcptCheck) {
             return;
@@ -652,6 +654,7 @@ impl Session {
             return;
         };
         out.extend_from_slice(reply);
+        tally.replied(reply);
         tally.rcpt(RcptOutcome::Milter);
         let to = self.transaction.envelope.rcpts.pop().unwrap_or_default();
         let from = self.sender();

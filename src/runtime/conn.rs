@@ -216,6 +216,24 @@ impl std::fmt::Display for MilterVerdict {
     }
 }
 
+/// Who decided a check, for the log and the error score.
+#[derive(Debug, Clone, Copy)]
+pub struct Decided<'a> {
+    pub milter: &'a str,
+    pub action: &'static str,
+    /// A milter's own verdict: its refusal counts toward the client's
+    /// error score. Not for `--milter-default` after a milter failed (our
+    /// fault, not the client's).
+    pub clients_doing: bool,
+}
+
+/// Where a refusal's error is charged: the per-client limits, at `now`.
+#[derive(Clone, Copy)]
+pub struct Charge<'a> {
+    pub clients: &'a ClientLimits,
+    pub now: Instant,
+}
+
 /// What the milters decided, when the session answers it.
 #[derive(Debug, Clone, Copy)]
 pub enum Checked<'a> {
@@ -709,7 +727,7 @@ impl Conn {
                 }
             }
         }
-        self.charge_errors(&mut tally, cx);
+        self.charge_errors(&mut tally, cx.clients, cx.now);
         self.count_decisions(&tally, cx);
         pos
     }
@@ -745,10 +763,10 @@ impl Conn {
     }
 
     /// Charges the errors a feed answered after its last command line.
-    fn charge_errors(&mut self, tally: &mut Tally, cx: &mut Cx) {
+    fn charge_errors(&mut self, tally: &mut Tally, clients: &ClientLimits, now: Instant) {
         let errors = tally.take_errors();
         if let Some(account) = self.admission.account().filter(|_| errors > 0) {
-            cx.clients.charge_errors(account, errors, cx.now);
+            clients.charge_errors(account, errors, now);
         }
     }
 
@@ -820,7 +838,16 @@ impl Conn {
             checks.start_rcpt(cx.ticket, message, cx.now);
             self.awaiting_spool = true;
         } else {
-            self.checked(Checked::Rcpt(None), "", "accept", cx.metrics);
+            let by = Decided {
+                milter: "",
+                action: "accept",
+                clients_doing: false,
+            };
+            let at = Charge {
+                clients: cx.clients,
+                now: cx.now,
+            };
+            self.checked(Checked::Rcpt(None), by, cx.metrics, at);
         }
     }
 
@@ -856,13 +883,8 @@ impl Conn {
     /// The milters' verdict on what this connection submitted, when the
     /// session (not the spool) answers it: the session writes its reply
     /// and goes on with what it held back.
-    pub fn checked(
-        &mut self,
-        verdict: Checked,
-        milter: &str,
-        action: &'static str,
-        metrics: &mut Recorder,
-    ) {
+    pub fn checked(&mut self, verdict: Checked, by: Decided, metrics: &mut Recorder, at: Charge) {
+        let Decided { milter, action, .. } = by;
         self.awaiting_spool = false;
         self.feed_due = true;
         let mut tally = Tally::default();
@@ -889,6 +911,9 @@ impl Conn {
             self.note_verdict(milter, action, reply);
         }
         self.seal(start);
+        if by.clients_doing {
+            self.charge_errors(&mut tally, at.clients, at.now);
+        }
         self.log.rejected_rcpts += tally.rejected_rcpts();
         metrics.tally(&tally, Duration::ZERO);
         mail_log::rejections(self.peer, tally.rejections());
