@@ -176,6 +176,48 @@ fn a_rejection_is_passed_through_and_nothing_spooled(backend: Backend) {
     other.stop();
 }
 
+/// `mxgate_milter_verdicts_total` counts what an operator means: one
+/// verdict per message, plus the recipients refused at RCPT; accepted
+/// recipients are not counted again (the latency summary has every check).
+fn verdicts_count_each_message_once(backend: Backend) {
+    let mut script = eom(&[(b'a', b"")]);
+    script.bad_rcpt = (b'r', Vec::new());
+    let milter = ScriptedMilter::start(script);
+    let server = start(backend, &milter, &["--metrics", "127.0.0.1:0"]);
+    let mut c = server.client();
+    c.hello();
+    c.cmd("MAIL FROM:<s@remote.example>", 250);
+    c.cmd("RCPT TO:<alice@example.com>", 250);
+    c.cmd("RCPT TO:<bad@catchall.example>", 550);
+    c.cmd("RCPT TO:<bob@example.com>", 250);
+    c.cmd("DATA", 354);
+    c.send(b"Subject: counted\r\n\r\nhi\r\n.\r\n");
+    queue_id(&c.expect(250));
+    c.cmd("QUIT", 221);
+    let metrics = scrape(&server);
+    let sample = |name: &str, labels: &str| {
+        let labels = format!("{{milter=\"{}\"{labels}}}", milter.addr);
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{labels} ")));
+        line.and_then(|l| l.rsplit(' ').next()).map(str::to_string)
+    };
+    let verdicts = "mxgate_milter_verdicts_total";
+    assert_eq!(
+        sample(verdicts, ",action=\"accept\"").as_deref(),
+        Some("1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(verdicts, ",action=\"reject\"").as_deref(),
+        Some("1"),
+        "{metrics}"
+    );
+    let checks = sample("mxgate_milter_latency_seconds_count", "");
+    assert_eq!(checks.as_deref(), Some("4"), "{metrics}");
+    server.stop();
+}
+
 fn added_headers_follow_the_received_line(backend: Backend) {
     let replies: &[(u8, &[u8])] = &[(b'h', b"X-Scanned\0clean\0"), (b'a', b"")];
     let milter = ScriptedMilter::start(eom(replies));
@@ -648,6 +690,7 @@ fn a_misbehaving_milter_gives_the_default(backend: Backend) {
 
 support::backend_tests!(
     a_rejection_is_passed_through_and_nothing_spooled,
+    verdicts_count_each_message_once,
     added_headers_follow_the_received_line,
     quarantine_and_discard,
     a_milter_down_gives_the_default,

@@ -221,9 +221,11 @@ pub struct Pool {
 /// One thing a milter did, for the metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observed {
-    /// Milter `0` gave its final answer on a message (its action), after
-    /// this long.
-    Verdict(usize, &'static str, Duration),
+    /// Milter `0` gave its final answer to a check after this long, and
+    /// with it a verdict (its action) when the answer decides something:
+    /// always on a message, on a recipient only when not accept/continue
+    /// (so a message and its accepted recipients count once).
+    Verdict(usize, Option<&'static str>, Duration),
     /// Milter `0` failed.
     Failure(usize),
 }
@@ -516,7 +518,8 @@ impl Pool {
         }
         let verdict = slot.run.answered(answer.clone(), count);
         let took = now.saturating_duration_since(slot.started);
-        let action = answer_action(&answer);
+        let decides = !slot.run.rcpt_only || answer_action(&answer) != "accept";
+        let action = decides.then(|| answer_action(&answer));
         self.observed.push(Observed::Verdict(milter, action, took));
         if !park {
             // Its check is over: the milter sees the connection close.
