@@ -610,6 +610,98 @@ fn milter_refusals_count_as_errors_and_its_failures_do_not(backend: Backend) {
     server.stop();
 }
 
+/// `--milter-connections 1`: while one session's message is with the
+/// milter, another's recipient check waits for that connection instead of
+/// opening a second; a connection kept idle for a session's next check is
+/// closed for a check that needs one (that session's message then starts
+/// its conversation over).
+fn a_worker_caps_its_connections_to_a_milter(backend: Backend) {
+    let milter = Scripted::start(&["--on", "eom/SLOW=sleep:2;accept"]);
+    let spec = milter.spec();
+    let flags = [
+        "--milter",
+        &spec,
+        "--workers",
+        "1",
+        "--milter-connections",
+        "1",
+    ];
+    let server = TestServer::start(backend, &flags);
+    let mut slow = server.client();
+    slow.hello();
+    slow.open_data("alice@example.com");
+    slow.send(b"Subject: slow\r\n\r\nSLOW\r\n.\r\n");
+    assert!(support::wait_until(Duration::from_secs(5), || {
+        milter.stage("eom").len() == 1
+    }));
+    let mut kept = server.client();
+    kept.hello();
+    kept.cmd("MAIL FROM:<s@remote.example>", 250);
+    let asked = Instant::now();
+    kept.cmd("RCPT TO:<alice@example.com>", 250);
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "RCPT waited only {waited:?}"
+    );
+    queue_id(&slow.expect(250));
+    // `kept`'s connection waits idle for its message; another check takes it.
+    let mut other = server.client();
+    other.hello();
+    other.cmd("MAIL FROM:<s@remote.example>", 250);
+    other.cmd("RCPT TO:<bob@example.com>", 250);
+    kept.cmd("DATA", 354);
+    kept.send(b"Subject: kept\r\n\r\nhi\r\n.\r\n");
+    queue_id(&kept.expect(250));
+    for mut c in [slow, kept, other] {
+        c.cmd("QUIT", 221);
+    }
+    server.stop();
+    // kept: its recipient, then (started over) its whole message.
+    assert_eq!(
+        conversations(&milter).len(),
+        4,
+        "{:?}",
+        conversations(&milter)
+    );
+}
+
+/// A check waits for a connection `--milter-timeout` at most, then gets
+/// `--milter-default`: here the only connection is busy for 3 s (its
+/// milter sends progress, so it does not time out itself).
+fn a_check_waits_for_a_connection_no_longer_than_the_timeout(backend: Backend) {
+    let busy = "eom/SLOW=sleep:0.8;progress;sleep:0.8;progress;sleep:0.8;progress;sleep:0.6;accept";
+    let milter = Scripted::start(&["--on", busy]);
+    let spec = milter.spec();
+    let flags = [
+        "--milter",
+        &spec,
+        "--workers",
+        "1",
+        "--milter-connections",
+        "1",
+        "--milter-timeout",
+        "1",
+    ];
+    let server = TestServer::start(backend, &flags);
+    let mut slow = server.client();
+    slow.hello();
+    slow.open_data("alice@example.com");
+    slow.send(b"Subject: slow\r\n\r\nSLOW\r\n.\r\n");
+    assert!(support::wait_until(Duration::from_secs(5), || {
+        milter.stage("eom").len() == 1
+    }));
+    let mut c = server.client();
+    c.hello();
+    c.cmd("MAIL FROM:<s@remote.example>", 250);
+    let reply = c.cmd("RCPT TO:<alice@example.com>", 451);
+    assert!(reply.starts_with("451 4.7.1 "), "{reply}");
+    queue_id(&slow.expect(250));
+    c.cmd("QUIT", 221);
+    slow.cmd("QUIT", 221);
+    server.stop();
+}
+
 fn a_milter_on_a_unix_socket(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let replies: &[(u8, &[u8])] = &[(b'h', b"X-Unix\0yes\0"), (b'a', b"")];
@@ -701,6 +793,8 @@ support::backend_tests!(
     checks_of_a_transaction_are_one_conversation,
     a_discard_at_rcpt_discards_the_message,
     milter_refusals_count_as_errors_and_its_failures_do_not,
+    a_worker_caps_its_connections_to_a_milter,
+    a_check_waits_for_a_connection_no_longer_than_the_timeout,
     a_milter_on_a_unix_socket,
     several_milters_apply_in_order,
     a_misbehaving_milter_gives_the_default,

@@ -15,6 +15,12 @@
 //! ([`Pool::checks_rcpt`]), and a recipient check skips the milters that
 //! do not.
 //!
+//! A worker opens at most [`Milters::connections`] to each milter (its
+//! share of `--max-sessions`): a run that needs one beyond that first
+//! closes an idle kept connection of that milter (its session's next check
+//! then starts over), else waits its turn in a FIFO, for
+//! `--milter-timeout` at most (then `--milter-default`).
+//!
 //! A connection that fails (connect refused, reset, timeout, a protocol
 //! error) is dropped and its run gets `--milter-default`. A recipient
 //! check the milter went along with keeps its connection (parked, per
@@ -28,7 +34,7 @@
 //! connection per check ran at 935 messages/s), and a milter cannot say
 //! whether it handles reuse.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -216,6 +222,11 @@ pub struct Pool {
     answers_rcpt: Vec<Option<bool>>,
     /// Per (ticket, milter): the conversation its next check goes on with.
     parked: HashMap<(u64, usize), Parked>,
+    /// Per milter: its connections open now (kept ones included).
+    open: Vec<usize>,
+    /// Per milter: runs waiting for a connection, oldest first, with the
+    /// time they give up.
+    queued: Vec<VecDeque<(usize, Instant)>>,
 }
 
 /// One thing a milter did, for the metrics.
@@ -244,6 +255,8 @@ impl Pool {
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
             answers_rcpt: vec![None; milters.endpoints.len()],
             parked: HashMap::new(),
+            open: vec![0; milters.endpoints.len()],
+            queued: vec![VecDeque::new(); milters.endpoints.len()],
             milters,
         }
     }
@@ -332,6 +345,7 @@ impl Pool {
     /// Moves every due link's bytes and gives runs their connections until
     /// nothing more can happen without the sockets.
     pub fn pump(&mut self, r: &mut impl Readiness, now: Instant) {
+        self.admit(r, now);
         while self.is_due() {
             for run in std::mem::take(&mut self.waiting) {
                 self.attach(run, r, now);
@@ -345,6 +359,7 @@ impl Pool {
                     Pumped::Blocked { write } => self.settle(link, write, r),
                 }
             }
+            self.admit(r, now);
         }
         for (link, generation, socket) in self.dropped.drain(..) {
             r.deregister(link, generation, socket.fd());
@@ -372,6 +387,10 @@ impl Pool {
             }
             self.drop_link(link);
         }
+        if !self.has_room(milter) {
+            let deadline = now + self.milters.timeout;
+            return self.queued[milter].push_back((key, deadline));
+        }
         let endpoint = &self.milters.endpoints[milter];
         let socket = match Socket::connect(endpoint) {
             Ok(socket) => socket,
@@ -380,6 +399,7 @@ impl Pool {
         let generation = self.next_generation;
         self.next_generation = generation.wrapping_add(1);
         let fd = socket.fd();
+        self.open[milter] += 1;
         let link = self.links.insert(Link {
             milter,
             socket,
@@ -392,6 +412,44 @@ impl Pool {
         });
         r.register(link, fd);
         self.due.push(link);
+    }
+
+    /// Whether milter `milter` may have one more connection: under the
+    /// cap, or once an idle kept one is closed for it.
+    fn has_room(&mut self, milter: usize) -> bool {
+        if self.open[milter] < self.milters.connections {
+            return true;
+        }
+        let idle = self
+            .parked
+            .iter()
+            .find(|(&(_, m), p)| m == milter && self.is_live(p));
+        let Some((&at, parked)) = idle else {
+            return false;
+        };
+        let link = parked.link;
+        self.parked.remove(&at);
+        self.drop_link(link);
+        true
+    }
+
+    /// Gives queued runs the connections there is room for, oldest first;
+    /// those that waited past their time get `--milter-default`.
+    fn admit(&mut self, r: &mut impl Readiness, now: Instant) {
+        for milter in 0..self.queued.len() {
+            while let Some(&(key, deadline)) = self.queued[milter].front() {
+                if deadline <= now {
+                    self.queued[milter].pop_front();
+                    let why = "no free connection within --milter-timeout".to_string();
+                    self.run_failed(key, milter, why, now);
+                } else if self.has_room(milter) {
+                    self.queued[milter].pop_front();
+                    self.attach(key, r, now);
+                } else {
+                    break;
+                }
+            }
+        }
     }
 
     /// The kept connection `link` of run `key`'s session goes on with it.
@@ -561,6 +619,7 @@ impl Pool {
     /// Takes `link` out; its socket closes once the backend forgot it.
     fn drop_link(&mut self, link: usize) -> Pumped {
         let l = self.links.remove(link);
+        self.open[l.milter] -= 1;
         self.dropped.push((link, l.generation, l.socket));
         Pumped::Gone
     }
