@@ -471,7 +471,20 @@ fn checks_of_a_transaction_are_one_conversation(backend: Backend) {
     c.cmd("RCPT TO:<bob@example.com>", 250);
     c.cmd("DATA", 354);
     c.send(b"Subject: one\r\n\r\nhi\r\n.\r\n");
-    queue_id(&c.expect(250));
+    let id = queue_id(&c.expect(250));
+    // The `i` macro names the id the message is queued as, at DATA and at
+    // end of message.
+    for stage in ["T", "E"] {
+        let told = milter
+            .stage("macros")
+            .into_iter()
+            .find(|r| r.get("for") == Some(stage));
+        assert_eq!(
+            told.as_ref().and_then(|r| r.get("i")),
+            Some(id.as_str()),
+            "{stage}"
+        );
+    }
     c.cmd("MAIL FROM:<s@remote.example>", 250);
     c.cmd("RCPT TO:<alice@example.com>", 250);
     c.cmd("RSET", 250);

@@ -75,7 +75,9 @@ pub fn complete<I>(sessions: &mut Sessions<I>, now: Instant) -> Vec<usize> {
             }
             refused => {
                 let reply = reply_of(&refused);
-                slot.conn.checked(Checked::Message(&reply), by, metrics, at);
+                let id = message.id.as_ref().map(|id| id.as_str());
+                let verdict = Checked::Message(&reply, id);
+                slot.conn.checked(verdict, by, metrics, at);
                 drive.push(key);
             }
         }

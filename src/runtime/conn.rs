@@ -242,8 +242,9 @@ pub enum Checked<'a> {
     /// On the recipient: accepted, and the transaction's message is to be
     /// thrown away at its end of data (a discard at RCPT).
     RcptDiscard,
-    /// On the message: this reply (a refusal, or a discard's 250).
-    Message(&'a [u8]),
+    /// On the message (queued as this id, had it been): this reply (a
+    /// refusal, or a discard's 250).
+    Message(&'a [u8], Option<&'a str>),
 }
 
 /// What stands between a connection's input and its session.
@@ -786,13 +787,14 @@ impl Conn {
     fn submit(&mut self, tls: Option<Negotiated>, cx: &mut Cx) {
         let envelope = self.session.envelope().clone();
         self.log.accepted_rcpts += u32::try_from(envelope.rcpts.len()).unwrap_or(u32::MAX);
-        let message = Message {
+        let mut message = Message {
             peer: self.peer,
             helo: self.session.helo().to_vec(),
             tls,
             envelope,
             body: std::mem::take(&mut self.body),
             quarantine: None,
+            id: None,
         };
         let data_ended = cx.now.saturating_duration_since(self.opened);
         self.data_ended_ns = u64::try_from(data_ended.as_nanos()).unwrap_or(u64::MAX);
@@ -800,7 +802,11 @@ impl Conn {
         self.submit_lag_ns = u32::try_from(lag).unwrap_or(u32::MAX);
         // Parked the same way whether milters or the spool look at it.
         match cx.checks.as_deref_mut() {
-            Some(checks) => checks.start(cx.ticket, message, cx.now),
+            Some(checks) => {
+                // The milters are told the id it will be queued as.
+                message.id = Some(cx.link.next_id());
+                checks.start(cx.ticket, message, cx.now);
+            }
             None => cx.link.submit(cx.ticket, message),
         }
         self.awaiting_spool = true;
@@ -820,7 +826,8 @@ impl Conn {
         let milter = notes.discarded_by.take().unwrap_or_default();
         let reply = Reply::Ok.text();
         self.session.check_done(reply, &mut self.out, tally);
-        self.note_verdict(&milter, "discard", reply);
+        let id = cx.link.next_id();
+        self.note_verdict(&milter, "discard", reply, Some(id.as_str()));
     }
 
     /// The recipient the table just accepted goes to the milters; the
@@ -833,6 +840,7 @@ impl Conn {
             envelope: self.session.envelope().clone(),
             body: Vec::new(),
             quarantine: None,
+            id: None,
         };
         if let Some(checks) = cx.checks.as_deref_mut() {
             checks.start_rcpt(cx.ticket, message, cx.now);
@@ -890,25 +898,25 @@ impl Conn {
         let mut tally = Tally::default();
         let out = lend(&mut self.out);
         let start = out.len();
-        let reply = match verdict {
+        let (reply, id) = match verdict {
             Checked::Rcpt(refusal) => {
                 self.session.rcpt_checked(refusal, out, &mut tally);
-                refusal
+                (refusal, None)
             }
             Checked::RcptDiscard => {
                 self.session.discard_transaction();
                 self.session.rcpt_checked(None, out, &mut tally);
                 let notes = self.log.notes.get_or_insert_with(Box::default);
                 notes.discarded_by = Some(milter.to_string());
-                Some(Reply::RecipientOk.text())
+                (Some(Reply::RecipientOk.text()), None)
             }
-            Checked::Message(reply) => {
+            Checked::Message(reply, id) => {
                 self.session.check_done(reply, out, &mut tally);
-                Some(reply)
+                (Some(reply), id)
             }
         };
         if let Some(reply) = reply {
-            self.note_verdict(milter, action, reply);
+            self.note_verdict(milter, action, reply, id);
         }
         self.seal(start);
         if by.clients_doing {
@@ -919,12 +927,13 @@ impl Conn {
         mail_log::rejections(self.peer, tally.rejections());
     }
 
-    /// Logs a verdict the session answered with `reply`, and notes it
-    /// for the session's log line.
-    fn note_verdict(&mut self, milter: &str, action: &'static str, reply: &[u8]) {
+    /// Logs a verdict the session answered with `reply` (on a message
+    /// with queue id `id`), and notes it for the session's log line.
+    fn note_verdict(&mut self, milter: &str, action: &'static str, reply: &[u8], id: Option<&str>) {
         self.milter_verdict(milter, action);
         let reply = Printable(reply.trim_ascii_end());
-        tracing::info!(client = %self.peer, milter, action, reply = %reply, "milter verdict");
+        let client = self.peer;
+        tracing::info!(%client, milter, action, reply = %reply, queue_id = id, "milter verdict");
     }
 
     /// Notes the milters' verdict on this connection's message for its
