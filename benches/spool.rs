@@ -195,5 +195,6 @@ fn message() -> Message {
         },
         body,
         quarantine: None,
+        id: None,
     }
 }

@@ -13,14 +13,14 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mxgate::config::Backend;
 use support::milters::Scripted;
-use support::{files_in, queue_id, TestServer};
+use support::{files_in, queue_id, Client, TestServer};
 
 /// What the scripted milter answers at end of message.
 #[derive(Clone)]
@@ -145,28 +145,24 @@ fn start(backend: Backend, milter: &ScriptedMilter, extra: &[&str]) -> TestServe
     TestServer::start(backend, &flags)
 }
 
-/// The `/metrics` text of `server` (started with `--metrics`).
-fn scrape(server: &TestServer) -> String {
-    let handle = server.handle.as_ref().expect("running");
-    let addr = handle.metrics_addr().expect("metrics on");
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
+/// The `/metrics` sample `name` of `milter` with more `labels` (`,k="v"`),
+/// if the server (started with `--metrics`) has it.
+fn milter_sample(server: &TestServer, name: &str, milter: &str, labels: &str) -> Option<f64> {
+    let samples = server.scrape();
+    samples
+        .get(&format!("{name}{{milter=\"{milter}\"{labels}}}"))
+        .copied()
 }
 
 fn a_rejection_is_passed_through_and_nothing_spooled(backend: Backend) {
     let milter = ScriptedMilter::start(eom(&[(b'y', b"554 5.7.1 virus found\0")]));
     let server = start(backend, &milter, &["--metrics", "127.0.0.1:0"]);
     assert_eq!(send_message(&server, "eicar"), "554 5.7.1 virus found");
-    let metrics = scrape(&server);
-    let name = &milter.addr;
-    let verdict = format!("mxgate_milter_verdicts_total{{milter=\"{name}\",action=\"reject\"}} 1");
-    assert!(metrics.contains(&verdict), "{metrics}");
+    let sample = |name, labels| milter_sample(&server, name, &milter.addr, labels);
+    let reject = sample("mxgate_milter_verdicts_total", ",action=\"reject\"");
+    assert_eq!(reject, Some(1.0));
     // Once for the recipient, once for the message.
-    let latency = format!("mxgate_milter_latency_seconds_count{{milter=\"{name}\"}} 2");
-    assert!(metrics.contains(&latency), "{metrics}");
+    assert_eq!(sample("mxgate_milter_latency_seconds_count", ""), Some(2.0));
     let plain = ScriptedMilter::start(eom(&[(b'r', b"")]));
     let other = start(backend, &plain, &[]);
     let reply = send_message(&other, "spam");
@@ -176,11 +172,47 @@ fn a_rejection_is_passed_through_and_nothing_spooled(backend: Backend) {
     other.stop();
 }
 
-fn added_headers_follow_the_received_line(backend: Backend) {
-    let replies: &[(u8, &[u8])] = &[(b'h', b"X-Scanned\0clean\0"), (b'a', b"")];
+/// `mxgate_milter_verdicts_total` counts what an operator means: one
+/// verdict per message, plus the recipients refused at RCPT; accepted
+/// recipients are not counted again (the latency summary has every check).
+fn verdicts_count_each_message_once(backend: Backend) {
+    let mut script = eom(&[(b'a', b"")]);
+    script.bad_rcpt = (b'r', Vec::new());
+    let milter = ScriptedMilter::start(script);
+    let server = start(backend, &milter, &["--metrics", "127.0.0.1:0"]);
+    let mut c = server.client();
+    c.hello();
+    let rcpts = [
+        ("<alice@example.com>", 250),
+        ("<bad@catchall.example>", 550),
+        ("<bob@example.com>", 250),
+    ];
+    queue_id(c.transaction(&rcpts, "counted").last());
+    c.cmd("QUIT", 221);
+    let sample = |name, labels| milter_sample(&server, name, &milter.addr, labels);
+    let verdicts = "mxgate_milter_verdicts_total";
+    assert_eq!(sample(verdicts, ",action=\"accept\""), Some(1.0));
+    assert_eq!(sample(verdicts, ",action=\"reject\""), Some(1.0));
+    assert_eq!(sample("mxgate_milter_latency_seconds_count", ""), Some(4.0));
+    server.stop();
+}
+
+/// mxgate with a milter answering end of message with `replies`; one
+/// message with `subject` sent and queued: the server and its queue id.
+fn queued_through(
+    backend: Backend,
+    replies: &[(u8, &[u8])],
+    subject: &str,
+) -> (TestServer, String) {
     let milter = ScriptedMilter::start(eom(replies));
     let server = start(backend, &milter, &[]);
-    let id = queue_id(&send_message(&server, "hello"));
+    let id = queue_id(&send_message(&server, subject));
+    (server, id)
+}
+
+fn added_headers_follow_the_received_line(backend: Backend) {
+    let replies: &[(u8, &[u8])] = &[(b'h', b"X-Scanned\0clean\0"), (b'a', b"")];
+    let (server, id) = queued_through(backend, replies, "hello");
     let text = spooled_text(&server, &id);
     let lines: Vec<&str> = text.lines().collect();
     let received = lines
@@ -198,9 +230,7 @@ fn added_headers_follow_the_received_line(backend: Backend) {
 
 fn quarantine_and_discard(backend: Backend) {
     let replies: &[(u8, &[u8])] = &[(b'q', b"suspicious\0"), (b'c', b"")];
-    let milter = ScriptedMilter::start(eom(replies));
-    let server = start(backend, &milter, &[]);
-    let id = queue_id(&send_message(&server, "odd"));
+    let (server, id) = queued_through(backend, replies, "odd");
     let quarantine = server.spool_dir().join("quarantine");
     let reason = std::fs::read_to_string(quarantine.join(format!("{id}.reason"))).unwrap();
     assert_eq!(reason, "suspicious\n");
@@ -235,8 +265,8 @@ fn a_milter_down_gives_the_default(backend: Backend) {
     let reply = c.cmd("RCPT TO:<alice@example.com>", 451);
     assert!(reply.starts_with("451 4.7.1 "), "{reply}");
     c.cmd("QUIT", 221);
-    let failures = format!("mxgate_milter_failures_total{{milter=\"{}\"}} 1", down.addr);
-    assert!(scrape(&server).contains(&failures));
+    let failures = milter_sample(&server, "mxgate_milter_failures_total", &down.addr, "");
+    assert_eq!(failures, Some(1.0));
     server.stop();
     let server = start(backend, &down, &["--milter-default", "accept"]);
     queue_id(&send_message(&server, "x"));
@@ -424,22 +454,26 @@ fn checks_of_a_transaction_are_one_conversation(backend: Backend) {
     let server = TestServer::start(backend, &["--milter", &spec, "--workers", "1"]);
     let mut c = server.client();
     c.hello();
-    c.cmd("MAIL FROM:<s@remote.example>", 250);
-    c.cmd("RCPT TO:<alice@example.com>", 250);
-    c.cmd("RCPT TO:<bob@example.com>", 250);
-    c.cmd("DATA", 354);
-    c.send(b"Subject: one\r\n\r\nhi\r\n.\r\n");
-    queue_id(&c.expect(250));
+    let (alice, bob) = (("<alice@example.com>", 250), ("<bob@example.com>", 250));
+    let id = queue_id(c.transaction(&[alice, bob], "one").last());
+    // The `i` macro names the id the message is queued as, at DATA and at
+    // end of message.
+    for stage in ["T", "E"] {
+        let told = milter
+            .stage("macros")
+            .into_iter()
+            .find(|r| r.get("for") == Some(stage));
+        assert_eq!(
+            told.as_ref().and_then(|r| r.get("i")),
+            Some(id.as_str()),
+            "{stage}"
+        );
+    }
     c.cmd("MAIL FROM:<s@remote.example>", 250);
     c.cmd("RCPT TO:<alice@example.com>", 250);
     c.cmd("RSET", 250);
-    c.cmd("MAIL FROM:<s@remote.example>", 250);
-    c.cmd("RCPT TO:<alice@example.com>", 250);
-    c.cmd("RCPT TO:<bad@catchall.example>", 550);
-    c.cmd("RCPT TO:<bob@example.com>", 250);
-    c.cmd("DATA", 354);
-    c.send(b"Subject: two\r\n\r\nhi\r\n.\r\n");
-    queue_id(&c.expect(250));
+    let bad = ("<bad@catchall.example>", 550);
+    queue_id(c.transaction(&[alice, bad, bob], "two").last());
     c.cmd("QUIT", 221);
     server.stop();
     let head = ["connect", "helo", "mail"];
@@ -464,6 +498,185 @@ fn checks_of_a_transaction_are_one_conversation(backend: Backend) {
             told(&[alice, bob], &message),
         ]
     );
+}
+
+/// A discard at RCPT discards the transaction, as Postfix takes it: every
+/// recipient gets 250, later ones are not checked, and the message gets
+/// 250 without being spooled or told to the milter. The next transaction
+/// is checked and spooled as usual.
+fn a_discard_at_rcpt_discards_the_message(backend: Backend) {
+    let milter = Scripted::start(&["--on", "rcpt/bad@=discard"]);
+    let spec = milter.spec();
+    let flags = ["--milter", &spec, "--metrics", "127.0.0.1:0"];
+    let server = TestServer::start(backend, &flags);
+    let mut c = server.client();
+    c.hello();
+    let rcpts = [
+        ("<alice@example.com>", 250),
+        ("<bad@catchall.example>", 250),
+        ("<bob@example.com>", 250),
+    ];
+    assert_eq!(c.transaction(&rcpts, "dropped").lines, ["250 2.0.0 Ok"]);
+    assert!(server.spooled().is_empty());
+    let rcpts: Vec<_> = milter
+        .stage("rcpt")
+        .into_iter()
+        .map(|r| r.get("addr").map(str::to_string))
+        .collect();
+    assert!(
+        !rcpts.contains(&Some("<bob@example.com>".to_string())),
+        "{rcpts:?}"
+    );
+    assert!(milter.stage("eom").is_empty(), "{:?}", milter.stage("eom"));
+    queue_id(c.transaction(&[("<bob@example.com>", 250)], "kept").last());
+    c.cmd("QUIT", 221);
+    assert_eq!(server.spooled().len(), 1);
+    assert_eq!(milter.stage("eom").len(), 1);
+    server.stop();
+}
+
+/// An accepted recipient.
+const ALICE: (&str, u16) = ("<alice@example.com>", 250);
+
+/// A client outside the limit exceptions, greeted.
+fn greeted_from(server: &TestServer, client: &str) -> Client {
+    let mut c = Client::connect_from(server.addr, client.parse().unwrap());
+    c.hello();
+    c
+}
+
+/// A milter's own refusal counts toward the client's error score
+/// (`--error-limits`) like any other refusal, at end of data and at RCPT;
+/// `--milter-default` for a milter that failed does not (our fault, not
+/// the client's).
+fn milter_refusals_count_as_errors_and_its_failures_do_not(backend: Backend) {
+    let limits = ["--error-limits", "2,2", "--client-limit-exceptions", ""];
+    let mut script = eom(&[(b'r', b"")]);
+    script.bad_rcpt = (b'r', Vec::new());
+    let refusing = ScriptedMilter::start(script);
+    let server = start(backend, &refusing, &limits);
+    let mut c = greeted_from(&server, "127.0.0.2");
+    assert_eq!(c.transaction(&[ALICE], "scored").code, 550);
+    assert_eq!(c.transaction(&[ALICE], "scored").code, 550);
+    c.cmd("NOOP", 421);
+    let mut c = greeted_from(&server, "127.0.0.3");
+    c.cmd("MAIL FROM:<s@remote.example>", 250);
+    c.cmd("RCPT TO:<bad1@catchall.example>", 550);
+    c.cmd("RCPT TO:<bad2@catchall.example>", 550);
+    c.cmd("NOOP", 421);
+    server.stop();
+
+    // Silent at end of message: 451 after --milter-timeout, twice.
+    let mut script = eom(&[(b'a', b"")]);
+    script.delay = Duration::from_secs(30);
+    let silent = ScriptedMilter::start(script);
+    let server = start(backend, &silent, &limits);
+    let mut c = greeted_from(&server, "127.0.0.2");
+    assert_eq!(c.transaction(&[ALICE], "scored").code, 451);
+    assert_eq!(c.transaction(&[ALICE], "scored").code, 451);
+    c.cmd("NOOP", 250);
+    server.stop();
+    // Down: 451 at RCPT, twice.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = ["--milter", &format!("inet:{port}")].map(String::from);
+    let flags: Vec<&str> = down.iter().map(String::as_str).chain(limits).collect();
+    let server = TestServer::start(backend, &flags);
+    let mut c = greeted_from(&server, "127.0.0.2");
+    c.cmd("MAIL FROM:<s@remote.example>", 250);
+    c.cmd("RCPT TO:<alice@example.com>", 451);
+    c.cmd("RCPT TO:<bob@example.com>", 451);
+    c.cmd("NOOP", 250);
+    c.cmd("QUIT", 221);
+    server.stop();
+}
+
+/// mxgate (one worker, `--milter-connections 1`, and `extra`) in front
+/// of a milter answering a message that holds SLOW with `actions` at end
+/// of message; one session's such message keeps the one connection busy.
+/// The milter, the server and that session.
+fn one_connection_busy(
+    backend: Backend,
+    actions: &str,
+    extra: &[&str],
+) -> (Scripted, TestServer, Client) {
+    let milter = Scripted::start(&["--on", &format!("eom/SLOW={actions}")]);
+    let spec = milter.spec();
+    let flags = [
+        "--milter",
+        &spec,
+        "--workers",
+        "1",
+        "--milter-connections",
+        "1",
+    ];
+    let server = TestServer::start(backend, &[&flags[..], extra].concat());
+    let mut slow = server.client();
+    slow.hello();
+    slow.open_data("alice@example.com");
+    slow.send(b"Subject: slow\r\n\r\nSLOW\r\n.\r\n");
+    let busy = || milter.stage("eom").len() == 1;
+    assert!(support::wait_until(Duration::from_secs(5), busy));
+    (milter, server, slow)
+}
+
+/// `--milter-connections 1`: while one session's message is with the
+/// milter, another's recipient check waits for that connection instead of
+/// opening a second; a connection kept idle for a session's next check is
+/// closed for a check that needs one (that session's message then starts
+/// its conversation over).
+fn a_worker_caps_its_connections_to_a_milter(backend: Backend) {
+    let (milter, server, mut slow) = one_connection_busy(backend, "sleep:2;accept", &[]);
+    let mut kept = server.client();
+    kept.hello();
+    kept.cmd("MAIL FROM:<s@remote.example>", 250);
+    let asked = Instant::now();
+    kept.cmd("RCPT TO:<alice@example.com>", 250);
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "RCPT waited only {waited:?}"
+    );
+    queue_id(&slow.expect(250));
+    // `kept`'s connection waits idle for its message; another check takes it.
+    let mut other = server.client();
+    other.hello();
+    other.cmd("MAIL FROM:<s@remote.example>", 250);
+    other.cmd("RCPT TO:<bob@example.com>", 250);
+    kept.cmd("DATA", 354);
+    kept.send(b"Subject: kept\r\n\r\nhi\r\n.\r\n");
+    queue_id(&kept.expect(250));
+    for mut c in [slow, kept, other] {
+        c.cmd("QUIT", 221);
+    }
+    server.stop();
+    // kept: its recipient, then (started over) its whole message.
+    assert_eq!(
+        conversations(&milter).len(),
+        4,
+        "{:?}",
+        conversations(&milter)
+    );
+}
+
+/// A check waits for a connection `--milter-timeout` at most, then gets
+/// `--milter-default`: here the only connection is busy for 3 s (its
+/// milter sends progress, so it does not time out itself).
+fn a_check_waits_for_a_connection_no_longer_than_the_timeout(backend: Backend) {
+    let busy = "sleep:0.8;progress;sleep:0.8;progress;sleep:0.8;progress;sleep:0.6;accept";
+    let timeout = ["--milter-timeout", "1"];
+    let (_milter, server, mut slow) = one_connection_busy(backend, busy, &timeout);
+    let mut c = server.client();
+    c.hello();
+    c.cmd("MAIL FROM:<s@remote.example>", 250);
+    let reply = c.cmd("RCPT TO:<alice@example.com>", 451);
+    assert!(reply.starts_with("451 4.7.1 "), "{reply}");
+    queue_id(&slow.expect(250));
+    c.cmd("QUIT", 221);
+    slow.cmd("QUIT", 221);
+    server.stop();
 }
 
 fn a_milter_on_a_unix_socket(backend: Backend) {
@@ -546,6 +759,7 @@ fn a_misbehaving_milter_gives_the_default(backend: Backend) {
 
 support::backend_tests!(
     a_rejection_is_passed_through_and_nothing_spooled,
+    verdicts_count_each_message_once,
     added_headers_follow_the_received_line,
     quarantine_and_discard,
     a_milter_down_gives_the_default,
@@ -554,6 +768,10 @@ support::backend_tests!(
     a_recipient_the_milter_refuses_is_refused_at_rcpt,
     a_milter_that_declines_rcpt_is_not_waited_for_at_rcpt,
     checks_of_a_transaction_are_one_conversation,
+    a_discard_at_rcpt_discards_the_message,
+    milter_refusals_count_as_errors_and_its_failures_do_not,
+    a_worker_caps_its_connections_to_a_milter,
+    a_check_waits_for_a_connection_no_longer_than_the_timeout,
     a_milter_on_a_unix_socket,
     several_milters_apply_in_order,
     a_misbehaving_milter_gives_the_default,

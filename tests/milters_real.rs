@@ -84,8 +84,7 @@ fn rspamd_refuses_gtube_and_adds_its_headers_to_a_clean_message(backend: Backend
     // message's own.
     let received = text.find("Received: from").expect("a Received line");
     let subject = text.find("Subject: clean").expect("the message's Subject");
-    // (X-Rspamd-Queue-Id too, once mxgate sends the `i` macro.)
-    for header in ["X-Spamd-Result:", "X-Rspamd-Server:"] {
+    for header in ["X-Spamd-Result:", "X-Rspamd-Server:", "X-Rspamd-Queue-Id:"] {
         let at = text
             .find(header)
             .unwrap_or_else(|| panic!("no {header} in\n{text}"));
@@ -94,6 +93,13 @@ fn rspamd_refuses_gtube_and_adds_its_headers_to_a_clean_message(backend: Backend
             "{header} out of place in\n{text}"
         );
     }
+    // The `i` macro: rspamd names the id the message was queued as.
+    let line = text.lines().find(|l| l.starts_with("X-Rspamd-Queue-Id: "));
+    let id = line.and_then(|l| l.split(' ').nth(1)).unwrap_or_default();
+    assert!(
+        id.len() > 1 && text.contains(&format!(" id {id};")),
+        "{text}"
+    );
 }
 
 support::backend_tests!(

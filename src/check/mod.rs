@@ -79,4 +79,7 @@ pub struct Milters {
     pub default: MilterDefault,
     /// Our name, for the `j` macro.
     pub hostname: String,
+    /// A worker's connections to each milter at most (its share of
+    /// `--max-sessions`): further checks wait for one in a queue.
+    pub connections: usize,
 }

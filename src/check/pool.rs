@@ -15,6 +15,12 @@
 //! ([`Pool::checks_rcpt`]), and a recipient check skips the milters that
 //! do not.
 //!
+//! A worker opens at most [`Milters::connections`] to each milter (its
+//! share of `--max-sessions`): a run that needs one beyond that first
+//! closes an idle kept connection of that milter (its session's next check
+//! then starts over), else waits its turn in a FIFO, for
+//! `--milter-timeout` at most (then `--milter-default`).
+//!
 //! A connection that fails (connect refused, reset, timeout, a protocol
 //! error) is dropped and its run gets `--milter-default`. A recipient
 //! check the milter went along with keeps its connection (parked, per
@@ -28,7 +34,7 @@
 //! connection per check ran at 935 messages/s), and a milter cannot say
 //! whether it handles reuse.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -72,6 +78,9 @@ pub struct Finished {
     pub milter: String,
     /// It was a check of the envelope's last recipient, not the message.
     pub rcpt: bool,
+    /// The verdict is `--milter-default`'s: a milter failed (not the
+    /// client's doing).
+    pub defaulted: bool,
 }
 
 enum Socket {
@@ -213,14 +222,21 @@ pub struct Pool {
     answers_rcpt: Vec<Option<bool>>,
     /// Per (ticket, milter): the conversation its next check goes on with.
     parked: HashMap<(u64, usize), Parked>,
+    /// Per milter: its connections open now (kept ones included).
+    open: Vec<usize>,
+    /// Per milter: runs waiting for a connection, oldest first, with the
+    /// time they give up.
+    queued: Vec<VecDeque<(usize, Instant)>>,
 }
 
 /// One thing a milter did, for the metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observed {
-    /// Milter `0` gave its final answer on a message (its action), after
-    /// this long.
-    Verdict(usize, &'static str, Duration),
+    /// Milter `0` gave its final answer to a check after this long, and
+    /// with it a verdict (its action) when the answer decides something:
+    /// always on a message, on a recipient only when not accept/continue
+    /// (so a message and its accepted recipients count once).
+    Verdict(usize, Option<&'static str>, Duration),
     /// Milter `0` failed.
     Failure(usize),
 }
@@ -239,6 +255,8 @@ impl Pool {
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
             answers_rcpt: vec![None; milters.endpoints.len()],
             parked: HashMap::new(),
+            open: vec![0; milters.endpoints.len()],
+            queued: vec![VecDeque::new(); milters.endpoints.len()],
             milters,
         }
     }
@@ -327,6 +345,7 @@ impl Pool {
     /// Moves every due link's bytes and gives runs their connections until
     /// nothing more can happen without the sockets.
     pub fn pump(&mut self, r: &mut impl Readiness, now: Instant) {
+        self.admit(r, now);
         while self.is_due() {
             for run in std::mem::take(&mut self.waiting) {
                 self.attach(run, r, now);
@@ -340,6 +359,7 @@ impl Pool {
                     Pumped::Blocked { write } => self.settle(link, write, r),
                 }
             }
+            self.admit(r, now);
         }
         for (link, generation, socket) in self.dropped.drain(..) {
             r.deregister(link, generation, socket.fd());
@@ -354,7 +374,7 @@ impl Pool {
             // It does not answer RCPT: nothing to ask it of a recipient.
             let count = self.milters.endpoints.len();
             match self.runs[key].run.answered(Answer::Continue, count) {
-                Some(verdict) => self.finish(key, milter, verdict),
+                Some(verdict) => self.finish(key, milter, verdict, false),
                 None => self.waiting.push(key),
             }
             return;
@@ -367,6 +387,10 @@ impl Pool {
             }
             self.drop_link(link);
         }
+        if !self.has_room(milter) {
+            let deadline = now + self.milters.timeout;
+            return self.queued[milter].push_back((key, deadline));
+        }
         let endpoint = &self.milters.endpoints[milter];
         let socket = match Socket::connect(endpoint) {
             Ok(socket) => socket,
@@ -375,6 +399,7 @@ impl Pool {
         let generation = self.next_generation;
         self.next_generation = generation.wrapping_add(1);
         let fd = socket.fd();
+        self.open[milter] += 1;
         let link = self.links.insert(Link {
             milter,
             socket,
@@ -387,6 +412,44 @@ impl Pool {
         });
         r.register(link, fd);
         self.due.push(link);
+    }
+
+    /// Whether milter `milter` may have one more connection: under the
+    /// cap, or once an idle kept one is closed for it.
+    fn has_room(&mut self, milter: usize) -> bool {
+        if self.open[milter] < self.milters.connections {
+            return true;
+        }
+        let idle = self
+            .parked
+            .iter()
+            .find(|(&(_, m), p)| m == milter && self.is_live(p));
+        let Some((&at, parked)) = idle else {
+            return false;
+        };
+        let link = parked.link;
+        self.parked.remove(&at);
+        self.drop_link(link);
+        true
+    }
+
+    /// Gives queued runs the connections there is room for, oldest first;
+    /// those that waited past their time get `--milter-default`.
+    fn admit(&mut self, r: &mut impl Readiness, now: Instant) {
+        for milter in 0..self.queued.len() {
+            while let Some(&(key, deadline)) = self.queued[milter].front() {
+                if deadline <= now {
+                    self.queued[milter].pop_front();
+                    let why = "no free connection within --milter-timeout".to_string();
+                    self.run_failed(key, milter, why, now);
+                } else if self.has_room(milter) {
+                    self.queued[milter].pop_front();
+                    self.attach(key, r, now);
+                } else {
+                    break;
+                }
+            }
+        }
     }
 
     /// The kept connection `link` of run `key`'s session goes on with it.
@@ -513,7 +576,8 @@ impl Pool {
         }
         let verdict = slot.run.answered(answer.clone(), count);
         let took = now.saturating_duration_since(slot.started);
-        let action = answer_action(&answer);
+        let decides = !slot.run.rcpt_only || answer_action(&answer) != "accept";
+        let action = decides.then(|| answer_action(&answer));
         self.observed.push(Observed::Verdict(milter, action, took));
         if !park {
             // Its check is over: the milter sees the connection close.
@@ -523,7 +587,7 @@ impl Pool {
             self.drop_link(old.link);
         }
         match verdict {
-            Some(verdict) => self.finish(key, milter, verdict),
+            Some(verdict) => self.finish(key, milter, verdict, false),
             None => self.waiting.push(key),
         }
     }
@@ -547,7 +611,7 @@ impl Pool {
         let count = self.milters.endpoints.len();
         let slot = &mut self.runs[key];
         match slot.run.failed(self.milters.default, count) {
-            Some(verdict) => self.finish(key, milter, verdict),
+            Some(verdict) => self.finish(key, milter, verdict, true),
             None => self.waiting.push(key),
         }
     }
@@ -555,14 +619,16 @@ impl Pool {
     /// Takes `link` out; its socket closes once the backend forgot it.
     fn drop_link(&mut self, link: usize) -> Pumped {
         let l = self.links.remove(link);
+        self.open[l.milter] -= 1;
         self.dropped.push((link, l.generation, l.socket));
         Pumped::Gone
     }
 
-    fn finish(&mut self, key: usize, milter: usize, verdict: Verdict) {
+    fn finish(&mut self, key: usize, milter: usize, verdict: Verdict, defaulted: bool) {
         let slot = self.runs.remove(key);
         self.finished.push(Finished {
             rcpt: slot.run.rcpt_only,
+            defaulted,
             ticket: slot.ticket,
             message: slot.run.message,
             verdict,

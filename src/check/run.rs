@@ -264,6 +264,13 @@ impl Run {
         }
     }
 
+    /// The `i` macro (the queue id), at DATA and end of message as Postfix
+    /// sends it, once the message has an id.
+    fn queue_id(&self) -> Vec<(&'static str, &str)> {
+        let id = self.message.id.as_ref();
+        id.map(|id| ("i", id.as_str())).into_iter().collect()
+    }
+
     /// Tells `client` the stage at `at`, with its macros.
     fn send(&self, at: Cursor, client: &mut Client, now: Instant) -> Step {
         let message = &self.message;
@@ -312,7 +319,7 @@ impl Run {
                 let path = format!("<{to}>");
                 client.stage(Stage::Rcpt(&path, &[]), &[("{rcpt_addr}", &to)], now)
             }
-            Cursor::Data => client.stage(Stage::Data, &[], now),
+            Cursor::Data => client.stage(Stage::Data, &self.queue_id(), now),
             Cursor::Header(i) => {
                 let (name, value) = &self.headers[i];
                 client.stage(Stage::Header(name, value), &[], now)
@@ -323,7 +330,9 @@ impl Run {
                 let chunk = &body[from..body.len().min(from + BODY_CHUNK)];
                 client.stage(Stage::Body(chunk), &[], now)
             }
-            Cursor::EndOfMessage | Cursor::Done => client.stage(Stage::EndOfMessage, &[], now),
+            Cursor::EndOfMessage | Cursor::Done => {
+                client.stage(Stage::EndOfMessage, &self.queue_id(), now)
+            }
         }
     }
 }
@@ -349,6 +358,7 @@ mod tests {
             },
             body: b"Subject: hi\r\n\r\n..body\r\n".to_vec(),
             quarantine: None,
+            id: None,
         }
     }
 

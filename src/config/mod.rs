@@ -160,6 +160,9 @@ impl Config {
                 timeout: self.milter_timeout,
                 default: self.milter_default,
                 hostname: self.hostname.clone(),
+                connections: self
+                    .milter_connections
+                    .unwrap_or_else(|| self.max_sessions.div_ceil(self.workers).max(1)),
             })
         })
     }

@@ -251,4 +251,9 @@ settings! {
     /// When a milter is down, times out or breaks the protocol: tempfail
     /// (451 4.7.1) or accept (skip that milter).
     milter_default: MilterDefaultName => MilterDefault = Value("tempfail"), "tempfail|accept", named;
+
+    /// Connections one worker opens to each milter at most; further checks
+    /// wait for one (up to the milter timeout). Default: the worker's share
+    /// of max-sessions.
+    milter_connections: usize => Option<usize> = Computed("max-sessions / workers"), "N", optional_positive;
 }

@@ -82,6 +82,14 @@ pub(super) fn optional<T>(_key: &str, value: Option<T>) -> Result<Option<T>, Con
     Ok(value)
 }
 
+/// A count computed from other settings when absent; at least 1 if given.
+pub(super) fn optional_positive(
+    key: &str,
+    value: Option<usize>,
+) -> Result<Option<usize>, ConfigError> {
+    value.map(|n| positive(key, Some(n))).transpose()
+}
+
 /// A name as written in flags and files, to the type it stands for.
 pub(super) fn named<T: Into<U>, U>(key: &str, value: Option<T>) -> Result<U, ConfigError> {
     required(key, value).map(Into::into)

@@ -136,11 +136,13 @@ pub struct Metrics {
 #[derive(Debug, Clone)]
 pub struct MilterMetrics {
     pub name: String,
-    /// Final answers per message, by action.
+    /// Verdicts by action: one per message, plus a recipient's when it
+    /// is not accept.
     pub verdicts: Vec<(&'static str, u64)>,
     /// Connects refused, resets, timeouts, protocol errors.
     pub failures: u64,
-    /// First stage of a message to the milter's final answer.
+    /// First stage of a check (a recipient's or a message's) to the
+    /// milter's final answer.
     pub latency: Latency,
 }
 

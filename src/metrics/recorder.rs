@@ -139,11 +139,14 @@ impl Recorder {
         self.metrics.spool_commit.record(nanos(commit));
     }
 
-    /// Milter `name` gave its final answer `action` on a message, `took`
-    /// after the message's first stage.
-    pub fn milter_verdict(&mut self, name: &str, action: &'static str, took: Duration) {
+    /// Milter `name` gave its final answer to a check `took` after the
+    /// check's first stage; a verdict (`action`) when that answer decides
+    /// something (see [`crate::check::pool::Observed`]).
+    pub fn milter_verdict(&mut self, name: &str, action: Option<&'static str>, took: Duration) {
         let milter = self.metrics.milter(name);
-        super::count(&mut milter.verdicts, action, 1);
+        if let Some(action) = action {
+            super::count(&mut milter.verdicts, action, 1);
+        }
         milter.latency.record(nanos(took));
     }
 

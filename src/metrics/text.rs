@@ -36,7 +36,7 @@ fn milters(o: &mut String, m: &Metrics) {
         return;
     }
     let name = "milter_verdicts_total";
-    let help = "Final answers of each milter per message, by action (accept covers continue).";
+    let help = "Milter verdicts by action: one per message the milter was asked about, plus one per recipient it refused or discarded at RCPT (accept covers continue).";
     header(o, name, help, "counter");
     for milter in &m.milters {
         for &(action, n) in &milter.verdicts {
@@ -57,7 +57,7 @@ fn milters(o: &mut String, m: &Metrics) {
         .iter()
         .map(|x| (x.name.as_str(), &x.latency))
         .collect();
-    let help = "A message's first stage sent to a milter to its final answer.";
+    let help = "Each check's first stage sent to a milter to its final answer (recipient checks and messages).";
     summary(o, "milter_latency_seconds", help, "milter", &latencies);
 }
 

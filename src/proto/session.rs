@@ -490,13 +490,14 @@ impl Session {
 
     /// The milters' verdict on the message after [`Event::MessageReady`]
     /// when it is not to be spooled: `reply` (whole, CRLF included) goes
-    /// out, recorded in `tally` as a refusal if it is one (not for a
-    /// discard's 250). Ignored at any other time.
+    /// out, recorded in `tally` as a refusal and an error if it is one
+    /// (not for a discard's 250). Ignored at any other time.
     pub fn check_done(&mut self, reply: &[u8], out: &mut Vec<u8>, tally: &mut Tally) {
         if !matches!(self.state, State::Spooling) {
             return;
         }
         out.extend_from_slice(reply);
+        tally.replied(reply);
         if !reply.starts_with(b"2") {
             let rcpts = &self.transaction.envelope.rcpts;
             let rejections = tally.rejections_mut();
@@ -635,7 +636,9 @@ impl Session {
     ) -> Option<Event<'static>> {
         let start = out.len();
         let outcome = self.transaction.rcpt(path, table, &self.config, out);
-        if outcome == RcptOutcome::Accepted && self.check_rcpts {
+        // A transaction already discarded asks the checks nothing more.
+        let check = self.check_rcpts && !self.transaction.discarded;
+        if outcome == RcptOutcome::Accepted && check {
             out.truncate(start);
             self.state = State::RcptCheck;
             return Some(Event::RcptReady);
@@ -658,7 +661,8 @@ impl Session {
 
     /// The checks' verdict on the recipient after [`Event::RcptReady`]:
     /// `None` accepts it (250); `Some(reply)` (whole, CRLF included)
-    /// refuses it, and it leaves the envelope. Ignored at any other time.
+    /// refuses it (an error in `tally`), and it leaves the envelope.
+    /// Ignored at any other time.
     pub fn rcpt_checked(&mut self, refusal: Option<&[u8]>, out: &mut Vec<u8>, tally: &mut Tally) {
         if !matches!(self.state, State::RcptCheck) {
             return;
@@ -670,11 +674,29 @@ impl Session {
             return;
         };
         out.extend_from_slice(reply);
+        tally.replied(reply);
         tally.rcpt(RcptOutcome::Milter);
         let to = self.transaction.envelope.rcpts.pop().unwrap_or_default();
         let from = self.sender();
         let rejections = tally.rejections_mut();
         rejections.push(Stage::Rcpt, reply, &self.helo, from, &[&to[..]]);
+    }
+
+    /// A check asked for the transaction's message to be thrown away (a
+    /// milter's discard at RCPT, as Postfix takes it): later recipients
+    /// are not checked, and its end of data reports
+    /// [`Session::transaction_discarded`] for the driver to answer 250
+    /// without spooling. Lasts until the transaction ends.
+    pub fn discard_transaction(&mut self) {
+        if self.transaction.is_open() {
+            self.transaction.discarded = true;
+        }
+    }
+
+    /// Whether the transaction's message is to be thrown away
+    /// ([`Session::discard_transaction`]).
+    pub fn transaction_discarded(&self) -> bool {
+        self.transaction.discarded
     }
 
     /// Records the refusal of a MAIL, RCPT, DATA or BDAT line whose

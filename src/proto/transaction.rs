@@ -27,6 +27,9 @@ pub(super) struct Transaction {
     open: bool,
     /// A RCPT was answered (554 rather than 503 when none was accepted).
     rcpt_tried: bool,
+    /// A check asked for the message to be thrown away (a milter's
+    /// discard at RCPT): it gets its 250 but is not spooled.
+    pub(super) discarded: bool,
     /// Body octets received so far, in wire form.
     received: u64,
     crlf: CrLfCheck,
@@ -177,6 +180,7 @@ impl Transaction {
         self.envelope.body_kind = None;
         self.open = false;
         self.rcpt_tried = false;
+        self.discarded = false;
     }
 }
 

@@ -81,7 +81,7 @@ pub trait Driver: Sized {
     /// The milters' verdicts: to the spool, or the session's reply.
     fn complete_checks(&mut self, now: Instant) {
         self.pump_checks(now);
-        for key in super::checks::complete(self.sessions()) {
+        for key in super::checks::complete(self.sessions(), now) {
             self.drive(key, now);
         }
     }

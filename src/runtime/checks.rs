@@ -4,15 +4,18 @@
 //! reply from the session. A verdict for a connection that has gone since
 //! is dropped: its client never got a 250.
 
-use super::conn::Checked;
+use std::time::Instant;
+
+use super::conn::{Charge, Checked, Decided};
 use super::sessions::{unticket, Sessions};
 use crate::check::pool::Observed;
 use crate::check::{Finished, Verdict};
 use crate::proto::reply::Reply;
 
 /// Takes the finished runs of the worker's pool; returns the connections
-/// to drive (those whose session has a reply to write).
-pub fn complete<I>(sessions: &mut Sessions<I>) -> Vec<usize> {
+/// to drive (those whose session has a reply to write). A refusal that is
+/// a milter's own counts toward its client's error score at `now`.
+pub fn complete<I>(sessions: &mut Sessions<I>, now: Instant) -> Vec<usize> {
     let Some(pool) = sessions.checks.as_mut() else {
         return Vec::new();
     };
@@ -42,27 +45,39 @@ pub fn complete<I>(sessions: &mut Sessions<I>) -> Vec<usize> {
             verdict,
             milter,
             rcpt,
+            defaulted,
         } = done;
-        let action = verdict.action();
+        let by = Decided {
+            milter: &milter,
+            action: verdict.action(),
+            clients_doing: !defaulted,
+        };
+        let at = Charge {
+            clients: &sessions.control.clients,
+            now,
+        };
+        let metrics = &mut sessions.metrics;
         if rcpt {
             let refusal = rcpt_refusal(&verdict);
-            let metrics = &mut sessions.metrics;
-            let verdict = Checked::Rcpt(refusal.as_deref());
-            slot.conn.checked(verdict, &milter, action, metrics);
+            let verdict = match verdict {
+                Verdict::Discard => Checked::RcptDiscard,
+                _ => Checked::Rcpt(refusal.as_deref()),
+            };
+            slot.conn.checked(verdict, by, metrics, at);
             drive.push(key);
             continue;
         }
         match verdict {
             Verdict::Pass { quarantine } => {
-                slot.conn.milter_verdict(&milter, action);
+                slot.conn.milter_verdict(&milter, by.action);
                 message.quarantine = quarantine;
                 sessions.link.submit(ticket, message);
             }
             refused => {
                 let reply = reply_of(&refused);
-                let metrics = &mut sessions.metrics;
-                slot.conn
-                    .checked(Checked::Message(&reply), &milter, action, metrics);
+                let id = message.id.as_ref().map(|id| id.as_str());
+                let verdict = Checked::Message(&reply, id);
+                slot.conn.checked(verdict, by, metrics, at);
                 drive.push(key);
             }
         }
@@ -71,7 +86,7 @@ pub fn complete<I>(sessions: &mut Sessions<I>) -> Vec<usize> {
 }
 
 /// The reply for a recipient the milters refused, if they did (a discard
-/// at RCPT accepts it: the message's own check decides).
+/// at RCPT accepts it, and discards the transaction's message).
 fn rcpt_refusal(verdict: &Verdict) -> Option<Vec<u8>> {
     let (own, ours) = match verdict {
         Verdict::Reject(own) => (own, Reply::RecipientRejectedByCheck),

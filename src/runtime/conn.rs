@@ -50,6 +50,7 @@ use super::spare;
 use super::timer::{Expiry, TimerWheel};
 use crate::check::Pool;
 use crate::metrics::Recorder;
+use crate::proto::reply::Reply;
 use crate::proto::{Event, Printable, Session, Tally};
 use crate::recipients::Table;
 use crate::shield::proxy::{self, Flaw, Parse, Sniff};
@@ -175,6 +176,8 @@ struct LogNotes {
     queue_ids: String,
     /// The milters' last verdict.
     milter_verdict: Option<MilterVerdict>,
+    /// The milter that discarded the transaction at RCPT.
+    discarded_by: Option<String>,
 }
 
 impl SessionLog {
@@ -213,13 +216,35 @@ impl std::fmt::Display for MilterVerdict {
     }
 }
 
+/// Who decided a check, for the log and the error score.
+#[derive(Debug, Clone, Copy)]
+pub struct Decided<'a> {
+    pub milter: &'a str,
+    pub action: &'static str,
+    /// A milter's own verdict: its refusal counts toward the client's
+    /// error score. Not for `--milter-default` after a milter failed (our
+    /// fault, not the client's).
+    pub clients_doing: bool,
+}
+
+/// Where a refusal's error is charged: the per-client limits, at `now`.
+#[derive(Clone, Copy)]
+pub struct Charge<'a> {
+    pub clients: &'a ClientLimits,
+    pub now: Instant,
+}
+
 /// What the milters decided, when the session answers it.
 #[derive(Debug, Clone, Copy)]
 pub enum Checked<'a> {
     /// On the recipient: refused with this reply, or accepted.
     Rcpt(Option<&'a [u8]>),
-    /// On the message: this reply (a refusal, or a discard's 250).
-    Message(&'a [u8]),
+    /// On the recipient: accepted, and the transaction's message is to be
+    /// thrown away at its end of data (a discard at RCPT).
+    RcptDiscard,
+    /// On the message (queued as this id, had it been): this reply (a
+    /// refusal, or a discard's 250).
+    Message(&'a [u8], Option<&'a str>),
 }
 
 /// What stands between a connection's input and its session.
@@ -674,6 +699,9 @@ impl Conn {
                 Event::NeedInput | Event::Paused => break,
                 Event::Envelope => self.body.clear(),
                 Event::Body(bytes) => self.body.extend_from_slice(bytes),
+                Event::MessageReady if self.session.transaction_discarded() => {
+                    self.drop_discarded(&mut tally, cx);
+                }
                 Event::MessageReady => {
                     self.submit(tls, cx);
                     break;
@@ -700,7 +728,7 @@ impl Conn {
                 }
             }
         }
-        self.charge_errors(&mut tally, cx);
+        self.charge_errors(&mut tally, cx.clients, cx.now);
         self.count_decisions(&tally, cx);
         pos
     }
@@ -736,10 +764,10 @@ impl Conn {
     }
 
     /// Charges the errors a feed answered after its last command line.
-    fn charge_errors(&mut self, tally: &mut Tally, cx: &mut Cx) {
+    fn charge_errors(&mut self, tally: &mut Tally, clients: &ClientLimits, now: Instant) {
         let errors = tally.take_errors();
         if let Some(account) = self.admission.account().filter(|_| errors > 0) {
-            cx.clients.charge_errors(account, errors, cx.now);
+            clients.charge_errors(account, errors, now);
         }
     }
 
@@ -759,13 +787,14 @@ impl Conn {
     fn submit(&mut self, tls: Option<Negotiated>, cx: &mut Cx) {
         let envelope = self.session.envelope().clone();
         self.log.accepted_rcpts += u32::try_from(envelope.rcpts.len()).unwrap_or(u32::MAX);
-        let message = Message {
+        let mut message = Message {
             peer: self.peer,
             helo: self.session.helo().to_vec(),
             tls,
             envelope,
             body: std::mem::take(&mut self.body),
             quarantine: None,
+            id: None,
         };
         let data_ended = cx.now.saturating_duration_since(self.opened);
         self.data_ended_ns = u64::try_from(data_ended.as_nanos()).unwrap_or(u64::MAX);
@@ -773,10 +802,32 @@ impl Conn {
         self.submit_lag_ns = u32::try_from(lag).unwrap_or(u32::MAX);
         // Parked the same way whether milters or the spool look at it.
         match cx.checks.as_deref_mut() {
-            Some(checks) => checks.start(cx.ticket, message, cx.now),
+            Some(checks) => {
+                // The milters are told the id it will be queued as.
+                message.id = Some(cx.link.next_id());
+                checks.start(cx.ticket, message, cx.now);
+            }
             None => cx.link.submit(cx.ticket, message),
         }
         self.awaiting_spool = true;
+    }
+
+    /// The message of a transaction a milter discarded at RCPT: 250,
+    /// nothing spooled, no milter asked again (their conversations about
+    /// it close).
+    fn drop_discarded(&mut self, tally: &mut Tally, cx: &mut Cx) {
+        self.body = Vec::new();
+        let rcpts = self.session.envelope().rcpts.len();
+        self.log.accepted_rcpts += u32::try_from(rcpts).unwrap_or(u32::MAX);
+        if let Some(checks) = cx.checks.as_deref_mut() {
+            checks.forget(cx.ticket);
+        }
+        let notes = self.log.notes.get_or_insert_with(Box::default);
+        let milter = notes.discarded_by.take().unwrap_or_default();
+        let reply = Reply::Ok.text();
+        self.session.check_done(reply, &mut self.out, tally);
+        let id = cx.link.next_id();
+        self.note_verdict(&milter, "discard", reply, Some(id.as_str()));
     }
 
     /// The recipient the table just accepted goes to the milters; the
@@ -789,12 +840,22 @@ impl Conn {
             envelope: self.session.envelope().clone(),
             body: Vec::new(),
             quarantine: None,
+            id: None,
         };
         if let Some(checks) = cx.checks.as_deref_mut() {
             checks.start_rcpt(cx.ticket, message, cx.now);
             self.awaiting_spool = true;
         } else {
-            self.checked(Checked::Rcpt(None), "", "accept", cx.metrics);
+            let by = Decided {
+                milter: "",
+                action: "accept",
+                clients_doing: false,
+            };
+            let at = Charge {
+                clients: cx.clients,
+                now: cx.now,
+            };
+            self.checked(Checked::Rcpt(None), by, cx.metrics, at);
         }
     }
 
@@ -830,37 +891,49 @@ impl Conn {
     /// The milters' verdict on what this connection submitted, when the
     /// session (not the spool) answers it: the session writes its reply
     /// and goes on with what it held back.
-    pub fn checked(
-        &mut self,
-        verdict: Checked,
-        milter: &str,
-        action: &'static str,
-        metrics: &mut Recorder,
-    ) {
+    pub fn checked(&mut self, verdict: Checked, by: Decided, metrics: &mut Recorder, at: Charge) {
+        let Decided { milter, action, .. } = by;
         self.awaiting_spool = false;
         self.feed_due = true;
         let mut tally = Tally::default();
         let out = lend(&mut self.out);
         let start = out.len();
-        let reply = match verdict {
+        let (reply, id) = match verdict {
             Checked::Rcpt(refusal) => {
                 self.session.rcpt_checked(refusal, out, &mut tally);
-                refusal
+                (refusal, None)
             }
-            Checked::Message(reply) => {
+            Checked::RcptDiscard => {
+                self.session.discard_transaction();
+                self.session.rcpt_checked(None, out, &mut tally);
+                let notes = self.log.notes.get_or_insert_with(Box::default);
+                notes.discarded_by = Some(milter.to_string());
+                (Some(Reply::RecipientOk.text()), None)
+            }
+            Checked::Message(reply, id) => {
                 self.session.check_done(reply, out, &mut tally);
-                Some(reply)
+                (Some(reply), id)
             }
         };
         if let Some(reply) = reply {
-            self.milter_verdict(milter, action);
-            let reply = Printable(reply.trim_ascii_end());
-            tracing::info!(client = %self.peer, milter, action, reply = %reply, "milter verdict");
+            self.note_verdict(milter, action, reply, id);
         }
         self.seal(start);
+        if by.clients_doing {
+            self.charge_errors(&mut tally, at.clients, at.now);
+        }
         self.log.rejected_rcpts += tally.rejected_rcpts();
         metrics.tally(&tally, Duration::ZERO);
         mail_log::rejections(self.peer, tally.rejections());
+    }
+
+    /// Logs a verdict the session answered with `reply` (on a message
+    /// with queue id `id`), and notes it for the session's log line.
+    fn note_verdict(&mut self, milter: &str, action: &'static str, reply: &[u8], id: Option<&str>) {
+        self.milter_verdict(milter, action);
+        let reply = Printable(reply.trim_ascii_end());
+        let client = self.peer;
+        tracing::info!(%client, milter, action, reply = %reply, queue_id = id, "milter verdict");
     }
 
     /// Notes the milters' verdict on this connection's message for its

@@ -328,6 +328,7 @@ mod tests {
             envelope: Envelope::default(),
             body: b"body\r\n".to_vec(),
             quarantine: None,
+            id: None,
         }
     }
 

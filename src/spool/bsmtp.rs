@@ -125,6 +125,7 @@ mod tests {
             },
             body: body.to_vec(),
             quarantine: None,
+            id: None,
         }
     }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::gate::Gate;
-use super::id::QueueIds;
+use super::id::{QueueId, QueueIds};
 use super::{Completion, Message, SpoolError, SpoolMode};
 
 /// A message on its way to a spool thread, with where to report it.
@@ -24,9 +24,10 @@ pub struct Job {
     pub inbox: Arc<Inbox>,
 }
 
-/// What the spool threads receive.
+/// What the spool threads receive (a job boxed: the channel's slots stay
+/// small, and a message is several allocations already).
 pub enum Work {
-    Job(Job),
+    Job(Box<Job>),
     /// Finish what is queued before this, then exit (one per thread).
     Stop,
 }
@@ -95,7 +96,7 @@ impl SpoolLink {
     pub fn submit(&self, ticket: u64, message: Message) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         if self.front.mode == SpoolMode::Discard {
-            let id = self.front.ids.next_id().to_string();
+            let id = message.id.unwrap_or_else(|| self.next_id()).to_string();
             return self.complete_now(ticket, Ok(id));
         }
         if !self.front.gate.enter() {
@@ -106,11 +107,17 @@ impl SpoolLink {
             message,
             inbox: Arc::clone(&self.inbox),
         };
-        let sent = self.front.jobs.send(Work::Job(job));
+        let sent = self.front.jobs.send(Work::Job(Box::new(job)));
         self.front.gate.leave();
         if sent.is_err() {
             self.complete_now(ticket, Err(SpoolError::Closed));
         }
+    }
+
+    /// A fresh queue id, for a message that needs one before the spool
+    /// writes it ([`Message::id`]).
+    pub fn next_id(&self) -> QueueId {
+        self.front.ids.next_id()
     }
 
     /// The next finished message, if any (never blocks).

@@ -131,6 +131,9 @@ pub struct Message {
     pub body: Vec<u8>,
     /// A check's reason to put the message in `quarantine/`, not `new/`.
     pub quarantine: Option<String>,
+    /// Its queue id, when it needed one before the spool (the milters'
+    /// `i` macro, from [`SpoolLink::next_id`]); else the spool gives one.
+    pub id: Option<QueueId>,
 }
 
 /// The outcome of one submitted message.

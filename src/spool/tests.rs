@@ -36,6 +36,7 @@ fn message(n: usize) -> Message {
         },
         body: format!("Subject: {n}\r\n\r\nbody {n}\r\n").into_bytes(),
         quarantine: None,
+        id: None,
     }
 }
 
@@ -123,6 +124,26 @@ fn durable_round_trip() {
     assert_eq!(spool.stats().committed, 1);
     spool.shutdown(); // the thread may still be calling notify
     assert_eq!(worker.notified(), 1);
+}
+
+#[test]
+fn a_message_given_an_id_is_queued_as_that_id() {
+    let root = tempfile::tempdir().unwrap();
+    let spool = Spool::open(config(root.path(), 1)).unwrap();
+    let worker = WatchedLink::new(&spool);
+    let id = worker.link.next_id();
+    let later = worker.link.next_id();
+    worker.link.submit(
+        1,
+        Message {
+            id: Some(id),
+            ..message(1)
+        },
+    );
+    assert_eq!(expect_id(&worker.collect(1)[0]), id.as_str());
+    assert!(root.path().join(format!("new/{id}.bsmtp")).is_file());
+    assert!(id < later, "ids given out early still sort by time");
+    spool.shutdown();
 }
 
 #[test]

@@ -126,7 +126,7 @@ impl Writer {
         while let Some(work) = next {
             match work {
                 Work::Stop => return (batch, true),
-                Work::Job(job) => batch.push(job),
+                Work::Job(job) => batch.push(*job),
             }
             if batch.len() >= self.durable.max_batch {
                 break;
@@ -154,7 +154,7 @@ impl Writer {
 
     /// Writes one message to `tmp/`; the file stays open for the sync.
     fn write(&self, job: Job, date: &str) -> Staged {
-        let id = self.durable.ids.next_id();
+        let id = job.message.id.unwrap_or_else(|| self.durable.ids.next_id());
         let mut entry = Staged {
             job,
             id,

@@ -74,16 +74,7 @@ impl TestServer {
     /// `/metrics` samples by name with labels (`--metrics` must be on).
     pub fn scrape(&self) -> HashMap<String, f64> {
         let handle = self.handle.as_ref().expect("running");
-        let addr = handle.metrics_addr().expect("--metrics is on");
-        let mut stream = TcpStream::connect(addr).expect("connect to /metrics");
-        stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        text.lines()
-            .filter(|l| l.starts_with("mxgate_"))
-            .filter_map(|l| l.rsplit_once(' '))
-            .map(|(name, value)| (name.to_string(), value.parse().unwrap()))
-            .collect()
+        scrape(handle.metrics_addr().expect("--metrics is on"))
     }
 
     /// Graceful shutdown and join.
@@ -323,6 +314,19 @@ impl Client {
         self.cmd("MAIL FROM:<s@remote.example>", 250);
         self.cmd(&format!("RCPT TO:<{rcpt}>"), 250);
         self.cmd("DATA", 354);
+    }
+
+    /// One transaction: MAIL from a remote sender, RCPT to each path (as
+    /// written, brackets included) with the reply code it must get, DATA
+    /// and a short message with `subject`; returns the reply to its end.
+    pub fn transaction(&mut self, rcpts: &[(&str, u16)], subject: &str) -> Reply {
+        self.cmd("MAIL FROM:<s@remote.example>", 250);
+        for (path, code) in rcpts {
+            self.cmd(&format!("RCPT TO:{path}"), *code);
+        }
+        self.cmd("DATA", 354);
+        self.send(format!("Subject: {subject}\r\n\r\nhi\r\n.\r\n").as_bytes());
+        self.reply()
     }
 
     /// True if the server closes the connection without sending anything

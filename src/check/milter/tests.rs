@@ -362,6 +362,13 @@ fn an_old_milter_is_not_told_of_data() {
     );
 }
 
+/// A case of [`bad_input_is_a_clear_error`]: a reply `code` whose `data`
+/// does not parse.
+fn malformed(name: &'static str, code: u8, data: &[u8]) -> (&'static str, Vec<u8>, MilterError) {
+    let error = MilterError::Reply(ReplyError::Malformed(code));
+    (name, packet(code, data), error)
+}
+
 #[test]
 fn bad_input_is_a_clear_error() {
     let negotiate = negotiate_reply(6, 0, 0);
@@ -382,31 +389,11 @@ fn bad_input_is_a_clear_error() {
             packet(b'Z', b""),
             MilterError::Reply(ReplyError::UnknownCode(b'Z')),
         ),
-        (
-            "data on accept",
-            packet(b'a', b"x"),
-            MilterError::Reply(ReplyError::Malformed(b'a')),
-        ),
-        (
-            "2xx replycode",
-            packet(b'y', b"250 ok\0"),
-            MilterError::Reply(ReplyError::Malformed(b'y')),
-        ),
-        (
-            "bad multiline",
-            packet(b'y', b"550 a\r\n550 b\0"),
-            MilterError::Reply(ReplyError::Malformed(b'y')),
-        ),
-        (
-            "no NUL",
-            packet(b'q', b"reason"),
-            MilterError::Reply(ReplyError::Malformed(b'q')),
-        ),
-        (
-            "bad header name",
-            packet(b'h', b"X:Y\0v\0"),
-            MilterError::Reply(ReplyError::Malformed(b'h')),
-        ),
+        malformed("data on accept", b'a', b"x"),
+        malformed("2xx replycode", b'y', b"250 ok\0"),
+        malformed("bad multiline", b'y', b"550 a\r\n550 b\0"),
+        malformed("no NUL", b'q', b"reason"),
+        malformed("bad header name", b'h', b"X:Y\0v\0"),
         ("negotiate again", negotiate, MilterError::Unexpected(b'O')),
         (
             "skip not offered",
