@@ -443,11 +443,13 @@ fn conversations(milter: &Scripted) -> Vec<Vec<String>> {
     by_conn.into_iter().map(|(_, stages)| stages).collect()
 }
 
-/// A milter that takes RCPT hears a transaction as one conversation: each
-/// recipient's check goes on from the last, the message from there. A
-/// recipient it refused, or a transaction given up (RSET), ends that
-/// conversation: the next check starts over, and the message is told
-/// whole.
+/// A milter that takes RCPT hears a session as one conversation, as
+/// Postfix's milters do: each recipient's check goes on from the last, the
+/// message from there, the next transaction from MAIL. A transaction given
+/// up (RSET) is aborted (SMFIC_ABORT) and the next goes on from MAIL. A
+/// recipient it refused ends that conversation: the next check starts
+/// over, telling its own recipient, and the message aborts that and tells
+/// its whole envelope.
 fn checks_of_a_transaction_are_one_conversation(backend: Backend) {
     let milter = Scripted::start(&["--on", "rcpt/bad@=reject"]);
     let spec = milter.spec();
@@ -476,28 +478,29 @@ fn checks_of_a_transaction_are_one_conversation(backend: Backend) {
     queue_id(c.transaction(&[alice, bad, bob], "two").last());
     c.cmd("QUIT", 221);
     server.stop();
-    let head = ["connect", "helo", "mail"];
-    let message = ["data", "header", "eoh", "body", "eom"];
-    let told = |rcpts: &[&str], tail: &[&str]| -> Vec<String> {
-        let rcpts = rcpts.iter().map(|r| format!("rcpt <{r}>"));
-        let stages = head.iter().map(|s| s.to_string()).chain(rcpts);
-        stages.chain(tail.iter().map(|s| s.to_string())).collect()
-    };
+    let words = |text: &str| -> Vec<String> { text.split(' ').map(str::to_string).collect() };
+    let rcpt = |who: &str| format!("rcpt <{who}>");
+    let message = "data header eoh body eom";
     let (alice, bob, bad) = (
-        "alice@example.com",
-        "bob@example.com",
-        "bad@catchall.example",
+        rcpt("alice@example.com"),
+        rcpt("bob@example.com"),
+        rcpt("bad@catchall.example"),
     );
-    assert_eq!(
-        conversations(&milter),
-        [
-            told(&[alice, bob], &message),
-            told(&[alice], &[]),
-            told(&[alice, bad], &[]),
-            told(&[bob], &[]),
-            told(&[alice, bob], &message),
-        ]
-    );
+    let first: Vec<String> = [
+        words("connect helo mail"),
+        vec![alice.clone(), bob.clone()],
+        words(message),
+        vec!["mail".into(), alice.clone(), "abort".into()],
+        vec!["mail".into(), alice.clone(), bad],
+    ]
+    .concat();
+    let second: Vec<String> = [
+        words("connect helo mail"),
+        vec![bob.clone(), "abort".into(), "mail".into(), alice, bob],
+        words(message),
+    ]
+    .concat();
+    assert_eq!(conversations(&milter), [first, second]);
 }
 
 /// A discard at RCPT discards the transaction, as Postfix takes it: every

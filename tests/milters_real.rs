@@ -102,7 +102,55 @@ fn rspamd_refuses_gtube_and_adds_its_headers_to_a_clean_message(backend: Backend
     );
 }
 
+/// One session, three messages (clean, `bad`, clean) through `milter`, as a
+/// sending MTA that caches its connection does: each gets its own verdict
+/// on the session's one milter conversation (the next message goes on
+/// from MAIL).
+fn messages_of_a_session(backend: Backend, milter: &RealMilter, bad: &str) {
+    let flags = [
+        "--milter",
+        &milter.spec(),
+        "--milter-timeout",
+        MILTER_TIMEOUT,
+    ];
+    let server = TestServer::start(backend, &flags);
+    let mut client = server.client();
+    client.hello();
+    for (n, body) in ["first, clean", bad, "third, clean"]
+        .into_iter()
+        .enumerate()
+    {
+        client.cmd("MAIL FROM:<s@remote.example>", 250);
+        client.cmd("RCPT TO:<alice@example.com>", 250);
+        client.cmd("DATA", 354);
+        let message = format!("Subject: {n}\r\n\r\n{body}\r\n.\r\n");
+        client.send(message.as_bytes());
+        let reply = client.reply();
+        let expected = if body == bad { 5 } else { 2 };
+        assert_eq!(
+            reply.code / 100,
+            expected,
+            "message {n}: {:?}\n{}",
+            reply.lines,
+            milter.log()
+        );
+    }
+    client.cmd("QUIT", 221);
+    assert_eq!(server.spooled().len(), 2, "{:?}", server.spooled());
+    server.stop();
+}
+
+fn clamav_judges_each_message_of_a_session(backend: Backend) {
+    messages_of_a_session(backend, &RealMilter::clamav(), &eicar());
+}
+
+fn rspamd_judges_each_message_of_a_session(backend: Backend) {
+    messages_of_a_session(backend, &RealMilter::rspamd(), GTUBE);
+}
+
 support::backend_tests!(
     clamav_refuses_eicar_and_passes_a_clean_message,
     rspamd_refuses_gtube_and_adds_its_headers_to_a_clean_message,
+    clamav_judges_each_message_of_a_session,
+    rspamd_judges_each_message_of_a_session,
 );

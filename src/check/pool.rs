@@ -1,14 +1,13 @@
 //! A worker's milter connections: non-blocking sockets, one per milter
-//! and session transaction (as Postfix's smtpd has one per session), each
-//! carrying one
-//! [`Client`], and the runs
-//! ([`Run`]) they serve. The worker's event loop drives it: the backend
-//! says when a socket may move ([`Pool::ready`]) through its own readiness
-//! mechanism ([`Readiness`]: epoll registration, or io_uring polls), the
-//! timer wheel says when a reply is overdue ([`Pool::timer_fired`]), and
-//! [`Pool::pump`] moves bytes until every socket would block. Nothing
-//! here blocks or spawns a thread; finished runs wait in
-//! [`Pool::finished`] for the worker to spool or refuse their message.
+//! and SMTP session (as Postfix's smtpd has), each carrying one
+//! [`Client`], and the runs ([`Run`]) they serve. The worker's event loop
+//! drives it: the backend says when a socket may move ([`Pool::ready`])
+//! through its own readiness mechanism ([`Readiness`]: epoll registration,
+//! or io_uring polls), the timer wheel says when a reply is overdue
+//! ([`Pool::timer_fired`]), and [`Pool::pump`] moves bytes until every
+//! socket would block. Nothing here blocks or spawns a thread; finished
+//! runs wait in [`Pool::finished`] for the worker to spool or refuse their
+//! message.
 //!
 //! What each milter declined at its last negotiation on this worker is
 //! kept: a recipient is checked only while some milter may answer RCPT
@@ -22,17 +21,17 @@
 //! `--milter-timeout` at most (then `--milter-default`).
 //!
 //! A connection that fails (connect refused, reset, timeout, a protocol
-//! error) is dropped and its run gets `--milter-default`. A recipient
-//! check the milter went along with keeps its connection (parked, per
-//! ticket and milter, with what it was told): the transaction's next check
-//! goes on from there, the message from DATA, if the session's envelope
-//! still matches; else, and when the session ends, it is closed and the
-//! next check starts over. A connection is closed once the message's
-//! check is over: reusing it for the next session
-//! (SMFIC_QUIT_NC) stalled clamav-milter 1.4 under load (50 concurrent
-//! sessions: replies that never came, 30 s timeouts, a few messages/s; a
-//! connection per check ran at 935 messages/s), and a milter cannot say
-//! whether it handles reuse.
+//! error) is dropped and its run gets `--milter-default`. A connection
+//! still in step with its milter after a check is kept (parked, per ticket
+//! and milter, with what it was told, [`Told`]): after a recipient the
+//! milter let through, the transaction's next check goes on from there and
+//! the message from DATA; after a message, the session's next transaction
+//! goes on from MAIL; a transaction the session gave up is aborted first.
+//! A new HELO or STARTTLS, a refused recipient, and the session's end
+//! close it. A connection never outlives its session: reusing one for the
+//! next session (SMFIC_QUIT_NC) stalls clamav-milter 1.4.6, which never
+//! answers the connect that follows, and a milter cannot say whether it
+//! handles reuse.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -43,7 +42,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::milter::{Answer, Client};
-use super::run::{Progress, Run, Told, Verdict};
+use super::run::{GoOn, Progress, Run, Told, Verdict};
 use super::{Endpoint, Milters};
 use crate::spool::Message;
 
@@ -382,10 +381,12 @@ impl Pool {
         self.runs[key].started = now;
         let ticket = self.runs[key].ticket;
         if let Some((link, told)) = self.take_parked(ticket, milter) {
-            if self.runs[key].run.continues(&told) {
-                return self.resume(key, link, now);
+            match self.runs[key].run.continues(&told) {
+                Some(go_on) => return self.resume(key, link, &told, go_on, now),
+                None => {
+                    self.drop_link(link);
+                }
             }
-            self.drop_link(link);
         }
         if !self.has_room(milter) {
             let deadline = now + self.milters.timeout;
@@ -452,9 +453,13 @@ impl Pool {
         }
     }
 
-    /// The kept connection `link` of run `key`'s session goes on with it.
-    fn resume(&mut self, key: usize, link: usize, now: Instant) {
-        self.runs[key].run.resume();
+    /// The kept connection `link` of run `key`'s session goes on with it,
+    /// from where it was `told` so much.
+    fn resume(&mut self, key: usize, link: usize, told: &Told, go_on: GoOn, now: Instant) {
+        if go_on == GoOn::AfterAbort {
+            self.links[link].client.abort();
+        }
+        self.runs[key].run.resume(told, go_on);
         self.links[link].run = Some(key);
         self.answered(link, Answer::Continue, now);
         if self.links.contains(link) {
@@ -561,7 +566,15 @@ impl Pool {
         };
         let slot = &mut self.runs[key];
         let count = self.milters.endpoints.len();
-        let park = slot.park && slot.run.rcpt_only && answer == Answer::Continue;
+        // In step, the milter may hear more of the session on this
+        // connection: the transaction's next check after a recipient it
+        // let through, the next transaction after a message.
+        let park = slot.park
+            && l.client.is_ready()
+            && match slot.run.rcpt_only {
+                true => answer == Answer::Continue,
+                false => slot.run.complete(),
+            };
         let mut replaced = None;
         if park {
             // The session's next check goes on from here.

@@ -16,13 +16,32 @@ use super::milter::{Answer, Client, HeaderEdit, Stage, Step, BODY_CHUNK};
 use super::MilterDefault;
 use crate::proto::BodyKind;
 use crate::spool::Message;
+use crate::tls::Negotiated;
 
 /// Octets of stages sent ahead while replies are due: a large body goes
 /// in windows, not copied whole into the client's output.
 const WINDOW: usize = BODY_CHUNK;
 
-/// The HELO, sender and recipients a milter was told, in order.
-pub type Told = (Vec<u8>, Vec<u8>, Vec<Vec<u8>>);
+/// Where a conversation kept for a session stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Told {
+    /// Within a transaction: the HELO, sender and recipients it was told,
+    /// in order.
+    Transaction(Vec<u8>, Vec<u8>, Vec<Vec<u8>>),
+    /// Between messages: the session's HELO and TLS state; the milter
+    /// awaits the next MAIL.
+    Session(Vec<u8>, Option<Negotiated>),
+}
+
+/// How a check goes on from a kept conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoOn {
+    /// From where the conversation stands.
+    Here,
+    /// From MAIL, once the milter forgot the transaction it was told
+    /// (SMFIC_ABORT).
+    AfterAbort,
+}
 
 /// What a finished run means for the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,8 +191,12 @@ impl Run {
     }
 
     /// What a milter that went along with this check was told: the HELO,
-    /// the sender and the recipients, in order.
+    /// the sender and the recipients, in order; or, once it heard the whole
+    /// message, only the session.
     pub fn told(&self) -> Told {
+        if self.complete() {
+            return Told::Session(self.message.helo.clone(), self.message.tls);
+        }
         let envelope = &self.message.envelope;
         let helo = self.message.helo.clone();
         // A recipient check of its own tells only its recipient.
@@ -182,32 +205,51 @@ impl Run {
             false => 0,
         };
         let rcpts = envelope.rcpts[first..].to_vec();
-        (helo, envelope.mail_from.clone(), rcpts)
+        Told::Transaction(helo, envelope.mail_from.clone(), rcpts)
     }
 
-    /// Whether a conversation that was `told` that is this check's so far
-    /// (all its recipients but the last for a recipient check; all of them
-    /// for the message).
-    pub fn continues(&self, told: &Told) -> bool {
-        let (helo, from, rcpts) = told;
-        let envelope = &self.message.envelope;
-        let before = envelope
-            .rcpts
-            .len()
-            .saturating_sub(usize::from(self.rcpt_only));
-        *helo == self.message.helo
-            && *from == envelope.mail_from
-            && envelope.rcpts.get(..before) == Some(&rcpts[..])
+    /// Whether and how this check goes on from a conversation of the same
+    /// session that was `told` so much: from where it stands if it was told
+    /// this check's transaction so far (all recipients but the last for a
+    /// recipient check, all for the message) or is between messages; else
+    /// after an abort, if the session is the same (a transaction it was
+    /// told was reset).
+    pub fn continues(&self, told: &Told) -> Option<GoOn> {
+        let message = &self.message;
+        let same_session = |helo: &Vec<u8>| *helo == message.helo;
+        match told {
+            Told::Session(helo, tls) => {
+                (same_session(helo) && *tls == message.tls).then_some(GoOn::Here)
+            }
+            Told::Transaction(helo, from, rcpts) => {
+                let envelope = &message.envelope;
+                let before = envelope
+                    .rcpts
+                    .len()
+                    .saturating_sub(usize::from(self.rcpt_only));
+                let here =
+                    *from == envelope.mail_from && envelope.rcpts.get(..before) == Some(&rcpts[..]);
+                match (same_session(helo), here) {
+                    (false, _) => None,
+                    (true, true) => Some(GoOn::Here),
+                    (true, false) => Some(GoOn::AfterAbort),
+                }
+            }
+        }
     }
 
-    /// The milter at hand goes on from a conversation that [`Run::continues`]:
-    /// the last recipient, or the message from DATA on.
-    pub fn resume(&mut self) {
-        self.resumed = true;
+    /// The milter at hand goes on from a conversation that was `told` so
+    /// much, as [`Run::continues`] said: the last recipient, or the message
+    /// from DATA on, within the transaction; else from MAIL.
+    pub fn resume(&mut self, told: &Told, go_on: GoOn) {
+        let within = matches!(told, Told::Transaction(..)) && go_on == GoOn::Here;
+        // A check of its own from MAIL tells (and so keeps) only its recipient.
+        self.resumed = within;
         let rcpts = self.message.envelope.rcpts.len();
-        self.cursor = match self.rcpt_only {
-            true => Cursor::Rcpt(rcpts.saturating_sub(1)),
-            false => Cursor::Data,
+        self.cursor = match (within, self.rcpt_only) {
+            (true, true) => Cursor::Rcpt(rcpts.saturating_sub(1)),
+            (true, false) => Cursor::Data,
+            (false, _) => Cursor::Mail,
         };
     }
 
@@ -389,7 +431,9 @@ mod tests {
                 }
                 rest = &rest[4 + len..];
             }
-            let replies = [0, 0, 0, 1, b'c'].repeat(commands.len());
+            // Macros and abort are not answered.
+            let answered = commands.iter().filter(|&&c| c != b'A').count();
+            let replies = [0, 0, 0, 1, b'c'].repeat(answered);
             batches.push(commands);
             match progress {
                 Progress::Answered(answer) => return (batches, answer),
@@ -468,15 +512,16 @@ mod tests {
         assert_eq!(commands(&drive(&mut first, &mut client, now).0), b"CHMR");
         let told = first.told();
         let mut second = Run::for_rcpt(message(&["a@x", "b@x"]), "mx.test");
-        assert!(second.continues(&told));
-        second.resume();
+        assert_eq!(second.continues(&told), Some(GoOn::Here));
+        second.resume(&told, GoOn::Here);
         assert_eq!(commands(&drive(&mut second, &mut client, now).0), b"R");
         let told = second.told();
-        assert_eq!(told.2, [b"a@x".to_vec(), b"b@x".to_vec()]);
+        let (helo, from) = (b"client.example".to_vec(), b"s@remote.example".to_vec());
+        let both = vec![b"a@x".to_vec(), b"b@x".to_vec()];
+        assert_eq!(told, Told::Transaction(helo.clone(), from.clone(), both));
         let mut message_run = Run::new(message(&["a@x", "b@x"]), "mx.test");
-        assert!(message_run.continues(&told));
-        assert!(!Run::new(message(&["b@x"]), "mx.test").continues(&told));
-        message_run.resume();
+        assert_eq!(message_run.continues(&told), Some(GoOn::Here));
+        message_run.resume(&told, GoOn::Here);
         assert_eq!(
             commands(&drive(&mut message_run, &mut client, now).0),
             b"TLNBE"
@@ -484,7 +529,55 @@ mod tests {
         assert!(message_run.complete());
         // A check of its own tells (and so remembers) only its recipient.
         let fresh = Run::for_rcpt(message(&["a@x", "b@x"]), "mx.test");
-        assert_eq!(fresh.told().2, [b"b@x".to_vec()]);
+        assert_eq!(
+            fresh.told(),
+            Told::Transaction(helo, from, vec![b"b@x".to_vec()])
+        );
+    }
+
+    #[test]
+    fn the_next_transaction_goes_on_from_mail() {
+        let now = Instant::now();
+        let mut client = client(now);
+        let mut first = Run::new(message(&["a@x"]), "mx.test");
+        drive(&mut first, &mut client, now);
+        let told = first.told();
+        assert_eq!(told, Told::Session(b"client.example".to_vec(), None));
+        // The next message of the session: MAIL on, no connect or HELO.
+        let mut next = Run::new(message(&["b@x"]), "mx.test");
+        assert_eq!(next.continues(&told), Some(GoOn::Here));
+        next.resume(&told, GoOn::Here);
+        assert_eq!(commands(&drive(&mut next, &mut client, now).0), b"MRTLNBE");
+        // A recipient check of the next one: MAIL and its recipient.
+        let mut check = Run::for_rcpt(message(&["c@x"]), "mx.test");
+        check.resume(&told, GoOn::Here);
+        assert_eq!(commands(&drive(&mut check, &mut client, now).0), b"MR");
+        // After STARTTLS the session is another one.
+        let mut tls = message(&["c@x"]);
+        tls.tls = Some(Negotiated {
+            version: "TLSv1.3",
+            cipher: "TLS_AES_128_GCM_SHA256",
+        });
+        assert_eq!(Run::new(tls, "mx.test").continues(&told), None);
+    }
+
+    #[test]
+    fn a_reset_transaction_is_aborted_and_the_next_goes_on_from_mail() {
+        let now = Instant::now();
+        let mut client = client(now);
+        let mut check = Run::for_rcpt(message(&["a@x"]), "mx.test");
+        drive(&mut check, &mut client, now);
+        let told = check.told();
+        // RSET, then a transaction to b@x only.
+        let mut other = Run::for_rcpt(message(&["b@x"]), "mx.test");
+        assert_eq!(other.continues(&told), Some(GoOn::AfterAbort));
+        let mut helo_changed = message(&["b@x"]);
+        helo_changed.helo = b"other.example".to_vec();
+        assert_eq!(Run::new(helo_changed, "mx.test").continues(&told), None);
+        client.abort();
+        other.resume(&told, GoOn::AfterAbort);
+        let (batches, _) = drive(&mut other, &mut client, now);
+        assert_eq!(batches[0], b"AMR", "abort, then MAIL and the recipient");
     }
 
     #[test]
