@@ -33,18 +33,21 @@ fn send(server: &TestServer, subject: &str, body: &str) -> support::Reply {
     reply
 }
 
+/// mxgate on `backend` with `milter` as its one milter.
+fn server_with(backend: Backend, milter: &RealMilter) -> TestServer {
+    let spec = milter.spec();
+    TestServer::start(
+        backend,
+        &["--milter", &spec, "--milter-timeout", MILTER_TIMEOUT],
+    )
+}
+
 /// mxgate on `backend` with `milter` as its one milter: a message with
 /// `bad` in its body gets a 5xx at the end of DATA and nothing is spooled,
 /// then one with `good` (Subject: clean) a 250 and is spooled. Returns the
 /// spooled file's text.
 fn refused_then_spooled(backend: Backend, milter: &RealMilter, bad: &str, good: &str) -> String {
-    let flags = [
-        "--milter",
-        &milter.spec(),
-        "--milter-timeout",
-        MILTER_TIMEOUT,
-    ];
-    let server = TestServer::start(backend, &flags);
+    let server = server_with(backend, milter);
 
     let refused = send(&server, "refused", bad);
     assert_eq!(
@@ -107,13 +110,7 @@ fn rspamd_refuses_gtube_and_adds_its_headers_to_a_clean_message(backend: Backend
 /// on the session's one milter conversation (the next message goes on
 /// from MAIL).
 fn messages_of_a_session(backend: Backend, milter: &RealMilter, bad: &str) {
-    let flags = [
-        "--milter",
-        &milter.spec(),
-        "--milter-timeout",
-        MILTER_TIMEOUT,
-    ];
-    let server = TestServer::start(backend, &flags);
+    let server = server_with(backend, milter);
     let mut client = server.client();
     client.hello();
     for (n, body) in ["first, clean", bad, "third, clean"]
