@@ -24,14 +24,14 @@
 //! error) is dropped and its run gets `--milter-default`. A connection
 //! still in step with its milter after a check is kept (parked, per ticket
 //! and milter, with what it was told, [`Told`]): after a recipient the
-//! milter let through, the transaction's next check goes on from there and
-//! the message from DATA; after a message, the session's next transaction
-//! goes on from MAIL; a transaction the session gave up is aborted first.
-//! A new HELO or STARTTLS, a refused recipient, and the session's end
-//! close it. A connection never outlives its session: reusing one for the
-//! next session (SMFIC_QUIT_NC) stalls clamav-milter 1.4.6, which never
-//! answers the connect that follows, and a milter cannot say whether it
-//! handles reuse.
+//! milter let through or refused, the transaction's next check goes on
+//! from there and the message from DATA; after a message, the session's
+//! next transaction goes on from MAIL; a transaction the session gave up
+//! is aborted first. A new HELO or STARTTLS and the session's end close
+//! it. A connection never outlives its session: reusing one for the next
+//! session (SMFIC_QUIT_NC) stalls clamav-milter 1.4.6, which never answers
+//! the connect that follows, and a milter cannot say whether it handles
+//! reuse.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -568,17 +568,22 @@ impl Pool {
         let count = self.milters.endpoints.len();
         // In step, the milter may hear more of the session on this
         // connection: the transaction's next check after a recipient it
-        // let through, the next transaction after a message.
+        // let through or refused (the transaction goes on without it, as
+        // libmilter takes it), the next transaction after a message.
+        let refused = matches!(answer, Answer::Reject(_) | Answer::Tempfail(_));
         let park = slot.park
             && l.client.is_ready()
             && match slot.run.rcpt_only {
-                true => answer == Answer::Continue,
+                true => answer == Answer::Continue || refused,
                 false => slot.run.complete(),
             };
         let mut replaced = None;
         if park {
             // The session's next check goes on from here.
-            let told = slot.run.told();
+            let told = match slot.run.rcpt_only && refused {
+                true => slot.run.told().refused_last(),
+                false => slot.run.told(),
+            };
             let generation = l.generation;
             let parked = Parked {
                 link,

@@ -33,6 +33,20 @@ pub enum Told {
     Session(Vec<u8>, Option<Negotiated>),
 }
 
+impl Told {
+    /// The same, less its last recipient: one the milter refused, which
+    /// the session's envelope will not hold.
+    pub fn refused_last(self) -> Told {
+        match self {
+            Told::Transaction(helo, from, mut rcpts) => {
+                rcpts.pop();
+                Told::Transaction(helo, from, rcpts)
+            }
+            session => session,
+        }
+    }
+}
+
 /// How a check goes on from a kept conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GoOn {
