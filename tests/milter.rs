@@ -44,26 +44,32 @@ impl ScriptedMilter {
     /// The same milter on a unix socket at `path`.
     fn start_unix(script: Script, path: &std::path::Path) -> ScriptedMilter {
         let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let count = Arc::clone(&connections);
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                count.fetch_add(1, Ordering::SeqCst);
-                let script = script.clone();
-                std::thread::spawn(move || serve(stream, &script));
-            }
-        });
         let addr = format!("unix:{}", path.display());
-        ScriptedMilter { addr, connections }
+        let streams = std::iter::repeat_with(move || listener.accept());
+        ScriptedMilter::serving(addr, script, streams.filter_map(|a| Some(a.ok()?.0)))
     }
 
     fn start(script: Script) -> ScriptedMilter {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = format!("inet:{}", listener.local_addr().unwrap());
+        let streams = std::iter::repeat_with(move || listener.accept());
+        ScriptedMilter::serving(addr, script, streams.filter_map(|a| Some(a.ok()?.0)))
+    }
+
+    /// Serves each connection `streams` yields with `script`, on a thread
+    /// of its own, counting them.
+    fn serving<S>(
+        addr: String,
+        script: Script,
+        streams: impl Iterator<Item = S> + Send + 'static,
+    ) -> ScriptedMilter
+    where
+        S: Read + Write + Send + 'static,
+    {
         let connections = Arc::new(AtomicUsize::new(0));
         let count = Arc::clone(&connections);
         std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
+            for stream in streams {
                 count.fetch_add(1, Ordering::SeqCst);
                 let script = script.clone();
                 std::thread::spawn(move || serve(stream, &script));
