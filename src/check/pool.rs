@@ -183,8 +183,8 @@ struct RunSlot {
     park: bool,
 }
 
-/// A connection kept after a recipient check that the milter went along
-/// with, for the same session's next check to go on with.
+/// A connection kept in step after a check ([`Run::kept`]), for the same
+/// session's next check to go on with.
 struct Parked {
     link: usize,
     generation: u32,
@@ -567,23 +567,12 @@ impl Pool {
         let slot = &mut self.runs[key];
         let count = self.milters.endpoints.len();
         // In step, the milter may hear more of the session on this
-        // connection: the transaction's next check after a recipient it
-        // let through or refused (the transaction goes on without it, as
-        // libmilter takes it), the next transaction after a message.
-        let refused = matches!(answer, Answer::Reject(_) | Answer::Tempfail(_));
-        let park = slot.park
-            && l.client.is_ready()
-            && match slot.run.rcpt_only {
-                true => answer == Answer::Continue || refused,
-                false => slot.run.complete(),
-            };
+        // connection: the session's next check goes on from here.
+        let kept = slot.run.kept(&answer);
+        let kept = kept.filter(|_| slot.park && l.client.is_ready());
+        let park = kept.is_some();
         let mut replaced = None;
-        if park {
-            // The session's next check goes on from here.
-            let told = match slot.run.rcpt_only && refused {
-                true => slot.run.told().refused_last(),
-                false => slot.run.told(),
-            };
+        if let Some(told) = kept {
             let generation = l.generation;
             let parked = Parked {
                 link,
@@ -594,7 +583,7 @@ impl Pool {
         }
         let verdict = slot.run.answered(answer.clone(), count);
         let took = now.saturating_duration_since(slot.started);
-        let decides = !slot.run.rcpt_only || answer_action(&answer) != "accept";
+        let decides = !slot.run.rcpt_only || !matches!(answer, Answer::Continue | Answer::Accept);
         let action = decides.then(|| answer_action(&answer));
         self.observed.push(Observed::Verdict(milter, action, took));
         if !park {

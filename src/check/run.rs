@@ -36,7 +36,7 @@ pub enum Told {
 impl Told {
     /// The same, less its last recipient: one the milter refused, which
     /// the session's envelope will not hold.
-    pub fn refused_last(self) -> Told {
+    fn refused_last(self) -> Told {
         match self {
             Told::Transaction(helo, from, mut rcpts) => {
                 rcpts.pop();
@@ -201,6 +201,20 @@ impl Run {
         match default {
             MilterDefault::Tempfail => Some(Verdict::Tempfail(None)),
             MilterDefault::Accept => self.next_milter(milters),
+        }
+    }
+
+    /// What a conversation still in step after this check's final `answer`
+    /// was told, if the session's next check may go on with it: after a
+    /// recipient the milter let through or refused (the transaction goes
+    /// on without it, as libmilter takes it), or after a whole message.
+    pub fn kept(&self, answer: &Answer) -> Option<Told> {
+        let refused = matches!(answer, Answer::Reject(_) | Answer::Tempfail(_));
+        match self.rcpt_only {
+            true if *answer == Answer::Continue => Some(self.told()),
+            true if refused => Some(self.told().refused_last()),
+            true => None,
+            false => self.complete().then(|| self.told()),
         }
     }
 
