@@ -467,14 +467,17 @@ impl Client {
             let Some(answer) = self.take_reply(code, reply, now)? else {
                 continue;
             };
-            let due = match self.phase {
-                Phase::Waiting { due, .. } => due - 1,
-                _ => 0,
+            let (due, end_of_message) = match self.phase {
+                Phase::Waiting {
+                    due,
+                    end_of_message,
+                } => (due - 1, end_of_message),
+                _ => (0, false),
             };
             if due > 0 && answer == Answer::Continue {
                 self.phase = Phase::Waiting {
                     due,
-                    end_of_message: self.phase_ends_message(),
+                    end_of_message,
                 };
                 self.deadline = Some(now + self.timeout);
                 continue;
@@ -538,16 +541,6 @@ impl Client {
             }
         };
         Ok(Some(answer))
-    }
-
-    fn phase_ends_message(&self) -> bool {
-        matches!(
-            self.phase,
-            Phase::Waiting {
-                end_of_message: true,
-                ..
-            }
-        )
     }
 
     /// Whether the milter, as negotiated, answers RCPT: it neither
