@@ -782,20 +782,27 @@ impl Conn {
         mail_log::rejections(self.peer, tally.rejections());
     }
 
-    /// Hands the finished message (received under `tls`, if it was) to
-    /// the spool; the session stays paused until [`Conn::spool_done`].
-    fn submit(&mut self, tls: Option<Negotiated>, cx: &mut Cx) {
-        let envelope = self.session.envelope().clone();
-        self.log.accepted_rcpts += u32::try_from(envelope.rcpts.len()).unwrap_or(u32::MAX);
-        let mut message = Message {
+    /// The session's transaction so far as a message with `body`, received
+    /// under `tls` if it was, for the spool or the milters.
+    fn message(&self, tls: Option<Negotiated>, body: Vec<u8>) -> Message {
+        Message {
             peer: self.peer,
             helo: self.session.helo().to_vec(),
             tls,
-            envelope,
-            body: std::mem::take(&mut self.body),
+            envelope: self.session.envelope().clone(),
+            body,
             quarantine: None,
             id: None,
-        };
+        }
+    }
+
+    /// Hands the finished message (received under `tls`, if it was) to
+    /// the spool; the session stays paused until [`Conn::spool_done`].
+    fn submit(&mut self, tls: Option<Negotiated>, cx: &mut Cx) {
+        let body = std::mem::take(&mut self.body);
+        let mut message = self.message(tls, body);
+        let rcpts = message.envelope.rcpts.len();
+        self.log.accepted_rcpts += u32::try_from(rcpts).unwrap_or(u32::MAX);
         let data_ended = cx.now.saturating_duration_since(self.opened);
         self.data_ended_ns = u64::try_from(data_ended.as_nanos()).unwrap_or(u64::MAX);
         let lag = cx.now.elapsed().as_nanos();
@@ -833,15 +840,7 @@ impl Conn {
     /// The recipient the table just accepted goes to the milters; the
     /// session stays paused until [`Conn::checked`].
     fn check_rcpt(&mut self, tls: Option<Negotiated>, cx: &mut Cx) {
-        let message = Message {
-            peer: self.peer,
-            helo: self.session.helo().to_vec(),
-            tls,
-            envelope: self.session.envelope().clone(),
-            body: Vec::new(),
-            quarantine: None,
-            id: None,
-        };
+        let message = self.message(tls, Vec::new());
         if let Some(checks) = cx.checks.as_deref_mut() {
             checks.start_rcpt(cx.ticket, message, cx.now);
             self.awaiting_spool = true;
